@@ -1,0 +1,233 @@
+//! A fake arroyod for the CLI tests: the real `Arroyod` gRPC service over a Unix socket in a
+//! temporary directory, with canned answers instead of an engine.
+//!
+//! What it answers:
+//! - `submit` and `validate` reject any query mentioning `nope` (two errors, with positions);
+//! - `submit` stores the pipeline as given, in state `Running`, with ids `p-1`, `p-2`, ...;
+//! - `status unavailable` fails with `Unavailable`, any other unknown pipeline with `NotFound`;
+//! - `tail` has three rows `{"n":0}`, `{"n":1}`, `{"n":2}`; with `follow` it sends the first two,
+//!   then waits for [`FakeDaemon::release_tail`] before the last;
+//! - `stop` records its request and answers `Stopped` (`Stopping` without `wait`).
+//!
+//! The socket is bound before [`FakeDaemon::start`] returns, so tests never wait for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arroyod_proto::arroyod_server::{Arroyod, ArroyodServer};
+use arroyod_proto::{
+    ListRequest, ListResponse, Pipeline, PipelineRef, SqlError, StopRequest, SubmitRequest,
+    SubmitResponse, TailRequest, TailRow, ValidateRequest, ValidateResponse,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+/// A running fake daemon; stops when dropped.
+pub struct FakeDaemon {
+    socket: PathBuf,
+    service: Arc<Service>,
+    shutdown: Option<oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeDaemon {
+    /// Serves at `dir/arroyod.sock`.
+    pub fn start(dir: &Path) -> Self {
+        let socket = dir.join("arroyod.sock");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let service = Arc::new(Service::default());
+        let listener = {
+            let _context = runtime.enter();
+            tokio::net::UnixListener::bind(&socket).expect("bind the socket")
+        };
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(ArroyodServer::from_arc(service.clone()))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
+        runtime.spawn(async move { server.await.expect("fake daemon serves") });
+        Self {
+            socket,
+            service,
+            shutdown: Some(shutdown),
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Lets a `tail --follow` send its last row and end.
+    pub fn release_tail(&self) {
+        self.service.tail_gate.notify_one();
+    }
+
+    /// The last stop request, if any.
+    pub fn last_stop(&self) -> Option<StopRequest> {
+        self.service.last_stop.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for FakeDaemon {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Service {
+    pipelines: Mutex<Vec<Pipeline>>,
+    last_stop: Mutex<Option<StopRequest>>,
+    tail_gate: Arc<Notify>,
+}
+
+impl Service {
+    fn errors(query: &str) -> Vec<SqlError> {
+        if query.contains("nope") {
+            vec![
+                SqlError {
+                    message: "table nope not found".to_owned(),
+                    line: 1,
+                    column: 15,
+                },
+                SqlError {
+                    message: "no sink for the query".to_owned(),
+                    line: 0,
+                    column: 0,
+                },
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn find(&self, id_or_name: &str) -> Result<Pipeline, Status> {
+        if id_or_name == "unavailable" {
+            return Err(Status::unavailable("arroyod is shutting down"));
+        }
+        self.pipelines
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|p| p.id == id_or_name || p.name == id_or_name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no pipeline {id_or_name}")))
+    }
+}
+
+#[tonic::async_trait]
+impl Arroyod for Service {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let request = request.into_inner();
+        let errors = Self::errors(&request.query);
+        if !errors.is_empty() {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                .collect();
+            return Err(Status::invalid_argument(lines.join("\n")));
+        }
+        let mut pipelines = self.pipelines.lock().expect("lock");
+        let id = format!("p-{}", pipelines.len() + 1);
+        let pipeline = Pipeline {
+            name: if request.name.is_empty() {
+                format!("pipeline-{}", pipelines.len() + 1)
+            } else {
+                request.name
+            },
+            id,
+            state: "Running".to_owned(),
+            created_at: "2026-01-02T03:04:05Z".to_owned(),
+            updated_at: "2026-01-02T03:04:05Z".to_owned(),
+            failure: String::new(),
+            parallelism: request.parallelism,
+            query: request.query,
+            generation: 1,
+            rows: 3,
+            desired: "Running".to_owned(),
+            worker_pid: 4242,
+        };
+        pipelines.push(pipeline.clone());
+        Ok(Response::new(SubmitResponse {
+            pipeline: Some(pipeline),
+        }))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        let errors = Self::errors(&request.into_inner().query);
+        let sinks = if errors.is_empty() {
+            vec!["stdout".to_owned()]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(ValidateResponse { errors, sinks }))
+    }
+
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let pipelines = self.pipelines.lock().expect("lock").clone();
+        Ok(Response::new(ListResponse { pipelines }))
+    }
+
+    async fn status(&self, request: Request<PipelineRef>) -> Result<Response<Pipeline>, Status> {
+        self.find(&request.into_inner().id_or_name)
+            .map(Response::new)
+    }
+
+    type TailStream = ReceiverStream<Result<TailRow, Status>>;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let request = request.into_inner();
+        self.find(&request.id_or_name)?;
+        let (tx, rx) = mpsc::channel(4);
+        let follow = request.follow;
+        let gate = self.tail_gate.clone();
+        let rows: Vec<TailRow> = (0..3u64)
+            .filter(|&n| n >= request.from)
+            .map(|n| TailRow {
+                offset: n,
+                json: format!("{{\"n\":{n}}}"),
+            })
+            .collect();
+        tokio::spawn(async move {
+            for row in rows {
+                if follow && row.offset == 2 {
+                    gate.notified().await;
+                }
+                if tx.send(Ok(row)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn stop(&self, request: Request<StopRequest>) -> Result<Response<Pipeline>, Status> {
+        let request = request.into_inner();
+        let mut pipeline = self.find(&request.id_or_name)?;
+        pipeline.state = if request.wait { "Stopped" } else { "Stopping" }.to_owned();
+        pipeline.desired = "Stopped".to_owned();
+        *self.last_stop.lock().expect("lock") = Some(request);
+        Ok(Response::new(pipeline))
+    }
+}

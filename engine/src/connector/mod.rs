@@ -1,0 +1,288 @@
+//! Connectors: the tables a query reads from and writes to, named by `connector = '...'` in a
+//! `CREATE TABLE ... WITH (...)`.
+//!
+//! Planning turns a table's options into a [`ConnectorTable`] (every option must be used by
+//! the connector, or planning fails naming it); running asks it for a [`SourceFactory`] or a
+//! sink [`OperatorFactory`]. Connectors never block the runtime for long: writes are buffered
+//! and flushed at the end of input.
+
+mod impulse;
+mod options;
+mod sink;
+
+pub use options::{Options, parse_duration};
+pub use sink::{JobContext, PREVIEW_SINK};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use tokio::sync::watch;
+
+use crate::TIMESTAMP_FIELD;
+use crate::dataflow::{Collector, DataflowError, Message, StopMode, Watermark};
+use crate::operator::{OperatorFactory, TaskInfo};
+
+/// Errors in a table's definition, found while planning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// `connector = '...'` names no connector this engine has.
+    #[error("unknown connector '{0}' (known: {known})", known = KNOWN_CONNECTORS.join(", "))]
+    UnknownConnector(String),
+    /// An option no part of the table definition uses.
+    #[error("unknown option '{option}' for connector '{connector}'")]
+    UnknownOption { connector: String, option: String },
+    /// A required option is missing.
+    #[error("connector '{connector}' needs the option '{option}'")]
+    MissingOption { connector: String, option: String },
+    /// An option's value does not parse or is out of range.
+    #[error("invalid value '{value}' for option '{option}': {reason}")]
+    InvalidOption {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    /// The table is used the wrong way round (reading from a sink, writing to a source).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Connectors this engine knows.
+pub const KNOWN_CONNECTORS: &[&str] = &["impulse", "stdout", "blackhole", "single_file"];
+
+/// Whether a table is read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    Source,
+    Sink,
+}
+
+/// A table backed by a connector, as planning understood its definition.
+#[derive(Debug, Clone)]
+pub struct ConnectorTable {
+    pub name: String,
+    pub kind: TableKind,
+    /// The visible columns (no event-time column).
+    pub schema: SchemaRef,
+    pub config: ConnectorConfig,
+}
+
+/// Per-connector settings parsed from the table's options.
+#[derive(Debug, Clone)]
+pub enum ConnectorConfig {
+    Impulse(impulse::ImpulseConfig),
+    Stdout,
+    Blackhole,
+    /// A JSON-lines file written by the sink.
+    SingleFile {
+        path: String,
+    },
+    /// The default sink of a bare SELECT: rows go to the embedding process.
+    Preview,
+}
+
+impl ConnectorTable {
+    /// Builds a table from its definition. `columns` is the declared schema (None when the
+    /// statement declares no columns); `options` are the WITH options less `connector`.
+    pub fn new(
+        name: &str,
+        connector: &str,
+        columns: Option<SchemaRef>,
+        options: &mut Options,
+    ) -> Result<ConnectorTable, ConnectorError> {
+        let declared_type = options.take("type");
+        let (config, schema, kind) = match connector {
+            "impulse" => {
+                let config = impulse::ImpulseConfig::from_options(options)?;
+                (
+                    ConnectorConfig::Impulse(config),
+                    impulse::schema(),
+                    TableKind::Source,
+                )
+            }
+            "stdout" | "blackhole" | "single_file" => {
+                let schema = columns.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
+                let config = match connector {
+                    "stdout" => ConnectorConfig::Stdout,
+                    "blackhole" => ConnectorConfig::Blackhole,
+                    _ => ConnectorConfig::SingleFile {
+                        path: options.require("single_file", "path")?,
+                    },
+                };
+                if let Some(format) = options.take("format")
+                    && format != "json"
+                {
+                    return Err(ConnectorError::InvalidOption {
+                        option: "format".into(),
+                        value: format,
+                        reason: "this connector writes 'json'".into(),
+                    });
+                }
+                (config, schema, TableKind::Sink)
+            }
+            other => return Err(ConnectorError::UnknownConnector(other.to_string())),
+        };
+        if let Some(t) = declared_type {
+            let want = match kind {
+                TableKind::Source => "source",
+                TableKind::Sink => "sink",
+            };
+            if t != want {
+                return Err(ConnectorError::InvalidOption {
+                    option: "type".into(),
+                    value: t,
+                    reason: format!("connector '{connector}' can only be a {want}"),
+                });
+            }
+        }
+        if let Some(option) = options.unused().next() {
+            return Err(ConnectorError::UnknownOption {
+                connector: connector.to_string(),
+                option: option.to_string(),
+            });
+        }
+        Ok(ConnectorTable {
+            name: name.to_string(),
+            kind,
+            schema,
+            config,
+        })
+    }
+
+    /// The default sink of a bare SELECT with this schema.
+    pub fn preview(schema: SchemaRef) -> ConnectorTable {
+        ConnectorTable {
+            name: PREVIEW_SINK.to_string(),
+            kind: TableKind::Sink,
+            schema,
+            config: ConnectorConfig::Preview,
+        }
+    }
+
+    /// A factory for the source's subtasks, producing the columns at `projection` (all when
+    /// None) followed by the event-time column.
+    pub fn source_factory(
+        &self,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Arc<dyn SourceFactory>, ConnectorError> {
+        match &self.config {
+            ConnectorConfig::Impulse(config) => Ok(Arc::new(impulse::ImpulseFactory::new(
+                config.clone(),
+                projection,
+            ))),
+            _ => Err(ConnectorError::Usage(format!(
+                "table '{}' is a sink and cannot be read from",
+                self.name
+            ))),
+        }
+    }
+
+    /// A factory for the sink's subtasks.
+    pub fn sink_factory(&self) -> Result<Arc<dyn OperatorFactory>, ConnectorError> {
+        if self.kind != TableKind::Sink {
+            return Err(ConnectorError::Usage(format!(
+                "table '{}' is a source and cannot be written to",
+                self.name
+            )));
+        }
+        Ok(Arc::new(sink::SinkFactory::new(self)))
+    }
+}
+
+/// The data type of the hidden event-time column.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
+
+/// `schema` with the hidden event-time column appended.
+pub fn with_timestamp(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(TIMESTAMP_FIELD, timestamp_type(), false));
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// How a source ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceEnd {
+    /// All its data was read (a bounded source): the final watermark follows.
+    Finished,
+    /// It was asked to stop.
+    Stopped,
+}
+
+/// Builds one source instance per subtask.
+pub trait SourceFactory: Send + Sync {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError>;
+}
+
+/// One subtask of a source.
+#[async_trait]
+pub trait Source: Send {
+    /// Reads until the input ends or a stop is requested.
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError>;
+}
+
+/// What a source subtask can do: emit batches and watermarks, and learn it should stop.
+pub struct SourceContext {
+    info: TaskInfo,
+    out: Collector,
+    stop: watch::Receiver<Option<StopMode>>,
+    watermark: Option<i64>,
+}
+
+impl SourceContext {
+    pub(crate) fn new(
+        info: TaskInfo,
+        out: Collector,
+        stop: watch::Receiver<Option<StopMode>>,
+    ) -> Self {
+        SourceContext {
+            info,
+            out,
+            stop,
+            watermark: None,
+        }
+    }
+
+    pub fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+
+    pub(crate) fn collector(&mut self) -> &mut Collector {
+        &mut self.out
+    }
+
+    /// Sends a batch (columns then the event-time column) downstream.
+    pub async fn collect(&mut self, batch: RecordBatch) -> Result<(), DataflowError> {
+        self.out.collect(batch).await
+    }
+
+    /// Advances the watermark to `t` (ignored unless it moves forward).
+    pub async fn watermark(&mut self, t: i64) -> Result<(), DataflowError> {
+        if self.watermark.is_some_and(|w| w >= t) {
+            return Ok(());
+        }
+        self.watermark = Some(t);
+        self.out
+            .broadcast(Message::Watermark(Watermark::EventTime(t)))
+            .await
+    }
+
+    /// Tells downstream this subtask has no data for now (a subtask with nothing to read).
+    pub async fn idle(&mut self) -> Result<(), DataflowError> {
+        self.out
+            .broadcast(Message::Watermark(Watermark::Idle))
+            .await
+    }
+
+    /// True once a stop was requested.
+    pub fn should_stop(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    /// Resolves when a stop is requested (at once if it already was).
+    pub async fn stopped(&mut self) {
+        let _ = self.stop.wait_for(|s| s.is_some()).await;
+    }
+}

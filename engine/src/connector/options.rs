@@ -1,0 +1,134 @@
+//! A table's WITH options, consumed one by one so that whatever is left over is reported as
+//! unknown.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::ConnectorError;
+
+/// The options of one table, in the order written.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    entries: Vec<(String, String)>,
+    taken: Vec<bool>,
+}
+
+impl Options {
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        let taken = vec![false; entries.len()];
+        Options { entries, taken }
+    }
+
+    /// Takes the value of `key`, marking it used.
+    pub fn take(&mut self, key: &str) -> Option<String> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        self.taken[i] = true;
+        Some(self.entries[i].1.clone())
+    }
+
+    /// Takes a required option.
+    pub fn require(&mut self, connector: &str, key: &str) -> Result<String, ConnectorError> {
+        self.take(key).ok_or_else(|| ConnectorError::MissingOption {
+            connector: connector.to_string(),
+            option: key.to_string(),
+        })
+    }
+
+    /// Takes and parses an option.
+    pub fn take_parsed<T: FromStr>(&mut self, key: &str) -> Result<Option<T>, ConnectorError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.take(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<T>()
+                    .map_err(|e| ConnectorError::InvalidOption {
+                        option: key.to_string(),
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Takes a duration option (`'10s'`, `'1 second'`, `'250ms'`, or microseconds as a number).
+    pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>, ConnectorError> {
+        self.take(key)
+            .map(|v| {
+                let parsed = match v.trim().parse::<u64>() {
+                    Ok(micros) => Ok(Duration::from_micros(micros)),
+                    Err(_) => parse_duration(&v),
+                };
+                parsed.map_err(|reason| ConnectorError::InvalidOption {
+                    option: key.to_string(),
+                    value: v.clone(),
+                    reason,
+                })
+            })
+            .transpose()
+    }
+
+    /// Names of the options nobody took, in the order written.
+    pub fn unused(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|((k, _), _)| k.as_str())
+    }
+}
+
+/// Parses a duration such as `10s`, `1.5 seconds`, `250ms`, `2 minutes`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as '10s' or '500ms'"))?;
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "ns" | "nanosecond" | "nanoseconds" => 1e-9,
+        "us" | "µs" | "microsecond" | "microseconds" => 1e-6,
+        "ms" | "millisecond" | "milliseconds" => 1e-3,
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        other => return Err(format!("unknown time unit '{other}' in '{text}'")),
+    };
+    let total = number * seconds;
+    if !total.is_finite() || total < 0.0 {
+        return Err(format!("'{text}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1 second"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2 minutes"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn unused_options_are_reported_in_order() {
+        let mut o = Options::new(vec![
+            ("a".into(), "1".into()),
+            ("b".into(), "x".into()),
+            ("c".into(), "3".into()),
+        ]);
+        assert_eq!(o.take_parsed::<u32>("a"), Ok(Some(1)));
+        assert!(o.take_parsed::<u32>("b").is_err());
+        assert_eq!(o.unused().collect::<Vec<_>>(), vec!["c"]);
+    }
+}

@@ -1,0 +1,192 @@
+//! Sinks: the operators at the end of the dataflow. They drop the hidden event-time column,
+//! encode rows as JSON lines and write them to stdout, a file, the default-sink channel, or
+//! nowhere (blackhole).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
+
+use super::{ConnectorConfig, ConnectorTable};
+use crate::dataflow::{Collector, DataflowError};
+use crate::operator::{Operator, OperatorFactory, TaskInfo};
+
+/// Name of the default sink a bare SELECT writes to.
+pub const PREVIEW_SINK: &str = "preview";
+
+/// What a run gets from the process that embeds the engine.
+#[derive(Debug, Clone, Default)]
+pub struct JobContext {
+    /// Where the default sink sends its rows, as JSON objects in batches. Without it the
+    /// default sink discards its rows.
+    pub preview: Option<mpsc::Sender<Vec<String>>>,
+}
+
+pub struct SinkFactory {
+    table: String,
+    config: ConnectorConfig,
+}
+
+impl SinkFactory {
+    pub fn new(table: &ConnectorTable) -> Self {
+        SinkFactory {
+            table: table.name.clone(),
+            config: table.config.clone(),
+        }
+    }
+}
+
+impl OperatorFactory for SinkFactory {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+        let fail = |message: String| DataflowError::Connector {
+            node: info.node.clone(),
+            message,
+        };
+        let target = match &self.config {
+            ConnectorConfig::Stdout => Target::Stdout,
+            ConnectorConfig::Blackhole => Target::Blackhole,
+            ConnectorConfig::Preview => match &info.job.preview {
+                Some(tx) => Target::Preview(tx.clone()),
+                None => Target::Blackhole,
+            },
+            ConnectorConfig::SingleFile { path } => {
+                let file = File::create(path)
+                    .map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
+                Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
+            }
+            ConnectorConfig::Impulse(_) => {
+                return Err(fail(format!("table '{}' is not a sink", self.table)));
+            }
+        };
+        Ok(Box::new(Sink {
+            node: info.node.clone(),
+            target,
+        }))
+    }
+}
+
+enum Target {
+    Blackhole,
+    Stdout,
+    File(String, BufWriter<File>),
+    Preview(mpsc::Sender<Vec<String>>),
+}
+
+struct Sink {
+    node: String,
+    target: Target,
+}
+
+impl Sink {
+    fn fail(&self, message: impl Into<String>) -> DataflowError {
+        DataflowError::Connector {
+            node: self.node.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Encodes the visible columns of `batch` (all but the last) as JSON lines.
+pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
+    let batch = batch.project(&visible).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(batch.num_rows() * 64);
+    let mut writer = LineDelimitedWriter::new(&mut buf);
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    Ok(buf)
+}
+
+#[async_trait]
+impl Operator for Sink {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _input: usize,
+        _out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        if matches!(self.target, Target::Blackhole) {
+            return Ok(());
+        }
+        let lines = encode_json_lines(&batch).map_err(|e| self.fail(e))?;
+        match &mut self.target {
+            Target::Blackhole => Ok(()),
+            Target::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&lines)
+                    .and_then(|_| stdout.flush())
+                    .map_err(|e| DataflowError::Connector {
+                        node: self.node.clone(),
+                        message: format!("writing to stdout: {e}"),
+                    })
+            }
+            Target::File(path, writer) => {
+                writer
+                    .write_all(&lines)
+                    .map_err(|e| DataflowError::Connector {
+                        node: self.node.clone(),
+                        message: format!("writing '{path}': {e}"),
+                    })
+            }
+            Target::Preview(tx) => {
+                let rows: Vec<String> = String::from_utf8_lossy(&lines)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                tx.send(rows)
+                    .await
+                    .map_err(|_| self.fail("the default sink's reader went away"))
+            }
+        }
+    }
+
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+        if let Target::File(path, writer) = &mut self.target {
+            let path = path.clone();
+            writer
+                .flush()
+                .and_then(|_| writer.get_ref().sync_all())
+                .map_err(|e| self.fail(format!("flushing '{path}': {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    #[test]
+    fn json_lines_drop_the_event_time_and_format_timestamps_as_iso() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+            Field::new("_timestamp", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(TimestampNanosecondArray::from(vec![
+                    1_695_046_990_000_000_000,
+                    0,
+                ])),
+                Arc::new(TimestampNanosecondArray::from(vec![5, 6])),
+            ],
+        )
+        .unwrap();
+        let out = String::from_utf8(encode_json_lines(&batch).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "{\"n\":1,\"t\":\"2023-09-18T14:23:10\"}\n{\"t\":\"1970-01-01T00:00:00\"}\n"
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! The streaming dataflow: its graph ([`Program`]), the messages on its edges ([`Message`]) and
+//! the runtime that runs it ([`run`]).
+//!
+//! Runtime protocol, per subtask:
+//!
+//! 1. Each subtask owns one bounded input channel; every upstream subtask that feeds it holds a
+//!    sender and tags its messages with an input *slot*.
+//! 2. A subtask's watermark is the minimum over its slots (idle slots excluded); it forwards a
+//!    watermark downstream only when that minimum advances.
+//! 3. When every slot has delivered [`Message::EndOfData`] the subtask finishes its operator
+//!    (which may flush state), forwards end of data and ends.
+//! 4. The first error of any subtask fails the whole run; the others are aborted.
+//!
+//! The runtime never does row-at-a-time work: operators see whole batches.
+
+mod graph;
+mod runtime;
+
+pub use graph::{Edge, EdgeKind, Node, NodeKind, Program};
+pub use runtime::{Collector, DataflowError, RunHandle, StopMode, run};
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+/// What travels on an edge of the dataflow.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// Rows, with the hidden event-time column last.
+    Data(RecordBatch),
+    /// No row with an event time at or before this one (nanoseconds since the epoch) follows.
+    Watermark(Watermark),
+    /// The sender will send nothing more.
+    EndOfData,
+}
+
+/// A watermark: an event time in nanoseconds since the epoch, or idleness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watermark {
+    EventTime(i64),
+    /// The sender has no data for now and must not hold back the watermark downstream.
+    Idle,
+}

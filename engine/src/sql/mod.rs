@@ -1,0 +1,411 @@
+//! Planning: a SQL file in Arroyo's dialect to a [`Program`].
+//!
+//! 1. [`statement::split`] tokenizes the file and splits it into statements, cutting out the
+//!    dialect's extensions that sqlparser does not parse (keeping every position).
+//! 2. Each statement is parsed and handled on its own, so that one bad statement does not hide
+//!    the errors of the next: CREATE TABLE registers a connector table in the [`Catalog`];
+//!    INSERT INTO and a bare SELECT are planned by DataFusion (`SqlToRel`, then its analyzer
+//!    and optimizer) and added to the dataflow by [`rewrite::Builder`].
+//! 3. Every error is a [`SqlError`] with the line and column it refers to: the token where the
+//!    parser stopped, the span DataFusion's diagnostic names, the option that is wrong, or the
+//!    start of the statement.
+//!
+//! Planning is pure: it reads no file and starts nothing, so `validate` is just `plan`.
+
+mod provider;
+mod rewrite;
+mod statement;
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::planner::{ParserOptions, SqlToRel};
+use datafusion::sql::sqlparser::ast::{
+    self, CreateTableOptions, Expr as SqlExpr, ObjectName, SqlOption, Statement, Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+
+use crate::connector::{ConnectorError, ConnectorTable, Options};
+use crate::dataflow::Program;
+pub use provider::Catalog;
+
+/// An error in a query, with the position it refers to (1-based; 0 when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub message: String,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl SqlError {
+    pub fn at(message: impl Into<String>, location: Location) -> Self {
+        SqlError {
+            message: message.into(),
+            line: location.line as u32,
+            column: location.column as u32,
+        }
+    }
+}
+
+impl fmt::Display for SqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+impl std::error::Error for SqlError {}
+
+/// A planned SQL file.
+#[derive(Debug, Clone)]
+pub struct PlannedQuery {
+    pub program: Program,
+    /// The tables written to, in the order first written; the default sink is `preview`.
+    pub sinks: Vec<String>,
+}
+
+fn parser_options() -> ParserOptions {
+    ParserOptions {
+        collect_spans: true,
+        map_string_types_to_utf8view: false,
+        ..ParserOptions::default()
+    }
+}
+
+/// Plans `sql`; on failure returns every error found, in file order.
+pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
+    let dialect = GenericDialect {};
+    let statements = statement::split(sql, &dialect).map_err(|e| vec![e])?;
+    let mut catalog = Catalog::new();
+    let mut builder = rewrite::Builder::default();
+    let mut errors = Vec::new();
+    for raw in &statements {
+        if let Err(e) = plan_statement(raw, &dialect, &mut catalog, &mut builder) {
+            errors.push(e);
+        }
+    }
+    if errors.is_empty() && builder.sinks().is_empty() {
+        errors.push(SqlError {
+            message: "the query has no INSERT INTO and no SELECT: there is nothing to run".into(),
+            line: 0,
+            column: 0,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let sinks = builder.sinks().to_vec();
+    Ok(PlannedQuery {
+        program: builder.finish(),
+        sinks,
+    })
+}
+
+fn plan_statement(
+    raw: &statement::RawStatement,
+    dialect: &GenericDialect,
+    catalog: &mut Catalog,
+    builder: &mut rewrite::Builder,
+) -> Result<(), SqlError> {
+    let mut parser = Parser::new(dialect).with_tokens_with_locations(raw.tokens.clone());
+    let stmt = parser
+        .parse_statement()
+        .map_err(|e| parser_error(e, raw.start))?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(SqlError::at(
+            format!("unexpected '{}' after the end of the statement", next.token),
+            next.span.start,
+        ));
+    }
+    match stmt {
+        Statement::CreateTable(create) => {
+            if let Some(w) = raw.watermarks.first() {
+                return Err(SqlError::at(
+                    "WATERMARK FOR is not supported yet (impulse tables generate their own event time)",
+                    w.start,
+                ));
+            }
+            let table = create_table(create, raw.start, catalog)?;
+            let name = table.name.clone();
+            if !catalog.add_table(table) {
+                return Err(SqlError::at(
+                    format!("table '{name}' is defined twice"),
+                    raw.start,
+                ));
+            }
+            Ok(())
+        }
+        Statement::Query(_) => {
+            let plan = to_logical(stmt, catalog, raw.start)?;
+            let schema: Schema = plan.schema().as_arrow().clone();
+            let preview = ConnectorTable::preview(Arc::new(schema));
+            builder
+                .add_insert(&preview, &plan)
+                .map_err(|e| df_error(e, raw.start))
+        }
+        Statement::Insert(ref insert) => {
+            let target = match &insert.table {
+                ast::TableObject::TableName(name) => table_name(name),
+                other => {
+                    return Err(SqlError::at(
+                        format!("cannot insert into {other}"),
+                        raw.start,
+                    ));
+                }
+            };
+            let Some(table) = catalog.table(&target).cloned() else {
+                return Err(SqlError::at(
+                    format!("table '{target}' not found"),
+                    raw.start,
+                ));
+            };
+            // A sink without declared columns takes the query's.
+            let input = if table.schema.fields().is_empty() {
+                let source = insert.source.clone().ok_or_else(|| {
+                    SqlError::at("INSERT INTO needs a query", raw.start)
+                })?;
+                to_logical(Statement::Query(source), catalog, raw.start)?
+            } else {
+                match to_logical(stmt, catalog, raw.start)? {
+                    LogicalPlan::Dml(DmlStatement {
+                        op: WriteOp::Insert(_),
+                        input,
+                        ..
+                    }) => input.as_ref().clone(),
+                    other => {
+                        return Err(SqlError::at(
+                            format!("unexpected plan for INSERT: {}", other.display()),
+                            raw.start,
+                        ));
+                    }
+                }
+            };
+            builder
+                .add_insert(&table, &input)
+                .map_err(|e| df_error(e, raw.start))
+        }
+        other => Err(SqlError::at(
+            format!(
+                "unsupported statement '{}': expected CREATE TABLE, INSERT INTO or SELECT",
+                first_words(&other.to_string())
+            ),
+            raw.start,
+        )),
+    }
+}
+
+/// Plans a statement with DataFusion, then runs its analyzer (type coercion) and optimizer.
+fn to_logical(
+    stmt: Statement,
+    catalog: &Catalog,
+    start: Location,
+) -> Result<LogicalPlan, SqlError> {
+    let planner = SqlToRel::new_with_options(catalog, parser_options());
+    let plan = planner
+        .sql_statement_to_plan(stmt)
+        .map_err(|e| df_error(e, start))?;
+    catalog
+        .state
+        .optimize(&plan)
+        .map_err(|e| df_error(e, start))
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn table_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(normalize)
+        .unwrap_or_default()
+}
+
+fn normalize(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+fn create_table(
+    create: ast::CreateTable,
+    start: Location,
+    catalog: &Catalog,
+) -> Result<ConnectorTable, SqlError> {
+    let name = table_name(&create.name);
+    let options = match create.table_options {
+        CreateTableOptions::None => vec![],
+        CreateTableOptions::With(options) => options,
+        other => {
+            return Err(SqlError::at(
+                format!("unsupported table options '{other}': use WITH (key = 'value', ...)"),
+                start,
+            ));
+        }
+    };
+    let mut entries = Vec::new();
+    let mut positions = Vec::new();
+    let mut connector = None;
+    for option in options {
+        let SqlOption::KeyValue { key, value } = option else {
+            return Err(SqlError::at(
+                format!("unsupported table option '{option}': use key = 'value'"),
+                start,
+            ));
+        };
+        let at = key.span.start;
+        let key_name = key.value.clone();
+        let text = match value {
+            SqlExpr::Value(v) => match v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+                Value::Number(n, _) => n,
+                Value::Boolean(b) => b.to_string(),
+                other => other.to_string(),
+            },
+            SqlExpr::Identifier(ident) => ident.value,
+            other => {
+                return Err(SqlError::at(
+                    format!("option '{key_name}' must be a literal, not '{other}'"),
+                    at,
+                ));
+            }
+        };
+        if key_name == "connector" {
+            connector = Some(text);
+        } else {
+            positions.push((key_name.clone(), at));
+            entries.push((key_name, text));
+        }
+    }
+    let Some(connector) = connector else {
+        return Err(SqlError::at(
+            format!(
+                "table '{name}' has no connector: add WITH (connector = '...'); memory tables are not supported yet"
+            ),
+            start,
+        ));
+    };
+    let columns = if create.columns.is_empty() {
+        None
+    } else {
+        let planner = SqlToRel::new_with_options(catalog, parser_options());
+        let schema = planner
+            .build_schema(create.columns)
+            .map_err(|e| df_error(e, start))?;
+        Some(Arc::new(schema))
+    };
+    let mut options = Options::new(entries);
+    ConnectorTable::new(&name, &connector, columns, &mut options).map_err(|e| {
+        let at = match &e {
+            ConnectorError::UnknownOption { option, .. }
+            | ConnectorError::InvalidOption { option, .. } => positions
+                .iter()
+                .find(|(k, _)| k == option)
+                .map(|(_, at)| *at)
+                .unwrap_or(start),
+            _ => start,
+        };
+        SqlError::at(e.to_string(), at)
+    })
+}
+
+/// A parser error, with the position sqlparser put in its message moved into the fields.
+fn parser_error(e: ParserError, fallback: Location) -> SqlError {
+    let text = match e {
+        ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
+        ParserError::RecursionLimitExceeded => "the query nests too deeply".to_string(),
+    };
+    if let Some(pos) = text.rfind(" at Line: ") {
+        let rest = &text[pos + " at Line: ".len()..];
+        let mut parts = rest.split(", Column: ");
+        let line = parts.next().and_then(|l| l.trim().parse().ok());
+        let column = parts.next().and_then(|c| c.trim().parse().ok());
+        if let (Some(line), Some(column)) = (line, column) {
+            return SqlError {
+                message: format!("syntax error: {}", &text[..pos]),
+                line,
+                column,
+            };
+        }
+    }
+    SqlError::at(format!("syntax error: {text}"), fallback)
+}
+
+/// A DataFusion error, at the span its diagnostic names or else at `fallback`.
+fn df_error(e: DataFusionError, fallback: Location) -> SqlError {
+    let at = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .filter(|s| s.start.line > 0)
+        .map(|s| Location::new(s.start.line, s.start.column))
+        .unwrap_or(fallback);
+    let message = match e.find_root() {
+        DataFusionError::Diagnostic(_, inner) => inner.to_string(),
+        root => root.to_string(),
+    };
+    SqlError::at(message, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMPULSE: &str = "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10');\n";
+
+    #[test]
+    fn plans_a_filtered_select() {
+        let q = plan(&format!(
+            "{IMPULSE}SELECT counter FROM impulse WHERE counter % 2 = 0;"
+        ))
+        .unwrap();
+        assert_eq!(q.sinks, vec!["preview".to_string()]);
+        assert!(q.program.nodes.len() >= 2, "{}", q.program.describe());
+    }
+
+    #[test]
+    fn unknown_connector_and_option_are_named_with_positions() {
+        let errors = plan(
+            "CREATE TABLE a WITH (connector = 'kafkaa');\nCREATE TABLE b WITH (connector = 'impulse', event_rate = '1', colour = 'red');",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].message.contains("unknown connector 'kafkaa'"));
+        assert_eq!((errors[0].line, errors[0].column), (1, 1));
+        assert!(errors[1].message.contains("unknown option 'colour'"));
+        assert_eq!((errors[1].line, errors[1].column), (2, 63));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let errors = plan(&format!("{IMPULSE}SELECT counter FROM WHERE")).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 2, "{errors:?}");
+        assert!(errors[0].column > 0);
+    }
+
+    #[test]
+    fn unknown_column_is_an_error() {
+        let errors = plan(&format!("{IMPULSE}SELECT nope FROM impulse")).unwrap_err();
+        assert!(errors[0].message.contains("nope"), "{errors:?}");
+        assert_eq!(errors[0].line, 2);
+    }
+
+    #[test]
+    fn every_statement_reports_its_own_error() {
+        let errors = plan("SELECT 1 FROM a;\nSELECT 2 FROM b;").unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[1].line, 2);
+    }
+}

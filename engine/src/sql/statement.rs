@@ -1,0 +1,260 @@
+//! Splits a SQL file into statements at the token level and undoes the parts of Arroyo's
+//! dialect that sqlparser does not know, keeping every token's position:
+//!
+//! 1. `WATERMARK FOR col [AS expr]` inside a CREATE TABLE's column list is cut out and kept
+//!    as a [`WatermarkClause`].
+//! 2. A quoted option key in `WITH ('json.unstructured' = 'true')` becomes a quoted identifier.
+
+use datafusion::sql::sqlparser::dialect::Dialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Word};
+
+use super::SqlError;
+
+/// One statement's tokens, ready for the parser.
+#[derive(Debug, Clone)]
+pub struct RawStatement {
+    pub tokens: Vec<TokenWithSpan>,
+    /// Where its first token starts.
+    pub start: Location,
+    /// `WATERMARK FOR` clauses cut out of a CREATE TABLE.
+    pub watermarks: Vec<WatermarkClause>,
+}
+
+/// `WATERMARK FOR column [AS expr]`.
+#[derive(Debug, Clone)]
+pub struct WatermarkClause {
+    pub column: String,
+    /// The expression's tokens; None for the default delay.
+    pub expr: Option<Vec<TokenWithSpan>>,
+    pub start: Location,
+}
+
+fn is_word(t: &Token, kw: Keyword) -> bool {
+    matches!(t, Token::Word(w) if w.keyword == kw)
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// Tokenizes `sql` and splits it at top-level semicolons; empty statements are dropped.
+pub fn split(sql: &str, dialect: &dyn Dialect) -> Result<Vec<RawStatement>, SqlError> {
+    let tokens = Tokenizer::new(dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::at(e.message, e.location))?;
+    let mut statements = Vec::new();
+    let mut current = Vec::new();
+    let mut depth = 0i32;
+    for t in tokens {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::SemiColon if depth <= 0 => {
+                push_statement(&mut statements, std::mem::take(&mut current));
+                depth = 0;
+                continue;
+            }
+            Token::EOF => continue,
+            _ => {}
+        }
+        current.push(t);
+    }
+    push_statement(&mut statements, current);
+    Ok(statements)
+}
+
+fn push_statement(out: &mut Vec<RawStatement>, tokens: Vec<TokenWithSpan>) {
+    let Some(first) = tokens.iter().find(|t| !is_trivia(&t.token)) else {
+        return;
+    };
+    let start = first.span.start;
+    let mut stmt = RawStatement {
+        tokens,
+        start,
+        watermarks: vec![],
+    };
+    if is_create_table(&stmt.tokens) {
+        rewrite_create_table(&mut stmt);
+    }
+    out.push(stmt);
+}
+
+fn is_create_table(tokens: &[TokenWithSpan]) -> bool {
+    let mut words = tokens.iter().filter(|t| !is_trivia(&t.token));
+    if !words.next().is_some_and(|t| is_word(&t.token, Keyword::CREATE)) {
+        return false;
+    }
+    for t in words {
+        match &t.token {
+            Token::Word(w) if w.keyword == Keyword::TABLE => return true,
+            Token::Word(w)
+                if matches!(
+                    w.keyword,
+                    Keyword::OR | Keyword::REPLACE | Keyword::TEMPORARY | Keyword::TEMP
+                ) => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn rewrite_create_table(stmt: &mut RawStatement) {
+    let tokens = std::mem::take(&mut stmt.tokens);
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    let mut depth = 0;
+    // Which top-level parenthesis we are in: the column list, or the WITH options.
+    let mut in_columns = false;
+    let mut in_options = false;
+    let mut seen_columns = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        match &t.token {
+            Token::LParen => {
+                if depth == 0 {
+                    let prev = out.iter().rev().find(|t| !is_trivia(&t.token));
+                    if prev.is_some_and(|p| is_word(&p.token, Keyword::WITH)) {
+                        in_options = true;
+                    } else if !seen_columns {
+                        in_columns = true;
+                        seen_columns = true;
+                    }
+                }
+                depth += 1;
+            }
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    in_columns = false;
+                    in_options = false;
+                }
+            }
+            Token::Word(w)
+                if in_columns && depth == 1 && w.value.eq_ignore_ascii_case("watermark") =>
+            {
+                let next_word = tokens[i + 1..].iter().find(|t| !is_trivia(&t.token));
+                if next_word.is_some_and(|n| is_word(&n.token, Keyword::FOR)) {
+                    let end = clause_end(&tokens, i);
+                    stmt.watermarks
+                        .push(parse_watermark(&tokens[i..end], t.span.start));
+                    // Drop the comma that separated the clause from the previous column.
+                    if let Some(pos) = out.iter().rposition(|t| !is_trivia(&t.token))
+                        && out[pos].token == Token::Comma
+                    {
+                        out.truncate(pos);
+                    }
+                    i = end;
+                    continue;
+                }
+            }
+            Token::SingleQuotedString(key) if in_options && depth == 1 => {
+                let next = tokens[i + 1..].iter().find(|t| !is_trivia(&t.token));
+                if next.is_some_and(|n| n.token == Token::Eq) {
+                    out.push(TokenWithSpan {
+                        token: Token::Word(Word {
+                            value: key.clone(),
+                            quote_style: Some('"'),
+                            keyword: Keyword::NoKeyword,
+                        }),
+                        span: t.span,
+                    });
+                    i += 1;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(t.clone());
+        i += 1;
+    }
+    stmt.tokens = out;
+}
+
+/// Index just past the clause starting at `start`: the next top-level `,` or `)` of the
+/// column list.
+fn clause_end(tokens: &[TokenWithSpan], start: usize) -> usize {
+    let mut depth = 0;
+    for (i, t) in tokens.iter().enumerate().skip(start) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen if depth == 0 => return i,
+            Token::RParen => depth -= 1,
+            Token::Comma if depth == 0 => return i,
+            _ => {}
+        }
+    }
+    tokens.len()
+}
+
+fn parse_watermark(tokens: &[TokenWithSpan], start: Location) -> WatermarkClause {
+    let significant: Vec<&TokenWithSpan> =
+        tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
+    // WATERMARK FOR <column> [AS <expr>]
+    let column = match significant.get(2).map(|t| &t.token) {
+        Some(Token::Word(w)) => {
+            if w.quote_style.is_some() {
+                w.value.clone()
+            } else {
+                w.value.to_ascii_lowercase()
+            }
+        }
+        _ => String::new(),
+    };
+    let expr = significant
+        .iter()
+        .position(|t| is_word(&t.token, Keyword::AS))
+        .map(|as_pos| {
+            let first = significant[as_pos + 1..].first();
+            let from = first
+                .and_then(|f| tokens.iter().position(|t| std::ptr::eq(t, *f)))
+                .unwrap_or(tokens.len());
+            tokens[from..].to_vec()
+        });
+    WatermarkClause {
+        column,
+        expr,
+        start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+    fn text(tokens: &[TokenWithSpan]) -> String {
+        tokens.iter().map(|t| t.token.to_string()).collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons_and_keeps_positions() {
+        let s = split("SELECT 1;\n\n  SELECT (2);;", &GenericDialect {}).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[1].start.line, s[1].start.column), (3, 3));
+    }
+
+    #[test]
+    fn cuts_watermark_clauses_out_of_the_column_list() {
+        let sql = "CREATE TABLE t (ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS (ts - INTERVAL '1' SECOND), x INT) WITH ('json.unstructured' = 'true')";
+        let s = split(sql, &GenericDialect {}).unwrap();
+        assert_eq!(s[0].watermarks.len(), 1);
+        let w = &s[0].watermarks[0];
+        assert_eq!(w.column, "ts");
+        assert_eq!(
+            text(w.expr.as_ref().unwrap()),
+            "(ts - INTERVAL '1' SECOND)"
+        );
+        let rest = text(&s[0].tokens);
+        assert!(rest.contains("NOT NULL, x INT"), "{rest}");
+        assert!(rest.contains("\"json.unstructured\" = 'true'"), "{rest}");
+    }
+
+    #[test]
+    fn watermark_without_expression_and_last_in_list() {
+        let sql = "CREATE TABLE t (ts TIMESTAMP, WATERMARK FOR ts ) WITH (connector = 'x')";
+        let s = split(sql, &GenericDialect {}).unwrap();
+        assert!(s[0].watermarks[0].expr.is_none());
+        assert!(text(&s[0].tokens).replace(" ", "").contains("(tsTIMESTAMP)WITH"));
+    }
+}
