@@ -18,7 +18,7 @@ use arroyod_proto::{Pipeline, ValidateRequest};
 use tonic::{Code, Status};
 
 use crate::cli::{Cli, Command, StopMode};
-use crate::connect::{self, Client, ConnectError, SocketEnv};
+use crate::connect::{self, Client, ConnectError};
 use crate::render;
 
 /// Exit status of an error.
@@ -87,7 +87,7 @@ fn status_message(status: &Status) -> &str {
 pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let socket = match cli.socket {
         Some(socket) => socket,
-        None => connect::default_socket(&SocketEnv::from_process(), connect::real_uid)?,
+        None => connect::default_socket()?,
     };
     let session = Session {
         socket,

@@ -1,1 +1,140 @@
-fn main() {}
+//! arroyod: the streaming SQL daemon.
+//!
+//! - `arroyod [serve]`: the long-lived daemon (systemd `Type=notify`), gRPC on a Unix socket.
+//! - `arroyod run QUERY`: one pipeline end to end in one process tree, like `arroyo run`.
+//! - `arroyod worker ...`: a worker process, started by the daemon only.
+//! - `arroyod config`: prints the effective configuration.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error.
+
+mod api;
+mod config;
+mod controller;
+mod local_run;
+mod serve;
+mod store;
+mod tail;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "arroyod", version, about = "Streaming SQL engine and daemon")]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+struct ServeArgs {
+    /// Unix socket of the API (default: $ARROYO_SOCKET, $RUNTIME_DIRECTORY/arroyod.sock,
+    /// $XDG_RUNTIME_DIR/arroyod.sock, /tmp/arroyod-$UID/arroyod.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Directory of the SQLite metadata and local state.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Config file (default: /etc/arroyod/arroyod.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (the default).
+    Serve,
+    /// Run one query end to end, printing the rows of a bare SELECT to stdout.
+    Run(local_run::RunArgs),
+    /// Print the effective configuration.
+    Config,
+    /// Run one pipeline generation (started by the daemon).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long = "pipeline")]
+        pipeline: String,
+        #[arg(long)]
+        generation: u64,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn print_error(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = config::Overrides {
+        config: cli.serve.config.clone(),
+        socket: cli.serve.socket.clone(),
+        data_dir: cli.serve.data_dir.clone(),
+    };
+    let result: anyhow::Result<i32> = match cli.command {
+        None | Some(Command::Serve) => {
+            let config = match config::Config::load(&overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_error(&e.into());
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(&config.log);
+            runtime().block_on(serve::serve(config)).map(|()| 0)
+        }
+        Some(Command::Config) => match config::Config::load(&overrides) {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        },
+        Some(Command::Run(args)) => {
+            init_logging("warn,arroyod::local_run=info");
+            runtime().block_on(local_run::run(args))
+        }
+        Some(Command::Worker {
+            pipeline,
+            generation,
+        }) => {
+            init_logging("warn");
+            let Some(socket) = cli.serve.socket else {
+                eprintln!("error: arroyod worker needs --socket");
+                return ExitCode::from(2);
+            };
+            runtime()
+                .block_on(worker::run(socket, pipeline, generation))
+                .map(|()| 0)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,7 +1,12 @@
 //! The gRPC contract of arroyod, generated from `proto/arroyod.proto`.
 //!
-//! This crate owns nothing but the generated types and the state names shared by the daemon and
-//! the client. It must never grow a dependency on the engine: `arroyoctl` links it and stays thin.
+//! This crate owns nothing but what the daemon and the client must agree on: the generated types,
+//! the state names and the default socket. It must never grow a dependency on the engine:
+//! `arroyoctl` links it and stays thin.
+//!
+//! [`socket`] is the one definition of where the daemon's socket lives when nothing names it,
+//! shared by `arroyod` (which listens there) and `arroyoctl` (which connects there) so that the
+//! two find each other without flags. It needs nothing but `std`.
 #![forbid(unsafe_code)]
 
 #[allow(clippy::all, missing_docs)]
@@ -10,6 +15,8 @@ mod generated {
 }
 
 pub use generated::*;
+
+pub mod socket;
 
 /// Pipeline states, spelled as Arroyo spells them.
 pub mod state {

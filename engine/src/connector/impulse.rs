@@ -75,7 +75,9 @@ impl ImpulseFactory {
     pub fn new(config: ImpulseConfig, projection: Option<Vec<usize>>) -> Self {
         let full = schema();
         let projection = projection.unwrap_or_else(|| (0..full.fields().len()).collect());
-        let visible = full.project(&projection).expect("projection within the impulse schema");
+        let visible = full
+            .project(&projection)
+            .expect("projection within the impulse schema");
         ImpulseFactory {
             config,
             projection,
@@ -213,11 +215,7 @@ mod tests {
             let s = impulse(i, 3, 10);
             let n = s.own_count().unwrap();
             let b = s.batch(0, n, 0).unwrap();
-            let c = b
-                .column(1)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .unwrap();
+            let c = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
             seen.extend(c.values().iter().copied());
         }
         seen.sort();

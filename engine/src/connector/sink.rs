@@ -2,13 +2,11 @@
 //! encode rows as JSON lines and write them to stdout, a file, the default-sink channel, or
 //! nowhere (blackhole).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use tokio::sync::mpsc;
 
 use super::{ConnectorConfig, ConnectorTable};
@@ -54,8 +52,8 @@ impl OperatorFactory for SinkFactory {
                 None => Target::Blackhole,
             },
             ConnectorConfig::SingleFile { path } => {
-                let file = File::create(path)
-                    .map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
+                let file =
+                    File::create(path).map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
                 Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
             }
             ConnectorConfig::Impulse(_) => {
@@ -163,13 +161,18 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
 
     #[test]
     fn json_lines_drop_the_event_time_and_format_timestamps_as_iso() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, true),
             Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
-            Field::new("_timestamp", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new(
+                "_timestamp",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
         ]));
         let batch = RecordBatch::try_new(
             schema,

@@ -17,7 +17,7 @@ mod graph;
 mod runtime;
 
 pub use graph::{Edge, EdgeKind, Node, NodeKind, Program};
-pub use runtime::{Collector, DataflowError, RunHandle, StopMode, run};
+pub use runtime::{Collector, DataflowError, RunHandle, RunOutcome, StopMode, run};
 
 use datafusion::arrow::record_batch::RecordBatch;
 

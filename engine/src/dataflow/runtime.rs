@@ -109,6 +109,7 @@ impl RunHandle {
 }
 
 type Tx = mpsc::Sender<(u32, Message)>;
+type Rx = mpsc::Receiver<(u32, Message)>;
 
 /// Where a subtask's output goes.
 enum Route {
@@ -117,7 +118,10 @@ enum Route {
     /// Round-robin over all downstream subtasks.
     RoundRobin(Vec<(Tx, u32)>, usize),
     /// By key hash over all downstream subtasks.
-    Hash(Vec<(Tx, u32)>, Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>),
+    Hash(
+        Vec<(Tx, u32)>,
+        Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    ),
 }
 
 /// The output side of a subtask: routes batches and broadcasts control messages.
@@ -202,7 +206,7 @@ pub fn run(
 
     // One input channel per subtask.
     let mut senders: Vec<Vec<Tx>> = Vec::with_capacity(n);
-    let mut receivers: Vec<Vec<Option<mpsc::Receiver<(u32, Message)>>>> = Vec::with_capacity(n);
+    let mut receivers: Vec<Vec<Option<Rx>>> = Vec::with_capacity(n);
     for &p in &par {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..p)
             .map(|_| {
@@ -276,7 +280,8 @@ pub fn run(
                         .expect("one receiver per subtask");
                     let inputs = std::mem::take(&mut slot_inputs[node_id][subtask]);
                     tasks.spawn(
-                        run_operator(op, info, rx, inputs, out).instrument(info_span!("task", %name)),
+                        run_operator(op, info, rx, inputs, out)
+                            .instrument(info_span!("task", %name)),
                     );
                 }
             }
@@ -303,7 +308,7 @@ async fn run_source(
 async fn run_operator(
     mut op: Box<dyn Operator>,
     info: TaskInfo,
-    mut rx: mpsc::Receiver<(u32, Message)>,
+    mut rx: Rx,
     slot_inputs: Vec<usize>,
     mut out: Collector,
 ) -> Result<(), DataflowError> {

@@ -129,8 +129,16 @@ fn plan_statement(
     match stmt {
         Statement::CreateTable(create) => {
             if let Some(w) = raw.watermarks.first() {
+                let what = if w.expr.is_some() {
+                    "WATERMARK FOR ... AS"
+                } else {
+                    "WATERMARK FOR"
+                };
                 return Err(SqlError::at(
-                    "WATERMARK FOR is not supported yet (impulse tables generate their own event time)",
+                    format!(
+                        "{what} (on column '{}') is not supported yet: impulse tables generate their own event time",
+                        w.column
+                    ),
                     w.start,
                 ));
             }
@@ -170,9 +178,10 @@ fn plan_statement(
             };
             // A sink without declared columns takes the query's.
             let input = if table.schema.fields().is_empty() {
-                let source = insert.source.clone().ok_or_else(|| {
-                    SqlError::at("INSERT INTO needs a query", raw.start)
-                })?;
+                let source = insert
+                    .source
+                    .clone()
+                    .ok_or_else(|| SqlError::at("INSERT INTO needs a query", raw.start))?;
                 to_logical(Statement::Query(source), catalog, raw.start)?
             } else {
                 match to_logical(stmt, catalog, raw.start)? {

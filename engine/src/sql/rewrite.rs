@@ -13,8 +13,8 @@ use datafusion::common::{DFSchema, not_impl_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::provider::TableEntry;
 use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp};
@@ -87,18 +87,31 @@ impl Builder {
         node
     }
 
-    fn physical(&self, expr: &datafusion::logical_expr::Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
+    fn physical(
+        &self,
+        expr: &datafusion::logical_expr::Expr,
+        schema: &DFSchema,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        create_physical_expr(
+            expr,
+            schema,
+            &self.props,
+            &PhysicalPlanningContext::default(),
+        )
     }
 
     fn build(&mut self, plan: &LogicalPlan) -> Result<Stream> {
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let Some(entry) = (scan.source.as_ref() as &dyn Any).downcast_ref::<TableEntry>() else {
+                let Some(entry) = (scan.source.as_ref() as &dyn Any).downcast_ref::<TableEntry>()
+                else {
                     return plan_err!("table '{}' cannot be read", scan.table_name);
                 };
                 if !scan.filters.is_empty() || scan.fetch.is_some() {
-                    return plan_err!("unexpected pushed-down filter or limit on '{}'", scan.table_name);
+                    return plan_err!(
+                        "unexpected pushed-down filter or limit on '{}'",
+                        scan.table_name
+                    );
                 }
                 let factory = entry
                     .table

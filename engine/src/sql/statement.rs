@@ -82,7 +82,10 @@ fn push_statement(out: &mut Vec<RawStatement>, tokens: Vec<TokenWithSpan>) {
 
 fn is_create_table(tokens: &[TokenWithSpan]) -> bool {
     let mut words = tokens.iter().filter(|t| !is_trivia(&t.token));
-    if !words.next().is_some_and(|t| is_word(&t.token, Keyword::CREATE)) {
+    if !words
+        .next()
+        .is_some_and(|t| is_word(&t.token, Keyword::CREATE))
+    {
         return false;
     }
     for t in words {
@@ -188,8 +191,7 @@ fn clause_end(tokens: &[TokenWithSpan], start: usize) -> usize {
 }
 
 fn parse_watermark(tokens: &[TokenWithSpan], start: Location) -> WatermarkClause {
-    let significant: Vec<&TokenWithSpan> =
-        tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
+    let significant: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
     // WATERMARK FOR <column> [AS <expr>]
     let column = match significant.get(2).map(|t| &t.token) {
         Some(Token::Word(w)) => {
@@ -241,10 +243,7 @@ mod tests {
         assert_eq!(s[0].watermarks.len(), 1);
         let w = &s[0].watermarks[0];
         assert_eq!(w.column, "ts");
-        assert_eq!(
-            text(w.expr.as_ref().unwrap()),
-            "(ts - INTERVAL '1' SECOND)"
-        );
+        assert_eq!(text(w.expr.as_ref().unwrap()), "(ts - INTERVAL '1' SECOND)");
         let rest = text(&s[0].tokens);
         assert!(rest.contains("NOT NULL, x INT"), "{rest}");
         assert!(rest.contains("\"json.unstructured\" = 'true'"), "{rest}");
@@ -255,6 +254,10 @@ mod tests {
         let sql = "CREATE TABLE t (ts TIMESTAMP, WATERMARK FOR ts ) WITH (connector = 'x')";
         let s = split(sql, &GenericDialect {}).unwrap();
         assert!(s[0].watermarks[0].expr.is_none());
-        assert!(text(&s[0].tokens).replace(" ", "").contains("(tsTIMESTAMP)WITH"));
+        assert!(
+            text(&s[0].tokens)
+                .replace(" ", "")
+                .contains("(tsTIMESTAMP)WITH")
+        );
     }
 }

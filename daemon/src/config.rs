@@ -1,0 +1,159 @@
+//! The daemon's configuration, in layers, lowest first: built-in defaults, the config file
+//! (`/etc/arroyod/arroyod.toml` when it exists, or `--config FILE`), `ARROYO_*` environment
+//! variables, command-line flags. Unknown keys are errors; the result is validated once.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default config file, read when it exists and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/arroyod/arroyod.toml";
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` could not be read.
+    #[error("reading config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// No data dir can be chosen: no flag, variable, file entry, nor HOME.
+    #[error("no data dir: pass --data-dir, set ARROYO_DATA_DIR or HOME")]
+    NoDataDir,
+    /// No socket can be chosen.
+    #[error("choosing the default socket")]
+    Socket(#[source] std::io::Error),
+}
+
+/// The file's keys; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    log: Option<String>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Config {
+    /// Unix socket of the public API.
+    pub socket: PathBuf,
+    /// SQLite database, worker socket and local state.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
+    pub log: String,
+}
+
+/// What the command line gives.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The default data dir: `$XDG_STATE_HOME/arroyod`, else `$HOME/.local/state/arroyod`.
+fn default_data_dir() -> Option<PathBuf> {
+    env_path("XDG_STATE_HOME")
+        .map(|d| d.join("arroyod"))
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/state/arroyod")))
+}
+
+impl Config {
+    pub fn load(flags: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileConfig::default(),
+        };
+        let socket = flags
+            .socket
+            .clone()
+            .or_else(|| env_path("ARROYO_SOCKET"))
+            .or(file.socket);
+        let socket = match socket {
+            Some(s) => s,
+            None => arroyod_proto::socket::default_socket().map_err(ConfigError::Socket)?,
+        };
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or_else(|| env_path("ARROYO_DATA_DIR"))
+            .or(file.data_dir)
+            .or_else(default_data_dir)
+            .ok_or(ConfigError::NoDataDir)?;
+        let log = std::env::var("ARROYO_LOG")
+            .ok()
+            .filter(|l| !l.is_empty())
+            .or(file.log)
+            .unwrap_or_else(|| "info".to_string());
+        Ok(Config {
+            socket,
+            data_dir,
+            log,
+        })
+    }
+
+    /// The effective configuration as TOML, for `arroyod config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "data_dir = \"/x\"\ncolour = \"red\"\n").unwrap();
+        let err = Config::load(&Overrides {
+            config: Some(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("colour"), "{chain}");
+
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "data_dir = \"/from-file\"\nsocket = \"/s.sock\"\n").unwrap();
+        let c = Config::load(&Overrides {
+            config: Some(good),
+            data_dir: Some("/from-flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
+    }
+}

@@ -1,0 +1,206 @@
+//! `arroyod serve`: the long-lived daemon, and the pieces `arroyod run` shares with it.
+//!
+//! Start-up, in order: create the data dir; take its lock (a second daemon on the same dir
+//! exits naming the holder's pid); open and migrate SQLite; remove a stale socket and bind
+//! (mode 0660); tell systemd READY. Shutdown on SIGTERM/SIGINT: tell systemd STOPPING, stop
+//! every pipeline and wait for them, then stop serving and exit 0.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arroyod_proto::arroyod_server::ArroyodServer;
+use arroyod_proto::worker_control_server::WorkerControlServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{Api, WorkerApi};
+use crate::config::Config;
+use crate::controller::Controller;
+use crate::store::Store;
+
+/// How long shutdown waits for the servers after every pipeline stopped.
+const SERVER_DRAIN: Duration = Duration::from_secs(5);
+
+/// The exclusive lock on a data dir, held for the life of the process.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes `dir/arroyod.lock`, or fails naming the pid that holds it.
+    pub fn acquire(dir: &Path) -> anyhow::Result<DataDirLock> {
+        let path = dir.join("arroyod.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("pid {holder}")
+            };
+            bail!(
+                "data dir {} is in use by {who} (lock file {})",
+                dir.display(),
+                path.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Removes a stale socket at `path` and binds a new one with `mode`.
+pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => info!(socket = %path.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// The daemon's components, shared by `serve` and `run`.
+pub struct Daemon {
+    pub controller: Arc<Controller>,
+    _lock: DataDirLock,
+    servers: tokio::task::JoinSet<()>,
+    stop_serving: CancellationToken,
+}
+
+/// Where the worker socket of a data dir lives. Unix socket paths are short (108 bytes): a
+/// long data dir puts it under the temp dir instead.
+fn worker_socket_path(data_dir: &Path) -> PathBuf {
+    let path = data_dir.join("worker.sock");
+    if path.as_os_str().len() < 100 {
+        return path;
+    }
+    std::env::temp_dir().join(format!("arroyod-worker-{}.sock", std::process::id()))
+}
+
+impl Daemon {
+    /// Takes the data dir, opens the store, and serves the worker socket (and the public API
+    /// on `public_socket`, when given).
+    pub async fn start(data_dir: &Path, public_socket: Option<&Path>) -> anyhow::Result<Daemon> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        let store = Store::open(data_dir)
+            .await
+            .with_context(|| format!("opening the metadata store in {}", data_dir.display()))?;
+        let worker_socket = worker_socket_path(data_dir);
+        let exe = std::env::current_exe().context("finding the arroyod binary")?;
+        let controller = Controller::new(store, exe, worker_socket.clone()).await?;
+        let stop_serving = CancellationToken::new();
+        let mut servers = tokio::task::JoinSet::new();
+
+        let listener = bind_socket(&worker_socket, 0o600)?;
+        let shutdown = stop_serving.clone();
+        let worker_api = WorkerControlServer::new(WorkerApi {
+            controller: controller.clone(),
+        });
+        servers.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(worker_api)
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "the worker socket server failed");
+            }
+        });
+
+        if let Some(socket) = public_socket {
+            let listener = bind_socket(socket, 0o660)?;
+            let shutdown = stop_serving.clone();
+            let api = ArroyodServer::new(Api {
+                controller: controller.clone(),
+            });
+            servers.spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(api)
+                    .serve_with_incoming_shutdown(
+                        UnixListenerStream::new(listener),
+                        shutdown.cancelled_owned(),
+                    )
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "the API server failed");
+                }
+            });
+        }
+        Ok(Daemon {
+            controller,
+            _lock: lock,
+            servers,
+            stop_serving,
+        })
+    }
+
+    /// Stops every pipeline, then the servers.
+    pub async fn shutdown(mut self) {
+        self.controller.shutdown().await;
+        self.stop_serving.cancel();
+        let drained = tokio::time::timeout(SERVER_DRAIN, async {
+            while self.servers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("servers did not drain in time; closing them");
+            self.servers.abort_all();
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn termination() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let daemon = Daemon::start(&config.data_dir, Some(&config.socket)).await?;
+    info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "arroyod ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let signal = termination().await;
+    info!(signal, "shutting down: stopping every pipeline");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    info!("arroyod stopped");
+    Ok(())
+}

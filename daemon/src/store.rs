@@ -1,0 +1,235 @@
+//! The metadata store: the daemon's SQLite database (WAL mode), opened with sqlx and migrated
+//! with the embedded `migrations/` at start.
+//!
+//! It owns the rows of pipelines and their events; it never holds a transaction across an
+//! await on anything but SQLite itself.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Errors of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or a statement failed.
+    #[error("metadata database")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed: the database is from a newer arroyod or damaged.
+    #[error("migrating the metadata database")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A pipeline with this name exists.
+    #[error("a pipeline named '{0}' already exists")]
+    NameTaken(String),
+}
+
+/// A pipeline's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineRow {
+    pub id: String,
+    pub name: String,
+    pub query: String,
+    pub parallelism: u32,
+    pub desired: String,
+    pub state: String,
+    pub failure: String,
+    pub generation: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn row(r: &sqlx::sqlite::SqliteRow) -> PipelineRow {
+    PipelineRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        query: r.get("query"),
+        parallelism: r.get::<i64, _>("parallelism") as u32,
+        desired: r.get("desired"),
+        state: r.get("state"),
+        failure: r.get("failure"),
+        generation: r.get::<i64, _>("generation") as u64,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/arroyod.db` and migrates it.
+    pub async fn open(dir: &Path) -> Result<Store, StoreError> {
+        let url = format!("sqlite://{}", dir.join("arroyod.db").display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn insert(&self, p: &PipelineRow) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.query)
+        .bind(p.parallelism as i64)
+        .bind(&p.desired)
+        .bind(&p.state)
+        .bind(&p.failure)
+        .bind(p.generation as i64)
+        .bind(&p.created_at)
+        .bind(&p.updated_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::NameTaken(p.name.clone()))
+            }
+            other => other.map(|_| ()).map_err(StoreError::from),
+        }
+    }
+
+    /// Writes the state, failure, desired state and generation of `p`, and logs an event.
+    pub async fn update(&self, p: &PipelineRow, message: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&p.desired)
+        .bind(&p.state)
+        .bind(&p.failure)
+        .bind(p.generation as i64)
+        .bind(&p.updated_at)
+        .bind(&p.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO pipeline_events (pipeline_id, at, state, message) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&p.id)
+        .bind(&p.updated_at)
+        .bind(&p.state)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a pipeline and its events.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM pipeline_events WHERE pipeline_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM pipelines WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<PipelineRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM pipelines ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(row).collect())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_618), (2023, 9, 18));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[tokio::test]
+    async fn rows_round_trip_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut p = PipelineRow {
+            id: "p1".into(),
+            name: "one".into(),
+            query: "SELECT 1".into(),
+            parallelism: 2,
+            desired: "Running".into(),
+            state: "Created".into(),
+            failure: String::new(),
+            generation: 0,
+            created_at: now_rfc3339(),
+            updated_at: now_rfc3339(),
+        };
+        store.insert(&p).await.unwrap();
+        let dup = PipelineRow {
+            id: "p2".into(),
+            ..p.clone()
+        };
+        assert!(matches!(
+            store.insert(&dup).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        p.state = "Running".into();
+        p.generation = 1;
+        store.update(&p, "started").await.unwrap();
+        store.close().await;
+        // Reopen: the row survived.
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![p]);
+    }
+}

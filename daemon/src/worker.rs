@@ -1,0 +1,168 @@
+//! `arroyod worker`: the process that runs one generation of one pipeline.
+//!
+//! 1. It asks the kernel to kill it when its parent (the daemon) dies, and also exits when the
+//!    daemon's command stream ends: a worker never outlives its daemon.
+//! 2. It attaches to the daemon's worker socket, says Hello with its pipeline and generation,
+//!    and receives Start (the query and parallelism).
+//! 3. It plans the query, runs the dataflow, reports Running, and streams the default sink's
+//!    rows; then it reports Finished, Stopped or Failed and exits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arroyod_engine::connector::JobContext;
+use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
+use arroyod_proto::worker_control_client::WorkerControlClient;
+use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+/// Connects a gRPC channel over the Unix socket at `path`.
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
+
+/// Makes the kernel send SIGKILL to this process when its parent dies.
+fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    // The parent may have died before the call: then we were re-parented already.
+    if std::os::unix::process::parent_id() == 1 {
+        std::process::exit(1);
+    }
+}
+
+fn event(e: worker_event::Event) -> WorkerEvent {
+    WorkerEvent { event: Some(e) }
+}
+
+pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> anyhow::Result<()> {
+    die_with_parent();
+    let channel = unix_channel(&socket)
+        .await
+        .with_context(|| format!("connecting to the daemon at {}", socket.display()))?;
+    let mut client = WorkerControlClient::new(channel);
+    let (events, events_rx) = mpsc::channel::<WorkerEvent>(16);
+    events
+        .send(event(worker_event::Event::Hello(arroyod_proto::Hello {
+            pipeline_id: pipeline_id.clone(),
+            generation,
+            pid: std::process::id(),
+        })))
+        .await?;
+    let mut commands = client
+        .attach(ReceiverStream::new(events_rx))
+        .await
+        .context("attaching to the daemon")?
+        .into_inner();
+    let start = match commands.message().await? {
+        Some(arroyod_proto::WorkerCommand {
+            command: Some(worker_command::Command::Start(start)),
+        }) => start,
+        other => bail!("expected Start from the daemon, got {other:?}"),
+    };
+    info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
+
+    let planned = match arroyod_engine::sql::plan(&start.query) {
+        Ok(planned) => planned,
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            events
+                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
+                    message,
+                })))
+                .await?;
+            return finish(events, commands).await;
+        }
+    };
+    let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
+    let job = Arc::new(JobContext {
+        preview: Some(preview_tx),
+    });
+    let handle = dataflow::run(&planned.program, start.parallelism as usize, job)?;
+    events
+        .send(event(worker_event::Event::Running(
+            arroyod_proto::Running {},
+        )))
+        .await?;
+    let forward = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some(json) = preview_rx.recv().await {
+                let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
+                if events.send(rows).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let stop = handle.stop_sender();
+    let mut wait = std::pin::pin!(handle.wait());
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut wait => break outcome,
+            command = commands.message() => match command {
+                Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Stop(s)) })) => {
+                    let mode = match StopMode::try_from(s.mode) {
+                        Ok(StopMode::Immediate) => EngineStop::Immediate,
+                        _ => EngineStop::Graceful,
+                    };
+                    info!(pipeline = %pipeline_id, ?mode, "stop requested");
+                    let _ = stop.send(Some(mode));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    warn!(pipeline = %pipeline_id, "the daemon went away; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
+    };
+    // Every row reaches the daemon before the final report.
+    let _ = forward.await;
+    let last = match outcome {
+        Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
+        Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
+        Err(e) => worker_event::Event::Failed(arroyod_proto::Failed {
+            message: crate::api::error_chain(&e),
+        }),
+    };
+    events.send(event(last)).await?;
+    finish(events, commands).await
+}
+
+/// Closes the report stream and waits (briefly) for the daemon to close its side.
+async fn finish(
+    events: mpsc::Sender<WorkerEvent>,
+    mut commands: tonic::Streaming<arroyod_proto::WorkerCommand>,
+) -> anyhow::Result<()> {
+    drop(events);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = commands.message().await {}
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The one harness for integration tests: it starts the real binaries (`arroyod`, `arroyoctl`)
+//! on a temp data dir and socket, waits on conditions with deadlines (never fixed sleeps), and
+//! can kill -9, terminate and restart the daemon.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any single condition may take to come true.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn arroyod_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_arroyod"))
+}
+
+/// `arroyoctl`, built beside `arroyod` by `cargo test --workspace`.
+pub fn arroyoctl_bin() -> PathBuf {
+    let path = arroyod_bin().with_file_name("arroyoctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it returns Some or `deadline` passes (then panics naming `what`).
+pub fn wait_until<T>(deadline: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL", "INT") to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// True while a process with `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+            state != Some('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.split(' ').nth(1)?.parse().ok()
+}
+
+/// Waits for a child with a deadline.
+pub fn wait_exit(child: &mut Child, deadline: Duration) -> ExitStatus {
+    wait_until(deadline, "the process to exit", || {
+        child.try_wait().unwrap()
+    })
+}
+
+/// Reads a child's stdout lines on a thread.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stdout: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, seen: vec![] }
+    }
+
+    /// Waits until at least `n` lines have been read in total.
+    pub fn wait_for(&mut self, n: usize, deadline: Duration) -> &[String] {
+        let end = Instant::now() + deadline;
+        while self.seen.len() < n {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!("waiting for {n} lines, got {}: {e}", self.seen.len()),
+            }
+        }
+        &self.seen
+    }
+
+    /// Reads every remaining line until the writer closes.
+    pub fn drain(&mut self, deadline: Duration) -> &[String] {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return &self.seen,
+                Err(e) => panic!("stream did not end: {e}"),
+            }
+        }
+    }
+}
+
+/// A daemon on a temp data dir and socket.
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut d = TestDaemon { dir, child: None };
+        d.restart();
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("arroyod.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("arroyod.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A daemon command on this data dir and socket, not started.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(arroyod_bin());
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env_remove("ARROYO_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts the daemon (again) and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = self
+            .command()
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting arroyod");
+        self.child = Some(child);
+        wait_until(DEADLINE, "the daemon to answer", || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("arroyod exited early ({status}):\n{}", self.log());
+            }
+            let out = self.ctl(&["list"]);
+            out.status.success().then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn term(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        signal(child.id(), "TERM");
+        wait_exit(&mut child, DEADLINE)
+    }
+
+    /// Runs `arroyoctl --socket S args...` to completion.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_command(args).output().expect("running arroyoctl")
+    }
+
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(arroyoctl_bin());
+        cmd.arg("--socket").arg(self.socket()).args(args);
+        cmd
+    }
+
+    /// `arroyoctl ... ` that must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "arroyoctl {args:?} failed ({}): {}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Writes `sql` to a file in the temp dir and submits it; returns the pipeline id.
+    pub fn submit(&self, name: &str, sql: &str) -> String {
+        let path = self.dir.path().join(format!("{name}.sql"));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(sql.as_bytes())
+            .unwrap();
+        let out = self.ctl_ok(&["submit", path.to_str().unwrap(), "--name", name]);
+        out.split_whitespace().last().unwrap().to_string()
+    }
+
+    /// `status --json` of a pipeline.
+    pub fn status(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ctl_ok(&["--json", "status", id])).unwrap()
+    }
+
+    /// Waits until the pipeline is in `state`.
+    pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        wait_until(DEADLINE, &format!("pipeline {id} to be {state}"), || {
+            let s = self.status(id);
+            (s["state"] == state).then_some(s)
+        })
+    }
+
+    pub fn socket_mode(&self) -> u32 {
+        std::fs::metadata(self.socket())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `arroyod run ARGS` with `stdin` as its input; returns its output. A run that has
+/// not ended after [`DEADLINE`] is killed and fails the test.
+pub fn run_query(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(arroyod_bin())
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting arroyod run");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("arroyod run {args:?} did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

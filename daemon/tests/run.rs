@@ -1,0 +1,174 @@
+//! `arroyod run`: one query end to end through the real binary.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+
+use harness::{DEADLINE, Lines, arroyod_bin, run_query, signal, wait_exit};
+
+const EVEN_COUNTERS: &str = "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='200'); SELECT counter FROM impulse WHERE counter % 2 = 0;";
+
+#[test]
+fn bounded_select_prints_exactly_the_matching_rows_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = run_query(&["-s", state.to_str().unwrap(), "-"], EVEN_COUNTERS);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let counters: Vec<u64> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 1, "{l}");
+            v["counter"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(counters.len(), 100, "{stdout}");
+    let set: BTreeSet<u64> = counters.into_iter().collect();
+    assert_eq!(set, (0..200).step_by(2).collect());
+    // Logs go to stderr, never into the results.
+    assert!(!stdout.contains("INFO"));
+    // The state dir holds the run's SQLite metadata.
+    assert!(state.join("arroyod.db").exists());
+}
+
+#[test]
+fn the_same_state_dir_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for _ in 0..2 {
+        let out = run_query(&["-s", state.to_str().unwrap(), "-"], EVEN_COUNTERS);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 100);
+    }
+}
+
+#[test]
+fn parallel_run_gives_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = run_query(
+        &["-p", "3", "-s", state.to_str().unwrap(), "-"],
+        EVEN_COUNTERS,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut counters: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    counters.sort();
+    assert_eq!(counters, (0..200).step_by(2).collect::<Vec<_>>());
+}
+
+#[test]
+fn query_errors_are_printed_with_line_and_column_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sql = "CREATE TABLE impulse WITH (connector='impulse', event_rate='10');\nSELECT nope FROM impulse;\nSELEC 1;\nCREATE TABLE t WITH (connector = 'impulse', event_rate = '1', colour = 'red');";
+    let out = run_query(&["-s", state.to_str().unwrap(), "-"], sql);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("error: <stdin>:2:8:"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(
+        stderr.contains("error: <stdin>:3:1: syntax error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: <stdin>:4:63: unknown option 'colour'"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_connector_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_query(
+        &["-s", dir.path().join("s").to_str().unwrap(), "-"],
+        "CREATE TABLE k WITH (connector = 'kafkaa', topic = 'x'); SELECT * FROM k;",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("unknown connector 'kafkaa'"), "{stderr}");
+}
+
+#[test]
+fn sigint_stops_an_unbounded_run_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("q.sql");
+    std::fs::write(
+        &query,
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); SELECT counter FROM impulse;",
+    )
+    .unwrap();
+    let mut child = Command::new(arroyod_bin())
+        .args(["run", "-s"])
+        .arg(dir.path().join("state"))
+        .arg(&query)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_for(5, DEADLINE);
+    signal(child.id(), "INT");
+    let status = wait_exit(&mut child, DEADLINE);
+    assert!(status.success(), "{status}");
+    let rows = lines.drain(DEADLINE);
+    // Every printed row is a whole JSON object, counters in order from 0 on one subtask.
+    for (i, row) in rows.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(row).unwrap();
+        assert_eq!(v["counter"].as_u64(), Some(i as u64));
+    }
+}
+
+#[test]
+fn a_file_sink_gets_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.json");
+    let sql = format!(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='1000');
+         CREATE TABLE sink (counter BIGINT, label TEXT) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'sink');
+         INSERT INTO sink SELECT counter, 'n' || CAST(counter AS TEXT) FROM impulse;",
+        out_file.display()
+    );
+    let out = run_query(
+        &["-p", "2", "-s", dir.path().join("s").to_str().unwrap(), "-"],
+        &sql,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "no bare SELECT, no stdout");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let mut seen: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let n = v["counter"].as_i64().unwrap();
+            assert_eq!(v["label"], format!("n{n}"));
+            n
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+}
