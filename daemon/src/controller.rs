@@ -309,6 +309,9 @@ impl Controller {
             .arg("--generation")
             .arg(generation.to_string())
             .stdin(Stdio::null())
+            // Its own process group: a Ctrl-C at the terminal reaches the daemon (or `run`),
+            // which stops the worker properly, not the worker directly.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(ControllerError::Spawn)?;

@@ -35,27 +35,30 @@ struct Cli {
 struct ServeArgs {
     /// Unix socket of the API (default: $ARROYO_SOCKET, $RUNTIME_DIRECTORY/arroyod.sock,
     /// $XDG_RUNTIME_DIR/arroyod.sock, /tmp/arroyod-$UID/arroyod.sock).
-    #[arg(long, global = true)]
+    #[arg(long)]
     socket: Option<PathBuf>,
     /// Directory of the SQLite metadata and local state.
-    #[arg(long, global = true)]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Config file (default: /etc/arroyod/arroyod.toml when it exists).
-    #[arg(long, global = true)]
+    #[arg(long)]
     config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Run one query end to end, printing the rows of a bare SELECT to stdout.
     Run(local_run::RunArgs),
     /// Print the effective configuration.
-    Config,
+    Config(ServeArgs),
     /// Run one pipeline generation (started by the daemon).
     #[command(hide = true)]
     Worker {
+        /// The daemon's worker socket.
+        #[arg(long)]
+        socket: PathBuf,
         #[arg(long = "pipeline")]
         pipeline: String,
         #[arg(long)]
@@ -88,13 +91,20 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = config::Overrides {
-        config: cli.serve.config.clone(),
-        socket: cli.serve.socket.clone(),
-        data_dir: cli.serve.data_dir.clone(),
+    let overrides = |args: &ServeArgs| {
+        // Flags after the subcommand win over flags before it.
+        config::Overrides {
+            config: args.config.clone().or(cli.serve.config.clone()),
+            socket: args.socket.clone().or(cli.serve.socket.clone()),
+            data_dir: args.data_dir.clone().or(cli.serve.data_dir.clone()),
+        }
     };
     let result: anyhow::Result<i32> = match cli.command {
-        None | Some(Command::Serve) => {
+        None | Some(Command::Serve(_)) => {
+            let overrides = match &cli.command {
+                Some(Command::Serve(args)) => overrides(args),
+                _ => overrides(&ServeArgs::default()),
+            };
             let config = match config::Config::load(&overrides) {
                 Ok(c) => c,
                 Err(e) => {
@@ -105,26 +115,33 @@ fn main() -> ExitCode {
             init_logging(&config.log);
             runtime().block_on(serve::serve(config)).map(|()| 0)
         }
-        Some(Command::Config) => match config::Config::load(&overrides) {
+        Some(Command::Config(ref args)) => match config::Config::load(&overrides(args)) {
             Ok(c) => {
                 print!("{}", c.to_toml());
                 Ok(0)
             }
             Err(e) => Err(e.into()),
         },
+        Some(Command::Run(_))
+            if cli.serve.socket.is_some()
+                || cli.serve.data_dir.is_some()
+                || cli.serve.config.is_some() =>
+        {
+            eprintln!(
+                "error: --socket, --data-dir and --config belong to the daemon; `arroyod run` takes -s STATE_DIR"
+            );
+            return ExitCode::from(2);
+        }
         Some(Command::Run(args)) => {
             init_logging("warn,arroyod::local_run=info");
             runtime().block_on(local_run::run(args))
         }
         Some(Command::Worker {
+            socket,
             pipeline,
             generation,
         }) => {
             init_logging("warn");
-            let Some(socket) = cli.serve.socket else {
-                eprintln!("error: arroyod worker needs --socket");
-                return ExitCode::from(2);
-            };
             runtime()
                 .block_on(worker::run(socket, pipeline, generation))
                 .map(|()| 0)

@@ -3,9 +3,10 @@
 mod harness;
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use harness::{DEADLINE, Lines, arroyod_bin, run_query, signal, wait_exit};
+use harness::{DEADLINE, Lines, arroyod_bin, run_query, signal_group, wait_exit};
 
 const EVEN_COUNTERS: &str = "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='200'); SELECT counter FROM impulse WHERE counter % 2 = 0;";
 
@@ -124,11 +125,13 @@ fn sigint_stops_an_unbounded_run_and_exits_0() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // A process group of its own, like a shell job: Ctrl-C signals the whole group.
+        .process_group(0)
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
     lines.wait_for(5, DEADLINE);
-    signal(child.id(), "INT");
+    signal_group(child.id(), "INT");
     let status = wait_exit(&mut child, DEADLINE);
     assert!(status.success(), "{status}");
     let rows = lines.drain(DEADLINE);

@@ -54,6 +54,17 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
+/// Sends `signal` to every process of the process group `pgid`, as a terminal's Ctrl-C does.
+pub fn signal_group(pgid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} -- -{pgid} failed");
+}
+
 /// True while a process with `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
