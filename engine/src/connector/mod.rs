@@ -6,6 +6,7 @@
 //! sink [`OperatorFactory`]. Connectors never block the runtime for long: writes are buffered
 //! and flushed at the end of input.
 
+mod file;
 mod impulse;
 mod options;
 mod sink;
@@ -49,7 +50,7 @@ pub enum ConnectorError {
 }
 
 /// Connectors this engine knows.
-pub const KNOWN_CONNECTORS: &[&str] = &["impulse", "stdout", "blackhole", "single_file"];
+pub const KNOWN_CONNECTORS: &[&str] = &["impulse", "single_file", "stdout", "blackhole"];
 
 /// Whether a table is read or written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,19 @@ pub struct ConnectorTable {
     /// The visible columns (no event-time column).
     pub schema: SchemaRef,
     pub config: ConnectorConfig,
+    /// Where a source's event time comes from and how its watermark is made.
+    pub event_time: EventTimeSpec,
+}
+
+/// A source's event time and watermark.
+#[derive(Debug, Clone, Default)]
+pub struct EventTimeSpec {
+    /// The column holding the event time (`event_time_field`, or the column of
+    /// `WATERMARK FOR`); None: the time the row was read.
+    pub field: Option<usize>,
+    /// `WATERMARK FOR col [AS expr]`, planned over the table's columns: the watermark is the
+    /// largest value of the expression seen. None: the event time less one second.
+    pub watermark: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
 }
 
 /// Per-connector settings parsed from the table's options.
@@ -80,6 +94,8 @@ pub enum ConnectorConfig {
     },
     /// The default sink of a bare SELECT: rows go to the embedding process.
     Preview,
+    /// A file read from start to end.
+    FileSource(file::FileSourceConfig),
 }
 
 impl ConnectorTable {
@@ -101,7 +117,24 @@ impl ConnectorTable {
                     TableKind::Source,
                 )
             }
+            "single_file" if declared_type.as_deref() == Some("source") => {
+                let schema = columns.clone().ok_or_else(|| {
+                    ConnectorError::Usage("a single_file source needs its columns declared".into())
+                })?;
+                let config = file::FileSourceConfig::from_options(options, &schema)?;
+                (
+                    ConnectorConfig::FileSource(config),
+                    schema,
+                    TableKind::Source,
+                )
+            }
             "stdout" | "blackhole" | "single_file" => {
+                if connector == "single_file" && declared_type.is_none() {
+                    return Err(ConnectorError::MissingOption {
+                        connector: connector.into(),
+                        option: "type".into(),
+                    });
+                }
                 let schema = columns.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
                 let config = match connector {
                     "stdout" => ConnectorConfig::Stdout,
@@ -136,6 +169,19 @@ impl ConnectorTable {
                 });
             }
         }
+        let mut event_time = EventTimeSpec::default();
+        if kind == TableKind::Source
+            && let Some(field) = options.take("event_time_field")
+        {
+            let index = schema
+                .index_of(&field)
+                .map_err(|_| ConnectorError::InvalidOption {
+                    option: "event_time_field".into(),
+                    value: field.clone(),
+                    reason: format!("table '{name}' has no column '{field}'"),
+                })?;
+            event_time.field = Some(index);
+        }
         if let Some(option) = options.unused().next() {
             return Err(ConnectorError::UnknownOption {
                 connector: connector.to_string(),
@@ -147,6 +193,7 @@ impl ConnectorTable {
             kind,
             schema,
             config,
+            event_time,
         })
     }
 
@@ -157,6 +204,7 @@ impl ConnectorTable {
             kind: TableKind::Sink,
             schema,
             config: ConnectorConfig::Preview,
+            event_time: EventTimeSpec::default(),
         }
     }
 
@@ -169,6 +217,12 @@ impl ConnectorTable {
         match &self.config {
             ConnectorConfig::Impulse(config) => Ok(Arc::new(impulse::ImpulseFactory::new(
                 config.clone(),
+                projection,
+            ))),
+            ConnectorConfig::FileSource(config) => Ok(Arc::new(file::FileSourceFactory::new(
+                config.clone(),
+                self.schema.clone(),
+                self.event_time.clone(),
                 projection,
             ))),
             _ => Err(ConnectorError::Usage(format!(

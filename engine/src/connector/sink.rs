@@ -56,7 +56,7 @@ impl OperatorFactory for SinkFactory {
                     File::create(path).map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
                 Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
             }
-            ConnectorConfig::Impulse(_) => {
+            ConnectorConfig::Impulse(_) | ConnectorConfig::FileSource(_) => {
                 return Err(fail(format!("table '{}' is not a sink", self.table)));
             }
         };

@@ -4,7 +4,9 @@
 //! its inputs and the end of its input. It must never block the runtime and never work
 //! row-at-a-time on the hot path: it evaluates DataFusion physical expressions on whole batches.
 
+pub mod instant;
 pub mod transform;
+pub mod window;
 
 pub use transform::Transform;
 

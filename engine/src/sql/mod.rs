@@ -12,17 +12,20 @@
 //!
 //! Planning is pure: it reads no file and starts nothing, so `validate` is just `plan`.
 
+mod json_fn;
 mod provider;
 mod rewrite;
 mod statement;
+pub mod window_fn;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::Schema;
+use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
-use datafusion::sql::planner::{ParserOptions, SqlToRel};
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
+use datafusion::sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use datafusion::sql::sqlparser::ast::{
     self, CreateTableOptions, Expr as SqlExpr, ObjectName, SqlOption, Statement, Value,
 };
@@ -32,7 +35,7 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 
 use crate::connector::{ConnectorError, ConnectorTable, Options};
 use crate::dataflow::Program;
-pub use provider::Catalog;
+pub use provider::{Catalog, TableEntry};
 
 /// An error in a query, with the position it refers to (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,23 +131,15 @@ fn plan_statement(
     }
     match stmt {
         Statement::CreateTable(create) => {
+            let name = table_name(&create.name);
+            let mut table = create_table(create, raw.start, catalog)?;
             if let Some(w) = raw.watermarks.first() {
-                let what = if w.expr.is_some() {
-                    "WATERMARK FOR ... AS"
-                } else {
-                    "WATERMARK FOR"
+                let TableEntry::Connector(t) = &mut table else {
+                    return Err(SqlError::at("a memory table has no watermark", w.start));
                 };
-                return Err(SqlError::at(
-                    format!(
-                        "{what} (on column '{}') is not supported yet: impulse tables generate their own event time",
-                        w.column
-                    ),
-                    w.start,
-                ));
+                apply_watermark(t, w, dialect, catalog)?;
             }
-            let table = create_table(create, raw.start, catalog)?;
-            let name = table.name.clone();
-            if !catalog.add_table(table) {
+            if !catalog.add(&name, table) {
                 return Err(SqlError::at(
                     format!("table '{name}' is defined twice"),
                     raw.start,
@@ -170,11 +165,23 @@ fn plan_statement(
                     ));
                 }
             };
-            let Some(table) = catalog.table(&target).cloned() else {
-                return Err(SqlError::at(
-                    format!("table '{target}' not found"),
-                    raw.start,
-                ));
+            let table = match catalog.get(&target).map(|e| e.as_ref()) {
+                Some(TableEntry::Connector(table)) => table.clone(),
+                Some(TableEntry::Memory { .. }) => {
+                    return insert_into_memory(stmt, &target, catalog, raw.start);
+                }
+                Some(TableEntry::View { .. }) => {
+                    return Err(SqlError::at(
+                        format!("cannot insert into view '{target}'"),
+                        raw.start,
+                    ));
+                }
+                None => {
+                    return Err(SqlError::at(
+                        format!("table '{target}' not found"),
+                        raw.start,
+                    ));
+                }
             };
             // A sink without declared columns takes the query's.
             let input = if table.schema.fields().is_empty() {
@@ -202,6 +209,23 @@ fn plan_statement(
                 .add_insert(&table, &input)
                 .map_err(|e| df_error(e, raw.start))
         }
+        Statement::CreateView(view) => {
+            let name = table_name(&view.name);
+            let plan = {
+                let planner = SqlToRel::new_with_options(&*catalog, parser_options());
+                planner
+                    .sql_statement_to_plan(Statement::Query(view.query))
+                    .map_err(|e| df_error(e, raw.start))?
+            };
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            if !catalog.add(&name, TableEntry::View { schema, plan }) {
+                return Err(SqlError::at(
+                    format!("table '{name}' is defined twice"),
+                    raw.start,
+                ));
+            }
+            Ok(())
+        }
         other => Err(SqlError::at(
             format!(
                 "unsupported statement '{}': expected CREATE TABLE, INSERT INTO or SELECT",
@@ -210,6 +234,50 @@ fn plan_statement(
             raw.start,
         )),
     }
+}
+
+/// `INSERT INTO memory_table ...`: reading the table now gives these rows too.
+fn insert_into_memory(
+    stmt: Statement,
+    target: &str,
+    catalog: &mut Catalog,
+    start: Location,
+) -> Result<(), SqlError> {
+    let planner = SqlToRel::new_with_options(&*catalog, parser_options());
+    let plan = planner
+        .sql_statement_to_plan(stmt)
+        .map_err(|e| df_error(e, start))?;
+    let LogicalPlan::Dml(DmlStatement { input, .. }) = plan else {
+        return Err(SqlError::at("unexpected plan for INSERT", start));
+    };
+    let Some(TableEntry::Memory { plan, schema }) = catalog.get(target).map(|e| e.as_ref()) else {
+        return Err(SqlError::at(
+            format!("'{target}' is not a memory table"),
+            start,
+        ));
+    };
+    // Name the columns as the table does, so every INSERT has the same schema.
+    let input = LogicalPlanBuilder::from(input.as_ref().clone())
+        .project(
+            input
+                .schema()
+                .columns()
+                .into_iter()
+                .zip(schema.fields())
+                .map(|(c, f)| datafusion::logical_expr::col(c).alias(f.name())),
+        )
+        .and_then(|b| b.build())
+        .map_err(|e| df_error(e, start))?;
+    let mut current = plan.lock().expect("memory table lock");
+    let next = match current.take() {
+        None => input,
+        Some(previous) => LogicalPlanBuilder::from(previous)
+            .union(input)
+            .and_then(|b| b.build())
+            .map_err(|e| df_error(e, start))?,
+    };
+    *current = Some(next);
+    Ok(())
 }
 
 /// Plans a statement with DataFusion, then runs its analyzer (type coercion) and optimizer.
@@ -252,7 +320,7 @@ fn create_table(
     create: ast::CreateTable,
     start: Location,
     catalog: &Catalog,
-) -> Result<ConnectorTable, SqlError> {
+) -> Result<TableEntry, SqlError> {
     let name = table_name(&create.name);
     let options = match create.table_options {
         CreateTableOptions::None => vec![],
@@ -299,12 +367,20 @@ fn create_table(
         }
     }
     let Some(connector) = connector else {
-        return Err(SqlError::at(
-            format!(
-                "table '{name}' has no connector: add WITH (connector = '...'); memory tables are not supported yet"
-            ),
-            start,
-        ));
+        if !entries.is_empty() {
+            return Err(SqlError::at(
+                format!("table '{name}' has options but no connector: add connector = '...'"),
+                start,
+            ));
+        }
+        let planner = SqlToRel::new_with_options(catalog, parser_options());
+        let schema = planner
+            .build_schema(create.columns)
+            .map_err(|e| df_error(e, start))?;
+        return Ok(TableEntry::Memory {
+            schema: Arc::new(schema),
+            plan: Mutex::new(None),
+        });
     };
     let columns = if create.columns.is_empty() {
         None
@@ -316,7 +392,7 @@ fn create_table(
         Some(Arc::new(schema))
     };
     let mut options = Options::new(entries);
-    ConnectorTable::new(&name, &connector, columns, &mut options).map_err(|e| {
+    let table = ConnectorTable::new(&name, &connector, columns, &mut options).map_err(|e| {
         let at = match &e {
             ConnectorError::UnknownOption { option, .. }
             | ConnectorError::InvalidOption { option, .. } => positions
@@ -327,7 +403,53 @@ fn create_table(
             _ => start,
         };
         SqlError::at(e.to_string(), at)
-    })
+    })?;
+    Ok(TableEntry::Connector(table))
+}
+
+/// Applies `WATERMARK FOR column [AS expr]`: the column becomes the event time (unless
+/// `event_time_field` names another) and the watermark is the expression, or the column itself.
+fn apply_watermark(
+    table: &mut ConnectorTable,
+    clause: &statement::WatermarkClause,
+    dialect: &GenericDialect,
+    catalog: &Catalog,
+) -> Result<(), SqlError> {
+    let Ok(index) = table.schema.index_of(&clause.column) else {
+        return Err(SqlError::at(
+            format!(
+                "WATERMARK FOR names '{}', which is not a column of '{}'",
+                clause.column, table.name
+            ),
+            clause.start,
+        ));
+    };
+    if table.event_time.field.is_none() {
+        table.event_time.field = Some(index);
+    }
+    let schema =
+        DFSchema::try_from(table.schema.as_ref().clone()).map_err(|e| df_error(e, clause.start))?;
+    let expr = match &clause.expr {
+        None => {
+            datafusion::logical_expr::col(datafusion::common::Column::from_name(&clause.column))
+        }
+        Some(tokens) => {
+            let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens.clone());
+            let ast = parser
+                .parse_expr()
+                .map_err(|e| parser_error(e, clause.start))?;
+            let planner = SqlToRel::new_with_options(catalog, parser_options());
+            planner
+                .sql_to_expr(ast, &schema, &mut PlannerContext::new())
+                .map_err(|e| df_error(e, clause.start))?
+        }
+    };
+    let physical = catalog
+        .state
+        .create_physical_expr(expr, &schema)
+        .map_err(|e| df_error(e, clause.start))?;
+    table.event_time.watermark = Some(physical);
+    Ok(())
 }
 
 /// A parser error, with the position sqlparser put in its message moved into the fields.

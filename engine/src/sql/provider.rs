@@ -1,8 +1,9 @@
 //! What DataFusion's SQL planner sees of the catalog: the tables defined so far in the file,
 //! and every built-in function of a default DataFusion session.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{TableReference, plan_err};
@@ -10,49 +11,113 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::Result;
 use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
-use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
+use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner, TypePlanner};
+use datafusion::logical_expr::{
+    AggregateUDF, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
+};
 
 use crate::connector::ConnectorTable;
 
 /// A table as the planner knows it.
 #[derive(Debug)]
-pub struct TableEntry {
-    pub table: ConnectorTable,
+pub enum TableEntry {
+    /// Backed by a connector.
+    Connector(ConnectorTable),
+    /// `CREATE VIEW name AS query`: inlined where it is read.
+    View {
+        schema: SchemaRef,
+        plan: LogicalPlan,
+    },
+    /// A table without connector: what is inserted into it is what reading it gives, as if
+    /// it were a view of the union of its INSERTs.
+    Memory {
+        schema: SchemaRef,
+        plan: Mutex<Option<LogicalPlan>>,
+    },
 }
 
 impl TableSource for TableEntry {
     fn schema(&self) -> SchemaRef {
-        self.table.schema.clone()
+        match self {
+            TableEntry::Connector(t) => t.schema.clone(),
+            TableEntry::View { schema, .. } | TableEntry::Memory { schema, .. } => schema.clone(),
+        }
+    }
+
+    fn get_logical_plan(&self) -> Option<Cow<'_, LogicalPlan>> {
+        match self {
+            TableEntry::Connector(_) => None,
+            TableEntry::View { plan, .. } => Some(Cow::Borrowed(plan)),
+            TableEntry::Memory { plan, .. } => plan
+                .lock()
+                .expect("memory table lock")
+                .clone()
+                .map(Cow::Owned),
+        }
+    }
+}
+
+/// Types of Arroyo's dialect that DataFusion does not know: `JSON` is text holding JSON.
+#[derive(Debug)]
+struct DialectTypes;
+
+impl TypePlanner for DialectTypes {
+    fn plan_type_field(
+        &self,
+        sql_type: &datafusion::sql::sqlparser::ast::DataType,
+    ) -> Result<Option<datafusion::arrow::datatypes::FieldRef>> {
+        use datafusion::sql::sqlparser::ast::DataType as Sql;
+        Ok(match sql_type {
+            Sql::JSON | Sql::JSONB => Some(Arc::new(datafusion::arrow::datatypes::Field::new(
+                "",
+                DataType::Utf8,
+                true,
+            ))),
+            _ => None,
+        })
     }
 }
 
 /// The planner's catalog for one SQL file.
 pub struct Catalog {
     pub state: SessionState,
+    /// The dialect's own functions: windows and JSON.
+    functions: HashMap<String, Arc<ScalarUDF>>,
+    planners: Vec<Arc<dyn ExprPlanner>>,
     tables: HashMap<String, Arc<TableEntry>>,
 }
 
 impl Catalog {
     pub fn new() -> Self {
+        let state = SessionStateBuilder::new().with_default_features().build();
         Catalog {
-            state: SessionStateBuilder::new().with_default_features().build(),
+            functions: super::window_fn::window_udfs()
+                .into_iter()
+                .chain(super::json_fn::json_udfs())
+                .map(|f| (f.name().to_string(), f))
+                .collect(),
+            planners: {
+                let mut planners: Vec<Arc<dyn ExprPlanner>> =
+                    vec![Arc::new(super::json_fn::JsonOperators)];
+                planners.extend(state.expr_planners().iter().cloned());
+                planners
+            },
+            state,
             tables: HashMap::new(),
         }
     }
 
-    /// Adds a table; false when the name is taken.
-    pub fn add_table(&mut self, table: ConnectorTable) -> bool {
-        if self.tables.contains_key(&table.name) {
+    /// Adds a table or view; false when the name is taken.
+    pub fn add(&mut self, name: &str, entry: TableEntry) -> bool {
+        if self.tables.contains_key(name) {
             return false;
         }
-        self.tables
-            .insert(table.name.clone(), Arc::new(TableEntry { table }));
+        self.tables.insert(name.to_string(), Arc::new(entry));
         true
     }
 
-    pub fn table(&self, name: &str) -> Option<&ConnectorTable> {
-        self.tables.get(name).map(|e| &e.table)
+    pub fn get(&self, name: &str) -> Option<&Arc<TableEntry>> {
+        self.tables.get(name)
     }
 }
 
@@ -70,11 +135,18 @@ impl ContextProvider for Catalog {
         }
     }
 
+    fn get_type_planner(&self) -> Option<Arc<dyn TypePlanner>> {
+        Some(Arc::new(DialectTypes))
+    }
+
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
-        self.state.expr_planners()
+        &self.planners
     }
 
     fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        if let Some(f) = self.functions.get(name) {
+            return Some(f.clone());
+        }
         self.state.scalar_functions().get(name).cloned()
     }
 
@@ -99,7 +171,9 @@ impl ContextProvider for Catalog {
     }
 
     fn udf_names(&self) -> Vec<String> {
-        self.state.scalar_functions().keys().cloned().collect()
+        let mut names: Vec<String> = self.state.scalar_functions().keys().cloned().collect();
+        names.extend(self.functions.keys().cloned());
+        names
     }
 
     fn higher_order_function_names(&self) -> Vec<String> {

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, not_impl_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::LogicalPlan;
@@ -17,6 +18,29 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::provider::TableEntry;
+use super::window_fn::{WindowSpec, window_spec};
+use crate::operator::instant::{InstantJoin, JoinKind, RankSpec, Ranking, WindowFunctions};
+use crate::operator::window::{AggregateSpec, WindowAggregate, WindowKind, key_schema};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::JoinType;
+use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, Join, Window};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+
+/// True for the `{start, end}` struct of a window.
+fn is_window_struct(t: &DataType) -> bool {
+    match t {
+        DataType::Struct(fields) => {
+            fields.len() == 2
+                && fields[0].name() == "start"
+                && fields[1].name() == "end"
+                && fields
+                    .iter()
+                    .all(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        }
+        _ => false,
+    }
+}
 use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp};
 use crate::dataflow::{EdgeKind, NodeKind, Program};
 use crate::operator::Transform;
@@ -50,6 +74,16 @@ impl Builder {
 
     /// Adds `plan`, writing into `table`.
     pub fn add_insert(&mut self, table: &ConnectorTable, plan: &LogicalPlan) -> Result<()> {
+        // Window definitions are checked first, wherever they are, so that their errors come
+        // before those of what is built on them.
+        plan.apply(|node| {
+            if let LogicalPlan::Aggregate(agg) = node {
+                for g in &agg.group_expr {
+                    window_spec(g)?;
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
         let stream = self.build(plan)?;
         let input = self.materialize(stream);
         let sink = match self.sinks.get(&table.name) {
@@ -100,12 +134,229 @@ impl Builder {
         )
     }
 
+    fn window_functions(&mut self, w: &Window) -> Result<Stream> {
+        let input_schema = w.input.schema().clone();
+        let mut functions = Vec::new();
+        for e in &w.window_expr {
+            let inner = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                other => other,
+            };
+            let Expr::WindowFunction(wf) = inner else {
+                return not_impl_err!("window expression {e} is not supported");
+            };
+            let function = match wf.fun.name() {
+                "row_number" => Ranking::RowNumber,
+                "rank" => Ranking::Rank,
+                "dense_rank" => Ranking::DenseRank,
+                other => {
+                    return not_impl_err!(
+                        "window function {other}() is not supported: use ROW_NUMBER(), RANK() or DENSE_RANK()"
+                    );
+                }
+            };
+            let mut windowed = false;
+            let mut partition_by = Vec::new();
+            for p in &wf.params.partition_by {
+                windowed |= is_window_struct(&p.get_type(&input_schema)?);
+                partition_by.push(self.physical(p, &input_schema)?);
+            }
+            if !windowed {
+                return plan_err!(
+                    "{}() needs PARTITION BY a window column: streaming results are computed per window",
+                    wf.fun.name()
+                );
+            }
+            let order_by = wf
+                .params
+                .order_by
+                .iter()
+                .map(|s| {
+                    Ok((
+                        self.physical(&s.expr, &input_schema)?,
+                        SortOptions {
+                            descending: !s.asc,
+                            nulls_first: s.nulls_first,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            functions.push(RankSpec {
+                function,
+                partition_by,
+                order_by,
+            });
+        }
+        let keys = functions[0].partition_by.clone();
+        let stream = self.build(&w.input)?;
+        let input = self.materialize(stream);
+        let label = format!("window_functions:{}", self.program.nodes.len());
+        let op = WindowFunctions {
+            label: label.clone(),
+            input_schema: with_timestamp(input_schema.as_arrow()),
+            functions,
+            schema: with_timestamp(w.schema.as_arrow()),
+        };
+        let node = self
+            .program
+            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
+        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
+        Ok(Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+        })
+    }
+
+    fn join(&mut self, j: &Join) -> Result<Stream> {
+        let kind = match j.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            other => return not_impl_err!("{other} joins are not supported"),
+        };
+        let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
+        let mut windowed = false;
+        let (mut left_keys, mut right_keys) = (Vec::new(), Vec::new());
+        for (l, r) in &j.on {
+            windowed |= is_window_struct(&l.get_type(&ls)?) && is_window_struct(&r.get_type(&rs)?);
+            left_keys.push(self.physical(l, &ls)?);
+            right_keys.push(self.physical(r, &rs)?);
+        }
+        if !windowed {
+            return not_impl_err!(
+                "joins are supported on the same window of two windowed inputs (ON a.window = b.window ...); joins without windows are not supported yet"
+            );
+        }
+        let filter = match &j.filter {
+            None => None,
+            Some(_) if kind != JoinKind::Inner => {
+                return not_impl_err!("a {kind:?} join can only have equality conditions");
+            }
+            Some(f) => Some(self.physical(f, &j.schema)?),
+        };
+        let left = self.build(&j.left)?;
+        let left = self.materialize(left);
+        let right = self.build(&j.right)?;
+        let right = self.materialize(right);
+        let label = format!("join:{}", self.program.nodes.len());
+        let op = InstantJoin {
+            label: label.clone(),
+            kind,
+            left_schema: with_timestamp(ls.as_arrow()),
+            right_schema: with_timestamp(rs.as_arrow()),
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            filter,
+            schema: with_timestamp(j.schema.as_arrow()),
+        };
+        let node = self
+            .program
+            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
+        self.program
+            .add_edge(left, node, EdgeKind::Shuffle(left_keys));
+        self.program
+            .add_edge(right, node, EdgeKind::Shuffle(right_keys));
+        Ok(Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+        })
+    }
+
+    fn aggregate(&mut self, agg: &Aggregate) -> Result<Stream> {
+        let input_schema = agg.input.schema().clone();
+        let mut window = None;
+        let mut window_position = None;
+        let mut instant = false;
+        let mut keys = Vec::new();
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            if let Some(spec) = window_spec(g)? {
+                if window.is_some() {
+                    return plan_err!("a GROUP BY can have only one window function");
+                }
+                window = Some(spec);
+                window_position = Some(i);
+                continue;
+            }
+            if is_window_struct(&g.get_type(&input_schema)?) {
+                instant = true;
+            }
+            keys.push(self.physical(g, &input_schema)?);
+        }
+        let kind = match window {
+            Some(WindowSpec::Tumble { width }) => WindowKind::Tumble { width },
+            Some(WindowSpec::Hop { slide, width }) => WindowKind::Hop { slide, width },
+            Some(WindowSpec::Session { .. }) => {
+                return not_impl_err!("SESSION windows are not supported yet");
+            }
+            None if instant => WindowKind::Instant,
+            None => {
+                return not_impl_err!(
+                    "aggregates without a window (updating aggregates) are not supported yet"
+                );
+            }
+        };
+        let aggregates = agg
+            .aggr_expr
+            .iter()
+            .map(|e| {
+                let (name, inner) = match e {
+                    Expr::Alias(a) => (a.name.clone(), a.expr.as_ref()),
+                    other => (other.schema_name().to_string(), other),
+                };
+                let lowered = LoweredAggregateBuilder::new(
+                    inner,
+                    &input_schema,
+                    input_schema.as_arrow(),
+                    &self.props,
+                    &PhysicalPlanningContext::default(),
+                )
+                .with_name(name)
+                .build()?;
+                Ok(AggregateSpec {
+                    expr: lowered.aggregate,
+                    filter: lowered.filter,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key_schema = key_schema(&keys, input_schema.as_arrow())?;
+        let stream = self.build(&agg.input)?;
+        let input = self.materialize(stream);
+        let label = format!("window_aggregate:{}", self.program.nodes.len());
+        let op = WindowAggregate {
+            label: label.clone(),
+            window: kind,
+            keys: keys.clone(),
+            key_schema,
+            aggregates,
+            window_position,
+            schema: with_timestamp(agg.schema.as_arrow()),
+        };
+        let node = self
+            .program
+            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
+        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
+        Ok(Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+        })
+    }
+
     fn build(&mut self, plan: &LogicalPlan) -> Result<Stream> {
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let Some(entry) = (scan.source.as_ref() as &dyn Any).downcast_ref::<TableEntry>()
-                else {
-                    return plan_err!("table '{}' cannot be read", scan.table_name);
+                let table = match (scan.source.as_ref() as &dyn Any).downcast_ref::<TableEntry>() {
+                    Some(TableEntry::Connector(table)) => table,
+                    Some(TableEntry::Memory { .. }) => {
+                        return plan_err!(
+                            "memory table '{}' is read before any INSERT INTO it",
+                            scan.table_name
+                        );
+                    }
+                    _ => return plan_err!("table '{}' cannot be read", scan.table_name),
                 };
                 if !scan.filters.is_empty() || scan.fetch.is_some() {
                     return plan_err!(
@@ -113,11 +364,10 @@ impl Builder {
                         scan.table_name
                     );
                 }
-                let factory = entry
-                    .table
+                let factory = table
                     .source_factory(scan.projection.clone())
                     .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-                let label = format!("source:{}", entry.table.name);
+                let label = format!("source:{}", table.name);
                 let node = self
                     .program
                     .add_node(label.clone(), NodeKind::Source(factory));
@@ -145,6 +395,26 @@ impl Builder {
                 Ok(stream)
             }
             LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
+            LogicalPlan::Aggregate(agg) => self.aggregate(agg),
+            LogicalPlan::Window(window) => self.window_functions(window),
+            LogicalPlan::Join(join) => self.join(join),
+            LogicalPlan::Union(union) => {
+                let label = format!("union:{}", self.program.nodes.len());
+                let merge = Transform::new(label.clone(), vec![]);
+                let node = self
+                    .program
+                    .add_node(label.clone(), NodeKind::Operator(Arc::new(merge)));
+                for input in &union.inputs {
+                    let stream = self.build(input)?;
+                    let from = self.materialize(stream);
+                    self.program.add_edge(from, node, EdgeKind::Forward);
+                }
+                Ok(Stream {
+                    node,
+                    label,
+                    steps: vec![],
+                })
+            }
             other => not_impl_err!(
                 "{} is not supported in a streaming query yet",
                 other.display()

@@ -1,0 +1,407 @@
+//! `single_file` as a source: a JSON-lines (or raw text) file read from start to end on one
+//! subtask, at full speed, then the source finishes.
+//!
+//! Options: `path`, `format` (`json`, `raw_string`), `json.unstructured` (the whole line in a
+//! `value` column), `bad_data` (`fail`: the pipeline fails naming the file and line; `drop`:
+//! the row is skipped and counted), `wait_for_control` (Arroyo's test-only pacing; accepted,
+//! only `false` is supported), `event_time_field`.
+//!
+//! Decoding is vectorized: the file is read in large chunks and decoded by arrow-json into
+//! batches; only when a chunk has a bad line is it decoded again line by line to find it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use datafusion::arrow::compute::{cast, concat_batches, max};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::Decoder;
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use super::{
+    ConnectorError, EventTimeSpec, Options, Source, SourceContext, SourceEnd, SourceFactory,
+    timestamp_type, with_timestamp,
+};
+use crate::dataflow::DataflowError;
+use crate::operator::TaskInfo;
+
+/// Bytes read from the file at a time.
+const CHUNK: usize = 4 << 20;
+/// Rows per batch.
+const BATCH_ROWS: usize = 8192;
+/// How far the default watermark trails the newest event time.
+const DEFAULT_DELAY: i64 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineFormat {
+    /// One JSON object per line, decoded into the table's columns.
+    Json,
+    /// The whole line, as text, in the table's single column.
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadData {
+    Fail,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    path: String,
+    format: LineFormat,
+    bad_data: BadData,
+}
+
+impl FileSourceConfig {
+    pub fn from_options(options: &mut Options, schema: &SchemaRef) -> Result<Self, ConnectorError> {
+        let path = options.require("single_file", "path")?;
+        let unstructured = options
+            .take_parsed::<bool>("json.unstructured")?
+            .unwrap_or(false);
+        let format = match options.take("format").as_deref() {
+            None | Some("json") if unstructured => LineFormat::Raw,
+            None | Some("json") => LineFormat::Json,
+            Some("raw_string") => LineFormat::Raw,
+            Some(other) => {
+                return Err(ConnectorError::InvalidOption {
+                    option: "format".into(),
+                    value: other.into(),
+                    reason: "a single_file source reads 'json' or 'raw_string'".into(),
+                });
+            }
+        };
+        if format == LineFormat::Raw
+            && (schema.fields().len() != 1 || schema.field(0).data_type() != &DataType::Utf8)
+        {
+            return Err(ConnectorError::Usage(
+                "a raw_string or json.unstructured table has exactly one text column (value TEXT or value JSON)".into(),
+            ));
+        }
+        let bad_data = match options.take("bad_data").as_deref() {
+            None | Some("fail") => BadData::Fail,
+            Some("drop") => BadData::Drop,
+            Some(other) => {
+                return Err(ConnectorError::InvalidOption {
+                    option: "bad_data".into(),
+                    value: other.into(),
+                    reason: "expected 'fail' or 'drop'".into(),
+                });
+            }
+        };
+        if options.take_parsed::<bool>("wait_for_control")? == Some(true) {
+            return Err(ConnectorError::InvalidOption {
+                option: "wait_for_control".into(),
+                value: "true".into(),
+                reason: "only 'false' is supported: the file is read at full speed".into(),
+            });
+        }
+        Ok(FileSourceConfig {
+            path,
+            format,
+            bad_data,
+        })
+    }
+}
+
+pub struct FileSourceFactory {
+    config: FileSourceConfig,
+    schema: SchemaRef,
+    event_time: EventTimeSpec,
+    projection: Vec<usize>,
+    out_schema: SchemaRef,
+}
+
+impl FileSourceFactory {
+    pub fn new(
+        config: FileSourceConfig,
+        schema: SchemaRef,
+        event_time: EventTimeSpec,
+        projection: Option<Vec<usize>>,
+    ) -> Self {
+        let projection = projection.unwrap_or_else(|| (0..schema.fields().len()).collect());
+        let visible = schema
+            .project(&projection)
+            .expect("projection within the table");
+        FileSourceFactory {
+            out_schema: with_timestamp(&visible),
+            config,
+            schema,
+            event_time,
+            projection,
+        }
+    }
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+        Ok(Box::new(FileSource {
+            node: info.node.clone(),
+            subtask: info.subtask,
+            config: self.config.clone(),
+            schema: self.schema.clone(),
+            event_time: self.event_time.clone(),
+            projection: self.projection.clone(),
+            out_schema: self.out_schema.clone(),
+            dropped: 0,
+        }))
+    }
+}
+
+struct FileSource {
+    node: String,
+    subtask: usize,
+    config: FileSourceConfig,
+    schema: SchemaRef,
+    event_time: EventTimeSpec,
+    projection: Vec<usize>,
+    out_schema: SchemaRef,
+    dropped: u64,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+impl FileSource {
+    fn fail(&self, message: String) -> DataflowError {
+        DataflowError::Connector {
+            node: self.node.clone(),
+            message,
+        }
+    }
+
+    fn decoder(&self) -> Result<Decoder, DataflowError> {
+        ReaderBuilder::new(self.schema.clone())
+            .with_batch_size(BATCH_ROWS)
+            .with_strict_mode(false)
+            .build_decoder()
+            .map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// Decodes complete lines; `first_line` is the 1-based number of the first.
+    fn decode(&mut self, part: &[u8], first_line: u64) -> Result<Vec<RecordBatch>, DataflowError> {
+        match self.config.format {
+            LineFormat::Raw => {
+                let text = String::from_utf8_lossy(part);
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                lines
+                    .chunks(BATCH_ROWS)
+                    .map(|chunk| {
+                        let column: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
+                        RecordBatch::try_new(self.schema.clone(), vec![column])
+                            .map_err(|e| self.fail(e.to_string()))
+                    })
+                    .collect()
+            }
+            LineFormat::Json => {
+                let mut decoder = self.decoder()?;
+                let mut batches = Vec::new();
+                let mut offset = 0;
+                let whole = (|| {
+                    while offset < part.len() {
+                        let n = decoder.decode(&part[offset..])?;
+                        offset += n;
+                        if (n == 0 || decoder.len() >= BATCH_ROWS)
+                            && let Some(b) = decoder.flush()?
+                        {
+                            batches.push(b);
+                        }
+                    }
+                    if let Some(b) = decoder.flush()? {
+                        batches.push(b);
+                    }
+                    Ok::<_, datafusion::arrow::error::ArrowError>(())
+                })();
+                match whole {
+                    Ok(()) => Ok(batches),
+                    Err(_) => self.decode_lines(part, first_line),
+                }
+            }
+        }
+    }
+
+    /// The slow path: decodes line by line to find (and drop, or fail on) the bad ones.
+    fn decode_lines(
+        &mut self,
+        part: &[u8],
+        first_line: u64,
+    ) -> Result<Vec<RecordBatch>, DataflowError> {
+        let mut good = Vec::new();
+        for (i, line) in part.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut decoder = self.decoder()?;
+            let row = decoder
+                .decode(line)
+                .and_then(|_| decoder.decode(b"\n"))
+                .and_then(|_| decoder.flush());
+            match row {
+                Ok(Some(b)) => good.push(b),
+                Ok(None) => {}
+                Err(e) => {
+                    let line_no = first_line + i as u64;
+                    match self.config.bad_data {
+                        BadData::Fail => {
+                            return Err(self.fail(format!(
+                                "bad data in {} at line {line_no}: {e}",
+                                self.config.path
+                            )));
+                        }
+                        BadData::Drop => {
+                            self.dropped += 1;
+                            warn!(file = %self.config.path, line = line_no, error = %e, "dropped a bad line");
+                        }
+                    }
+                }
+            }
+        }
+        if good.is_empty() {
+            return Ok(vec![]);
+        }
+        let all = concat_batches(&self.schema, &good).map_err(|e| self.fail(e.to_string()))?;
+        Ok(vec![all])
+    }
+
+    /// Adds the event-time column and projects; returns the batch and its watermark.
+    fn finish_batch(
+        &mut self,
+        batch: RecordBatch,
+    ) -> Result<Option<(RecordBatch, Option<i64>)>, DataflowError> {
+        let rows = batch.num_rows();
+        let times: TimestampNanosecondArray = match self.event_time.field {
+            Some(i) => {
+                let column = cast(batch.column(i), &timestamp_type())
+                    .map_err(|e| self.fail(e.to_string()))?;
+                let times = column
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>()
+                    .expect("cast to a nanosecond timestamp")
+                    .clone();
+                if times.null_count() > 0 {
+                    let field = self.schema.field(i).name();
+                    match self.config.bad_data {
+                        BadData::Fail => {
+                            return Err(self.fail(format!(
+                                "bad data in {}: a row has no event time (column '{field}' is null)",
+                                self.config.path
+                            )));
+                        }
+                        BadData::Drop => {
+                            let keep = datafusion::arrow::compute::is_not_null(&times)
+                                .map_err(|e| self.fail(e.to_string()))?;
+                            self.dropped += (rows - keep.true_count()) as u64;
+                            let batch =
+                                datafusion::arrow::compute::filter_record_batch(&batch, &keep)
+                                    .map_err(|e| self.fail(e.to_string()))?;
+                            if batch.num_rows() == 0 {
+                                return Ok(None);
+                            }
+                            return self.finish_batch(batch);
+                        }
+                    }
+                }
+                times
+            }
+            None => TimestampNanosecondArray::from(vec![now_nanos(); rows]),
+        };
+        let watermark = match &self.event_time.watermark {
+            None => max(&times).map(|t| t - DEFAULT_DELAY),
+            Some(expr) => {
+                let value = expr
+                    .evaluate(&batch)
+                    .and_then(|v| v.into_array(rows))
+                    .map_err(|e| self.fail(format!("evaluating the watermark: {e}")))?;
+                let value =
+                    cast(&value, &timestamp_type()).map_err(|e| self.fail(e.to_string()))?;
+                max(value
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>()
+                    .expect("cast to a nanosecond timestamp"))
+            }
+        };
+        let mut columns: Vec<ArrayRef> = self
+            .projection
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        columns.push(Arc::new(times));
+        let out = RecordBatch::try_new(self.out_schema.clone(), columns)
+            .map_err(|e| self.fail(e.to_string()))?;
+        Ok(Some((out, watermark)))
+    }
+
+    async fn emit(
+        &mut self,
+        ctx: &mut SourceContext,
+        part: &[u8],
+        first_line: u64,
+    ) -> Result<(), DataflowError> {
+        for batch in self.decode(part, first_line)? {
+            if let Some((batch, watermark)) = self.finish_batch(batch)? {
+                ctx.collect(batch).await?;
+                if let Some(w) = watermark {
+                    ctx.watermark(w).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+        if self.subtask != 0 {
+            // One reader per file: the other subtasks have nothing to do.
+            return Ok(SourceEnd::Finished);
+        }
+        let path = self.config.path.clone();
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.fail(format!("cannot open '{path}': {e}")))?;
+        let mut pending: Vec<u8> = Vec::with_capacity(CHUNK * 2);
+        let mut line: u64 = 1;
+        loop {
+            if ctx.should_stop() {
+                return Ok(SourceEnd::Stopped);
+            }
+            let start = pending.len();
+            pending.resize(start + CHUNK, 0);
+            let n = file
+                .read(&mut pending[start..])
+                .await
+                .map_err(|e| self.fail(format!("reading '{path}': {e}")))?;
+            pending.truncate(start + n);
+            if n == 0 {
+                if !pending.is_empty() {
+                    let rest = std::mem::take(&mut pending);
+                    self.emit(ctx, &rest, line).await?;
+                }
+                break;
+            }
+            let Some(last_newline) = pending.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let rest = pending.split_off(last_newline + 1);
+            let complete = std::mem::replace(&mut pending, rest);
+            let lines = complete.iter().filter(|b| **b == b'\n').count() as u64;
+            self.emit(ctx, &complete, line).await?;
+            line += lines;
+        }
+        if self.dropped > 0 {
+            warn!(file = %path, dropped = self.dropped, "bad_data = 'drop': rows dropped");
+        }
+        info!(file = %path, lines = line - 1, "file read to the end");
+        Ok(SourceEnd::Finished)
+    }
+}

@@ -1,0 +1,359 @@
+//! The window aggregate: GROUP BY keys and a TUMBLE or HOP window (or the window column of an
+//! upstream windowed result, an *instant* window), aggregates computed incrementally.
+//!
+//! Per open window (keyed by its end) it keeps DataFusion's own vectorized group machinery: a
+//! `GroupValues` that interns key rows to group indices, and one `GroupsAccumulator` per
+//! aggregate. A batch is split by window and each slice updates that window's groups. When the
+//! watermark reaches a window's end, the window emits one row per group, with the window struct
+//! `{start, end}` and event time `end - 1ns`, and is dropped. Rows for a window that has already
+//! been emitted are late and dropped (and counted).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, StructArray, TimestampNanosecondArray, UInt8Array, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use tracing::debug;
+
+use super::{Operator, OperatorFactory, TaskInfo};
+use crate::dataflow::{Collector, DataflowError, Message, Watermark};
+
+/// Which windows a row falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `[start, start + width)`, aligned to the epoch.
+    Tumble { width: i64 },
+    /// Every window of `width` starting at a multiple of `slide` that holds the row.
+    Hop { slide: i64, width: i64 },
+    /// Rows grouped by their event time: the input is itself windowed, and its window column
+    /// is one of the keys.
+    Instant,
+}
+
+/// One aggregate of the GROUP BY.
+#[derive(Clone)]
+pub struct AggregateSpec {
+    pub expr: Arc<AggregateFunctionExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// The plan of a window aggregate.
+#[derive(Clone)]
+pub struct WindowAggregate {
+    pub label: String,
+    pub window: WindowKind,
+    /// Group keys other than the window, on the input.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The schema of the key values.
+    pub key_schema: SchemaRef,
+    pub aggregates: Vec<AggregateSpec>,
+    /// Where the window struct goes among the group columns (None for an instant window).
+    pub window_position: Option<usize>,
+    /// Output: group columns, aggregates, event time.
+    pub schema: SchemaRef,
+}
+
+impl OperatorFactory for WindowAggregate {
+    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+        Ok(Box::new(WindowAggregateOp {
+            plan: self.clone(),
+            panes: BTreeMap::new(),
+            watermark: None,
+            late: 0,
+        }))
+    }
+}
+
+struct Pane {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+struct WindowAggregateOp {
+    plan: WindowAggregate,
+    /// Open windows by end.
+    panes: BTreeMap<i64, Pane>,
+    watermark: Option<i64>,
+    late: u64,
+}
+
+fn timestamps(batch: &RecordBatch) -> &[i64] {
+    batch
+        .column(batch.num_columns() - 1)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .expect("the event-time column is last")
+        .values()
+}
+
+/// Row indices grouped by `ends[i]`, in first-seen order; one group when all are equal.
+fn group_by_end(ends: &[i64]) -> Vec<(i64, Option<Vec<u32>>)> {
+    let Some(&first) = ends.first() else {
+        return vec![];
+    };
+    if ends.iter().all(|&e| e == first) {
+        return vec![(first, None)];
+    }
+    let mut order = Vec::new();
+    let mut by_end: HashMap<i64, Vec<u32>> = HashMap::new();
+    for (i, &e) in ends.iter().enumerate() {
+        by_end
+            .entry(e)
+            .or_insert_with(|| {
+                order.push(e);
+                Vec::new()
+            })
+            .push(i as u32);
+    }
+    order
+        .into_iter()
+        .map(|e| {
+            let rows = by_end.remove(&e);
+            (e, rows)
+        })
+        .collect()
+}
+
+fn take_all(arrays: &[ArrayRef], rows: &Option<UInt32Array>) -> Result<Vec<ArrayRef>> {
+    match rows {
+        None => Ok(arrays.to_vec()),
+        Some(idx) => arrays
+            .iter()
+            .map(|a| take(a.as_ref(), idx, None).map_err(DataFusionError::from))
+            .collect(),
+    }
+}
+
+impl WindowAggregateOp {
+    fn new_pane(&self) -> Result<Pane> {
+        let groups = new_group_values(self.plan.key_schema.clone(), &GroupOrdering::None)?;
+        let accumulators = self
+            .plan
+            .aggregates
+            .iter()
+            .map(|a| {
+                if a.expr.groups_accumulator_supported() {
+                    a.expr.create_groups_accumulator()
+                } else {
+                    let expr = a.expr.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        expr.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Pane {
+            groups,
+            accumulators,
+        })
+    }
+
+    fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = batch.num_rows();
+        let keys: Vec<ArrayRef> = if self.plan.keys.is_empty() {
+            vec![Arc::new(UInt8Array::from(vec![0u8; rows]))]
+        } else {
+            self.plan
+                .keys
+                .iter()
+                .map(|k| k.evaluate(batch)?.into_array(rows))
+                .collect::<Result<_>>()?
+        };
+        let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
+        let mut filters: Vec<Option<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
+        for a in &self.plan.aggregates {
+            args.push(
+                a.expr
+                    .expressions()
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(rows))
+                    .collect::<Result<_>>()?,
+            );
+            filters.push(match &a.filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
+                None => None,
+            });
+        }
+        let ts = timestamps(batch);
+        let assignments: Vec<Vec<i64>> = match self.plan.window {
+            WindowKind::Tumble { width } => {
+                vec![ts.iter().map(|t| t - t.rem_euclid(width) + width).collect()]
+            }
+            WindowKind::Hop { slide, width } => (0..width / slide)
+                .map(|k| {
+                    ts.iter()
+                        .map(|t| t - t.rem_euclid(slide) + slide + k * slide)
+                        .collect()
+                })
+                .collect(),
+            WindowKind::Instant => vec![ts.iter().map(|t| t + 1).collect()],
+        };
+        for ends in assignments {
+            for (end, rows) in group_by_end(&ends) {
+                if self.watermark.is_some_and(|w| end <= w) {
+                    self.late += rows.as_ref().map_or(ends.len(), |r| r.len()) as u64;
+                    continue;
+                }
+                let idx = rows.map(UInt32Array::from);
+                let key_slice = take_all(&keys, &idx)?;
+                if !self.panes.contains_key(&end) {
+                    let pane = self.new_pane()?;
+                    self.panes.insert(end, pane);
+                }
+                let pane = self.panes.get_mut(&end).expect("pane just inserted");
+                let mut group_ids = Vec::new();
+                pane.groups.intern(&key_slice, &mut group_ids)?;
+                let total = pane.groups.len();
+                for (i, acc) in pane.accumulators.iter_mut().enumerate() {
+                    let arg_slice = take_all(&args[i], &idx)?;
+                    let filter = match &filters[i] {
+                        Some(f) => Some(take_all(std::slice::from_ref(f), &idx)?.remove(0)),
+                        None => None,
+                    };
+                    let filter = filter
+                        .as_ref()
+                        .and_then(|f| f.as_any().downcast_ref::<BooleanArray>());
+                    acc.update_batch(&arg_slice, &group_ids, filter, total)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&self, end: i64, mut pane: Pane) -> Result<Option<RecordBatch>> {
+        let rows = pane.groups.len();
+        if rows == 0 {
+            return Ok(None);
+        }
+        let mut keys = pane.groups.emit(EmitTo::All)?.into_iter();
+        if self.plan.keys.is_empty() {
+            keys.next();
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.schema.fields().len());
+        let group_count = self.plan.keys.len() + usize::from(self.plan.window_position.is_some());
+        for i in 0..group_count {
+            if Some(i) == self.plan.window_position {
+                let width = match self.plan.window {
+                    WindowKind::Tumble { width } | WindowKind::Hop { width, .. } => width,
+                    WindowKind::Instant => 1,
+                };
+                columns.push(window_struct(end - width, end, rows));
+            } else {
+                columns.push(keys.next().expect("one key column per key"));
+            }
+        }
+        for acc in &mut pane.accumulators {
+            columns.push(acc.evaluate(EmitTo::All)?);
+        }
+        columns.push(Arc::new(TimestampNanosecondArray::from(vec![
+            end - 1;
+            rows
+        ])));
+        let batch = RecordBatch::try_new_with_options(
+            self.plan.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        Ok(Some(batch))
+    }
+}
+
+/// A struct column `{start, end}` with the same window on every row.
+pub fn window_struct(start: i64, end: i64, rows: usize) -> ArrayRef {
+    let ts = DataType::Timestamp(TimeUnit::Nanosecond, None);
+    let fields = Fields::from(vec![
+        Field::new("start", ts.clone(), false),
+        Field::new("end", ts, false),
+    ]);
+    Arc::new(StructArray::new(
+        fields,
+        vec![
+            Arc::new(TimestampNanosecondArray::from(vec![start; rows])),
+            Arc::new(TimestampNanosecondArray::from(vec![end; rows])),
+        ],
+        None,
+    ))
+}
+
+#[async_trait]
+impl Operator for WindowAggregateOp {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _input: usize,
+        _out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        self.update(&batch)
+            .map_err(|source| DataflowError::Expression {
+                node: self.plan.label.clone(),
+                source,
+            })
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: i64,
+        out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        self.watermark = Some(watermark);
+        let open = match watermark.checked_add(1) {
+            Some(w) => self.panes.split_off(&w),
+            None => BTreeMap::new(),
+        };
+        let closed = std::mem::replace(&mut self.panes, open);
+        for (end, pane) in closed {
+            let batch = self
+                .emit(end, pane)
+                .map_err(|source| DataflowError::Expression {
+                    node: self.plan.label.clone(),
+                    source,
+                })?;
+            if let Some(batch) = batch {
+                out.collect(batch).await?;
+            }
+        }
+        out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
+            .await
+    }
+
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+        if self.late > 0 {
+            debug!(node = %self.plan.label, late = self.late, "late rows dropped");
+        }
+        Ok(())
+    }
+}
+
+/// The key schema for `keys` evaluated over `input`; a constant column when there is no key.
+pub fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<SchemaRef> {
+    if keys.is_empty() {
+        return Ok(Arc::new(Schema::new(vec![Field::new(
+            "_const",
+            DataType::UInt8,
+            false,
+        )])));
+    }
+    let fields = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            Ok(Field::new(
+                format!("k{i}"),
+                k.data_type(input)?,
+                k.nullable(input)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
