@@ -333,3 +333,54 @@ pub fn run_query(args: &[&str], stdin: &str) -> Output {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs `arroyod run ARGS` with stdin closed, like [`run_query`], but a run still going after
+/// `deadline` is killed and returned as `Err` (with what it printed so far) instead of failing
+/// the test: for callers that tally outcomes, such as the conformance cases.
+pub fn try_run_query(args: &[&str], deadline: Duration) -> Result<Output, Output> {
+    let mut child = Command::new(arroyod_bin())
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting arroyod run");
+    // Readers hand their bytes over a channel, so a worker that outlives a killed run and
+    // still holds the pipes cannot block the test.
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        });
+        rx
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let collect = |rx: mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| b"<the output pipe stayed open after exit>".to_vec())
+    };
+    let out = Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    };
+    if timed_out { Err(out) } else { Ok(out) }
+}

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, StructArray, TimestampNanosecondArray, UInt8Array, UInt32Array,
 };
-use datafusion::arrow::compute::take;
+use datafusion::arrow::compute::{take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::{DataFusionError, Result};
@@ -39,6 +39,9 @@ pub enum WindowKind {
     /// Rows grouped by their event time: the input is itself windowed, and its window column
     /// is one of the keys.
     Instant,
+    /// Per key, rows closer than `gap` to each other form one session
+    /// `[first, last + gap)`.
+    Session { gap: i64 },
 }
 
 /// One aggregate of the GROUP BY.
@@ -66,6 +69,14 @@ pub struct WindowAggregate {
 
 impl OperatorFactory for WindowAggregate {
     fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+        if let WindowKind::Session { gap } = self.window {
+            return Ok(Box::new(SessionOp {
+                plan: self.clone(),
+                gap,
+                buffer: Vec::new(),
+                watermark: None,
+            }));
+        }
         Ok(Box::new(WindowAggregateOp {
             plan: self.clone(),
             panes: BTreeMap::new(),
@@ -198,6 +209,7 @@ impl WindowAggregateOp {
                 })
                 .collect(),
             WindowKind::Instant => vec![ts.iter().map(|t| t + 1).collect()],
+            WindowKind::Session { .. } => unreachable!("sessions have their own operator"),
         };
         for ends in assignments {
             for (end, rows) in group_by_end(&ends) {
@@ -246,7 +258,7 @@ impl WindowAggregateOp {
             if Some(i) == self.plan.window_position {
                 let width = match self.plan.window {
                     WindowKind::Tumble { width } | WindowKind::Hop { width, .. } => width,
-                    WindowKind::Instant => 1,
+                    WindowKind::Instant | WindowKind::Session { .. } => 1,
                 };
                 columns.push(window_struct(end - width, end, rows));
             } else {
@@ -271,6 +283,11 @@ impl WindowAggregateOp {
 
 /// A struct column `{start, end}` with the same window on every row.
 pub fn window_struct(start: i64, end: i64, rows: usize) -> ArrayRef {
+    window_structs(vec![start; rows], vec![end; rows])
+}
+
+/// A struct column `{start, end}` of the given windows.
+pub fn window_structs(starts: Vec<i64>, ends: Vec<i64>) -> ArrayRef {
     let ts = DataType::Timestamp(TimeUnit::Nanosecond, None);
     let fields = Fields::from(vec![
         Field::new("start", ts.clone(), false),
@@ -279,8 +296,8 @@ pub fn window_struct(start: i64, end: i64, rows: usize) -> ArrayRef {
     Arc::new(StructArray::new(
         fields,
         vec![
-            Arc::new(TimestampNanosecondArray::from(vec![start; rows])),
-            Arc::new(TimestampNanosecondArray::from(vec![end; rows])),
+            Arc::new(TimestampNanosecondArray::from(starts)),
+            Arc::new(TimestampNanosecondArray::from(ends)),
         ],
         None,
     ))
@@ -356,4 +373,190 @@ pub fn key_schema(keys: &[Arc<dyn PhysicalExpr>], input: &Schema) -> Result<Sche
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Session windows: rows are kept until the watermark closes their session; then each closed
+/// session is aggregated with DataFusion's accumulators (one group per session).
+struct SessionOp {
+    plan: WindowAggregate,
+    gap: i64,
+    /// Rows of sessions still open.
+    buffer: Vec<RecordBatch>,
+    watermark: Option<i64>,
+}
+
+impl SessionOp {
+    /// Emits the sessions that end at or before `watermark`; keeps the rest.
+    fn close(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
+        if self.buffer.is_empty() {
+            return Ok(None);
+        }
+        let schema = self.buffer[0].schema();
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &self.buffer)?;
+        self.buffer.clear();
+        let rows = batch.num_rows();
+        let keys: Vec<ArrayRef> = self
+            .plan
+            .keys
+            .iter()
+            .map(|k| k.evaluate(&batch)?.into_array(rows))
+            .collect::<Result<_>>()?;
+        let ts = timestamps(&batch);
+        // Order rows by key, then time.
+        let key_rows = if keys.is_empty() {
+            None
+        } else {
+            let converter = datafusion::arrow::row::RowConverter::new(
+                keys.iter()
+                    .map(|k| datafusion::arrow::row::SortField::new(k.data_type().clone()))
+                    .collect(),
+            )?;
+            Some(converter.convert_columns(&keys)?)
+        };
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by(|&a, &b| {
+            let by_key = match &key_rows {
+                Some(r) => r.row(a).cmp(&r.row(b)),
+                None => std::cmp::Ordering::Equal,
+            };
+            by_key.then(ts[a].cmp(&ts[b]))
+        });
+        // Sessions as runs of `order`.
+        let same_key = |a: usize, b: usize| key_rows.as_ref().is_none_or(|r| r.row(a) == r.row(b));
+        let mut closed_rows: Vec<u32> = Vec::new();
+        let mut closed_groups: Vec<usize> = Vec::new();
+        let mut firsts: Vec<u32> = Vec::new();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut open_rows: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < rows {
+            let mut j = i + 1;
+            while j < rows
+                && same_key(order[i], order[j])
+                && ts[order[j]] < ts[order[j - 1]] + self.gap
+            {
+                j += 1;
+            }
+            let (start, end) = (ts[order[i]], ts[order[j - 1]] + self.gap);
+            if end <= watermark {
+                let group = starts.len();
+                starts.push(start);
+                ends.push(end);
+                firsts.push(order[i] as u32);
+                for &r in &order[i..j] {
+                    closed_rows.push(r as u32);
+                    closed_groups.push(group);
+                }
+            } else {
+                open_rows.extend(order[i..j].iter().map(|&r| r as u32));
+            }
+            i = j;
+        }
+        if !open_rows.is_empty() {
+            self.buffer
+                .push(take_record_batch(&batch, &UInt32Array::from(open_rows))?);
+        }
+        if starts.is_empty() {
+            return Ok(None);
+        }
+        let sessions = starts.len();
+        let idx = Some(UInt32Array::from(closed_rows));
+        let mut agg_columns = Vec::with_capacity(self.plan.aggregates.len());
+        for a in &self.plan.aggregates {
+            let mut acc: Box<dyn GroupsAccumulator> = if a.expr.groups_accumulator_supported() {
+                a.expr.create_groups_accumulator()?
+            } else {
+                let expr = a.expr.clone();
+                Box::new(GroupsAccumulatorAdapter::new(move || {
+                    expr.create_accumulator()
+                }))
+            };
+            let args: Vec<ArrayRef> = a
+                .expr
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(&batch)?.into_array(rows))
+                .collect::<Result<_>>()?;
+            let args = take_all(&args, &idx)?;
+            let filter = match &a.filter {
+                Some(f) => {
+                    Some(take_all(&[f.evaluate(&batch)?.into_array(rows)?], &idx)?.remove(0))
+                }
+                None => None,
+            };
+            let filter = filter
+                .as_ref()
+                .and_then(|f| f.as_any().downcast_ref::<BooleanArray>());
+            acc.update_batch(&args, &closed_groups, filter, sessions)?;
+            agg_columns.push(acc.evaluate(EmitTo::All)?);
+        }
+        let first_keys = take_all(&keys, &Some(UInt32Array::from(firsts)))?;
+        let mut keys = first_keys.into_iter();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        let group_count = self.plan.keys.len() + 1;
+        let event_times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+        let mut window = Some(window_structs(starts, ends));
+        for i in 0..group_count {
+            if Some(i) == self.plan.window_position {
+                columns.push(window.take().expect("one window column"));
+            } else {
+                columns.push(keys.next().expect("one key column per key"));
+            }
+        }
+        columns.extend(agg_columns);
+        columns.push(Arc::new(TimestampNanosecondArray::from(event_times)));
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.plan.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(sessions)),
+        )?))
+    }
+}
+
+#[async_trait]
+impl Operator for SessionOp {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        _input: usize,
+        _out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        // A row whose whole session would already be closed is late.
+        let batch = match self.watermark {
+            Some(w) => {
+                let ts = timestamps(&batch);
+                let keep: BooleanArray = ts.iter().map(|t| Some(t + self.gap > w)).collect();
+                datafusion::arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| {
+                    DataflowError::Expression {
+                        node: self.plan.label.clone(),
+                        source: e.into(),
+                    }
+                })?
+            }
+            None => batch,
+        };
+        if batch.num_rows() > 0 {
+            self.buffer.push(batch);
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: i64,
+        out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        self.watermark = Some(watermark);
+        let closed = self
+            .close(watermark)
+            .map_err(|source| DataflowError::Expression {
+                node: self.plan.label.clone(),
+                source,
+            })?;
+        if let Some(batch) = closed {
+            out.collect(batch).await?;
+        }
+        out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
+            .await
+    }
 }

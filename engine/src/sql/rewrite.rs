@@ -288,9 +288,7 @@ impl Builder {
         let kind = match window {
             Some(WindowSpec::Tumble { width }) => WindowKind::Tumble { width },
             Some(WindowSpec::Hop { slide, width }) => WindowKind::Hop { slide, width },
-            Some(WindowSpec::Session { .. }) => {
-                return not_impl_err!("SESSION windows are not supported yet");
-            }
+            Some(WindowSpec::Session { gap }) => WindowKind::Session { gap },
             None if instant => WindowKind::Instant,
             None => {
                 return not_impl_err!(
