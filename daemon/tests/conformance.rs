@@ -30,10 +30,8 @@ use serde_json::Value;
 /// Cases the engine does not pass yet. Remove a name when its feature lands; the test fails
 /// when a listed case passes.
 const KNOWN_FAILING: &[&str] = &[
-    // Updating (non-windowed) aggregates and debezium_json are not built yet.
-    "aggregates",
+    // debezium_json sources (updating input with a PRIMARY KEY) are not built yet.
     "debezium_pass_through",
-    "grouped_aggregates",
 ];
 
 /// Every case also runs at these parallelisms; results must not depend on it.

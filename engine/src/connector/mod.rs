@@ -86,11 +86,16 @@ pub struct EventTimeSpec {
 #[derive(Debug, Clone)]
 pub enum ConnectorConfig {
     Impulse(impulse::ImpulseConfig),
-    Stdout,
+    Stdout {
+        debezium: bool,
+    },
     Blackhole,
     /// A JSON-lines file written by the sink.
     SingleFile {
         path: String,
+        /// `format = 'debezium_json'`: rows as `{"before", "after", "op"}`, which updating
+        /// results need.
+        debezium: bool,
     },
     /// The default sink of a bare SELECT: rows go to the embedding process.
     Preview,
@@ -136,22 +141,25 @@ impl ConnectorTable {
                     });
                 }
                 let schema = columns.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
+                let debezium = match options.take("format").as_deref() {
+                    None | Some("json") => false,
+                    Some("debezium_json") if connector != "blackhole" => true,
+                    Some(other) => {
+                        return Err(ConnectorError::InvalidOption {
+                            option: "format".into(),
+                            value: other.into(),
+                            reason: "this connector writes 'json' or 'debezium_json'".into(),
+                        });
+                    }
+                };
                 let config = match connector {
-                    "stdout" => ConnectorConfig::Stdout,
+                    "stdout" => ConnectorConfig::Stdout { debezium },
                     "blackhole" => ConnectorConfig::Blackhole,
                     _ => ConnectorConfig::SingleFile {
                         path: options.require("single_file", "path")?,
+                        debezium,
                     },
                 };
-                if let Some(format) = options.take("format")
-                    && format != "json"
-                {
-                    return Err(ConnectorError::InvalidOption {
-                        option: "format".into(),
-                        value: format,
-                        reason: "this connector writes 'json'".into(),
-                    });
-                }
                 (config, schema, TableKind::Sink)
             }
             other => return Err(ConnectorError::UnknownConnector(other.to_string())),
@@ -232,16 +240,41 @@ impl ConnectorTable {
         }
     }
 
-    /// A factory for the sink's subtasks.
-    pub fn sink_factory(&self) -> Result<Arc<dyn OperatorFactory>, ConnectorError> {
+    /// A factory for the sink's subtasks; `updating` when its input is an updating result.
+    pub fn sink_factory(&self, updating: bool) -> Result<Arc<dyn OperatorFactory>, ConnectorError> {
         if self.kind != TableKind::Sink {
             return Err(ConnectorError::Usage(format!(
                 "table '{}' is a source and cannot be written to",
                 self.name
             )));
         }
-        Ok(Arc::new(sink::SinkFactory::new(self)))
+        let debezium = match &self.config {
+            ConnectorConfig::SingleFile { debezium, .. } | ConnectorConfig::Stdout { debezium } => {
+                *debezium
+            }
+            ConnectorConfig::Preview => updating,
+            _ => false,
+        };
+        if updating && !debezium && !matches!(self.config, ConnectorConfig::Blackhole) {
+            return Err(ConnectorError::Usage(format!(
+                "'{}' receives updating results (an aggregate without a window): its format must be 'debezium_json'",
+                self.name
+            )));
+        }
+        Ok(Arc::new(sink::SinkFactory::new(self, updating, debezium)))
     }
+}
+
+/// Name of the hidden retraction flag of an updating stream (true: the row is withdrawn).
+pub const RETRACT_FIELD: &str = "_retract";
+
+/// `schema` with the hidden columns of an updating stream appended: the retraction flag, then
+/// the event time.
+pub fn with_updating(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(RETRACT_FIELD, DataType::Boolean, false));
+    fields.push(Field::new(TIMESTAMP_FIELD, timestamp_type(), false));
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// The data type of the hidden event-time column.

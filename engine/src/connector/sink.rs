@@ -27,13 +27,19 @@ pub struct JobContext {
 pub struct SinkFactory {
     table: String,
     config: ConnectorConfig,
+    /// The input carries a retraction flag before the event time.
+    updating: bool,
+    /// Rows are written as `{"before", "after", "op"}`.
+    debezium: bool,
 }
 
 impl SinkFactory {
-    pub fn new(table: &ConnectorTable) -> Self {
+    pub fn new(table: &ConnectorTable, updating: bool, debezium: bool) -> Self {
         SinkFactory {
             table: table.name.clone(),
             config: table.config.clone(),
+            updating,
+            debezium,
         }
     }
 }
@@ -45,13 +51,13 @@ impl OperatorFactory for SinkFactory {
             message,
         };
         let target = match &self.config {
-            ConnectorConfig::Stdout => Target::Stdout,
+            ConnectorConfig::Stdout { .. } => Target::Stdout,
             ConnectorConfig::Blackhole => Target::Blackhole,
             ConnectorConfig::Preview => match &info.job.preview {
                 Some(tx) => Target::Preview(tx.clone()),
                 None => Target::Blackhole,
             },
-            ConnectorConfig::SingleFile { path } => {
+            ConnectorConfig::SingleFile { path, .. } => {
                 let file =
                     File::create(path).map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
                 Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
@@ -63,6 +69,8 @@ impl OperatorFactory for SinkFactory {
         Ok(Box::new(Sink {
             node: info.node.clone(),
             target,
+            hidden: if self.updating { 2 } else { 1 },
+            debezium: self.debezium,
         }))
     }
 }
@@ -77,6 +85,10 @@ enum Target {
 struct Sink {
     node: String,
     target: Target,
+    /// Hidden columns at the end of each batch: the event time, and for an updating stream the
+    /// retraction flag before it.
+    hidden: usize,
+    debezium: bool,
 }
 
 impl Sink {
@@ -88,9 +100,9 @@ impl Sink {
     }
 }
 
-/// Encodes the visible columns of `batch` (all but the last) as JSON lines.
-pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>, String> {
-    let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
+/// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines.
+pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, String> {
+    let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(hidden)).collect();
     let batch = batch.project(&visible).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(batch.num_rows() * 64);
     let mut writer = LineDelimitedWriter::new(&mut buf);
@@ -98,6 +110,38 @@ pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     writer.finish().map_err(|e| e.to_string())?;
     drop(writer);
     Ok(buf)
+}
+
+impl Sink {
+    /// Wraps JSON lines as Debezium change events: a retraction is a delete, anything else a
+    /// create.
+    fn debezium_lines(&self, batch: &RecordBatch, lines: &[u8]) -> Vec<u8> {
+        let retract = (self.hidden == 2).then(|| {
+            batch
+                .column(batch.num_columns() - 2)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .expect("the retraction flag is a boolean")
+                .clone()
+        });
+        let mut out = Vec::with_capacity(lines.len() + batch.num_rows() * 40);
+        for (i, line) in lines
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            if retract.as_ref().is_some_and(|r| r.value(i)) {
+                out.extend_from_slice(b"{\"before\":");
+                out.extend_from_slice(line);
+                out.extend_from_slice(b",\"after\":null,\"op\":\"d\"}\n");
+            } else {
+                out.extend_from_slice(b"{\"before\":null,\"after\":");
+                out.extend_from_slice(line);
+                out.extend_from_slice(b",\"op\":\"c\"}\n");
+            }
+        }
+        out
+    }
 }
 
 #[async_trait]
@@ -111,7 +155,10 @@ impl Operator for Sink {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
-        let lines = encode_json_lines(&batch).map_err(|e| self.fail(e))?;
+        let mut lines = encode_json_lines(&batch, self.hidden).map_err(|e| self.fail(e))?;
+        if self.debezium {
+            lines = self.debezium_lines(&batch, &lines);
+        }
         match &mut self.target {
             Target::Blackhole => Ok(()),
             Target::Stdout => {
@@ -186,7 +233,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let out = String::from_utf8(encode_json_lines(&batch).unwrap()).unwrap();
+        let out = String::from_utf8(encode_json_lines(&batch, 1).unwrap()).unwrap();
         assert_eq!(
             out,
             "{\"n\":1,\"t\":\"2023-09-18T14:23:10\"}\n{\"t\":\"1970-01-01T00:00:00\"}\n"

@@ -6,6 +6,7 @@
 
 pub mod instant;
 pub mod transform;
+pub mod updating;
 pub mod window;
 
 pub use transform::Transform;

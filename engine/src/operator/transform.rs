@@ -19,8 +19,8 @@ use crate::dataflow::{Collector, DataflowError};
 pub enum Step {
     /// Keep the rows for which the predicate is true.
     Filter(Arc<dyn PhysicalExpr>),
-    /// Replace the columns by these expressions; the event time is carried over. The schema
-    /// includes the event-time column last.
+    /// Replace the columns by these expressions; hidden columns are carried over. The schema
+    /// includes the hidden columns last.
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
 }
 
@@ -66,7 +66,11 @@ impl Transform {
                         .iter()
                         .map(|e| e.evaluate(&batch)?.into_array(rows))
                         .collect::<Result<_, _>>()?;
-                    columns.push(batch.column(batch.num_columns() - 1).clone());
+                    // Hidden columns (the event time, and the retraction flag of an updating
+                    // stream) are carried over from the end of the input.
+                    let hidden = schema.fields().len() - exprs.len();
+                    let n = batch.num_columns();
+                    columns.extend(batch.columns()[n - hidden..].iter().cloned());
                     RecordBatch::try_new_with_options(
                         schema.clone(),
                         columns,

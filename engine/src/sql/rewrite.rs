@@ -41,16 +41,19 @@ fn is_window_struct(t: &DataType) -> bool {
         _ => false,
     }
 }
-use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp};
+use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp, with_updating};
 use crate::dataflow::{EdgeKind, NodeKind, Program};
 use crate::operator::Transform;
 use crate::operator::transform::Step;
+use crate::operator::updating::UpdatingAggregate;
 
 /// A stream under construction: the node that produces it and stateless steps still to apply.
 struct Stream {
     node: usize,
     label: String,
     steps: Vec<Step>,
+    /// Rows carry a retraction flag before the event time (an updating result).
+    updating: bool,
 }
 
 /// Accumulates the dataflow of every INSERT INTO and SELECT of a file.
@@ -85,12 +88,13 @@ impl Builder {
             Ok(TreeNodeRecursion::Continue)
         })?;
         let stream = self.build(plan)?;
+        let updating = stream.updating;
         let input = self.materialize(stream);
         let sink = match self.sinks.get(&table.name) {
             Some(&node) => node,
             None => {
                 let factory = table
-                    .sink_factory()
+                    .sink_factory(updating)
                     .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
                 let node = self
                     .program
@@ -189,6 +193,9 @@ impl Builder {
         }
         let keys = functions[0].partition_by.clone();
         let stream = self.build(&w.input)?;
+        if stream.updating {
+            return not_impl_err!("window functions over updating input are not supported");
+        }
         let input = self.materialize(stream);
         let label = format!("window_functions:{}", self.program.nodes.len());
         let op = WindowFunctions {
@@ -205,6 +212,7 @@ impl Builder {
             node,
             label: format!("{label}:transform"),
             steps: vec![],
+            updating: false,
         })
     }
 
@@ -237,9 +245,12 @@ impl Builder {
             Some(f) => Some(self.physical(f, &j.schema)?),
         };
         let left = self.build(&j.left)?;
+        let right_stream = self.build(&j.right)?;
+        if left.updating || right_stream.updating {
+            return not_impl_err!("joins of updating inputs are not supported");
+        }
         let left = self.materialize(left);
-        let right = self.build(&j.right)?;
-        let right = self.materialize(right);
+        let right = self.materialize(right_stream);
         let label = format!("join:{}", self.program.nodes.len());
         let op = InstantJoin {
             label: label.clone(),
@@ -262,6 +273,66 @@ impl Builder {
             node,
             label: format!("{label}:transform"),
             steps: vec![],
+            updating: false,
+        })
+    }
+
+    /// The aggregates of `agg`, as physical expressions.
+    fn aggregate_specs(&self, agg: &Aggregate) -> Result<Vec<AggregateSpec>> {
+        let input_schema = agg.input.schema();
+        agg.aggr_expr
+            .iter()
+            .map(|e| {
+                let (name, inner) = match e {
+                    Expr::Alias(a) => (a.name.clone(), a.expr.as_ref()),
+                    other => (other.schema_name().to_string(), other),
+                };
+                let lowered = LoweredAggregateBuilder::new(
+                    inner,
+                    input_schema,
+                    input_schema.as_arrow(),
+                    &self.props,
+                    &PhysicalPlanningContext::default(),
+                )
+                .with_name(name)
+                .build()?;
+                Ok(AggregateSpec {
+                    expr: lowered.aggregate,
+                    filter: lowered.filter,
+                })
+            })
+            .collect()
+    }
+
+    /// GROUP BY without a window: an updating result.
+    fn updating_aggregate(
+        &mut self,
+        agg: &Aggregate,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Stream> {
+        let aggregates = self.aggregate_specs(agg)?;
+        let key_schema = key_schema(&keys, agg.input.schema().as_arrow())?;
+        let stream = self.build(&agg.input)?;
+        let updating_input = stream.updating;
+        let input = self.materialize(stream);
+        let label = format!("updating_aggregate:{}", self.program.nodes.len());
+        let op = UpdatingAggregate {
+            label: label.clone(),
+            keys: keys.clone(),
+            key_schema,
+            aggregates,
+            updating_input,
+            schema: with_updating(agg.schema.as_arrow()),
+        };
+        let node = self
+            .program
+            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
+        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
+        Ok(Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+            updating: true,
         })
     }
 
@@ -290,37 +361,14 @@ impl Builder {
             Some(WindowSpec::Hop { slide, width }) => WindowKind::Hop { slide, width },
             Some(WindowSpec::Session { gap }) => WindowKind::Session { gap },
             None if instant => WindowKind::Instant,
-            None => {
-                return not_impl_err!(
-                    "aggregates without a window (updating aggregates) are not supported yet"
-                );
-            }
+            None => return self.updating_aggregate(agg, keys),
         };
-        let aggregates = agg
-            .aggr_expr
-            .iter()
-            .map(|e| {
-                let (name, inner) = match e {
-                    Expr::Alias(a) => (a.name.clone(), a.expr.as_ref()),
-                    other => (other.schema_name().to_string(), other),
-                };
-                let lowered = LoweredAggregateBuilder::new(
-                    inner,
-                    &input_schema,
-                    input_schema.as_arrow(),
-                    &self.props,
-                    &PhysicalPlanningContext::default(),
-                )
-                .with_name(name)
-                .build()?;
-                Ok(AggregateSpec {
-                    expr: lowered.aggregate,
-                    filter: lowered.filter,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let aggregates = self.aggregate_specs(agg)?;
         let key_schema = key_schema(&keys, input_schema.as_arrow())?;
         let stream = self.build(&agg.input)?;
+        if stream.updating {
+            return not_impl_err!("windowed aggregates over updating input are not supported");
+        }
         let input = self.materialize(stream);
         let label = format!("window_aggregate:{}", self.program.nodes.len());
         let op = WindowAggregate {
@@ -340,6 +388,7 @@ impl Builder {
             node,
             label: format!("{label}:transform"),
             steps: vec![],
+            updating: false,
         })
     }
 
@@ -373,6 +422,7 @@ impl Builder {
                     node,
                     label: format!("{label}:transform"),
                     steps: vec![],
+                    updating: false,
                 })
             }
             LogicalPlan::Filter(filter) => {
@@ -388,7 +438,11 @@ impl Builder {
                     .iter()
                     .map(|e| self.physical(e, projection.input.schema()))
                     .collect::<Result<Vec<_>>>()?;
-                let schema = with_timestamp(projection.schema.as_arrow());
+                let schema = if stream.updating {
+                    with_updating(projection.schema.as_arrow())
+                } else {
+                    with_timestamp(projection.schema.as_arrow())
+                };
                 stream.steps.push(Step::Project(exprs, schema));
                 Ok(stream)
             }
@@ -402,15 +456,23 @@ impl Builder {
                 let node = self
                     .program
                     .add_node(label.clone(), NodeKind::Operator(Arc::new(merge)));
+                let mut updating = Vec::new();
                 for input in &union.inputs {
                     let stream = self.build(input)?;
+                    updating.push(stream.updating);
                     let from = self.materialize(stream);
                     self.program.add_edge(from, node, EdgeKind::Forward);
+                }
+                if updating.iter().any(|u| *u != updating[0]) {
+                    return not_impl_err!(
+                        "UNION ALL of updating and append-only inputs is not supported"
+                    );
                 }
                 Ok(Stream {
                     node,
                     label,
                     steps: vec![],
+                    updating: updating[0],
                 })
             }
             other => not_impl_err!(
