@@ -109,9 +109,15 @@ impl FileSourceConfig {
     }
 }
 
+/// Virtual columns: index in the table schema and expression over the stored columns.
+type Generated = Vec<(usize, Arc<dyn datafusion::physical_expr::PhysicalExpr>)>;
+
 pub struct FileSourceFactory {
     config: FileSourceConfig,
     schema: SchemaRef,
+    /// The columns stored in the file: the schema without the virtual columns.
+    stored: SchemaRef,
+    generated: Generated,
     event_time: EventTimeSpec,
     projection: Vec<usize>,
     out_schema: SchemaRef,
@@ -122,14 +128,20 @@ impl FileSourceFactory {
         config: FileSourceConfig,
         schema: SchemaRef,
         event_time: EventTimeSpec,
+        generated: Generated,
         projection: Option<Vec<usize>>,
     ) -> Self {
         let projection = projection.unwrap_or_else(|| (0..schema.fields().len()).collect());
         let visible = schema
             .project(&projection)
             .expect("projection within the table");
+        let stored: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !generated.iter().any(|(g, _)| g == i))
+            .collect();
         FileSourceFactory {
             out_schema: with_timestamp(&visible),
+            stored: Arc::new(schema.project(&stored).expect("stored columns")),
+            generated,
             config,
             schema,
             event_time,
@@ -145,6 +157,8 @@ impl SourceFactory for FileSourceFactory {
             subtask: info.subtask,
             config: self.config.clone(),
             schema: self.schema.clone(),
+            stored: self.stored.clone(),
+            generated: self.generated.clone(),
             event_time: self.event_time.clone(),
             projection: self.projection.clone(),
             out_schema: self.out_schema.clone(),
@@ -158,6 +172,8 @@ struct FileSource {
     subtask: usize,
     config: FileSourceConfig,
     schema: SchemaRef,
+    stored: SchemaRef,
+    generated: Generated,
     event_time: EventTimeSpec,
     projection: Vec<usize>,
     out_schema: SchemaRef,
@@ -180,7 +196,7 @@ impl FileSource {
     }
 
     fn decoder(&self) -> Result<Decoder, DataflowError> {
-        ReaderBuilder::new(self.schema.clone())
+        ReaderBuilder::new(self.stored.clone())
             .with_batch_size(BATCH_ROWS)
             .with_strict_mode(false)
             .build_decoder()
@@ -197,7 +213,7 @@ impl FileSource {
                     .chunks(BATCH_ROWS)
                     .map(|chunk| {
                         let column: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
-                        RecordBatch::try_new(self.schema.clone(), vec![column])
+                        RecordBatch::try_new(self.stored.clone(), vec![column])
                             .map_err(|e| self.fail(e.to_string()))
                     })
                     .collect()
@@ -268,8 +284,35 @@ impl FileSource {
         if good.is_empty() {
             return Ok(vec![]);
         }
-        let all = concat_batches(&self.schema, &good).map_err(|e| self.fail(e.to_string()))?;
+        let all = concat_batches(&self.stored, &good).map_err(|e| self.fail(e.to_string()))?;
         Ok(vec![all])
+    }
+
+    /// Computes the virtual columns: the stored columns become the table's.
+    fn with_generated(&self, stored: RecordBatch) -> Result<RecordBatch, DataflowError> {
+        if self.generated.is_empty() {
+            return Ok(stored);
+        }
+        let rows = stored.num_rows();
+        let mut stored_columns = stored.columns().iter();
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (i, field) in self.schema.fields().iter().enumerate() {
+            match self.generated.iter().find(|(g, _)| *g == i) {
+                Some((_, expr)) => {
+                    let value = expr
+                        .evaluate(&stored)
+                        .and_then(|v| v.into_array(rows))
+                        .map_err(|e| {
+                            self.fail(format!("computing column '{}': {e}", field.name()))
+                        })?;
+                    columns.push(
+                        cast(&value, field.data_type()).map_err(|e| self.fail(e.to_string()))?,
+                    );
+                }
+                None => columns.push(stored_columns.next().expect("a stored column").clone()),
+            }
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.fail(e.to_string()))
     }
 
     /// Adds the event-time column and projects; returns the batch and its watermark.
@@ -277,6 +320,7 @@ impl FileSource {
         &mut self,
         batch: RecordBatch,
     ) -> Result<Option<(RecordBatch, Option<i64>)>, DataflowError> {
+        let batch = self.with_generated(batch)?;
         let rows = batch.num_rows();
         let times: TimestampNanosecondArray = match self.event_time.field {
             Some(i) => {

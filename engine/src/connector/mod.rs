@@ -69,6 +69,10 @@ pub struct ConnectorTable {
     pub config: ConnectorConfig,
     /// Where a source's event time comes from and how its watermark is made.
     pub event_time: EventTimeSpec,
+    /// Virtual columns (`GENERATED ALWAYS AS (expr)`): their index in `schema` and the
+    /// expression over the other columns, in `schema` order without them. A source reads the
+    /// other columns and computes these.
+    pub generated: Vec<(usize, Arc<dyn datafusion::physical_expr::PhysicalExpr>)>,
 }
 
 /// A source's event time and watermark.
@@ -202,6 +206,7 @@ impl ConnectorTable {
             schema,
             config,
             event_time,
+            generated: Vec::new(),
         })
     }
 
@@ -213,6 +218,7 @@ impl ConnectorTable {
             schema,
             config: ConnectorConfig::Preview,
             event_time: EventTimeSpec::default(),
+            generated: Vec::new(),
         }
     }
 
@@ -231,7 +237,12 @@ impl ConnectorTable {
                 config.clone(),
                 self.schema.clone(),
                 self.event_time.clone(),
+                self.generated.clone(),
                 projection,
+            ))),
+            _ if !self.generated.is_empty() => Err(ConnectorError::Usage(format!(
+                "table '{}' cannot have virtual columns",
+                self.name
             ))),
             _ => Err(ConnectorError::Usage(format!(
                 "table '{}' is a sink and cannot be read from",

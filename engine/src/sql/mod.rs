@@ -382,6 +382,21 @@ fn create_table(
             plan: Mutex::new(None),
         });
     };
+    // Virtual columns: (index, expression) of `GENERATED ALWAYS AS (expr)`.
+    let generated_sql: Vec<(usize, SqlExpr)> = create
+        .columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            c.options.iter().find_map(|o| match &o.option {
+                ast::ColumnOption::Generated {
+                    generation_expr: Some(e),
+                    ..
+                } => Some((i, e.clone())),
+                _ => None,
+            })
+        })
+        .collect();
     let columns = if create.columns.is_empty() {
         None
     } else {
@@ -404,6 +419,28 @@ fn create_table(
         };
         SqlError::at(e.to_string(), at)
     })?;
+    let mut table = table;
+    if !generated_sql.is_empty() {
+        let stored: Vec<usize> = (0..table.schema.fields().len())
+            .filter(|i| !generated_sql.iter().any(|(g, _)| g == i))
+            .collect();
+        let stored_schema = table
+            .schema
+            .project(&stored)
+            .map_err(|e| SqlError::at(e.to_string(), start))?;
+        let df_schema = DFSchema::try_from(stored_schema).map_err(|e| df_error(e, start))?;
+        let planner = SqlToRel::new_with_options(catalog, parser_options());
+        for (i, sql) in generated_sql {
+            let expr = planner
+                .sql_to_expr(sql, &df_schema, &mut PlannerContext::new())
+                .map_err(|e| df_error(e, start))?;
+            let physical = catalog
+                .state
+                .create_physical_expr(expr, &df_schema)
+                .map_err(|e| df_error(e, start))?;
+            table.generated.push((i, physical));
+        }
+    }
     Ok(TableEntry::Connector(table))
 }
 

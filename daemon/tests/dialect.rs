@@ -1,0 +1,178 @@
+//! Arroyo's SQL dialect beyond the golden cases: small queries through `arroyod run`, each
+//! checking its rows or the error it must give.
+
+mod harness;
+
+use harness::run_query;
+
+fn cars() -> String {
+    let inputs = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/inputs/cars.json");
+    inputs.display().to_string()
+}
+
+/// Runs `sql` (a bare SELECT) and returns its rows, or panics with stderr.
+fn rows(sql: &str) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_query(&["-s", dir.path().join("s").to_str().unwrap(), "-"], sql);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs `sql`, which must be refused; returns stderr.
+fn refused(sql: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_query(&["-s", dir.path().join("s").to_str().unwrap(), "-"], sql);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn cars_table(extra_columns: &str, extra_options: &str) -> String {
+    format!(
+        "CREATE TABLE cars (timestamp TIMESTAMP, driver_id BIGINT, event_type TEXT, location TEXT{extra_columns})
+         WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source'{extra_options});\n",
+        cars()
+    )
+}
+
+#[test]
+fn virtual_columns_are_computed_from_the_others() {
+    let sql = cars_table(
+        ", big_id BIGINT GENERATED ALWAYS AS (driver_id * 1000) STORED",
+        ", event_time_field = 'timestamp'",
+    ) + "SELECT driver_id, big_id FROM cars WHERE driver_id = 100;";
+    let rows = rows(&sql);
+    assert!(!rows.is_empty());
+    for r in rows {
+        assert_eq!(r["big_id"], 100_000);
+    }
+}
+
+#[test]
+fn tumbling_counts_cover_every_row_once() {
+    let sql = cars_table("", ", event_time_field = 'timestamp'")
+        + "SELECT count(*) AS n FROM cars GROUP BY tumble(interval '1 hour');";
+    let total: i64 = rows(&sql).iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    assert_eq!(total, 7932);
+}
+
+#[test]
+fn hop_windows_count_each_row_width_over_slide_times() {
+    let sql = cars_table("", ", event_time_field = 'timestamp'")
+        + "SELECT count(*) AS n FROM cars GROUP BY hop(interval '10 minutes', interval '30 minutes');";
+    let total: i64 = rows(&sql).iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    assert_eq!(total, 3 * 7932);
+}
+
+#[test]
+fn updating_results_need_a_debezium_sink() {
+    let err = refused(&format!(
+        "{}CREATE TABLE out (n BIGINT) WITH (connector = 'single_file', path = '/dev/null', format = 'json', type = 'sink');
+         INSERT INTO out SELECT count(*) FROM cars;",
+        cars_table("", "")
+    ));
+    assert!(err.contains("debezium_json"), "{err}");
+}
+
+#[test]
+fn a_bare_updating_select_prints_change_events() {
+    let rows = rows(
+        &(cars_table("", "") + "SELECT event_type, count(*) AS n FROM cars GROUP BY event_type;"),
+    );
+    // Replay creates and deletes: the final counts add up to every row.
+    let mut last = std::collections::HashMap::new();
+    for r in &rows {
+        match r["op"].as_str().unwrap() {
+            "c" => {
+                last.insert(
+                    r["after"]["event_type"].to_string(),
+                    r["after"]["n"].as_i64().unwrap(),
+                );
+            }
+            "d" => {
+                last.remove(&r["before"]["event_type"].to_string());
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+    assert_eq!(last.values().sum::<i64>(), 7932);
+}
+
+#[test]
+fn hop_width_must_be_a_multiple_of_slide() {
+    let err = refused(
+        &(cars_table("", "")
+            + "SELECT count(*) FROM cars GROUP BY hop(interval '40 minutes', interval '1 hour');"),
+    );
+    assert!(
+        err.contains("hop() width 3600s currently must be a multiple of slide 2400s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_data_fail_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    std::fs::write(
+        &input,
+        "{\"n\": 1}\n{\"n\": 2}\n{\"n\": \"three\"}\n{\"n\": 4}\n",
+    )
+    .unwrap();
+    let table = |bad: &str| {
+        format!(
+            "CREATE TABLE t (n BIGINT) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source', bad_data = '{bad}');
+             SELECT n FROM t;",
+            input.display()
+        )
+    };
+    let out = run_query(
+        &["-s", dir.path().join("a").to_str().unwrap(), "-"],
+        &table("fail"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in.json at line 3"), "{stderr}");
+
+    let dropped = rows(&table("drop"));
+    let ns: Vec<i64> = dropped.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![1, 2, 4]);
+}
+
+#[test]
+fn json_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, "{\"a\": {\"b\": [1, \"x\"]}, \"s\": \"hi\"}\n").unwrap();
+    let sql = format!(
+        "CREATE TABLE t (value JSON) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source', 'json.unstructured' = 'true');
+         SELECT value->'s' AS quoted, value->>'s' AS plain, extract_json_string(value, '$.a.b[1]') AS x FROM t;",
+        input.display()
+    );
+    let rows = rows(&sql);
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({"quoted": "\"hi\"", "plain": "hi", "x": "x"})]
+    );
+}
+
+#[test]
+fn unsupported_statements_and_unknown_tables_are_named() {
+    let err = refused("DROP TABLE x;\nSELECT * FROM nowhere;");
+    assert!(
+        err.contains("<stdin>:1:1: unsupported statement 'DROP TABLE'"),
+        "{err}"
+    );
+    assert!(err.contains("<stdin>:2:"), "{err}");
+    assert!(err.contains("nowhere"), "{err}");
+}
