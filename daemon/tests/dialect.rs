@@ -176,3 +176,17 @@ fn unsupported_statements_and_unknown_tables_are_named() {
     assert!(err.contains("<stdin>:2:"), "{err}");
     assert!(err.contains("nowhere"), "{err}");
 }
+
+#[test]
+fn unnest_gives_a_row_per_element() {
+    let rows = rows(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='3');
+         SELECT counter, unnest(make_array(counter, counter * 10)) AS v FROM impulse;",
+    );
+    let mut got: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| (r["counter"].as_u64().unwrap(), r["v"].as_u64().unwrap()))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(0, 0), (0, 0), (1, 1), (1, 10), (2, 2), (2, 20)]);
+}

@@ -22,6 +22,14 @@ pub enum Step {
     /// Replace the columns by these expressions; hidden columns are carried over. The schema
     /// includes the hidden columns last.
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    /// One row per element of the list column `column`; output column `i` comes from input
+    /// column `sources[i]` (the list column gives its elements). Rows with empty or null lists
+    /// produce nothing. The schema includes the hidden columns last.
+    Unnest {
+        column: usize,
+        sources: Vec<usize>,
+        schema: SchemaRef,
+    },
 }
 
 /// A fused chain of filters and projections.
@@ -77,10 +85,85 @@ impl Transform {
                         &RecordBatchOptions::new().with_row_count(Some(rows)),
                     )?
                 }
+                Step::Unnest {
+                    column,
+                    sources,
+                    schema,
+                } => unnest(&batch, *column, sources, schema)?,
             };
         }
         Ok((batch.num_rows() > 0).then_some(batch))
     }
+}
+
+/// See [`Step::Unnest`].
+fn unnest(
+    batch: &RecordBatch,
+    column: usize,
+    sources: &[usize],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    use datafusion::arrow::array::{Array, GenericListArray, UInt32Array};
+    use datafusion::arrow::compute::take;
+    let list = batch.column(column);
+    let (values, offsets): (ArrayRef, Vec<usize>) = match list.data_type() {
+        datafusion::arrow::datatypes::DataType::List(_) => {
+            let l = list
+                .as_any()
+                .downcast_ref::<GenericListArray<i32>>()
+                .expect("a list");
+            (
+                l.values().clone(),
+                l.value_offsets().iter().map(|o| *o as usize).collect(),
+            )
+        }
+        datafusion::arrow::datatypes::DataType::LargeList(_) => {
+            let l = list
+                .as_any()
+                .downcast_ref::<GenericListArray<i64>>()
+                .expect("a list");
+            (
+                l.values().clone(),
+                l.value_offsets().iter().map(|o| *o as usize).collect(),
+            )
+        }
+        other => {
+            return Err(DataFusionError::NotImplemented(format!(
+                "UNNEST of {other} is not supported"
+            )));
+        }
+    };
+    let mut repeat = Vec::new();
+    let mut elements = Vec::new();
+    for row in 0..batch.num_rows() {
+        if list.is_null(row) {
+            continue;
+        }
+        for e in offsets[row]..offsets[row + 1] {
+            repeat.push(row as u32);
+            elements.push(e as u32);
+        }
+    }
+    let repeat = UInt32Array::from(repeat);
+    let elements = take(values.as_ref(), &UInt32Array::from(elements), None)?;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for &source in sources {
+        if source == column {
+            columns.push(elements.clone());
+        } else {
+            columns.push(take(batch.column(source).as_ref(), &repeat, None)?);
+        }
+    }
+    let hidden = schema.fields().len() - sources.len();
+    let n = batch.num_columns();
+    for c in &batch.columns()[n - hidden..] {
+        columns.push(take(c.as_ref(), &repeat, None)?);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(repeat.len())),
+    )?)
 }
 
 impl OperatorFactory for Transform {

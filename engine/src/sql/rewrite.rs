@@ -447,6 +447,26 @@ impl Builder {
                 Ok(stream)
             }
             LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
+            LogicalPlan::Unnest(unnest) => {
+                if unnest.list_type_columns.len() != 1
+                    || !unnest.struct_type_columns.is_empty()
+                    || unnest.list_type_columns[0].1.depth != 1
+                {
+                    return not_impl_err!("only UNNEST of one list column is supported");
+                }
+                let mut stream = self.build(&unnest.input)?;
+                let schema = if stream.updating {
+                    with_updating(unnest.schema.as_arrow())
+                } else {
+                    with_timestamp(unnest.schema.as_arrow())
+                };
+                stream.steps.push(Step::Unnest {
+                    column: unnest.list_type_columns[0].0,
+                    sources: unnest.dependency_indices.clone(),
+                    schema,
+                });
+                Ok(stream)
+            }
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Window(window) => self.window_functions(window),
             LogicalPlan::Join(join) => self.join(join),
