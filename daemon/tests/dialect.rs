@@ -190,3 +190,52 @@ fn unnest_gives_a_row_per_element() {
     got.sort();
     assert_eq!(got, vec![(0, 0), (0, 0), (1, 1), (1, 10), (2, 2), (2, 20)]);
 }
+
+#[test]
+fn windowless_inner_join_matches_every_pair_at_any_parallelism() {
+    let sql = "SET updating_ttl = interval '1 hour';
+         CREATE TABLE a WITH (connector='impulse', event_rate='100000', message_count='1000');
+         CREATE TABLE b WITH (connector='impulse', event_rate='100000', message_count='500');
+         SELECT a.counter AS x, b.counter AS y FROM a JOIN b ON a.counter = b.counter * 2;";
+    for p in ["1", "3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_query(
+            &["-p", p, "-s", dir.path().join("s").to_str().unwrap(), "-"],
+            sql,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pairs: Vec<(u64, u64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["x"].as_u64().unwrap(), v["y"].as_u64().unwrap())
+            })
+            .collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            (0..500).map(|y| (2 * y, y)).collect::<Vec<_>>(),
+            "-p {p}"
+        );
+    }
+}
+
+#[test]
+fn unknown_settings_and_outer_windowless_joins_are_refused() {
+    let err = refused("SET colour = 'red';");
+    assert!(err.contains("unknown setting 'colour'"), "{err}");
+    let err = refused(
+        "CREATE TABLE a WITH (connector='impulse', event_rate='10');
+         CREATE TABLE b WITH (connector='impulse', event_rate='10');
+         SELECT * FROM a LEFT JOIN b ON a.counter = b.counter;",
+    );
+    assert!(
+        err.contains("joins without a window are not supported"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 //! row-at-a-time on the hot path: it evaluates DataFusion physical expressions on whole batches.
 
 pub mod instant;
+pub mod join;
 pub mod transform;
 pub mod updating;
 pub mod window;

@@ -226,6 +226,35 @@ fn plan_statement(
             }
             Ok(())
         }
+        Statement::Set(ast::Set::SingleAssignment {
+            variable, values, ..
+        }) => {
+            let name = variable.to_string().to_ascii_lowercase();
+            if name != "updating_ttl" {
+                return Err(SqlError::at(
+                    format!("unknown setting '{name}' (known: updating_ttl)"),
+                    raw.start,
+                ));
+            }
+            let [value] = values.as_slice() else {
+                return Err(SqlError::at(
+                    "SET updating_ttl takes one interval",
+                    raw.start,
+                ));
+            };
+            let planner = SqlToRel::new_with_options(&*catalog, parser_options());
+            let expr = planner
+                .sql_to_expr(
+                    value.clone(),
+                    &DFSchema::empty(),
+                    &mut PlannerContext::new(),
+                )
+                .map_err(|e| df_error(e, raw.start))?;
+            let nanos = window_fn::interval_nanos("updating_ttl", &expr)
+                .map_err(|e| df_error(e, raw.start))?;
+            builder.updating_ttl = nanos;
+            Ok(())
+        }
         other => Err(SqlError::at(
             format!(
                 "unsupported statement '{}': expected CREATE TABLE, INSERT INTO or SELECT",

@@ -44,6 +44,7 @@ fn is_window_struct(t: &DataType) -> bool {
 use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp, with_updating};
 use crate::dataflow::{EdgeKind, NodeKind, Program};
 use crate::operator::Transform;
+use crate::operator::join::TtlJoin;
 use crate::operator::transform::Step;
 use crate::operator::updating::UpdatingAggregate;
 
@@ -56,13 +57,29 @@ struct Stream {
     updating: bool,
 }
 
+/// How long a windowless join keeps rows unless `SET updating_ttl` says otherwise.
+pub const DEFAULT_UPDATING_TTL: i64 = 24 * 3600 * 1_000_000_000;
+
 /// Accumulates the dataflow of every INSERT INTO and SELECT of a file.
-#[derive(Default)]
 pub struct Builder {
+    /// State TTL of windowless joins, in nanoseconds (`SET updating_ttl`).
+    pub updating_ttl: i64,
     program: Program,
     sinks: HashMap<String, usize>,
     sink_order: Vec<String>,
     props: ExecutionProps,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            updating_ttl: DEFAULT_UPDATING_TTL,
+            program: Program::default(),
+            sinks: HashMap::new(),
+            sink_order: Vec::new(),
+            props: ExecutionProps::new(),
+        }
+    }
 }
 
 impl Builder {
@@ -216,6 +233,62 @@ impl Builder {
         })
     }
 
+    /// An inner join without windows: both sides kept for the state TTL.
+    fn ttl_join(
+        &mut self,
+        j: &Join,
+        left_keys: Vec<Arc<dyn PhysicalExpr>>,
+        right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Stream> {
+        if j.join_type != JoinType::Inner {
+            return not_impl_err!(
+                "{} joins without a window are not supported: only inner joins, or joins on the same window of two windowed inputs",
+                j.join_type
+            );
+        }
+        if left_keys.is_empty() {
+            return not_impl_err!("joins without an equality condition are not supported");
+        }
+        let key_types =
+            j.on.iter()
+                .map(|(l, _)| l.get_type(j.left.schema()))
+                .collect::<Result<Vec<_>>>()?;
+        let filter = match &j.filter {
+            Some(f) => Some(self.physical(f, &j.schema)?),
+            None => None,
+        };
+        let left = self.build(&j.left)?;
+        let right = self.build(&j.right)?;
+        if left.updating || right.updating {
+            return not_impl_err!("joins of updating inputs are not supported");
+        }
+        let left = self.materialize(left);
+        let right = self.materialize(right);
+        let label = format!("join:{}", self.program.nodes.len());
+        let op = TtlJoin {
+            label: label.clone(),
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            key_types,
+            filter,
+            ttl: self.updating_ttl,
+            schema: with_timestamp(j.schema.as_arrow()),
+        };
+        let node = self
+            .program
+            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
+        self.program
+            .add_edge(left, node, EdgeKind::Shuffle(left_keys));
+        self.program
+            .add_edge(right, node, EdgeKind::Shuffle(right_keys));
+        Ok(Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+            updating: false,
+        })
+    }
+
     fn join(&mut self, j: &Join) -> Result<Stream> {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
@@ -233,9 +306,7 @@ impl Builder {
             right_keys.push(self.physical(r, &rs)?);
         }
         if !windowed {
-            return not_impl_err!(
-                "joins are supported on the same window of two windowed inputs (ON a.window = b.window ...); joins without windows are not supported yet"
-            );
+            return self.ttl_join(j, left_keys, right_keys);
         }
         let filter = match &j.filter {
             None => None,

@@ -66,7 +66,8 @@ pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
         .collect()
 }
 
-fn interval_nanos(func: &str, e: &Expr) -> Result<i64> {
+/// The length of an interval literal in nanoseconds (`what` names it in errors).
+pub fn interval_nanos(func: &str, e: &Expr) -> Result<i64> {
     let e = match e {
         Expr::Alias(a) => a.expr.as_ref(),
         Expr::Cast(c) => c.expr.as_ref(),
