@@ -108,13 +108,43 @@ fn timestamps(batch: &RecordBatch) -> &[i64] {
         .values()
 }
 
-/// Row indices grouped by `ends[i]`, in first-seen order; one group when all are equal.
-fn group_by_end(ends: &[i64]) -> Vec<(i64, Option<Vec<u32>>)> {
+/// Which rows of a batch belong to one window.
+enum Rows {
+    All,
+    /// A contiguous run: sliced without copying.
+    Range(usize, usize),
+    Indices(UInt32Array),
+}
+
+impl Rows {
+    fn len(&self, total: usize) -> usize {
+        match self {
+            Rows::All => total,
+            Rows::Range(_, len) => *len,
+            Rows::Indices(idx) => idx.len(),
+        }
+    }
+}
+
+/// Rows grouped by `ends[i]`. Input in event-time order (the usual case) gives contiguous
+/// runs, which need no copy; otherwise rows are gathered per end, in first-seen order.
+fn group_by_end(ends: &[i64]) -> Vec<(i64, Rows)> {
     let Some(&first) = ends.first() else {
         return vec![];
     };
     if ends.iter().all(|&e| e == first) {
-        return vec![(first, None)];
+        return vec![(first, Rows::All)];
+    }
+    if ends.windows(2).all(|w| w[0] <= w[1]) {
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=ends.len() {
+            if i == ends.len() || ends[i] != ends[start] {
+                runs.push((ends[start], Rows::Range(start, i - start)));
+                start = i;
+            }
+        }
+        return runs;
     }
     let mut order = Vec::new();
     let mut by_end: HashMap<i64, Vec<u32>> = HashMap::new();
@@ -130,16 +160,17 @@ fn group_by_end(ends: &[i64]) -> Vec<(i64, Option<Vec<u32>>)> {
     order
         .into_iter()
         .map(|e| {
-            let rows = by_end.remove(&e);
-            (e, rows)
+            let rows = by_end.remove(&e).unwrap_or_default();
+            (e, Rows::Indices(UInt32Array::from(rows)))
         })
         .collect()
 }
 
-fn take_all(arrays: &[ArrayRef], rows: &Option<UInt32Array>) -> Result<Vec<ArrayRef>> {
+fn take_all(arrays: &[ArrayRef], rows: &Rows) -> Result<Vec<ArrayRef>> {
     match rows {
-        None => Ok(arrays.to_vec()),
-        Some(idx) => arrays
+        Rows::All => Ok(arrays.to_vec()),
+        Rows::Range(offset, len) => Ok(arrays.iter().map(|a| a.slice(*offset, *len)).collect()),
+        Rows::Indices(idx) => arrays
             .iter()
             .map(|a| take(a.as_ref(), idx, None).map_err(DataFusionError::from))
             .collect(),
@@ -212,12 +243,11 @@ impl WindowAggregateOp {
             WindowKind::Session { .. } => unreachable!("sessions have their own operator"),
         };
         for ends in assignments {
-            for (end, rows) in group_by_end(&ends) {
+            for (end, idx) in group_by_end(&ends) {
                 if self.watermark.is_some_and(|w| end <= w) {
-                    self.late += rows.as_ref().map_or(ends.len(), |r| r.len()) as u64;
+                    self.late += idx.len(ends.len()) as u64;
                     continue;
                 }
-                let idx = rows.map(UInt32Array::from);
                 let key_slice = take_all(&keys, &idx)?;
                 if !self.panes.contains_key(&end) {
                     let pane = self.new_pane()?;
@@ -460,7 +490,7 @@ impl SessionOp {
             return Ok(None);
         }
         let sessions = starts.len();
-        let idx = Some(UInt32Array::from(closed_rows));
+        let idx = Rows::Indices(UInt32Array::from(closed_rows));
         let mut agg_columns = Vec::with_capacity(self.plan.aggregates.len());
         for a in &self.plan.aggregates {
             let mut acc: Box<dyn GroupsAccumulator> = if a.expr.groups_accumulator_supported() {
@@ -490,7 +520,7 @@ impl SessionOp {
             acc.update_batch(&args, &closed_groups, filter, sessions)?;
             agg_columns.push(acc.evaluate(EmitTo::All)?);
         }
-        let first_keys = take_all(&keys, &Some(UInt32Array::from(firsts)))?;
+        let first_keys = take_all(&keys, &Rows::Indices(UInt32Array::from(firsts)))?;
         let mut keys = first_keys.into_iter();
         let mut columns: Vec<ArrayRef> = Vec::new();
         let group_count = self.plan.keys.len() + 1;
