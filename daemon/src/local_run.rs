@@ -10,13 +10,36 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use arroyod_proto::StopMode;
 use arroyod_proto::state;
 use tracing::info;
 
 use crate::controller::plan;
 use crate::serve::{Daemon, termination};
+
+/// Errors of `arroyod run` (a query with errors is not one: it is reported and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The query file (or stdin) could not be read.
+    #[error("reading {what}")]
+    ReadQuery {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon's components did not start.
+    #[error(transparent)]
+    Start(#[from] crate::serve::ServeError),
+    /// The pipeline could not be stored, scheduled or stopped.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
+    /// Rows could not be written to stdout.
+    #[error("writing rows to stdout")]
+    Stdout(#[source] std::io::Error),
+    /// The task printing rows panicked.
+    #[error("printing rows")]
+    Printer(#[from] tokio::task::JoinError),
+}
 
 /// Arguments of `arroyod run`, as Arroyo's RunArgs.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,16 +63,21 @@ pub struct RunArgs {
 }
 
 /// Runs the query; returns the process exit code.
-pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let (query, source) = if args.query == "-" {
         let mut q = String::new();
         std::io::stdin()
             .read_to_string(&mut q)
-            .context("reading the query from stdin")?;
+            .map_err(|source| RunError::ReadQuery {
+                what: "the query from stdin".into(),
+                source,
+            })?;
         (q, "<stdin>".to_string())
     } else {
-        let q = std::fs::read_to_string(&args.query)
-            .with_context(|| format!("reading {}", args.query))?;
+        let q = std::fs::read_to_string(&args.query).map_err(|source| RunError::ReadQuery {
+            what: args.query.clone(),
+            source,
+        })?;
         (q, args.query.clone())
     };
     if let Err(errors) = plan(query.clone()).await {
@@ -80,12 +108,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Ok(old) = controller.find(&name)
         && state::is_terminal(&old.row().state)
     {
-        controller.forget(&old).await?;
+        controller
+            .forget(&old)
+            .await
+            .map_err(crate::controller::ControllerError::from)?;
     }
     let pipeline = controller
         .submit(query, name.clone(), args.parallelism)
-        .await
-        .map_err(|e| anyhow::anyhow!(crate::api::error_chain(&e)))?;
+        .await?;
     let id = pipeline.row().id;
     info!(pipeline = %id, name = %name, state_dir = %state_dir.display(), "pipeline running");
 
@@ -122,7 +152,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     match printer.await {
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Ok(r) => r.context("writing rows to stdout")?,
+        Ok(r) => r.map_err(RunError::Stdout)?,
         Err(e) => return Err(e.into()),
     }
     let row = pipeline.row();

@@ -113,7 +113,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log);
-            runtime().block_on(serve::serve(config)).map(|()| 0)
+            runtime()
+                .block_on(serve::serve(config))
+                .map(|()| 0)
+                .map_err(anyhow::Error::from)
         }
         Some(Command::Config(ref args)) => match config::Config::load(&overrides(args)) {
             Ok(c) => {
@@ -134,7 +137,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => {
             init_logging("warn,arroyod::local_run=info");
-            runtime().block_on(local_run::run(args))
+            runtime()
+                .block_on(local_run::run(args))
+                .map_err(anyhow::Error::from)
         }
         Some(Command::Worker {
             socket,
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
             runtime()
                 .block_on(worker::run(socket, pipeline, generation))
                 .map(|()| 0)
+                .map_err(anyhow::Error::from)
         }
     };
     match result {

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use arroyod_proto::arroyod_server::ArroyodServer;
 use arroyod_proto::worker_control_server::WorkerControlServer;
 use tokio::net::UnixListener;
@@ -23,7 +22,39 @@ use tracing::{info, warn};
 use crate::api::{Api, WorkerApi};
 use crate::config::Config;
 use crate::controller::Controller;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Errors of starting the daemon's components.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Another process holds the data dir's lock.
+    #[error("data dir {} is in use by {holder} (lock file {})", dir.display(), lock.display())]
+    DataDirInUse {
+        dir: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    /// A file or directory operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata store could not be opened.
+    #[error("opening the metadata store in {}", dir.display())]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::Io { what, path, source }
+}
 
 /// How long shutdown waits for the servers after every pipeline stopped.
 const SERVER_DRAIN: Duration = Duration::from_secs(5);
@@ -35,7 +66,7 @@ pub struct DataDirLock {
 
 impl DataDirLock {
     /// Takes `dir/arroyod.lock`, or fails naming the pid that holds it.
-    pub fn acquire(dir: &Path) -> anyhow::Result<DataDirLock> {
+    pub fn acquire(dir: &Path) -> Result<DataDirLock, ServeError> {
         let path = dir.join("arroyod.lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -43,7 +74,7 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .map_err(io("opening", &path))?;
         if file.try_lock().is_err() {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
@@ -53,37 +84,40 @@ impl DataDirLock {
             } else {
                 format!("pid {holder}")
             };
-            bail!(
-                "data dir {} is in use by {who} (lock file {})",
-                dir.display(),
-                path.display()
-            );
+            return Err(ServeError::DataDirInUse {
+                dir: dir.to_path_buf(),
+                lock: path,
+                holder: who,
+            });
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "{}", std::process::id())?;
-        file.sync_all()?;
+        let write_pid = |file: &mut File| {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+            file.sync_all()
+        };
+        write_pid(&mut file).map_err(io("writing", &path))?;
         Ok(DataDirLock { _file: file })
     }
 }
 
 /// Removes a stale socket at `path` and binds a new one with `mode`.
-pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     if let Some(parent) = path.parent()
         && !parent.exists()
     {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("setting the mode of", parent))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => info!(socket = %path.display(), "removed a stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        Err(e) => return Err(io("removing", path)(e)),
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let listener = UnixListener::bind(path).map_err(io("binding", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io("setting the mode of", path))?;
     Ok(listener)
 }
 
@@ -108,16 +142,23 @@ fn worker_socket_path(data_dir: &Path) -> PathBuf {
 impl Daemon {
     /// Takes the data dir, opens the store, and serves the worker socket (and the public API
     /// on `public_socket`, when given).
-    pub async fn start(data_dir: &Path, public_socket: Option<&Path>) -> anyhow::Result<Daemon> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    pub async fn start(
+        data_dir: &Path,
+        public_socket: Option<&Path>,
+    ) -> Result<Daemon, ServeError> {
+        std::fs::create_dir_all(data_dir).map_err(io("creating data dir", data_dir))?;
         let lock = DataDirLock::acquire(data_dir)?;
-        let store = Store::open(data_dir)
-            .await
-            .with_context(|| format!("opening the metadata store in {}", data_dir.display()))?;
+        let store_error = |source| ServeError::Store {
+            dir: data_dir.to_path_buf(),
+            source,
+        };
+        let store = Store::open(data_dir).await.map_err(store_error)?;
         let worker_socket = worker_socket_path(data_dir);
-        let exe = std::env::current_exe().context("finding the arroyod binary")?;
-        let controller = Controller::new(store, exe, worker_socket.clone()).await?;
+        let exe =
+            std::env::current_exe().map_err(io("finding the binary", Path::new("arroyod")))?;
+        let controller = Controller::new(store, exe, worker_socket.clone())
+            .await
+            .map_err(store_error)?;
         let stop_serving = CancellationToken::new();
         let mut servers = tokio::task::JoinSet::new();
 
@@ -192,7 +233,7 @@ pub async fn termination() -> &'static str {
     }
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config) -> Result<(), ServeError> {
     let daemon = Daemon::start(&config.data_dir, Some(&config.socket)).await?;
     info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "arroyod ready");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

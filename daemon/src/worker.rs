@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use arroyod_engine::connector::JobContext;
 use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
 use arroyod_proto::worker_control_client::WorkerControlClient;
@@ -21,6 +20,36 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
+
+/// Errors that end a worker process.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The daemon's worker socket did not answer.
+    #[error("connecting to the daemon at {}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The daemon refused the worker (a stale generation) or broke the stream.
+    #[error("talking to the daemon")]
+    Daemon(#[from] tonic::Status),
+    /// The daemon sent something out of protocol.
+    #[error("unexpected message from the daemon: {0}")]
+    Protocol(String),
+    /// The report stream to the daemon closed.
+    #[error("the daemon stopped reading reports")]
+    ReportsClosed,
+    /// The dataflow could not start.
+    #[error("starting the dataflow")]
+    Dataflow(#[from] arroyod_engine::dataflow::DataflowError),
+}
+
+impl From<mpsc::error::SendError<WorkerEvent>> for WorkerError {
+    fn from(_: mpsc::error::SendError<WorkerEvent>) -> Self {
+        WorkerError::ReportsClosed
+    }
+}
 
 /// Connects a gRPC channel over the Unix socket at `path`.
 pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
@@ -55,11 +84,14 @@ fn event(e: worker_event::Event) -> WorkerEvent {
     WorkerEvent { event: Some(e) }
 }
 
-pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> anyhow::Result<()> {
+pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Result<(), WorkerError> {
     die_with_parent();
     let channel = unix_channel(&socket)
         .await
-        .with_context(|| format!("connecting to the daemon at {}", socket.display()))?;
+        .map_err(|source| WorkerError::Connect {
+            socket: socket.clone(),
+            source,
+        })?;
     let mut client = WorkerControlClient::new(channel);
     let (events, events_rx) = mpsc::channel::<WorkerEvent>(16);
     events
@@ -71,14 +103,17 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> anyho
         .await?;
     let mut commands = client
         .attach(ReceiverStream::new(events_rx))
-        .await
-        .context("attaching to the daemon")?
+        .await?
         .into_inner();
     let start = match commands.message().await? {
         Some(arroyod_proto::WorkerCommand {
             command: Some(worker_command::Command::Start(start)),
         }) => start,
-        other => bail!("expected Start from the daemon, got {other:?}"),
+        other => {
+            return Err(WorkerError::Protocol(format!(
+                "expected Start, got {other:?}"
+            )));
+        }
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
@@ -158,7 +193,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> anyho
 async fn finish(
     events: mpsc::Sender<WorkerEvent>,
     mut commands: tonic::Streaming<arroyod_proto::WorkerCommand>,
-) -> anyhow::Result<()> {
+) -> Result<(), WorkerError> {
     drop(events);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while let Ok(Some(_)) = commands.message().await {}
