@@ -126,6 +126,8 @@ pub struct Controller {
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
     shutting_down: std::sync::atomic::AtomicBool,
     ids: AtomicU64,
+    /// Worker processes not yet reaped.
+    live_workers: watch::Sender<usize>,
 }
 
 fn new_id(counter: u64) -> String {
@@ -178,6 +180,7 @@ impl Controller {
             pipelines: Mutex::new(pipelines),
             shutting_down: false.into(),
             ids: AtomicU64::new(0),
+            live_workers: watch::channel(0).0,
         }))
     }
 
@@ -327,6 +330,7 @@ impl Controller {
             reports_done_tx: done_tx,
         });
         info!(pipeline = %id, generation, pid, "worker started");
+        self.live_workers.send_modify(|n| *n += 1);
         let (this, p) = (self.clone(), p.clone());
         tokio::spawn(async move {
             let killed = tokio::select! {
@@ -337,6 +341,7 @@ impl Controller {
                 }
             };
             let status = child.wait().await;
+            this.live_workers.send_modify(|n| *n -= 1);
             this.worker_exited(&p, generation, status, killed).await;
         });
         Ok(())
@@ -567,6 +572,17 @@ impl Controller {
             }
         });
         futures::future::join_all(stops).await;
+        // Reap every worker, so that none outlives the daemon (and its CPU time is ours).
+        let mut live = self.live_workers.subscribe();
+        if tokio::time::timeout(STOP_TIMEOUT, live.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            warn!(
+                workers = *live.borrow(),
+                "workers still running at shutdown"
+            );
+        }
         self.store.close().await;
     }
 }

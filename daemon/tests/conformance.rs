@@ -29,10 +29,7 @@ use serde_json::Value;
 
 /// Cases the engine does not pass yet. Remove a name when its feature lands; the test fails
 /// when a listed case passes.
-const KNOWN_FAILING: &[&str] = &[
-    // debezium_json sources (updating input with a PRIMARY KEY) are not built yet.
-    "debezium_pass_through",
-];
+const KNOWN_FAILING: &[&str] = &[];
 
 /// Every case also runs at these parallelisms; results must not depend on it.
 const PARALLELISMS: &[u32] = &[1, 3];

@@ -14,18 +14,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, TimestampNanosecondArray,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::{cast, concat_batches, max};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::Decoder;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{info, warn};
 
+use super::debezium;
 use super::{
     ConnectorError, EventTimeSpec, Options, Source, SourceContext, SourceEnd, SourceFactory,
-    timestamp_type, with_timestamp,
+    timestamp_type, with_timestamp, with_updating,
 };
 use crate::dataflow::DataflowError;
 use crate::operator::TaskInfo;
@@ -33,7 +34,7 @@ use crate::operator::TaskInfo;
 /// Bytes read from the file at a time.
 const CHUNK: usize = 4 << 20;
 /// Rows per batch.
-const BATCH_ROWS: usize = 8192;
+pub(super) const BATCH_ROWS: usize = 8192;
 /// How far the default watermark trails the newest event time.
 const DEFAULT_DELAY: i64 = 1_000_000_000;
 
@@ -43,6 +44,8 @@ pub enum LineFormat {
     Json,
     /// The whole line, as text, in the table's single column.
     Raw,
+    /// Debezium change events `{"before", "after", "op"}`: an updating source.
+    Debezium,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +61,34 @@ pub struct FileSourceConfig {
     bad_data: BadData,
 }
 
+/// Takes `bad_data`: `fail` (the default) or `drop`.
+pub(super) fn take_bad_data(options: &mut Options) -> Result<BadData, ConnectorError> {
+    match options.take("bad_data").as_deref() {
+        None | Some("fail") => Ok(BadData::Fail),
+        Some("drop") => Ok(BadData::Drop),
+        Some(other) => Err(ConnectorError::InvalidOption {
+            option: "bad_data".into(),
+            value: other.into(),
+            reason: "expected 'fail' or 'drop'".into(),
+        }),
+    }
+}
+
 impl FileSourceConfig {
+    /// A file of lines at `path` (which names the file in messages).
+    pub(super) fn new(path: String, format: LineFormat, bad_data: BadData) -> Self {
+        FileSourceConfig {
+            path,
+            format,
+            bad_data,
+        }
+    }
+
+    /// True when the source emits retractions (Debezium changes).
+    pub fn updating(&self) -> bool {
+        self.format == LineFormat::Debezium
+    }
+
     pub fn from_options(options: &mut Options, schema: &SchemaRef) -> Result<Self, ConnectorError> {
         let path = options.require("single_file", "path")?;
         let unstructured = options
@@ -68,11 +98,13 @@ impl FileSourceConfig {
             None | Some("json") if unstructured => LineFormat::Raw,
             None | Some("json") => LineFormat::Json,
             Some("raw_string") => LineFormat::Raw,
+            Some("debezium_json") => LineFormat::Debezium,
             Some(other) => {
                 return Err(ConnectorError::InvalidOption {
                     option: "format".into(),
                     value: other.into(),
-                    reason: "a single_file source reads 'json' or 'raw_string'".into(),
+                    reason: "a single_file source reads 'json', 'debezium_json' or 'raw_string'"
+                        .into(),
                 });
             }
         };
@@ -83,17 +115,7 @@ impl FileSourceConfig {
                 "a raw_string or json.unstructured table has exactly one text column (value TEXT or value JSON)".into(),
             ));
         }
-        let bad_data = match options.take("bad_data").as_deref() {
-            None | Some("fail") => BadData::Fail,
-            Some("drop") => BadData::Drop,
-            Some(other) => {
-                return Err(ConnectorError::InvalidOption {
-                    option: "bad_data".into(),
-                    value: other.into(),
-                    reason: "expected 'fail' or 'drop'".into(),
-                });
-            }
-        };
+        let bad_data = take_bad_data(options)?;
         if options.take_parsed::<bool>("wait_for_control")? == Some(true) {
             return Err(ConnectorError::InvalidOption {
                 option: "wait_for_control".into(),
@@ -139,7 +161,11 @@ impl FileSourceFactory {
             .filter(|i| !generated.iter().any(|(g, _)| g == i))
             .collect();
         FileSourceFactory {
-            out_schema: with_timestamp(&visible),
+            out_schema: if config.updating() {
+                with_updating(&visible)
+            } else {
+                with_timestamp(&visible)
+            },
             stored: Arc::new(schema.project(&stored).expect("stored columns")),
             generated,
             config,
@@ -150,12 +176,16 @@ impl FileSourceFactory {
     }
 }
 
-impl SourceFactory for FileSourceFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
-        Ok(Box::new(FileSource {
+impl FileSourceFactory {
+    /// A reader of the file at `path` (a `filesystem` source makes one per file).
+    pub(super) fn reader(&self, info: &TaskInfo, path: String) -> FileSource {
+        FileSource {
             node: info.node.clone(),
             subtask: info.subtask,
-            config: self.config.clone(),
+            config: FileSourceConfig {
+                path,
+                ..self.config.clone()
+            },
             schema: self.schema.clone(),
             stored: self.stored.clone(),
             generated: self.generated.clone(),
@@ -163,11 +193,19 @@ impl SourceFactory for FileSourceFactory {
             projection: self.projection.clone(),
             out_schema: self.out_schema.clone(),
             dropped: 0,
-        }))
+        }
     }
 }
 
-struct FileSource {
+impl SourceFactory for FileSourceFactory {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+        Ok(Box::new(self.reader(info, self.config.path.clone())))
+    }
+}
+
+/// Reads one file of lines, or takes batches of its stored columns, and emits them with their
+/// event time and watermark.
+pub(super) struct FileSource {
     node: String,
     subtask: usize,
     config: FileSourceConfig,
@@ -188,6 +226,11 @@ fn now_nanos() -> i64 {
 }
 
 impl FileSource {
+    /// The columns stored in the file (the table's less its virtual columns).
+    pub(super) fn stored_schema(&self) -> &SchemaRef {
+        &self.stored
+    }
+
     fn fail(&self, message: String) -> DataflowError {
         DataflowError::Connector {
             node: self.node.clone(),
@@ -196,7 +239,11 @@ impl FileSource {
     }
 
     fn decoder(&self) -> Result<Decoder, DataflowError> {
-        ReaderBuilder::new(self.stored.clone())
+        let schema = match self.config.format {
+            LineFormat::Debezium => debezium::envelope(&self.stored),
+            _ => self.stored.clone(),
+        };
+        ReaderBuilder::new(schema)
             .with_batch_size(BATCH_ROWS)
             .with_strict_mode(false)
             .build_decoder()
@@ -218,7 +265,7 @@ impl FileSource {
                     })
                     .collect()
             }
-            LineFormat::Json => {
+            LineFormat::Json | LineFormat::Debezium => {
                 let mut decoder = self.decoder()?;
                 let mut batches = Vec::new();
                 let mut offset = 0;
@@ -284,7 +331,7 @@ impl FileSource {
         if good.is_empty() {
             return Ok(vec![]);
         }
-        let all = concat_batches(&self.stored, &good).map_err(|e| self.fail(e.to_string()))?;
+        let all = concat_batches(&good[0].schema(), &good).map_err(|e| self.fail(e.to_string()))?;
         Ok(vec![all])
     }
 
@@ -315,49 +362,61 @@ impl FileSource {
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| self.fail(e.to_string()))
     }
 
-    /// Adds the event-time column and projects; returns the batch and its watermark.
-    fn finish_batch(
-        &mut self,
-        batch: RecordBatch,
-    ) -> Result<Option<(RecordBatch, Option<i64>)>, DataflowError> {
-        let batch = self.with_generated(batch)?;
-        let rows = batch.num_rows();
-        let times: TimestampNanosecondArray = match self.event_time.field {
+    /// The event time of each row of a (full) batch; nulls when the column has them.
+    fn event_times(&self, batch: &RecordBatch) -> Result<TimestampNanosecondArray, DataflowError> {
+        match self.event_time.field {
             Some(i) => {
                 let column = cast(batch.column(i), &timestamp_type())
                     .map_err(|e| self.fail(e.to_string()))?;
-                let times = column
+                Ok(column
                     .as_any()
                     .downcast_ref::<TimestampNanosecondArray>()
                     .expect("cast to a nanosecond timestamp")
-                    .clone();
-                if times.null_count() > 0 {
-                    let field = self.schema.field(i).name();
-                    match self.config.bad_data {
-                        BadData::Fail => {
-                            return Err(self.fail(format!(
-                                "bad data in {}: a row has no event time (column '{field}' is null)",
-                                self.config.path
-                            )));
-                        }
-                        BadData::Drop => {
-                            let keep = datafusion::arrow::compute::is_not_null(&times)
-                                .map_err(|e| self.fail(e.to_string()))?;
-                            self.dropped += (rows - keep.true_count()) as u64;
-                            let batch =
-                                datafusion::arrow::compute::filter_record_batch(&batch, &keep)
-                                    .map_err(|e| self.fail(e.to_string()))?;
-                            if batch.num_rows() == 0 {
-                                return Ok(None);
-                            }
-                            return self.finish_batch(batch);
-                        }
-                    }
-                }
-                times
+                    .clone())
             }
-            None => TimestampNanosecondArray::from(vec![now_nanos(); rows]),
-        };
+            None => Ok(TimestampNanosecondArray::from(vec![
+                now_nanos();
+                batch.num_rows()
+            ])),
+        }
+    }
+
+    /// Adds the event-time column (and the retraction flag of a Debezium source) and projects;
+    /// returns the batch and its watermark.
+    fn finish_batch(
+        &mut self,
+        stored: RecordBatch,
+        mut retract: Option<BooleanArray>,
+    ) -> Result<Option<(RecordBatch, Option<i64>)>, DataflowError> {
+        let mut batch = self.with_generated(stored)?;
+        let mut times = self.event_times(&batch)?;
+        if times.null_count() > 0 {
+            let field = self
+                .schema
+                .field(self.event_time.field.unwrap_or_default())
+                .name();
+            if self.config.bad_data == BadData::Fail {
+                return Err(self.fail(format!(
+                    "bad data in {}: a row has no event time (column '{field}' is null)",
+                    self.config.path
+                )));
+            }
+            let keep = datafusion::arrow::compute::is_not_null(&times)
+                .map_err(|e| self.fail(e.to_string()))?;
+            self.dropped += (batch.num_rows() - keep.true_count()) as u64;
+            batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)
+                .map_err(|e| self.fail(e.to_string()))?;
+            if let Some(r) = &retract {
+                let kept = datafusion::arrow::compute::filter(r, &keep)
+                    .map_err(|e| self.fail(e.to_string()))?;
+                retract = kept.as_any().downcast_ref::<BooleanArray>().cloned();
+            }
+            if batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            times = self.event_times(&batch)?;
+        }
+        let rows = batch.num_rows();
         let watermark = match &self.event_time.watermark {
             None => max(&times).map(|t| t - DEFAULT_DELAY),
             Some(expr) => {
@@ -378,6 +437,9 @@ impl FileSource {
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
+        if let Some(r) = retract {
+            columns.push(Arc::new(r));
+        }
         columns.push(Arc::new(times));
         let out = RecordBatch::try_new(self.out_schema.clone(), columns)
             .map_err(|e| self.fail(e.to_string()))?;
@@ -391,7 +453,15 @@ impl FileSource {
         first_line: u64,
     ) -> Result<(), DataflowError> {
         for batch in self.decode(part, first_line)? {
-            if let Some((batch, watermark)) = self.finish_batch(batch)? {
+            let (batch, retract) = match self.config.format {
+                LineFormat::Debezium => {
+                    let (b, r) = debezium::changes(&batch, &self.stored)
+                        .map_err(|e| self.fail(format!("reading Debezium changes: {e}")))?;
+                    (b, Some(r))
+                }
+                _ => (batch, None),
+            };
+            if let Some((batch, watermark)) = self.finish_batch(batch, retract)? {
                 ctx.collect(batch).await?;
                 if let Some(w) = watermark {
                     ctx.watermark(w).await?;
@@ -400,28 +470,38 @@ impl FileSource {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl Source for FileSource {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
-        if self.subtask != 0 {
-            // One reader per file: the other subtasks have nothing to do.
-            return Ok(SourceEnd::Finished);
+    /// Emits a batch of the stored columns decoded elsewhere (a Parquet file's).
+    pub(super) async fn emit_stored(
+        &mut self,
+        ctx: &mut SourceContext,
+        batch: RecordBatch,
+    ) -> Result<(), DataflowError> {
+        if let Some((batch, watermark)) = self.finish_batch(batch, None)? {
+            ctx.collect(batch).await?;
+            if let Some(w) = watermark {
+                ctx.watermark(w).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Reads lines from `reader` to its end and emits them; false when a stop cut it short.
+    pub(super) async fn read_lines(
+        &mut self,
+        ctx: &mut SourceContext,
+        mut reader: impl AsyncRead + Unpin + Send,
+    ) -> Result<bool, DataflowError> {
         let path = self.config.path.clone();
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| self.fail(format!("cannot open '{path}': {e}")))?;
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK * 2);
         let mut line: u64 = 1;
         loop {
             if ctx.should_stop() {
-                return Ok(SourceEnd::Stopped);
+                return Ok(false);
             }
             let start = pending.len();
             pending.resize(start + CHUNK, 0);
-            let n = file
+            let n = reader
                 .read(&mut pending[start..])
                 .await
                 .map_err(|e| self.fail(format!("reading '{path}': {e}")))?;
@@ -446,6 +526,25 @@ impl Source for FileSource {
             warn!(file = %path, dropped = self.dropped, "bad_data = 'drop': rows dropped");
         }
         info!(file = %path, lines = line - 1, "file read to the end");
-        Ok(SourceEnd::Finished)
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+        if self.subtask != 0 {
+            // One reader per file: the other subtasks have nothing to do.
+            return Ok(SourceEnd::Finished);
+        }
+        let path = self.config.path.clone();
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.fail(format!("cannot open '{path}': {e}")))?;
+        Ok(if self.read_lines(ctx, file).await? {
+            SourceEnd::Finished
+        } else {
+            SourceEnd::Stopped
+        })
     }
 }

@@ -6,8 +6,11 @@
 //! sink [`OperatorFactory`]. Connectors never block the runtime for long: writes are buffered
 //! and flushed at the end of input.
 
+pub(crate) mod debezium;
 mod file;
+mod filesystem;
 mod impulse;
+mod nexmark;
 mod options;
 mod sink;
 
@@ -50,7 +53,14 @@ pub enum ConnectorError {
 }
 
 /// Connectors this engine knows.
-pub const KNOWN_CONNECTORS: &[&str] = &["impulse", "single_file", "stdout", "blackhole"];
+pub const KNOWN_CONNECTORS: &[&str] = &[
+    "impulse",
+    "nexmark",
+    "single_file",
+    "filesystem",
+    "stdout",
+    "blackhole",
+];
 
 /// Whether a table is read or written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +100,8 @@ pub struct EventTimeSpec {
 #[derive(Debug, Clone)]
 pub enum ConnectorConfig {
     Impulse(impulse::ImpulseConfig),
+    /// The Nexmark benchmark's auction events.
+    Nexmark(nexmark::NexmarkConfig),
     Stdout {
         debezium: bool,
     },
@@ -105,6 +117,10 @@ pub enum ConnectorConfig {
     Preview,
     /// A file read from start to end.
     FileSource(file::FileSourceConfig),
+    /// Files under a directory or object-store prefix, read to the end.
+    FileSystemSource(filesystem::FileSystemSourceConfig),
+    /// Part files written under a directory or object-store prefix.
+    FileSystemSink(filesystem::FileSystemSinkConfig),
 }
 
 impl ConnectorTable {
@@ -126,6 +142,14 @@ impl ConnectorTable {
                     TableKind::Source,
                 )
             }
+            "nexmark" => {
+                let config = nexmark::NexmarkConfig::from_options(options)?;
+                (
+                    ConnectorConfig::Nexmark(config),
+                    nexmark::schema(),
+                    TableKind::Source,
+                )
+            }
             "single_file" if declared_type.as_deref() == Some("source") => {
                 let schema = columns.clone().ok_or_else(|| {
                     ConnectorError::Usage("a single_file source needs its columns declared".into())
@@ -137,6 +161,39 @@ impl ConnectorTable {
                     TableKind::Source,
                 )
             }
+            "filesystem" => match declared_type.as_deref() {
+                Some("source") => (
+                    ConnectorConfig::FileSystemSource(
+                        filesystem::FileSystemSourceConfig::from_options(options)?,
+                    ),
+                    columns.clone().ok_or_else(|| {
+                        ConnectorError::Usage(
+                            "a filesystem source needs its columns declared".into(),
+                        )
+                    })?,
+                    TableKind::Source,
+                ),
+                Some("sink") => (
+                    ConnectorConfig::FileSystemSink(
+                        filesystem::FileSystemSinkConfig::from_options(options)?,
+                    ),
+                    columns.clone().unwrap_or_else(|| Arc::new(Schema::empty())),
+                    TableKind::Sink,
+                ),
+                None => {
+                    return Err(ConnectorError::MissingOption {
+                        connector: connector.into(),
+                        option: "type".into(),
+                    });
+                }
+                Some(other) => {
+                    return Err(ConnectorError::InvalidOption {
+                        option: "type".into(),
+                        value: other.into(),
+                        reason: "expected 'source' or 'sink'".into(),
+                    });
+                }
+            },
             "stdout" | "blackhole" | "single_file" => {
                 if connector == "single_file" && declared_type.is_none() {
                     return Err(ConnectorError::MissingOption {
@@ -210,6 +267,11 @@ impl ConnectorTable {
         })
     }
 
+    /// True for a source of changes (retractions and inserts), such as a Debezium source.
+    pub fn updating(&self) -> bool {
+        matches!(&self.config, ConnectorConfig::FileSource(c) if c.updating())
+    }
+
     /// The default sink of a bare SELECT with this schema.
     pub fn preview(schema: SchemaRef) -> ConnectorTable {
         ConnectorTable {
@@ -233,6 +295,10 @@ impl ConnectorTable {
                 config.clone(),
                 projection,
             ))),
+            ConnectorConfig::Nexmark(config) => Ok(Arc::new(nexmark::NexmarkFactory::new(
+                config.clone(),
+                projection,
+            ))),
             ConnectorConfig::FileSource(config) => Ok(Arc::new(file::FileSourceFactory::new(
                 config.clone(),
                 self.schema.clone(),
@@ -240,6 +306,15 @@ impl ConnectorTable {
                 self.generated.clone(),
                 projection,
             ))),
+            ConnectorConfig::FileSystemSource(config) => {
+                Ok(Arc::new(filesystem::FileSystemSourceFactory::new(
+                    config.clone(),
+                    self.schema.clone(),
+                    self.event_time.clone(),
+                    self.generated.clone(),
+                    projection,
+                )))
+            }
             _ if !self.generated.is_empty() => Err(ConnectorError::Usage(format!(
                 "table '{}' cannot have virtual columns",
                 self.name
@@ -258,6 +333,11 @@ impl ConnectorTable {
                 "table '{}' is a source and cannot be written to",
                 self.name
             )));
+        }
+        if let ConnectorConfig::FileSystemSink(config) = &self.config {
+            return Ok(Arc::new(filesystem::FileSystemSinkFactory::new(
+                self, config, updating,
+            )?));
         }
         let debezium = match &self.config {
             ConnectorConfig::SingleFile { debezium, .. } | ConnectorConfig::Stdout { debezium } => {

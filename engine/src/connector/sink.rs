@@ -62,7 +62,11 @@ impl OperatorFactory for SinkFactory {
                     File::create(path).map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
                 Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
             }
-            ConnectorConfig::Impulse(_) | ConnectorConfig::FileSource(_) => {
+            ConnectorConfig::Impulse(_)
+            | ConnectorConfig::Nexmark(_)
+            | ConnectorConfig::FileSource(_)
+            | ConnectorConfig::FileSystemSource(_)
+            | ConnectorConfig::FileSystemSink(_) => {
                 return Err(fail(format!("table '{}' is not a sink", self.table)));
             }
         };
@@ -155,7 +159,16 @@ impl Operator for Sink {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
-        let mut lines = encode_json_lines(&batch, self.hidden).map_err(|e| self.fail(e))?;
+        let mut lines = if self.debezium {
+            let visible: Vec<usize> = (0..batch.num_columns() - self.hidden).collect();
+            let rows = batch
+                .project(&visible)
+                .and_then(|b| super::debezium::timestamps_as_millis(&b))
+                .map_err(|e| self.fail(e.to_string()))?;
+            encode_json_lines(&rows, 0).map_err(|e| self.fail(e))?
+        } else {
+            encode_json_lines(&batch, self.hidden).map_err(|e| self.fail(e))?
+        };
         if self.debezium {
             lines = self.debezium_lines(&batch, &lines);
         }

@@ -203,6 +203,11 @@ pub enum JoinKind {
     Left,
     Right,
     Full,
+    /// Left rows with at least one match (the optimizer's form of some inner joins and of
+    /// `IN`/`EXISTS`); only left columns are output.
+    LeftSemi,
+    /// Left rows without a match.
+    LeftAnti,
 }
 
 /// A hash join of two windowed streams, per instant.
@@ -216,7 +221,9 @@ pub struct InstantJoin {
     pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
     /// Evaluated on the joined visible columns (left then right).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
-    /// Left columns, right columns, event time.
+    /// Left columns, right columns, event time: the pairs the filter sees.
+    pub pair_schema: SchemaRef,
+    /// The output: `pair_schema`, or the left columns and event time for semi and anti joins.
     pub schema: SchemaRef,
 }
 
@@ -260,7 +267,9 @@ impl InstantJoin {
                         right_matched[r as usize] = true;
                     }
                 }
-                None if matches!(self.kind, JoinKind::Left | JoinKind::Full) => {
+                None if matches!(self.kind, JoinKind::Left | JoinKind::Full)
+                    && self.filter.is_none() =>
+                {
                     li.push(Some(i as u32));
                     ri.push(None);
                 }
@@ -275,7 +284,8 @@ impl InstantJoin {
                 }
             }
         }
-        if li.is_empty() {
+        let semi = matches!(self.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
+        if li.is_empty() && !semi {
             return Ok(None);
         }
         let rows = li.len();
@@ -289,10 +299,11 @@ impl InstantJoin {
         }
         columns.push(Arc::new(TimestampNanosecondArray::from(vec![t; rows])));
         let mut batch = RecordBatch::try_new_with_options(
-            self.schema.clone(),
+            self.pair_schema.clone(),
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
+        let mut left_of_pair = li;
         if let Some(filter) = &self.filter {
             let mask = filter.evaluate(&batch)?.into_array(rows)?;
             let mask = mask
@@ -300,6 +311,34 @@ impl InstantJoin {
                 .downcast_ref::<BooleanArray>()
                 .ok_or_else(|| DataFusionError::Internal("join filter is not boolean".into()))?;
             batch = filter_record_batch(&batch, mask)?;
+            let kept = datafusion::arrow::compute::filter(&left_of_pair, mask)?;
+            left_of_pair = kept
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .expect("indices stay u32")
+                .clone();
+        }
+        if semi {
+            let mut matched = vec![false; left.num_rows()];
+            for i in left_of_pair.iter().flatten() {
+                matched[i as usize] = true;
+            }
+            let want = self.kind == JoinKind::LeftSemi;
+            let picked: Vec<u32> = (0..left.num_rows() as u32)
+                .filter(|&i| matched[i as usize] == want)
+                .collect();
+            let picked = UInt32Array::from(picked);
+            let n = picked.len();
+            let mut columns: Vec<ArrayRef> = left.columns()[..left.num_columns() - 1]
+                .iter()
+                .map(|c| take(c.as_ref(), &picked, None))
+                .collect::<std::result::Result<_, _>>()?;
+            columns.push(Arc::new(TimestampNanosecondArray::from(vec![t; n])));
+            batch = RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
         }
         Ok((batch.num_rows() > 0).then_some(batch))
     }

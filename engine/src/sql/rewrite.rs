@@ -24,7 +24,7 @@ use crate::operator::window::{AggregateSpec, WindowAggregate, WindowKind, key_sc
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
-use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, Join, Window};
+use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, Join, Window, build_join_schema};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
 /// True for the `{start, end}` struct of a window.
@@ -295,6 +295,8 @@ impl Builder {
             JoinType::Left => JoinKind::Left,
             JoinType::Right => JoinKind::Right,
             JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti => JoinKind::LeftAnti,
             other => return not_impl_err!("{other} joins are not supported"),
         };
         let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
@@ -308,12 +310,14 @@ impl Builder {
         if !windowed {
             return self.ttl_join(j, left_keys, right_keys);
         }
+        // The filter sees pairs of rows: left then right columns.
+        let pair_schema = build_join_schema(&ls, &rs, &JoinType::Inner)?;
         let filter = match &j.filter {
             None => None,
-            Some(_) if kind != JoinKind::Inner => {
+            Some(_) if matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) => {
                 return not_impl_err!("a {kind:?} join can only have equality conditions");
             }
-            Some(f) => Some(self.physical(f, &j.schema)?),
+            Some(f) => Some(self.physical(f, &pair_schema)?),
         };
         let left = self.build(&j.left)?;
         let right_stream = self.build(&j.right)?;
@@ -331,6 +335,7 @@ impl Builder {
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
             filter,
+            pair_schema: with_timestamp(pair_schema.as_arrow()),
             schema: with_timestamp(j.schema.as_arrow()),
         };
         let node = self
@@ -486,6 +491,7 @@ impl Builder {
                     .source_factory(scan.projection.clone())
                     .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
                 let label = format!("source:{}", table.name);
+                let updating = table.updating();
                 let node = self
                     .program
                     .add_node(label.clone(), NodeKind::Source(factory));
@@ -493,7 +499,7 @@ impl Builder {
                     node,
                     label: format!("{label}:transform"),
                     steps: vec![],
-                    updating: false,
+                    updating,
                 })
             }
             LogicalPlan::Filter(filter) => {

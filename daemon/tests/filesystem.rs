@@ -1,0 +1,260 @@
+//! The `filesystem` connector end to end through `arroyod run`: an impulse written as JSON
+//! lines or Parquet part files under a temp dir, then read back by a filesystem source; every
+//! counter must come back exactly once, at parallelism 1 and 2.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use harness::{path_str, run_query};
+
+const COUNT: u64 = 1000;
+
+fn impulse() -> String {
+    format!(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='{COUNT}');\n"
+    )
+}
+
+/// Runs `sql` at parallelism `p`; returns stdout's rows, or panics with stderr.
+fn run(p: usize, sql: &str) -> Vec<serde_json::Value> {
+    let state = tempfile::tempdir().unwrap();
+    let p = p.to_string();
+    let out = run_query(
+        &["-p", &p, "-s", path_str(&state.path().join("s")), "-"],
+        sql,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs `sql`, which must be refused; returns stderr.
+fn refused(sql: &str) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_query(&["-s", path_str(&state.path().join("s")), "-"], sql);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// Every file under `dir`, relative to it.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts that `rows` hold every counter below [`COUNT`] exactly once.
+fn assert_every_counter_once(rows: &[serde_json::Value]) {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in rows {
+        *seen.entry(r["counter"].as_u64().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "counters read more than once: {twice:?}");
+    assert_eq!(seen.len() as u64, COUNT, "missing counters");
+    assert_eq!(seen.keys().last(), Some(&(COUNT - 1)));
+}
+
+/// Writes the impulse as `format` files with `sink_options` at `p`, reads them back at `p` and
+/// checks them; returns the files' names and sizes.
+fn round_trip(p: usize, format: &str, sink_options: &str) -> Vec<(String, u64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let path = path_str(&out);
+    let written = run(
+        p,
+        &format!(
+            "{}CREATE TABLE sink (counter BIGINT, subtask_index BIGINT, timestamp TIMESTAMP)
+               WITH (connector='filesystem', type='sink', path='{path}', format='{format}'{sink_options});
+             INSERT INTO sink SELECT counter, subtask_index, timestamp FROM impulse;",
+            impulse()
+        ),
+    );
+    assert!(written.is_empty(), "an INSERT prints nothing: {written:?}");
+    let names = files(&out);
+    assert!(!names.is_empty(), "no file written under {path}");
+    for name in &names {
+        let n = name.to_str().unwrap();
+        assert!(n.ends_with(&format!(".{format}")), "{n}");
+        assert!(!n.contains('#'), "an unfinished upload was left: {n}");
+    }
+    let rows = run(
+        p,
+        &format!(
+            "CREATE TABLE source (counter BIGINT, timestamp TIMESTAMP)
+               WITH (connector='filesystem', type='source', path='{path}', format='{format}',
+                     event_time_field='timestamp');
+             SELECT counter, timestamp FROM source;"
+        ),
+    );
+    assert_every_counter_once(&rows);
+    assert!(
+        rows.iter().all(|r| r["timestamp"].is_string()),
+        "{:?}",
+        rows[0]
+    );
+    names
+        .iter()
+        .map(|n| {
+            let size = std::fs::metadata(out.join(n)).unwrap().len();
+            (n.to_str().unwrap().to_string(), size)
+        })
+        .collect()
+}
+
+#[test]
+fn json_round_trip() {
+    round_trip(1, "json", "");
+}
+
+#[test]
+fn parquet_round_trip() {
+    round_trip(1, "parquet", "");
+}
+
+#[test]
+fn json_round_trip_at_parallelism_2() {
+    let names = round_trip(2, "json", "");
+    // One file per writing subtask.
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn parquet_round_trip_at_parallelism_2() {
+    round_trip(2, "parquet", "");
+}
+
+#[test]
+fn rolled_files_are_read_once_each_across_subtasks() {
+    // About 80 bytes a row: files of 4 KiB or a little more (a file rolls after the batch
+    // that fills it), the last of each subtask smaller.
+    let files = round_trip(
+        2,
+        "json",
+        ", 'rolling_policy.file_size' = '4kb', 'filename.strategy' = 'serial'",
+    );
+    let mut by_subtask: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (name, size) in &files {
+        // <file index:05>-<subtask:03>.json
+        let subtask = name[6..9].to_string();
+        by_subtask
+            .entry(subtask)
+            .or_default()
+            .push((name.clone(), *size));
+    }
+    assert_eq!(by_subtask.len(), 2, "{files:?}");
+    for files in by_subtask.values_mut() {
+        files.sort();
+        files.pop();
+        for (name, size) in files {
+            assert!(*size >= 4096, "{name} rolled at {size} bytes");
+        }
+    }
+    round_trip(
+        2,
+        "parquet",
+        ", target_file_size = '2048', 'parquet.compression' = 'snappy'",
+    );
+}
+
+#[test]
+fn serial_names_with_a_prefix() {
+    let names = round_trip(
+        2,
+        "json",
+        ", 'filename.strategy' = 'serial', 'filename.prefix' = 'part'",
+    );
+    let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["part-00000-000.json", "part-00000-001.json"]);
+}
+
+#[test]
+fn a_regex_picks_the_files_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = path_str(dir.path());
+    std::fs::write(dir.path().join("a.json"), "{\"n\": 1}\n{\"n\": 2}\n").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/b.json"), "{\"n\": 3}\n").unwrap();
+    std::fs::write(dir.path().join("c.txt"), "not json\n").unwrap();
+    std::fs::write(dir.path().join(".hidden.json"), "{\"n\": 100}\n").unwrap();
+    std::fs::create_dir(dir.path().join("_staging")).unwrap();
+    std::fs::write(dir.path().join("_staging/d.json"), "{\"n\": 200}\n").unwrap();
+    let rows = run(
+        1,
+        &format!(
+            "CREATE TABLE source (n BIGINT)
+               WITH (connector='filesystem', type='source', path='file://{path}', format='json',
+                     'source.regex_pattern' = '\\.json$');
+             SELECT n FROM source;"
+        ),
+    );
+    let mut n: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    n.sort();
+    assert_eq!(n, [1, 2, 3]);
+}
+
+#[test]
+fn bad_lines_fail_naming_the_file_or_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = path_str(dir.path());
+    std::fs::write(
+        dir.path().join("a.json"),
+        "{\"n\": 1}\n{\"n\": \n{\"n\": 3}\n",
+    )
+    .unwrap();
+    let table = |extra: &str| {
+        format!(
+            "CREATE TABLE source (n BIGINT)
+               WITH (connector='filesystem', type='source', path='{path}', format='json'{extra});
+             SELECT n FROM source;"
+        )
+    };
+    let err = refused(&table(""));
+    assert!(err.contains("a.json") && err.contains("line 2"), "{err}");
+    let rows = run(1, &table(", bad_data = 'drop'"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+#[test]
+fn updating_results_are_refused_at_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = refused(&format!(
+        "{}CREATE TABLE sink (n BIGINT)
+           WITH (connector='filesystem', type='sink', path='{}', format='json');
+         INSERT INTO sink SELECT count(*) FROM impulse;",
+        impulse(),
+        path_str(dir.path())
+    ));
+    assert!(err.contains("retractions"), "{err}");
+    assert!(files(dir.path()).is_empty());
+}
+
+#[test]
+fn option_errors_name_the_option() {
+    let err = refused(
+        "CREATE TABLE sink WITH (connector='filesystem', type='sink', path='/tmp/x', format='csv');",
+    );
+    assert!(err.contains("'format'"), "{err}");
+    let err = refused(
+        "CREATE TABLE sink WITH (connector='filesystem', type='sink', path='/tmp/x', format='json', 'rolling_policy.file_size'='big');",
+    );
+    assert!(err.contains("rolling_policy.file_size"), "{err}");
+}
