@@ -1190,22 +1190,4 @@ mod tests {
         let full = all_rows(&c, 0, 1);
         assert_eq!(b.column(0), full.column(2));
     }
-
-    #[test]
-    #[ignore = "prints the generator's throughput; run with --ignored --nocapture"]
-    fn generator_throughput() {
-        let s = source(&config("1000000000", "1"), 0, 1);
-        let rows = 1_000_000u64;
-        let start = std::time::Instant::now();
-        let mut bytes = 0;
-        for first in (0..rows).step_by(BATCH_ROWS as usize) {
-            bytes += s.batch(first, BATCH_ROWS).unwrap().get_array_memory_size();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "nexmark generator: {rows} events in {secs:.3}s = {:.2}M events/s, {:.0} MB/s",
-            rows as f64 / secs / 1e6,
-            bytes as f64 / secs / 1e6
-        );
-    }
 }
