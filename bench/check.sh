@@ -5,6 +5,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 kit=${BENCH_KIT:-$root/../shared/bench}
-cargo build --release --bin arroyod --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p arroyod --manifest-path "$root/Cargo.toml" >&2
 export ARROYOD=${ARROYOD:-${CARGO_TARGET_DIR:-$root/target}/release/arroyod}
 exec "$kit/check_arroyod.sh" "$@"

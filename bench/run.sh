@@ -10,6 +10,8 @@
 #           qh_hop_count q5_hot_items)
 # Environment:
 #   BENCH_KIT   the kit's directory (default: ../shared/bench beside the repository)
+#   SOURCE=nexmark  read the bids from arroyod's nexmark generator (bench/nexmark_src.sql: N
+#               events, 92 % bids) instead of the kit's JSON file
 #   COMPARE=1   compare with Flink: runs the kit's compare.sh instead (Flink set up with its
 #               setup_flink.sh, or FLINK_RESULTS=<kit>/baseline/flink-10000000.jsonl to reuse
 #               the stored Flink figures for N=10000000)
@@ -24,7 +26,7 @@ n=${1:-1000000}
 queries=("$@")
 [ ${#queries[@]} -gt 0 ] || queries=(q0_passthrough q1_projection q2_filter qt_tumble_count qh_hop_count q5_hot_items)
 
-cargo build --release --bin arroyod --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p arroyod --manifest-path "$root/Cargo.toml" >&2
 target=${CARGO_TARGET_DIR:-$root/target}
 export ARROYOD=${ARROYOD:-$target/release/arroyod}
 
@@ -35,7 +37,15 @@ fi
 results=$(mktemp -t arroyod-bench-XXXXXX.jsonl)
 status=0
 for q in "${queries[@]}"; do
-  "$kit/arroyod.sh" "$q" "$n" | tee -a "$results" || status=1
+  if [ "${SOURCE:-file}" = nexmark ]; then
+    work=${BENCH_CACHE:-$HOME/.cache/arroyod-bench}/run
+    mkdir -p "$work"
+    python3 "$kit/run_arroyod.py" --binary "$ARROYOD" --query "$kit/arroyo_sql/$q.sql" \
+      --src "$root/bench/nexmark_src.sql" --input /dev/null --rows "$n" \
+      --parallelism "${PARALLELISM:-1}" --work-dir "$work" | tee -a "$results" || status=1
+  else
+    "$kit/arroyod.sh" "$q" "$n" | tee -a "$results" || status=1
+  fi
 done
 python3 "$kit/summarize.py" "$results"
 echo "results: $results" >&2

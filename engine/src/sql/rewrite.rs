@@ -65,6 +65,8 @@ pub struct Builder {
     /// State TTL of windowless joins, in nanoseconds (`SET updating_ttl`).
     pub updating_ttl: i64,
     program: Program,
+    /// Source nodes by table and projected columns.
+    scans: HashMap<(String, Option<Vec<usize>>), usize>,
     sinks: HashMap<String, usize>,
     sink_order: Vec<String>,
     props: ExecutionProps,
@@ -75,6 +77,7 @@ impl Default for Builder {
         Builder {
             updating_ttl: DEFAULT_UPDATING_TTL,
             program: Program::default(),
+            scans: HashMap::new(),
             sinks: HashMap::new(),
             sink_order: Vec::new(),
             props: ExecutionProps::new(),
@@ -487,14 +490,24 @@ impl Builder {
                         scan.table_name
                     );
                 }
-                let factory = table
-                    .source_factory(scan.projection.clone())
-                    .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
                 let label = format!("source:{}", table.name);
                 let updating = table.updating();
-                let node = self
-                    .program
-                    .add_node(label.clone(), NodeKind::Source(factory));
+                // Every read of a table with the same columns shares one source: the table is
+                // read (and decoded) once, and its rows go to each reader.
+                let key = (table.name.clone(), scan.projection.clone());
+                let node = match self.scans.get(&key) {
+                    Some(&node) => node,
+                    None => {
+                        let factory = table
+                            .source_factory(scan.projection.clone())
+                            .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
+                        let node = self
+                            .program
+                            .add_node(label.clone(), NodeKind::Source(factory));
+                        self.scans.insert(key, node);
+                        node
+                    }
+                };
                 Ok(Stream {
                     node,
                     label: format!("{label}:transform"),
