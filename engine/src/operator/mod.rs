@@ -66,6 +66,30 @@ pub trait Operator: Send {
     }
 }
 
+/// Evaluates `exprs` over `batch`, each to a full column.
+pub fn evaluate_all(
+    exprs: &[Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>, DataFusionError> {
+    exprs
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect()
+}
+
+/// The group-key columns of `batch`: the keys, or one constant column when there are none
+/// (a global aggregate), since group tables need at least one column.
+pub fn group_keys(
+    keys: &[Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>, DataFusionError> {
+    if keys.is_empty() {
+        let zeros = datafusion::arrow::array::UInt8Array::from(vec![0u8; batch.num_rows()]);
+        return Ok(vec![Arc::new(zeros)]);
+    }
+    evaluate_all(keys, batch)
+}
+
 /// Seeds of the shuffle hash: fixed, so that every subtask, and every run restored from a
 /// checkpoint, sends a key to the same place.
 const SHUFFLE_HASH: RandomState = RandomState::with_seed(0x6172_726f_796f_6421);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, TimestampNanosecondArray, UInt8Array, UInt32Array,
+    Array, ArrayRef, BooleanArray, TimestampNanosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -94,38 +94,21 @@ impl UpdatingOp {
                 .expect("the retraction flag is a boolean")
                 .clone()
         });
-        let keys: Vec<ArrayRef> = if self.plan.keys.is_empty() {
-            vec![Arc::new(UInt8Array::from(vec![0u8; rows]))]
-        } else {
-            self.plan
-                .keys
-                .iter()
-                .map(|k| k.evaluate(batch)?.into_array(rows))
-                .collect::<Result<_>>()?
-        };
+        let keys = super::group_keys(&self.plan.keys, batch)?;
         let key_rows = self.converter.convert_columns(&keys)?;
         let args: Vec<Vec<ArrayRef>> = self
             .plan
             .aggregates
             .iter()
-            .map(|a| {
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(rows))
-                    .collect::<Result<Vec<_>>>()
-            })
+            .map(|a| a.arguments(batch))
             .collect::<Result<_>>()?;
         let filters: Vec<Option<BooleanArray>> = self
             .plan
             .aggregates
             .iter()
-            .map(|a| match &a.filter {
-                Some(f) => {
-                    let v = f.evaluate(batch)?.into_array(rows)?;
-                    Ok(v.as_any().downcast_ref::<BooleanArray>().cloned())
-                }
-                None => Ok(None),
+            .map(|a| {
+                let f = a.filter_column(batch)?;
+                Ok(f.and_then(|f| f.as_any().downcast_ref::<BooleanArray>().cloned()))
             })
             .collect::<Result<_>>()?;
         // Rows per (key, retracted), in first-seen order.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, StructArray, TimestampNanosecondArray, UInt8Array, UInt32Array,
+    Array, ArrayRef, BooleanArray, StructArray, TimestampNanosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -49,6 +49,33 @@ pub enum WindowKind {
 pub struct AggregateSpec {
     pub expr: Arc<AggregateFunctionExpr>,
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl AggregateSpec {
+    /// A vectorized accumulator for many groups (DataFusion's adapter for aggregates that only
+    /// have a per-group one).
+    pub fn groups_accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
+        if self.expr.groups_accumulator_supported() {
+            return self.expr.create_groups_accumulator();
+        }
+        let expr = self.expr.clone();
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+            expr.create_accumulator()
+        })))
+    }
+
+    /// The aggregate's argument columns over `batch`.
+    pub fn arguments(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        super::evaluate_all(&self.expr.expressions(), batch)
+    }
+
+    /// The FILTER (WHERE ...) column over `batch`, if any.
+    pub fn filter_column(&self, batch: &RecordBatch) -> Result<Option<ArrayRef>> {
+        self.filter
+            .as_ref()
+            .map(|f| f.evaluate(batch)?.into_array(batch.num_rows()))
+            .transpose()
+    }
 }
 
 /// The plan of a window aggregate.
@@ -184,16 +211,7 @@ impl WindowAggregateOp {
             .plan
             .aggregates
             .iter()
-            .map(|a| {
-                if a.expr.groups_accumulator_supported() {
-                    a.expr.create_groups_accumulator()
-                } else {
-                    let expr = a.expr.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        expr.create_accumulator()
-                    })) as Box<dyn GroupsAccumulator>)
-                }
-            })
+            .map(AggregateSpec::groups_accumulator)
             .collect::<Result<_>>()?;
         Ok(Pane {
             groups,
@@ -202,30 +220,12 @@ impl WindowAggregateOp {
     }
 
     fn update(&mut self, batch: &RecordBatch) -> Result<()> {
-        let rows = batch.num_rows();
-        let keys: Vec<ArrayRef> = if self.plan.keys.is_empty() {
-            vec![Arc::new(UInt8Array::from(vec![0u8; rows]))]
-        } else {
-            self.plan
-                .keys
-                .iter()
-                .map(|k| k.evaluate(batch)?.into_array(rows))
-                .collect::<Result<_>>()?
-        };
+        let keys = super::group_keys(&self.plan.keys, batch)?;
         let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
         let mut filters: Vec<Option<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
         for a in &self.plan.aggregates {
-            args.push(
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(rows))
-                    .collect::<Result<_>>()?,
-            );
-            filters.push(match &a.filter {
-                Some(f) => Some(f.evaluate(batch)?.into_array(rows)?),
-                None => None,
-            });
+            args.push(a.arguments(batch)?);
+            filters.push(a.filter_column(batch)?);
         }
         let ts = timestamps(batch);
         let assignments: Vec<Vec<i64>> = match self.plan.window {
@@ -493,25 +493,10 @@ impl SessionOp {
         let idx = Rows::Indices(UInt32Array::from(closed_rows));
         let mut agg_columns = Vec::with_capacity(self.plan.aggregates.len());
         for a in &self.plan.aggregates {
-            let mut acc: Box<dyn GroupsAccumulator> = if a.expr.groups_accumulator_supported() {
-                a.expr.create_groups_accumulator()?
-            } else {
-                let expr = a.expr.clone();
-                Box::new(GroupsAccumulatorAdapter::new(move || {
-                    expr.create_accumulator()
-                }))
-            };
-            let args: Vec<ArrayRef> = a
-                .expr
-                .expressions()
-                .iter()
-                .map(|e| e.evaluate(&batch)?.into_array(rows))
-                .collect::<Result<_>>()?;
-            let args = take_all(&args, &idx)?;
-            let filter = match &a.filter {
-                Some(f) => {
-                    Some(take_all(&[f.evaluate(&batch)?.into_array(rows)?], &idx)?.remove(0))
-                }
+            let mut acc = a.groups_accumulator()?;
+            let args = take_all(&a.arguments(&batch)?, &idx)?;
+            let filter = match a.filter_column(&batch)? {
+                Some(f) => Some(take_all(&[f], &idx)?.remove(0)),
                 None => None,
             };
             let filter = filter

@@ -43,10 +43,10 @@ fn is_window_struct(t: &DataType) -> bool {
 }
 use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp, with_updating};
 use crate::dataflow::{EdgeKind, NodeKind, Program};
-use crate::operator::Transform;
 use crate::operator::join::TtlJoin;
 use crate::operator::transform::Step;
 use crate::operator::updating::UpdatingAggregate;
+use crate::operator::{OperatorFactory, Transform};
 
 /// A stream under construction: the node that produces it and stateless steps still to apply.
 struct Stream {
@@ -130,6 +130,27 @@ impl Builder {
         };
         self.program.add_edge(input, sink, EdgeKind::Forward);
         Ok(())
+    }
+
+    /// Adds a stateful operator fed by `inputs` (node, shuffle keys: input index = position)
+    /// and returns the stream it produces.
+    fn add_operator(
+        &mut self,
+        label: String,
+        op: Arc<dyn OperatorFactory>,
+        inputs: Vec<(usize, Vec<Arc<dyn PhysicalExpr>>)>,
+        updating: bool,
+    ) -> Stream {
+        let node = self.program.add_node(label.clone(), NodeKind::Operator(op));
+        for (from, keys) in inputs {
+            self.program.add_edge(from, node, EdgeKind::Shuffle(keys));
+        }
+        Stream {
+            node,
+            label: format!("{label}:transform"),
+            steps: vec![],
+            updating,
+        }
     }
 
     /// Gives the stream a node of its own, adding a transform for pending steps.
@@ -224,16 +245,7 @@ impl Builder {
             functions,
             schema: with_timestamp(w.schema.as_arrow()),
         };
-        let node = self
-            .program
-            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
-        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
-        Ok(Stream {
-            node,
-            label: format!("{label}:transform"),
-            steps: vec![],
-            updating: false,
-        })
+        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], false))
     }
 
     /// An inner join without windows: both sides kept for the state TTL.
@@ -277,19 +289,12 @@ impl Builder {
             ttl: self.updating_ttl,
             schema: with_timestamp(j.schema.as_arrow()),
         };
-        let node = self
-            .program
-            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
-        self.program
-            .add_edge(left, node, EdgeKind::Shuffle(left_keys));
-        self.program
-            .add_edge(right, node, EdgeKind::Shuffle(right_keys));
-        Ok(Stream {
-            node,
-            label: format!("{label}:transform"),
-            steps: vec![],
-            updating: false,
-        })
+        Ok(self.add_operator(
+            label,
+            Arc::new(op),
+            vec![(left, left_keys), (right, right_keys)],
+            false,
+        ))
     }
 
     fn join(&mut self, j: &Join) -> Result<Stream> {
@@ -341,19 +346,12 @@ impl Builder {
             pair_schema: with_timestamp(pair_schema.as_arrow()),
             schema: with_timestamp(j.schema.as_arrow()),
         };
-        let node = self
-            .program
-            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
-        self.program
-            .add_edge(left, node, EdgeKind::Shuffle(left_keys));
-        self.program
-            .add_edge(right, node, EdgeKind::Shuffle(right_keys));
-        Ok(Stream {
-            node,
-            label: format!("{label}:transform"),
-            steps: vec![],
-            updating: false,
-        })
+        Ok(self.add_operator(
+            label,
+            Arc::new(op),
+            vec![(left, left_keys), (right, right_keys)],
+            false,
+        ))
     }
 
     /// The aggregates of `agg`, as physical expressions.
@@ -403,16 +401,7 @@ impl Builder {
             updating_input,
             schema: with_updating(agg.schema.as_arrow()),
         };
-        let node = self
-            .program
-            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
-        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
-        Ok(Stream {
-            node,
-            label: format!("{label}:transform"),
-            steps: vec![],
-            updating: true,
-        })
+        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], true))
     }
 
     fn aggregate(&mut self, agg: &Aggregate) -> Result<Stream> {
@@ -459,16 +448,7 @@ impl Builder {
             window_position,
             schema: with_timestamp(agg.schema.as_arrow()),
         };
-        let node = self
-            .program
-            .add_node(label.clone(), NodeKind::Operator(Arc::new(op)));
-        self.program.add_edge(input, node, EdgeKind::Shuffle(keys));
-        Ok(Stream {
-            node,
-            label: format!("{label}:transform"),
-            steps: vec![],
-            updating: false,
-        })
+        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], false))
     }
 
     fn build(&mut self, plan: &LogicalPlan) -> Result<Stream> {
