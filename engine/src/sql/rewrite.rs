@@ -248,6 +248,16 @@ impl Builder {
         Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], false))
     }
 
+    /// The nodes feeding the two sides of a join (append-only inputs only).
+    fn join_inputs(&mut self, j: &Join) -> Result<(usize, usize)> {
+        let left = self.build(&j.left)?;
+        let right = self.build(&j.right)?;
+        if left.updating || right.updating {
+            return not_impl_err!("joins of updating inputs are not supported");
+        }
+        Ok((self.materialize(left), self.materialize(right)))
+    }
+
     /// An inner join without windows: both sides kept for the state TTL.
     fn ttl_join(
         &mut self,
@@ -272,13 +282,7 @@ impl Builder {
             Some(f) => Some(self.physical(f, &j.schema)?),
             None => None,
         };
-        let left = self.build(&j.left)?;
-        let right = self.build(&j.right)?;
-        if left.updating || right.updating {
-            return not_impl_err!("joins of updating inputs are not supported");
-        }
-        let left = self.materialize(left);
-        let right = self.materialize(right);
+        let (left, right) = self.join_inputs(j)?;
         let label = format!("join:{}", self.program.nodes.len());
         let op = TtlJoin {
             label: label.clone(),
@@ -327,13 +331,7 @@ impl Builder {
             }
             Some(f) => Some(self.physical(f, &pair_schema)?),
         };
-        let left = self.build(&j.left)?;
-        let right_stream = self.build(&j.right)?;
-        if left.updating || right_stream.updating {
-            return not_impl_err!("joins of updating inputs are not supported");
-        }
-        let left = self.materialize(left);
-        let right = self.materialize(right_stream);
+        let (left, right) = self.join_inputs(j)?;
         let label = format!("join:{}", self.program.nodes.len());
         let op = InstantJoin {
             label: label.clone(),
