@@ -32,6 +32,13 @@ pub enum ConfigError {
     /// No socket can be chosen.
     #[error("choosing the default socket")]
     Socket(#[source] std::io::Error),
+    /// `backup_url` is not a local path nor a `file://`, `s3://`, `gs://` or `az://` URL.
+    #[error("backup_url '{url}'")]
+    BackupUrl {
+        url: String,
+        #[source]
+        source: arroyod_engine::connector::ConnectorError,
+    },
 }
 
 /// The file's keys; every one optional.
@@ -41,6 +48,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     log: Option<String>,
+    backup_url: Option<String>,
 }
 
 /// The effective configuration.
@@ -52,6 +60,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
     pub log: String,
+    /// Where snapshots of the metadata database go: a local path or a `file://`, `s3://`,
+    /// `gs://` or `az://` URL; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_url: Option<String>,
 }
 
 /// What the command line gives.
@@ -60,6 +72,7 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub backup_url: Option<String>,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -105,10 +118,25 @@ impl Config {
             .filter(|l| !l.is_empty())
             .or(file.log)
             .unwrap_or_else(|| "info".to_string());
+        let backup_url = flags
+            .backup_url
+            .clone()
+            .or_else(|| std::env::var("ARROYO_BACKUP_URL").ok())
+            .filter(|u| !u.is_empty())
+            .or(file.backup_url);
+        if let Some(url) = &backup_url {
+            arroyod_engine::connector::Location::parse(url, vec![]).map_err(|source| {
+                ConfigError::BackupUrl {
+                    url: url.clone(),
+                    source,
+                }
+            })?;
+        }
         Ok(Config {
             socket,
             data_dir,
             log,
+            backup_url,
         })
     }
 
@@ -155,5 +183,50 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from-flag"));
+        assert_eq!(c.backup_url, None);
+        assert!(!c.to_toml().contains("backup_url"));
+    }
+
+    #[test]
+    fn backup_url_is_layered_validated_and_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/d\"\nsocket = \"/s.sock\"\nbackup_url = \"file:///from-file\"\n",
+        )
+        .unwrap();
+        let from_file = Config::load(&Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        // ARROYO_BACKUP_URL may be set around the test; only assert the file's value without it.
+        if std::env::var_os("ARROYO_BACKUP_URL").is_none() {
+            assert_eq!(from_file.backup_url.as_deref(), Some("file:///from-file"));
+            assert!(
+                from_file
+                    .to_toml()
+                    .contains("backup_url = \"file:///from-file\""),
+                "{}",
+                from_file.to_toml()
+            );
+        }
+        let from_flag = Config::load(&Overrides {
+            config: Some(file.clone()),
+            backup_url: Some("/from-flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(from_flag.backup_url.as_deref(), Some("/from-flag"));
+        let err = Config::load(&Overrides {
+            config: Some(file),
+            backup_url: Some("ftp://host/x".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::BackupUrl { .. }), "{err}");
+        let chain = crate::api::error_chain(&err);
+        assert!(chain.contains("unsupported scheme 'ftp'"), "{chain}");
     }
 }

@@ -184,6 +184,11 @@ impl Controller {
         }))
     }
 
+    /// The metadata store; the daemon closes it after [`Controller::shutdown`].
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn find(&self, id_or_name: &str) -> Result<Arc<Pipeline>, ControllerError> {
         let pipelines = self.pipelines.lock().expect("pipelines lock");
         if let Some(p) = pipelines.get(id_or_name) {
@@ -554,7 +559,8 @@ impl Controller {
         Ok(p)
     }
 
-    /// Stops every active pipeline (with a checkpoint) and waits for them, for shutdown.
+    /// Stops every active pipeline (with a checkpoint) and waits for them, for shutdown. The
+    /// store stays open (the daemon snapshots it last).
     pub async fn shutdown(self: &Arc<Self>) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let active: Vec<_> = self
@@ -583,7 +589,6 @@ impl Controller {
                 "workers still running at shutdown"
             );
         }
-        self.store.close().await;
     }
 }
 

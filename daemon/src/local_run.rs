@@ -102,7 +102,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
             .join("arroyod")
             .join(format!("run-{stamp}"))
     });
-    let daemon = Daemon::start(&state_dir, None).await?;
+    let daemon = Daemon::start(&state_dir, None, None).await?;
     let controller = daemon.controller.clone();
     // A rerun in the same state dir replaces the finished pipeline of the same name.
     if let Ok(old) = controller.find(&name)

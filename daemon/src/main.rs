@@ -4,10 +4,12 @@
 //! - `arroyod run QUERY`: one pipeline end to end in one process tree, like `arroyo run`.
 //! - `arroyod worker ...`: a worker process, started by the daemon only.
 //! - `arroyod config`: prints the effective configuration.
+//! - `arroyod restore-db --backup-url U --to PATH`: writes the newest metadata snapshot.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error.
 
 mod api;
+mod backup;
 mod config;
 mod controller;
 mod local_run;
@@ -43,6 +45,10 @@ struct ServeArgs {
     /// Config file (default: /etc/arroyod/arroyod.toml when it exists).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where to snapshot the metadata database: a local path or a file://, s3://, gs:// or
+    /// az:// URL (default: $ARROYO_BACKUP_URL, the config file's `backup_url`, none).
+    #[arg(long)]
+    backup_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +59,17 @@ enum Command {
     Run(local_run::RunArgs),
     /// Print the effective configuration.
     Config(ServeArgs),
+    /// Download the newest metadata snapshot of a backup URL and write it to PATH (for
+    /// `arroyod.db` in a data dir no daemon runs on).
+    #[command(hide = true)]
+    RestoreDb {
+        /// The daemon's `backup_url`.
+        #[arg(long)]
+        backup_url: String,
+        /// The database file to write (replaced when it exists).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Run one pipeline generation (started by the daemon).
     #[command(hide = true)]
     Worker {
@@ -97,6 +114,7 @@ fn main() -> ExitCode {
             config: args.config.clone().or(cli.serve.config.clone()),
             socket: args.socket.clone().or(cli.serve.socket.clone()),
             data_dir: args.data_dir.clone().or(cli.serve.data_dir.clone()),
+            backup_url: args.backup_url.clone().or(cli.serve.backup_url.clone()),
         }
     };
     let result: anyhow::Result<i32> = match cli.command {
@@ -128,10 +146,11 @@ fn main() -> ExitCode {
         Some(Command::Run(_))
             if cli.serve.socket.is_some()
                 || cli.serve.data_dir.is_some()
-                || cli.serve.config.is_some() =>
+                || cli.serve.config.is_some()
+                || cli.serve.backup_url.is_some() =>
         {
             eprintln!(
-                "error: --socket, --data-dir and --config belong to the daemon; `arroyod run` takes -s STATE_DIR"
+                "error: --socket, --data-dir, --config and --backup-url belong to the daemon; `arroyod run` takes -s STATE_DIR"
             );
             return ExitCode::from(2);
         }
@@ -139,6 +158,21 @@ fn main() -> ExitCode {
             init_logging("warn,arroyod::local_run=info");
             runtime()
                 .block_on(local_run::run(args))
+                .map_err(anyhow::Error::from)
+        }
+        Some(Command::RestoreDb { backup_url, to }) => {
+            init_logging("warn");
+            runtime()
+                .block_on(backup::restore_latest(&backup_url, &to))
+                .map(|p| {
+                    println!(
+                        "restored {} ({} bytes) to {}",
+                        p.name,
+                        p.length,
+                        to.display()
+                    );
+                    0
+                })
                 .map_err(anyhow::Error::from)
         }
         Some(Command::Worker {

@@ -2,8 +2,13 @@
 //!
 //! Start-up, in order: create the data dir; take its lock (a second daemon on the same dir
 //! exits naming the holder's pid); open and migrate SQLite; remove a stale socket and bind
-//! (mode 0660); tell systemd READY. Shutdown on SIGTERM/SIGINT: tell systemd STOPPING, stop
-//! every pipeline and wait for them, then stop serving and exit 0.
+//! (mode 0660); start the snapshot task when `backup_url` is set; tell systemd READY.
+//! Shutdown on SIGTERM/SIGINT: tell systemd STOPPING, stop every pipeline and wait for them
+//! (and for a snapshot under way), take a last snapshot, close the store, then stop serving
+//! and exit 0.
+//!
+//! Snapshots (see [`crate::backup`]) run every [`BACKUP_PERIOD`] in the task `backup`; a failed
+//! one is a warning, never fatal.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -17,9 +22,10 @@ use arroyod_proto::worker_control_server::WorkerControlServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::api::{Api, WorkerApi};
+use crate::api::{Api, WorkerApi, error_chain};
+use crate::backup::Backup;
 use crate::config::Config;
 use crate::controller::Controller;
 use crate::store::{Store, StoreError};
@@ -42,6 +48,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// `backup_url` cannot be used.
+    #[error("setting up snapshots")]
+    Backup(#[from] crate::backup::BackupError),
     /// The metadata store could not be opened.
     #[error("opening the metadata store in {}", dir.display())]
     Store {
@@ -58,6 +67,10 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeEr
 
 /// How long shutdown waits for the servers after every pipeline stopped.
 const SERVER_DRAIN: Duration = Duration::from_secs(5);
+/// How often the metadata database is snapshotted when `backup_url` is set.
+pub const BACKUP_PERIOD: Duration = Duration::from_secs(60);
+/// How long the last snapshot at shutdown may take.
+const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The exclusive lock on a data dir, held for the life of the process.
 pub struct DataDirLock {
@@ -127,6 +140,65 @@ pub struct Daemon {
     _lock: DataDirLock,
     servers: tokio::task::JoinSet<()>,
     stop_serving: CancellationToken,
+    backups: Option<Backups>,
+    data_dir: PathBuf,
+}
+
+/// The task `backup`: a snapshot every [`BACKUP_PERIOD`]; aborted on drop.
+struct Backups {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Backup>>,
+}
+
+impl Backups {
+    fn spawn(mut backup: Backup, store: Store, data_dir: PathBuf) -> Backups {
+        let stop = CancellationToken::new();
+        let cancelled = stop.clone();
+        let task = tokio::spawn(
+            async move {
+                let start = tokio::time::Instant::now() + BACKUP_PERIOD;
+                let mut tick = tokio::time::interval_at(start, BACKUP_PERIOD);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    // A snapshot under way finishes before the task ends.
+                    tokio::select! {
+                        _ = cancelled.cancelled() => return backup,
+                        _ = tick.tick() => {}
+                    }
+                    match backup.snapshot(&store, &data_dir).await {
+                        Ok(p) => debug!(snapshot = %p.name, bytes = p.length, "metadata snapshot uploaded"),
+                        Err(e) => warn!(error = %error_chain(&e), "metadata snapshot failed"),
+                    }
+                }
+            }
+            .instrument(info_span!("backup")),
+        );
+        Backups {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Ends the task (after a snapshot under way) and hands back its [`Backup`].
+    async fn finish(mut self) -> Option<Backup> {
+        self.stop.cancel();
+        let task = self.task.take()?;
+        match task.await {
+            Ok(backup) => Some(backup),
+            Err(e) => {
+                warn!(error = %e, "the backup task failed");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Backups {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// Where the worker socket of a data dir lives. Unix socket paths are short (108 bytes): a
@@ -141,10 +213,11 @@ fn worker_socket_path(data_dir: &Path) -> PathBuf {
 
 impl Daemon {
     /// Takes the data dir, opens the store, and serves the worker socket (and the public API
-    /// on `public_socket`, when given).
+    /// on `public_socket`, when given); snapshots the store to `backup`, when given.
     pub async fn start(
         data_dir: &Path,
         public_socket: Option<&Path>,
+        backup: Option<Backup>,
     ) -> Result<Daemon, ServeError> {
         std::fs::create_dir_all(data_dir).map_err(io("creating data dir", data_dir))?;
         let lock = DataDirLock::acquire(data_dir)?;
@@ -199,17 +272,42 @@ impl Daemon {
                 }
             });
         }
+        let backups = backup.map(|backup| {
+            Backups::spawn(backup, controller.store().clone(), data_dir.to_path_buf())
+        });
         Ok(Daemon {
             controller,
             _lock: lock,
             servers,
             stop_serving,
+            backups,
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
-    /// Stops every pipeline, then the servers.
+    /// Stops every pipeline, takes a last snapshot, closes the store, then stops the servers.
     pub async fn shutdown(mut self) {
-        self.controller.shutdown().await;
+        let backups = self.backups.take();
+        let ((), backup) = tokio::join!(self.controller.shutdown(), async move {
+            match backups {
+                Some(b) => b.finish().await,
+                None => None,
+            }
+        });
+        if let Some(mut backup) = backup {
+            let store = self.controller.store();
+            let last = backup.snapshot(store, &self.data_dir);
+            match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, last).await {
+                Ok(Ok(p)) => {
+                    info!(snapshot = %p.name, bytes = p.length, "last metadata snapshot uploaded")
+                }
+                Ok(Err(e)) => warn!(error = %error_chain(&e), "last metadata snapshot failed"),
+                Err(_) => {
+                    warn!(timeout = ?FINAL_SNAPSHOT_TIMEOUT, "last metadata snapshot timed out")
+                }
+            }
+        }
+        self.controller.store().close().await;
         self.stop_serving.cancel();
         let drained = tokio::time::timeout(SERVER_DRAIN, async {
             while self.servers.join_next().await.is_some() {}
@@ -234,8 +332,14 @@ pub async fn termination() -> &'static str {
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let daemon = Daemon::start(&config.data_dir, Some(&config.socket)).await?;
-    info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "arroyod ready");
+    let backup = config.backup_url.as_deref().map(Backup::new).transpose()?;
+    let daemon = Daemon::start(&config.data_dir, Some(&config.socket), backup).await?;
+    info!(
+        socket = %config.socket.display(),
+        data_dir = %config.data_dir.display(),
+        backup_url = config.backup_url.as_deref().unwrap_or(""),
+        "arroyod ready"
+    );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let signal = termination().await;
     info!(signal, "shutting down: stopping every pipeline");

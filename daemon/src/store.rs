@@ -183,6 +183,16 @@ impl Store {
         Ok(rows.iter().map(row).collect())
     }
 
+    /// Writes a consistent copy of the live database to `path` with `VACUUM INTO` (readers
+    /// and writers of the live database go on meanwhile). `path` must not exist.
+    pub async fn vacuum_into(&self, path: &Path) -> Result<(), StoreError> {
+        sqlx::query("VACUUM INTO ?")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -170,3 +170,53 @@ fn immediate_stop_kills_the_worker() {
         (!alive(worker)).then_some(())
     });
 }
+
+#[test]
+fn metadata_is_snapshotted_at_shutdown_and_restores() {
+    let remote = tempfile::tempdir().unwrap();
+    let url = remote.path().to_str().unwrap();
+    let mut d = TestDaemon::start_with(&["--backup-url", url]);
+    let id = d.submit("kept", UNBOUNDED);
+    d.wait_state(&id, "Running");
+    assert!(d.term().success(), "{}", d.log());
+    let latest = std::fs::read_to_string(remote.path().join("snapshots/LATEST"))
+        .unwrap_or_else(|e| panic!("no LATEST ({e}):\n{}", d.log()));
+    assert!(latest.starts_with("snapshot "), "{latest}");
+
+    // Restore into a fresh data dir: a daemon there knows the pipeline.
+    let mut fresh = TestDaemon::unstarted(&[]);
+    let db = fresh.data_dir().join("arroyod.db");
+    let out = std::process::Command::new(harness::arroyod_bin())
+        .args(["restore-db", "--backup-url", url, "--to"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore-db failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fresh.restart();
+    let s = fresh.status("kept");
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["state"], "Stopped");
+
+    // A damaged snapshot is refused.
+    let name = latest
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("snapshot ");
+    let object = remote.path().join("snapshots").join(name);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    let out = std::process::Command::new(harness::arroyod_bin())
+        .args(["restore-db", "--backup-url", url, "--to"])
+        .arg(fresh.dir.path().join("other.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checksum"), "{stderr}");
+}

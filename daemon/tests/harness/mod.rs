@@ -140,14 +140,30 @@ impl Lines {
 pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    /// Passed to every start of the daemon, after `--socket` and `--data-dir`.
+    pub extra_args: Vec<String>,
 }
 
 impl TestDaemon {
     pub fn start() -> TestDaemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut d = TestDaemon { dir, child: None };
+        TestDaemon::start_with(&[])
+    }
+
+    /// Like [`TestDaemon::start`], with `extra_args` on every start of the daemon.
+    pub fn start_with(extra_args: &[&str]) -> TestDaemon {
+        let mut d = TestDaemon::unstarted(extra_args);
         d.restart();
         d
+    }
+
+    /// A temp data dir and socket, the daemon not started (to prepare the data dir first).
+    pub fn unstarted(extra_args: &[&str]) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestDaemon {
+            dir,
+            child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -173,7 +189,9 @@ impl TestDaemon {
             .arg(self.socket())
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(&self.extra_args)
             .env_remove("ARROYO_SOCKET")
+            .env_remove("ARROYO_BACKUP_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null());
         cmd

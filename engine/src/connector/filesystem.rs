@@ -261,6 +261,11 @@ impl Location {
         })
     }
 
+    /// The directory (prefix) inside the store.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     /// How an object of this store is named in messages: a local path, or a URL.
     pub fn display(&self, object: &Path) -> String {
         match self.scheme {

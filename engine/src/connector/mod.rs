@@ -14,6 +14,7 @@ mod nexmark;
 mod options;
 mod sink;
 
+pub use filesystem::Location;
 pub use options::{Options, parse_duration};
 pub use sink::{JobContext, PREVIEW_SINK};
 
