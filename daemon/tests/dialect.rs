@@ -239,3 +239,16 @@ fn unknown_settings_and_outer_windowless_joins_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn ordered_aggregates_see_their_order_by() {
+    let rows = rows(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='10', event_time_interval='1ms');
+         SELECT array_agg(counter ORDER BY counter DESC) AS a, first_value(counter ORDER BY counter DESC) AS f
+         FROM impulse GROUP BY tumble(interval '1 second');",
+    );
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({"a": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], "f": 9})]
+    );
+}

@@ -64,9 +64,12 @@ impl AggregateSpec {
         })))
     }
 
-    /// The aggregate's argument columns over `batch`.
+    /// The aggregate's input columns over `batch`: its arguments, then the columns of its
+    /// ORDER BY (`array_agg(x ORDER BY y)`), as DataFusion's accumulators expect them.
     pub fn arguments(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        super::evaluate_all(&self.expr.expressions(), batch)
+        let mut exprs = self.expr.expressions();
+        exprs.extend(self.expr.order_bys().iter().map(|s| s.expr.clone()));
+        super::evaluate_all(&exprs, batch)
     }
 
     /// The FILTER (WHERE ...) column over `batch`, if any.
