@@ -402,3 +402,85 @@ pub fn try_run_query(args: &[&str], deadline: Duration) -> Result<Output, Output
     };
     if timed_out { Err(out) } else { Ok(out) }
 }
+
+/// A real S3-compatible server on loopback: moto's server (PyPI `moto[server]`, installed by
+/// `.ci/run`; run as `python3 -m moto.server` so no script directory needs to be on PATH), on a
+/// free port, killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is missing");
+        let mut server = S3Server { child, port };
+        wait_until(DEADLINE, "moto's server to listen", || {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!(
+                    "moto's server exited ({status}): pip install 'moto[server]' (.ci/run does)"
+                );
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket with a plain HTTP request (object_store does not create buckets).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "creating bucket {name}: {response}"
+        );
+    }
+
+    /// Table options that point the `filesystem` connector at this server.
+    pub fn storage_options(&self) -> String {
+        format!(
+            "'storage.aws_endpoint' = '{}', 'storage.aws_allow_http' = 'true', \
+             'storage.aws_access_key_id' = 'test', 'storage.aws_secret_access_key' = 'test', \
+             'storage.aws_region' = 'us-east-1'",
+            self.endpoint()
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
