@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
+use arroyod_engine::checkpoint::fnv1a64;
 use arroyod_engine::connector::{ConnectorError, Location};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -118,13 +119,6 @@ pub enum BackupError {
 fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BackupError {
     let path = path.to_path_buf();
     move |source| BackupError::Io { what, path, source }
-}
-
-/// FNV-1a, 64 bits: enough to catch a damaged or mixed-up snapshot (not an attacker).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// What LATEST says: which snapshot is the newest complete one.

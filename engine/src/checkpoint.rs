@@ -1,0 +1,372 @@
+//! Checkpoint storage: where a pipeline's state lives under its state URL (a local path,
+//! `file://`, `s3://`, `gs://`, `az://`), and the rule that makes a checkpoint exist.
+//!
+//! Layout: `<state>/checkpoints/<epoch, 20 digits>/<file>` for the state files of an epoch, and
+//! `<state>/checkpoints/<epoch>/MANIFEST` listing every file with its length and checksum.
+//!
+//! Writing an epoch, in order:
+//!
+//! 1. Put every state file of the epoch.
+//! 2. Put the MANIFEST, last: a checkpoint without a valid MANIFEST does not exist.
+//! 3. Garbage-collect epochs older than the newest [`KEEP`] (only after a MANIFEST landed).
+//!
+//! Finding the checkpoint to restore needs nothing but the state URL: the newest epoch whose
+//! MANIFEST parses and whose files all have the listed length; reading a file checks its
+//! checksum, so a corrupt file is never loaded. Operators do not write here yet: this is the
+//! storage layer the checkpointing runtime builds on.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::connector::Location;
+
+/// Complete epochs kept by garbage collection.
+pub const KEEP: usize = 3;
+/// The name of the file that makes an epoch a checkpoint.
+pub const MANIFEST: &str = "MANIFEST";
+
+/// Errors of checkpoint storage.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The state URL does not name a usable store.
+    #[error("state location: {0}")]
+    Location(String),
+    /// The store failed an operation.
+    #[error("{what} {path}")]
+    Store {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A state file's length or checksum differs from its MANIFEST: it is never loaded.
+    #[error("checkpoint file {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    /// The file is not listed in the epoch's MANIFEST.
+    #[error("epoch {epoch} has no file {name}")]
+    NoSuchFile { epoch: u64, name: String },
+}
+
+/// FNV-1a, 64 bits: enough to catch a damaged or mixed-up file (not an attacker).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One state file of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub length: u64,
+    pub checksum: u64,
+}
+
+/// What an epoch's MANIFEST says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub epoch: u64,
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// One line per file: `<length> <checksum hex> <name>`, after an `epoch <n>` line.
+    fn to_text(&self) -> String {
+        let mut s = format!("epoch {}\n", self.epoch);
+        for f in &self.files {
+            s.push_str(&format!("{} {:016x} {}\n", f.length, f.checksum, f.name));
+        }
+        s
+    }
+
+    fn parse(text: &str) -> Option<Manifest> {
+        let mut lines = text.lines();
+        let epoch = lines.next()?.strip_prefix("epoch ")?.parse().ok()?;
+        let files = lines
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                Some(FileEntry {
+                    length: parts.next()?.parse().ok()?,
+                    checksum: u64::from_str_radix(parts.next()?, 16).ok()?,
+                    name: parts.next()?.to_string(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Manifest { epoch, files })
+    }
+}
+
+/// The checkpoints of one pipeline.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    shown: String,
+}
+
+fn epoch_dir(epoch: u64) -> String {
+    format!("{epoch:020}")
+}
+
+impl CheckpointStore {
+    /// The checkpoints under `state` (a path or URL; settings from the environment).
+    pub fn open(state: &str) -> Result<CheckpointStore, CheckpointError> {
+        let location =
+            Location::parse(state, vec![]).map_err(|e| CheckpointError::Location(e.to_string()))?;
+        let store = location.store().map_err(CheckpointError::Location)?;
+        let dir = location.prefix().clone().join("checkpoints");
+        Ok(CheckpointStore {
+            shown: location.display(&dir),
+            store,
+            dir,
+        })
+    }
+
+    fn path(&self, epoch: u64, name: &str) -> Path {
+        self.dir.clone().join(epoch_dir(epoch)).clone().join(name)
+    }
+
+    fn failed(
+        &self,
+        what: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(object_store::Error) -> CheckpointError {
+        let path = format!(
+            "{}/{}",
+            self.shown,
+            path.as_ref()
+                .strip_prefix(self.dir.as_ref())
+                .unwrap_or(path.as_ref())
+                .trim_start_matches('/')
+        );
+        move |source| CheckpointError::Store { what, path, source }
+    }
+
+    /// Writes the files of `epoch`, then its MANIFEST, then collects old epochs.
+    pub async fn write_epoch(
+        &self,
+        epoch: u64,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<Manifest, CheckpointError> {
+        let mut entries = Vec::with_capacity(files.len());
+        for (name, bytes) in files {
+            entries.push(FileEntry {
+                length: bytes.len() as u64,
+                checksum: fnv1a64(&bytes),
+                name: name.clone(),
+            });
+            let path = self.path(epoch, &name);
+            self.store
+                .put(&path, bytes.into())
+                .await
+                .map_err(self.failed("writing", &path))?;
+        }
+        let manifest = Manifest {
+            epoch,
+            files: entries,
+        };
+        let path = self.path(epoch, MANIFEST);
+        self.store
+            .put(&path, manifest.to_text().into_bytes().into())
+            .await
+            .map_err(self.failed("writing", &path))?;
+        self.collect_garbage(epoch).await?;
+        Ok(manifest)
+    }
+
+    /// The epochs that have a directory, newest first.
+    async fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
+        let listed = match self.store.list_with_delimiter(Some(&self.dir)).await {
+            Ok(l) => l.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(self.failed("listing", &self.dir)(e)),
+        };
+        let mut epochs: Vec<u64> = listed
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
+        epochs.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(epochs)
+    }
+
+    /// The MANIFEST of `epoch` if it is a complete checkpoint: the MANIFEST parses and every
+    /// file it lists exists with the listed length.
+    async fn complete(&self, epoch: u64) -> Result<Option<Manifest>, CheckpointError> {
+        let path = self.path(epoch, MANIFEST);
+        let text = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(self.failed("reading", &path))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("reading", &path)(e)),
+        };
+        let Some(manifest) = std::str::from_utf8(&text).ok().and_then(Manifest::parse) else {
+            return Ok(None);
+        };
+        if manifest.epoch != epoch {
+            return Ok(None);
+        }
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.dir.clone().join(epoch_dir(epoch))))
+            .try_collect()
+            .await
+            .map_err(self.failed("listing", &self.dir))?;
+        let complete = manifest.files.iter().all(|f| {
+            let want = self.path(epoch, &f.name);
+            listed
+                .iter()
+                .any(|o| o.location == want && o.size == f.length)
+        });
+        Ok(complete.then_some(manifest))
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub async fn latest(&self) -> Result<Option<Manifest>, CheckpointError> {
+        for epoch in self.epochs().await? {
+            if let Some(m) = self.complete(epoch).await? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a file of a checkpoint, checking its length and checksum.
+    pub async fn read(&self, manifest: &Manifest, name: &str) -> Result<Vec<u8>, CheckpointError> {
+        let entry = manifest
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| CheckpointError::NoSuchFile {
+                epoch: manifest.epoch,
+                name: name.to_string(),
+            })?;
+        let path = self.path(manifest.epoch, name);
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(self.failed("reading", &path))?;
+        let bytes = got.bytes().await.map_err(self.failed("reading", &path))?;
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: format!("{}/{}/{name}", self.shown, epoch_dir(manifest.epoch)),
+            reason,
+        };
+        if bytes.len() as u64 != entry.length {
+            return Err(corrupt(format!(
+                "{} bytes, MANIFEST says {}",
+                bytes.len(),
+                entry.length
+            )));
+        }
+        if fnv1a64(&bytes) != entry.checksum {
+            return Err(corrupt("checksum differs from the MANIFEST".into()));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Deletes every epoch older than the [`KEEP`] newest complete ones, up to `newest`.
+    async fn collect_garbage(&self, newest: u64) -> Result<(), CheckpointError> {
+        let mut kept = 0;
+        for epoch in self.epochs().await? {
+            if epoch > newest {
+                continue;
+            }
+            if kept < KEEP {
+                if self.complete(epoch).await?.is_some() {
+                    kept += 1;
+                }
+                continue;
+            }
+            let objects: Vec<object_store::ObjectMeta> = self
+                .store
+                .list(Some(&self.dir.clone().join(epoch_dir(epoch))))
+                .try_collect()
+                .await
+                .map_err(self.failed("listing", &self.dir))?;
+            // The MANIFEST goes first: a half-deleted epoch is then no checkpoint at all.
+            let manifest = self.path(epoch, MANIFEST);
+            let _ = self.store.delete(&manifest).await;
+            for o in objects.iter().filter(|o| o.location != manifest) {
+                self.store
+                    .delete(&o.location)
+                    .await
+                    .map_err(self.failed("deleting", &o.location))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(epoch: u64) -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("source-0".into(), format!("offset {epoch}").into_bytes()),
+            ("window-0".into(), vec![epoch as u8; 100]),
+        ]
+    }
+
+    #[tokio::test]
+    async fn the_newest_complete_epoch_is_restored_and_old_ones_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(store.latest().await.unwrap(), None);
+        for epoch in 1..=5 {
+            store.write_epoch(epoch, files(epoch)).await.unwrap();
+        }
+        let latest = store.latest().await.unwrap().unwrap();
+        assert_eq!(latest.epoch, 5);
+        assert_eq!(store.read(&latest, "source-0").await.unwrap(), b"offset 5");
+        // Only the newest KEEP epochs keep any object (a local store may leave empty
+        // directories behind).
+        for epoch in 1..=5 {
+            let objects: Vec<object_store::ObjectMeta> = store
+                .store
+                .list(Some(&store.dir.clone().join(epoch_dir(epoch))))
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(objects.is_empty(), epoch <= 2, "epoch {epoch}: {objects:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_epoch_without_a_valid_manifest_does_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        store.write_epoch(1, files(1)).await.unwrap();
+        // Epoch 2: files written, the MANIFEST never was (a crash in between).
+        let epoch2 = dir.path().join("checkpoints").join(epoch_dir(2));
+        std::fs::create_dir_all(&epoch2).unwrap();
+        std::fs::write(epoch2.join("source-0"), b"offset 2").unwrap();
+        assert_eq!(store.latest().await.unwrap().unwrap().epoch, 1);
+        // Epoch 3: a MANIFEST that lies about a file's length.
+        store.write_epoch(3, files(3)).await.unwrap();
+        let epoch3 = dir.path().join("checkpoints").join(epoch_dir(3));
+        std::fs::write(epoch3.join("window-0"), b"short").unwrap();
+        assert_eq!(store.latest().await.unwrap().unwrap().epoch, 1);
+        // Garbage is not a MANIFEST either.
+        std::fs::write(epoch3.join(MANIFEST), b"\xff\xfe").unwrap();
+        assert_eq!(store.latest().await.unwrap().unwrap().epoch, 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_file_is_never_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let m = store.write_epoch(7, files(7)).await.unwrap();
+        let file = dir
+            .path()
+            .join("checkpoints")
+            .join(epoch_dir(7))
+            .join("window-0");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+        let err = store.read(&m, "window-0").await.unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+    }
+}
