@@ -35,6 +35,13 @@ use crate::tail::{DEFAULT_CAPACITY, TailBuffer};
 
 /// How long a stop may take before the worker is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Restarts of a crashed worker allowed within [`RESTART_WINDOW`] before the pipeline fails.
+pub const RESTART_BUDGET: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// The first restart's delay; each further restart in the window doubles it.
+const RESTART_BACKOFF: Duration = Duration::from_millis(500);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// How long to wait, after a worker exited, for its last reports to arrive.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
 
@@ -80,6 +87,8 @@ struct Worker {
 /// A pipeline the daemon knows, with its live parts.
 pub struct Pipeline {
     row: Mutex<PipelineRow>,
+    /// When its worker was restarted after a crash, within the restart window.
+    restarts: Mutex<Vec<std::time::Instant>>,
     pub tail: TailBuffer,
     state: watch::Sender<String>,
     worker: Mutex<Option<Worker>>,
@@ -94,9 +103,26 @@ impl Pipeline {
         Arc::new(Pipeline {
             state: watch::channel(row.state.clone()).0,
             row: Mutex::new(row),
+            restarts: Mutex::new(Vec::new()),
             tail,
             worker: Mutex::new(None),
         })
+    }
+
+    /// The delay before restarting a crashed worker, or None when the restart budget is used
+    /// up; counts the restart.
+    fn restart_delay(&self) -> Option<Duration> {
+        let mut restarts = self.restarts.lock().expect("restarts lock");
+        let now = std::time::Instant::now();
+        restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if restarts.len() >= RESTART_BUDGET {
+            return None;
+        }
+        let delay = RESTART_BACKOFF
+            .saturating_mul(1 << restarts.len())
+            .min(RESTART_BACKOFF_MAX);
+        restarts.push(now);
+        Some(delay)
     }
 
     pub fn row(&self) -> PipelineRow {
@@ -353,8 +379,8 @@ impl Controller {
     }
 
     async fn worker_exited(
-        &self,
-        p: &Pipeline,
+        self: &Arc<Self>,
+        p: &Arc<Pipeline>,
         generation: u64,
         status: std::io::Result<std::process::ExitStatus>,
         killed: bool,
@@ -389,14 +415,50 @@ impl Controller {
             };
             self.set_state(p, state::STOPPED, None, why).await
         } else {
-            let failure = format!("worker exited unexpectedly ({status})");
             warn!(pipeline = %row.id, generation, %status, "worker exited unexpectedly");
-            self.set_state(p, state::FAILED, Some(&failure), &failure)
-                .await
+            let failure = format!("worker exited unexpectedly ({status})");
+            match p.restart_delay() {
+                Some(delay) if !self.shutting_down.load(Ordering::SeqCst) => {
+                    let message = format!("{failure}; restarting in {delay:?}");
+                    let recovering = self.set_state(p, state::RECOVERING, None, &message).await;
+                    tokio::spawn(self.clone().restart_later(p.clone(), generation, delay));
+                    recovering
+                }
+                _ => {
+                    let failure = format!(
+                        "{failure}; {RESTART_BUDGET} restarts within {RESTART_WINDOW:?} used up"
+                    );
+                    self.set_state(p, state::FAILED, Some(&failure), &failure)
+                        .await
+                }
+            }
         };
         if let Err(e) = result {
             warn!(pipeline = %row.id, error = %e, "recording a worker's exit failed");
         }
+    }
+
+    /// Schedules the next generation of `p` after `delay`, unless it was stopped meanwhile.
+    /// Boxed: scheduling spawns the supervisor that may call this again.
+    fn restart_later(
+        self: Arc<Self>,
+        p: Arc<Pipeline>,
+        generation: u64,
+        delay: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let row = p.row();
+            if row.generation == generation
+                && row.desired == DESIRED_RUNNING
+                && row.state == state::RECOVERING
+                && !self.shutting_down.load(Ordering::SeqCst)
+                && let Err(e) = self.schedule(&p).await
+            {
+                let why = format!("restarting the worker failed: {e}");
+                let _ = self.set_state(&p, state::FAILED, Some(&why), &why).await;
+            }
+        })
     }
 
     /// Handles a worker's Hello: returns the Start command and the channel for further commands,

@@ -220,3 +220,23 @@ fn metadata_is_snapshotted_at_shutdown_and_restores() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checksum"), "{stderr}");
 }
+
+#[test]
+fn a_crashed_worker_is_restarted_with_a_new_generation() {
+    let d = TestDaemon::start();
+    let id = d.submit("phoenix", UNBOUNDED);
+    let first = d.wait_state(&id, "Running");
+    let worker = first["worker_pid"].as_u64().unwrap() as u32;
+    assert_eq!(first["generation"], 1);
+    harness::signal(worker, "KILL");
+    let again = wait_until(DEADLINE, "a new worker to run", || {
+        let s = d.status(&id);
+        (s["state"] == "Running" && s["generation"] == 2).then_some(s)
+    });
+    let new_worker = again["worker_pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_worker, worker);
+    assert!(alive(new_worker));
+    assert_eq!(parent_of(new_worker), Some(d.pid()));
+    // It still stops normally.
+    assert!(d.ctl_ok(&["stop", &id]).contains("Stopped"));
+}
