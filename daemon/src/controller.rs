@@ -190,7 +190,7 @@ impl Controller {
         let mut pipelines = HashMap::new();
         for mut row in store.list().await? {
             if !is_terminal(&row.state) {
-                warn!(pipeline = %row.id, state = %row.state, "pipeline was active when the daemon stopped; marking it Stopped");
+                warn!(pipeline = %row.id, state = %row.state, "pipeline was active when the daemon went away; marking it Stopped");
                 row.state = state::STOPPED.to_string();
                 row.updated_at = now_rfc3339();
                 store
@@ -208,6 +208,24 @@ impl Controller {
             ids: AtomicU64::new(0),
             live_workers: watch::channel(0).0,
         }))
+    }
+
+    /// Schedules every pipeline that should run but does not: after a daemon restart (also
+    /// after kill -9). Until checkpoints exist, each starts its sources from the beginning.
+    pub async fn resume_all(self: &Arc<Self>) {
+        for p in self.list() {
+            let row = p.row();
+            let resumable = row.desired == DESIRED_RUNNING
+                && row.state != state::FINISHED
+                && row.state != state::FAILED;
+            if resumable {
+                info!(pipeline = %row.id, name = %row.name, "resuming after a daemon restart");
+                if let Err(e) = self.schedule(&p).await {
+                    let why = format!("resuming after a daemon restart failed: {e}");
+                    let _ = self.set_state(&p, state::FAILED, Some(&why), &why).await;
+                }
+            }
+        }
     }
 
     /// The metadata store; the daemon closes it after [`Controller::shutdown`].
@@ -407,7 +425,10 @@ impl Controller {
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
         };
-        let result = if row.desired == DESIRED_STOPPED {
+        let result = if self.shutting_down.load(Ordering::SeqCst) {
+            self.set_state(p, state::STOPPED, None, "stopped at daemon shutdown")
+                .await
+        } else if row.desired == DESIRED_STOPPED {
             let why = if killed {
                 "worker killed to stop the pipeline"
             } else {
@@ -555,11 +576,25 @@ impl Controller {
         mode: StopMode,
         wait: bool,
     ) -> Result<Arc<Pipeline>, ControllerError> {
+        self.stop_with(id_or_name, mode, wait, false).await
+    }
+
+    /// [`Controller::stop`]; with `keep_desired` the pipeline stays desired Running (a daemon
+    /// shutdown: it resumes at the next start).
+    async fn stop_with(
+        self: &Arc<Self>,
+        id_or_name: &str,
+        mode: StopMode,
+        wait: bool,
+        keep_desired: bool,
+    ) -> Result<Arc<Pipeline>, ControllerError> {
         let p = self.find(id_or_name)?;
         if is_terminal(&p.row().state) {
             return Ok(p);
         }
-        p.row.lock().expect("pipeline lock").desired = DESIRED_STOPPED.into();
+        if !keep_desired {
+            p.row.lock().expect("pipeline lock").desired = DESIRED_STOPPED.into();
+        }
         self.set_state(
             &p,
             state::STOPPING,
@@ -634,7 +669,7 @@ impl Controller {
             let id = p.row().id;
             let this = self.clone();
             async move {
-                if let Err(e) = this.stop(&id, StopMode::Checkpoint, true).await {
+                if let Err(e) = this.stop_with(&id, StopMode::Checkpoint, true, true).await {
                     warn!(pipeline = %id, error = %e, "stopping at shutdown failed");
                 }
             }

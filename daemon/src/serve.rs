@@ -334,6 +334,8 @@ pub async fn termination() -> &'static str {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let backup = config.backup_url.as_deref().map(Backup::new).transpose()?;
     let daemon = Daemon::start(&config.data_dir, Some(&config.socket), backup).await?;
+    // Pipelines that should run (also after kill -9) start again; the worker socket is up.
+    daemon.controller.resume_all().await;
     info!(
         socket = %config.socket.display(),
         data_dir = %config.data_dir.display(),

@@ -74,12 +74,19 @@ fn sigterm_stops_running_pipelines_and_exits_0() {
     let worker = d.wait_state(&id, "Running")["worker_pid"].as_u64().unwrap() as u32;
     assert!(d.term().success());
     assert!(!alive(worker));
-    // The pipeline survives the restart as a row, stopped.
+    // The pipeline survives the restart as a row and, as it should run, runs again.
     d.restart();
-    let s = d.status("a");
+    let s = wait_until(DEADLINE, "the pipeline to resume", || {
+        let s = d.status("a");
+        (s["state"] == "Running" && s["generation"] == 2).then_some(s)
+    });
     assert_eq!(s["id"], id.as_str());
-    assert_eq!(s["state"], "Stopped");
     assert!(d.ctl_ok(&["list"]).contains(&id));
+    // A pipeline stopped by its user stays stopped across a restart.
+    d.ctl_ok(&["stop", "a"]);
+    assert!(d.term().success());
+    d.restart();
+    assert_eq!(d.status("a")["state"], "Stopped");
 }
 
 #[test]
@@ -91,10 +98,13 @@ fn a_worker_dies_with_its_daemon() {
     wait_until(DEADLINE, "the worker to die with its daemon", || {
         (!alive(worker)).then_some(())
     });
-    // After the crash, the row is still there and no longer claims to run.
+    // After the crash the pipeline is resumed by the restarted daemon, with a new worker.
     d.restart();
-    let s = d.status(&id);
-    assert_ne!(s["state"], "Running");
+    let s = wait_until(DEADLINE, "the pipeline to resume", || {
+        let s = d.status(&id);
+        (s["state"] == "Running" && s["generation"] == 2).then_some(s)
+    });
+    assert_ne!(s["worker_pid"].as_u64().unwrap() as u32, worker);
 }
 
 #[test]
@@ -197,9 +207,9 @@ fn metadata_is_snapshotted_at_shutdown_and_restores() {
         String::from_utf8_lossy(&out.stderr)
     );
     fresh.restart();
-    let s = fresh.status("kept");
+    // It was running when the daemon stopped: the daemon on the restored DB resumes it.
+    let s = fresh.wait_state("kept", "Running");
     assert_eq!(s["id"], id.as_str());
-    assert_eq!(s["state"], "Stopped");
 
     // A damaged snapshot is refused.
     let name = latest
