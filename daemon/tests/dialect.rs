@@ -13,28 +13,12 @@ fn cars() -> String {
 
 /// Runs `sql` (a bare SELECT) and returns its rows, or panics with stderr.
 fn rows(sql: &str) -> Vec<serde_json::Value> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_query(&["-s", dir.path().join("s").to_str().unwrap(), "-"], sql);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    harness::query_rows(1, sql)
 }
 
 /// Runs `sql`, which must be refused; returns stderr.
 fn refused(sql: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_query(&["-s", dir.path().join("s").to_str().unwrap(), "-"], sql);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stderr).unwrap()
+    harness::query_refused(sql)
 }
 
 fn cars_table(extra_columns: &str, extra_options: &str) -> String {

@@ -7,7 +7,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use harness::{path_str, run_query};
+use harness::path_str;
 
 const COUNT: u64 = 1000;
 
@@ -19,28 +19,12 @@ fn impulse() -> String {
 
 /// Runs `sql` at parallelism `p`; returns stdout's rows, or panics with stderr.
 fn run(p: usize, sql: &str) -> Vec<serde_json::Value> {
-    let state = tempfile::tempdir().unwrap();
-    let p = p.to_string();
-    let out = run_query(
-        &["-p", &p, "-s", path_str(&state.path().join("s")), "-"],
-        sql,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {}: {stderr}", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    harness::query_rows(p, sql)
 }
 
 /// Runs `sql`, which must be refused; returns stderr.
 fn refused(sql: &str) -> String {
-    let state = tempfile::tempdir().unwrap();
-    let out = run_query(&["-s", path_str(&state.path().join("s")), "-"], sql);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    stderr
+    harness::query_refused(sql)
 }
 
 /// Every file under `dir`, relative to it.

@@ -3,18 +3,10 @@
 
 mod harness;
 
-use harness::{S3Server, path_str, run_query};
+use harness::S3Server;
 
 fn run(sql: &str) -> Vec<serde_json::Value> {
-    let state = tempfile::tempdir().unwrap();
-    let out = run_query(&["-s", path_str(&state.path().join("s")), "-"], sql);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {}: {stderr}", out.status);
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    harness::query_rows(1, sql)
 }
 
 #[test]

@@ -484,3 +484,30 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `sql` through `arroyod run -p P -s <fresh dir> -`, which must succeed; returns the rows
+/// it printed, parsed.
+pub fn query_rows(parallelism: usize, sql: &str) -> Vec<serde_json::Value> {
+    let state = tempfile::tempdir().unwrap();
+    let p = parallelism.to_string();
+    let out = run_query(
+        &["-p", &p, "-s", path_str(&state.path().join("s")), "-"],
+        sql,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Runs `sql`, which must be refused with exit 1; returns stderr.
+pub fn query_refused(sql: &str) -> String {
+    let state = tempfile::tempdir().unwrap();
+    let out = run_query(&["-s", path_str(&state.path().join("s")), "-"], sql);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
