@@ -38,6 +38,16 @@ pub enum DataflowError {
     ChannelClosed,
 }
 
+impl DataflowError {
+    /// Wraps a failed evaluation in node `node`: `.map_err(DataflowError::expression(&label))`.
+    pub fn expression(
+        node: &str,
+    ) -> impl FnOnce(datafusion::error::DataFusionError) -> DataflowError + use<> {
+        let node = node.to_string();
+        move |source| DataflowError::Expression { node, source }
+    }
+}
+
 /// How a run is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
@@ -148,10 +158,7 @@ impl Collector {
                 }
                 Route::Hash(txs, keys) => {
                     let parts = crate::operator::partition_by_hash(&batch, keys, txs.len())
-                        .map_err(|source| DataflowError::Expression {
-                            node: self.node.clone(),
-                            source,
-                        })?;
+                        .map_err(DataflowError::expression(&self.node))?;
                     for (part, (tx, slot)) in parts.into_iter().zip(txs.iter()) {
                         if let Some(part) = part {
                             send(tx, *slot, Message::Data(part)).await?;

@@ -407,10 +407,7 @@ impl Operator for InstantOp {
         let label = self.label().to_string();
         self.instants
             .add(batch, input, inputs)
-            .map_err(|source| DataflowError::Expression {
-                node: label,
-                source,
-            })
+            .map_err(DataflowError::expression(&label))
     }
 
     async fn on_watermark(
@@ -421,10 +418,7 @@ impl Operator for InstantOp {
         for (t, inputs) in self.instants.complete(watermark) {
             let result = self
                 .fire(t, inputs)
-                .map_err(|source| DataflowError::Expression {
-                    node: self.label().to_string(),
-                    source,
-                })?;
+                .map_err(DataflowError::expression(self.label()))?;
             if let Some(batch) = result {
                 out.collect(batch).await?;
             }

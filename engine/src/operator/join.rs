@@ -232,10 +232,7 @@ impl Operator for TtlJoinOp {
     ) -> Result<(), DataflowError> {
         let joined = self
             .process(batch, input)
-            .map_err(|source| DataflowError::Expression {
-                node: self.plan.label.clone(),
-                source,
-            })?;
+            .map_err(DataflowError::expression(&self.plan.label))?;
         match joined {
             Some(b) => out.collect(b).await,
             None => Ok(()),

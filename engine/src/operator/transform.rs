@@ -182,10 +182,7 @@ impl Operator for Transform {
     ) -> Result<(), DataflowError> {
         let result = self
             .apply(batch)
-            .map_err(|source| DataflowError::Expression {
-                node: self.label.clone(),
-                source,
-            })?;
+            .map_err(DataflowError::expression(&self.label))?;
         match result {
             Some(batch) => out.collect(batch).await,
             None => Ok(()),

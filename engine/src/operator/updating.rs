@@ -254,10 +254,7 @@ impl UpdatingOp {
     }
 
     fn fail(&self, source: datafusion::error::DataFusionError) -> DataflowError {
-        DataflowError::Expression {
-            node: self.plan.label.clone(),
-            source,
-        }
+        DataflowError::expression(&self.plan.label)(source)
     }
 
     async fn emit(&mut self, out: &mut Collector) -> Result<(), DataflowError> {

@@ -345,10 +345,7 @@ impl Operator for WindowAggregateOp {
         _out: &mut Collector,
     ) -> Result<(), DataflowError> {
         self.update(&batch)
-            .map_err(|source| DataflowError::Expression {
-                node: self.plan.label.clone(),
-                source,
-            })
+            .map_err(DataflowError::expression(&self.plan.label))
     }
 
     async fn on_watermark(
@@ -365,10 +362,7 @@ impl Operator for WindowAggregateOp {
         for (end, pane) in closed {
             let batch = self
                 .emit(end, pane)
-                .map_err(|source| DataflowError::Expression {
-                    node: self.plan.label.clone(),
-                    source,
-                })?;
+                .map_err(DataflowError::expression(&self.plan.label))?;
             if let Some(batch) = batch {
                 out.collect(batch).await?;
             }
@@ -544,12 +538,8 @@ impl Operator for SessionOp {
             Some(w) => {
                 let ts = timestamps(&batch);
                 let keep: BooleanArray = ts.iter().map(|t| Some(t + self.gap > w)).collect();
-                datafusion::arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| {
-                    DataflowError::Expression {
-                        node: self.plan.label.clone(),
-                        source: e.into(),
-                    }
-                })?
+                datafusion::arrow::compute::filter_record_batch(&batch, &keep)
+                    .map_err(|e| DataflowError::expression(&self.plan.label)(e.into()))?
             }
             None => batch,
         };
@@ -567,10 +557,7 @@ impl Operator for SessionOp {
         self.watermark = Some(watermark);
         let closed = self
             .close(watermark)
-            .map_err(|source| DataflowError::Expression {
-                node: self.plan.label.clone(),
-                source,
-            })?;
+            .map_err(DataflowError::expression(&self.plan.label))?;
         if let Some(batch) = closed {
             out.collect(batch).await?;
         }
