@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Control a running arroyod: submit, inspect, tail and stop streaming SQL pipelines.
+/// Control a running arroyod: submit, inspect, tail, stop and resume streaming SQL pipelines.
 #[derive(Debug, Parser)]
 #[command(name = "arroyoctl", version, propagate_version = true)]
 pub struct Cli {
@@ -39,6 +39,10 @@ pub enum Command {
         /// Number of parallel subtasks [default: chosen by the daemon]
         #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
         parallelism: Option<u32>,
+        /// Time between checkpoints, such as `10s`, `500ms`, `2m` or `1h` [default: the
+        /// daemon's checkpoint_interval]
+        #[arg(long = "checkpoint-interval", value_name = "DUR", value_parser = parse_interval)]
+        checkpoint_interval_ms: Option<u64>,
     },
     /// Plan a query without running it and report its errors
     Validate {
@@ -78,6 +82,24 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Start a stopped pipeline again from its last checkpoint and print its state
+    ///
+    /// A failed or finished pipeline counts as stopped; a pipeline in any other state is
+    /// refused.
+    Resume {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+    },
+    /// List a pipeline's completed checkpoints, newest first
+    ///
+    /// RETAINED tells whether the checkpoint's files are still under the pipeline's state URL:
+    /// older checkpoints are garbage-collected.
+    Checkpoints {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+    },
 }
 
 /// How `stop` ends a pipeline.
@@ -99,6 +121,62 @@ impl From<StopMode> for arroyod_proto::StopMode {
             StopMode::Immediate => Self::Immediate,
         }
     }
+}
+
+/// Why a `--checkpoint-interval` is not a duration arroyoctl can send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntervalError {
+    /// Not a whole number followed by a unit.
+    #[error("'{0}' is not a duration such as 10s, 500ms, 2m or 1h")]
+    Syntax(String),
+    /// A number with a unit other than `ms`, `s`, `m` and `h`.
+    #[error("unknown time unit '{unit}' in '{value}': use ms, s, m or h")]
+    Unit {
+        /// The interval as given.
+        value: String,
+        /// The unit as given.
+        unit: String,
+    },
+    /// Zero: the daemon would checkpoint without pause.
+    #[error("the checkpoint interval must be above zero")]
+    Zero,
+    /// More milliseconds than the request can carry.
+    #[error("'{0}' is too long")]
+    TooLong(String),
+}
+
+/// Parses a checkpoint interval into milliseconds: a whole number and a unit among `ms`, `s`,
+/// `m` and `h`, such as `10s` or `500ms`.
+///
+/// The unit is required: a bare `10` could mean seconds or milliseconds. Zero is refused; `0`
+/// in the request means "the daemon's default", which is what leaving the flag out asks for.
+pub fn parse_interval(value: &str) -> Result<u64, IntervalError> {
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    if number.is_empty() || unit.is_empty() || !unit.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(IntervalError::Syntax(value.to_owned()));
+    }
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(IntervalError::Unit {
+                value: value.to_owned(),
+                unit: unit.to_owned(),
+            });
+        }
+    };
+    let too_long = || IntervalError::TooLong(value.to_owned());
+    let number: u64 = number.parse().map_err(|_| too_long())?;
+    let millis = number.checked_mul(millis_per_unit).ok_or_else(too_long)?;
+    if millis == 0 {
+        return Err(IntervalError::Zero);
+    }
+    Ok(millis)
 }
 
 #[cfg(test)]
@@ -129,6 +207,89 @@ mod tests {
                 assert!(!no_wait);
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn intervals_parse_into_milliseconds() {
+        assert_eq!(parse_interval("1s"), Ok(1_000));
+        assert_eq!(parse_interval("500ms"), Ok(500));
+        assert_eq!(parse_interval("2m"), Ok(120_000));
+        assert_eq!(parse_interval("10s"), Ok(10_000));
+        assert_eq!(parse_interval("1h"), Ok(3_600_000));
+        assert_eq!(parse_interval("0010s"), Ok(10_000));
+    }
+
+    #[test]
+    fn bad_intervals_are_refused() {
+        for value in ["", "s", "10", "-1s", "1.5s", " 1s", "1 s", "ten s", "1s2"] {
+            assert!(
+                matches!(
+                    parse_interval(value),
+                    Err(IntervalError::Syntax(_) | IntervalError::Unit { .. })
+                ),
+                "{value:?}: {:?}",
+                parse_interval(value)
+            );
+        }
+        assert_eq!(
+            parse_interval("5d"),
+            Err(IntervalError::Unit {
+                value: "5d".to_owned(),
+                unit: "d".to_owned()
+            })
+        );
+        assert_eq!(parse_interval("0s"), Err(IntervalError::Zero));
+        assert_eq!(parse_interval("0ms"), Err(IntervalError::Zero));
+        assert_eq!(
+            parse_interval("18446744073709551615s"),
+            Err(IntervalError::TooLong("18446744073709551615s".to_owned()))
+        );
+        assert_eq!(
+            parse_interval("99999999999999999999ms"),
+            Err(IntervalError::TooLong("99999999999999999999ms".to_owned()))
+        );
+    }
+
+    #[test]
+    fn submit_takes_a_checkpoint_interval() {
+        let cli = Cli::try_parse_from([
+            "arroyoctl",
+            "submit",
+            "q.sql",
+            "--checkpoint-interval",
+            "2m",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Submit {
+                checkpoint_interval_ms,
+                ..
+            } => assert_eq!(checkpoint_interval_ms, Some(120_000)),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["arroyoctl", "submit", "q.sql"]).expect("parses");
+        match cli.command {
+            Command::Submit {
+                checkpoint_interval_ms,
+                ..
+            } => assert_eq!(checkpoint_interval_ms, None),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_checkpoint_interval_is_a_usage_error() {
+        for value in ["0s", "10", "soon"] {
+            let err = Cli::try_parse_from([
+                "arroyoctl",
+                "submit",
+                "q.sql",
+                "--checkpoint-interval",
+                value,
+            ])
+            .expect_err("rejected");
+            assert_eq!(err.exit_code(), 2, "{value}");
         }
     }
 

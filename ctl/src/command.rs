@@ -98,7 +98,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             file,
             name,
             parallelism,
-        } => session.submit(&file, name, parallelism).await?,
+            checkpoint_interval_ms,
+        } => {
+            session
+                .submit(&file, name, parallelism, checkpoint_interval_ms)
+                .await?
+        }
         Command::Validate { file } => return session.validate(&file).await,
         Command::List => session.list().await?,
         Command::Status { pipeline } => session.status(pipeline).await?,
@@ -112,6 +117,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             mode,
             no_wait,
         } => session.stop(pipeline, mode, !no_wait).await?,
+        Command::Resume { pipeline } => session.resume(pipeline).await?,
+        Command::Checkpoints { pipeline } => session.checkpoints(pipeline).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -137,13 +144,15 @@ impl Session {
         file: &Path,
         name: Option<String>,
         parallelism: Option<u32>,
+        checkpoint_interval_ms: Option<u64>,
     ) -> Result<(), CommandError> {
         let query = read_query(file)?;
         let request = SubmitRequest {
             query,
             name: name.unwrap_or_default(),
-            // 0 lets the daemon choose.
+            // 0 lets the daemon choose, for both.
             parallelism: parallelism.unwrap_or(0),
+            checkpoint_interval_ms: checkpoint_interval_ms.unwrap_or(0),
         };
         let pipeline = self
             .client()
@@ -266,12 +275,39 @@ impl Session {
             .await
             .map_err(|status| self.rpc_error(status))?
             .into_inner();
-        self.write_pipeline(&pipeline, |w, p| {
-            writeln!(w, "pipeline {} is {}", render::pipeline_label(p), p.state)?;
-            if !p.failure.is_empty() {
-                writeln!(w, "failure: {}", p.failure)?;
+        self.write_pipeline(&pipeline, render::write_state)
+    }
+
+    /// The daemon refuses (`FailedPrecondition`) a pipeline that is not stopped, failed or
+    /// finished; its message says so.
+    async fn resume(&self, id_or_name: String) -> Result<(), CommandError> {
+        let pipeline = self
+            .client()
+            .await?
+            .resume(PipelineRef { id_or_name })
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        self.write_pipeline(&pipeline, render::write_state)
+    }
+
+    /// Prints the checkpoints in the daemon's order, newest first.
+    async fn checkpoints(&self, id_or_name: String) -> Result<(), CommandError> {
+        let checkpoints = self
+            .client()
+            .await?
+            .checkpoints(PipelineRef { id_or_name })
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner()
+            .checkpoints;
+        write_stdout(|w| {
+            if self.json {
+                let all = checkpoints.iter().map(render::checkpoint_json).collect();
+                render::write_json(w, &serde_json::Value::Array(all))
+            } else {
+                render::write_checkpoints(w, &checkpoints)
             }
-            Ok(())
         })
     }
 

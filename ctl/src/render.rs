@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 
-use arroyod_proto::{Pipeline, SqlError, ValidateResponse};
+use arroyod_proto::{Checkpoint, Pipeline, SqlError, ValidateResponse};
 use serde_json::{Value, json};
 
 /// A pipeline as a JSON object with every field of the `Pipeline` message.
@@ -24,8 +24,35 @@ pub fn pipeline_json(p: &Pipeline) -> Value {
         "generation": p.generation,
         "rows": p.rows,
         "worker_pid": p.worker_pid,
+        "checkpoint_interval_ms": p.checkpoint_interval_ms,
+        "state_url": p.state_url,
+        "last_checkpoint": p.last_checkpoint,
         "query": p.query,
     })
+}
+
+/// A checkpoint as a JSON object with every field of the `Checkpoint` message.
+pub fn checkpoint_json(c: &Checkpoint) -> Value {
+    json!({
+        "epoch": c.epoch,
+        "bytes": c.bytes,
+        "duration_ms": c.duration_ms,
+        "completed_at": c.completed_at,
+        "generation": c.generation,
+        "retained": c.retained,
+    })
+}
+
+/// Milliseconds in the largest unit that holds them whole: `10s`, `500ms`, `2m`, `1h`, as
+/// `arroyoctl submit --checkpoint-interval` reads them back.
+pub fn millis(ms: u64) -> String {
+    match ms {
+        0 => "0ms".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 /// A pipeline as `<name> <id>`, or `<id>` when it has no name: the id is always the last word.
@@ -55,21 +82,60 @@ pub fn write_json(w: &mut impl Write, value: &Value) -> io::Result<()> {
 
 /// Writes the pipelines as a table with the columns ID, NAME, STATE and CREATED.
 pub fn write_table(w: &mut impl Write, pipelines: &[Pipeline]) -> io::Result<()> {
-    let header = ["ID", "NAME", "STATE", "CREATED"];
     let rows: Vec<[&str; 4]> = pipelines
         .iter()
         .map(|p| [p.id.as_str(), &p.name, &p.state, &p.created_at])
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
+    write_columns(w, ["ID", "NAME", "STATE", "CREATED"], &rows)
+}
+
+/// Writes the checkpoints as a table with the columns EPOCH, BYTES, DURATION, COMPLETED,
+/// GENERATION and RETAINED (`yes` or `no`), in the order given.
+pub fn write_checkpoints(w: &mut impl Write, checkpoints: &[Checkpoint]) -> io::Result<()> {
+    let rows: Vec<[String; 6]> = checkpoints
+        .iter()
+        .map(|c| {
+            [
+                c.epoch.to_string(),
+                c.bytes.to_string(),
+                millis(c.duration_ms),
+                c.completed_at.clone(),
+                c.generation.to_string(),
+                if c.retained { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    let header = [
+        "EPOCH",
+        "BYTES",
+        "DURATION",
+        "COMPLETED",
+        "GENERATION",
+        "RETAINED",
+    ];
+    write_columns(w, header, &rows)
+}
+
+/// Writes `header` and `rows` as left-aligned columns two spaces apart; the last column is not
+/// padded, so lines carry no trailing spaces.
+fn write_columns<const N: usize>(
+    w: &mut impl Write,
+    header: [&str; N],
+    rows: &[[impl AsRef<str>; N]],
+) -> io::Result<()> {
+    let lines: Vec<[&str; N]> = std::iter::once(header)
+        .chain(rows.iter().map(|row| row.each_ref().map(AsRef::as_ref)))
+        .collect();
+    let mut widths = [0; N];
+    for row in &lines {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in lines {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
+            if i + 1 == N {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<width$}  "));
@@ -80,15 +146,26 @@ pub fn write_table(w: &mut impl Write, pipelines: &[Pipeline]) -> io::Result<()>
     Ok(())
 }
 
-/// Writes one pipeline as `key: value` lines, the query last and indented.
+/// Writes `pipeline <label> is <state>`, then the failure on its own line when there is one:
+/// the answer of `stop` and `resume`.
+pub fn write_state(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
+    writeln!(w, "pipeline {} is {}", pipeline_label(p), p.state)?;
+    if !p.failure.is_empty() {
+        writeln!(w, "failure: {}", p.failure)?;
+    }
+    Ok(())
+}
+
+/// Writes one pipeline as `key: value` lines, the query last and indented. Unset values (an
+/// empty string, or `0` for a pid, an interval or an epoch) show as `-`.
 pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
     fn or_dash(s: &str) -> &str {
         if s.is_empty() { "-" } else { s }
     }
-    let worker_pid = match p.worker_pid {
-        0 => "-".to_owned(),
-        pid => pid.to_string(),
-    };
+    fn or_dash_0(n: u64, show: impl FnOnce(u64) -> String) -> String {
+        if n == 0 { "-".to_owned() } else { show(n) }
+    }
+    let worker_pid = or_dash_0(p.worker_pid.into(), |pid| pid.to_string());
     let fields = [
         ("id", or_dash(&p.id).to_owned()),
         ("name", or_dash(&p.name).to_owned()),
@@ -100,6 +177,15 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
         ("generation", p.generation.to_string()),
         ("rows", p.rows.to_string()),
         ("worker_pid", worker_pid),
+        (
+            "checkpoint_interval",
+            or_dash_0(p.checkpoint_interval_ms, millis),
+        ),
+        (
+            "last_checkpoint",
+            or_dash_0(p.last_checkpoint, |epoch| epoch.to_string()),
+        ),
+        ("state_url", or_dash(&p.state_url).to_owned()),
         ("failure", or_dash(&p.failure).to_owned()),
     ];
     let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
@@ -150,6 +236,9 @@ mod tests {
             rows: 42,
             desired: "Running".to_owned(),
             worker_pid: 0,
+            checkpoint_interval_ms: 10_000,
+            state_url: "file:///var/lib/arroyod/state/p1".to_owned(),
+            last_checkpoint: 7,
         }
     }
 
@@ -174,6 +263,9 @@ mod tests {
             "generation",
             "rows",
             "worker_pid",
+            "checkpoint_interval_ms",
+            "state_url",
+            "last_checkpoint",
             "query",
         ] {
             assert!(v.get(key).is_some(), "no {key} in {v}");
@@ -181,7 +273,10 @@ mod tests {
         assert_eq!(v["id"], "p1");
         assert_eq!(v["failure"], "");
         assert_eq!(v["rows"], 42);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(12));
+        assert_eq!(v["checkpoint_interval_ms"], 10_000);
+        assert_eq!(v["state_url"], "file:///var/lib/arroyod/state/p1");
+        assert_eq!(v["last_checkpoint"], 7);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(15));
     }
 
     #[test]
@@ -220,12 +315,122 @@ mod tests {
         p.failure = "boom".to_owned();
         let out = text(|w| write_status(w, &p));
         assert!(
-            out.starts_with("id:          p1\nname:        wordcount\n"),
+            out.starts_with(
+                "id:                  p1\n\
+                 name:                wordcount\n"
+            ),
             "{out}"
         );
-        assert!(out.contains("\nworker_pid:  -\n"), "{out}");
-        assert!(out.contains("\nfailure:     boom\n"), "{out}");
+        assert!(
+            out.contains(
+                "\nworker_pid:          -\n\
+                 checkpoint_interval: 10s\n\
+                 last_checkpoint:     7\n\
+                 state_url:           file:///var/lib/arroyod/state/p1\n\
+                 failure:             boom\n"
+            ),
+            "{out}"
+        );
         assert!(out.ends_with("query:\n    SELECT 1\n    FROM t\n"), "{out}");
+    }
+
+    #[test]
+    fn status_shows_unset_checkpointing_as_dashes() {
+        let mut p = pipeline("p1", "wordcount", "Running");
+        p.checkpoint_interval_ms = 0;
+        p.last_checkpoint = 0;
+        p.state_url = String::new();
+        let out = text(|w| write_status(w, &p));
+        assert!(
+            out.contains(
+                "\ncheckpoint_interval: -\n\
+                 last_checkpoint:     -\n\
+                 state_url:           -\n"
+            ),
+            "{out}"
+        );
+        p.checkpoint_interval_ms = 1_500;
+        let out = text(|w| write_status(w, &p));
+        assert!(out.contains("\ncheckpoint_interval: 1500ms\n"), "{out}");
+    }
+
+    #[test]
+    fn millis_use_the_largest_whole_unit() {
+        assert_eq!(millis(0), "0ms");
+        assert_eq!(millis(500), "500ms");
+        assert_eq!(millis(1_500), "1500ms");
+        assert_eq!(millis(10_000), "10s");
+        assert_eq!(millis(90_000), "90s");
+        assert_eq!(millis(120_000), "2m");
+        assert_eq!(millis(7_200_000), "2h");
+    }
+
+    #[test]
+    fn state_line_names_the_pipeline_and_its_failure() {
+        let mut p = pipeline("p1", "wordcount", "Running");
+        assert_eq!(
+            text(|w| write_state(w, &p)),
+            "pipeline wordcount p1 is Running\n"
+        );
+        p.state = "Failed".to_owned();
+        p.failure = "boom".to_owned();
+        assert_eq!(
+            text(|w| write_state(w, &p)),
+            "pipeline wordcount p1 is Failed\nfailure: boom\n"
+        );
+    }
+
+    fn checkpoint(epoch: u64, bytes: u64, duration_ms: u64, retained: bool) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            bytes,
+            duration_ms,
+            completed_at: format!("2026-01-02T03:04:{:02}Z", epoch),
+            generation: 1,
+            retained,
+        }
+    }
+
+    #[test]
+    fn checkpoints_table_aligns_columns() {
+        let out = text(|w| {
+            write_checkpoints(
+                w,
+                &[
+                    checkpoint(12, 1_048_576, 2_000, true),
+                    checkpoint(11, 96, 850, false),
+                ],
+            )
+        });
+        assert_eq!(
+            out,
+            "EPOCH  BYTES    DURATION  COMPLETED             GENERATION  RETAINED\n\
+             12     1048576  2s        2026-01-02T03:04:12Z  1           yes\n\
+             11     96       850ms     2026-01-02T03:04:11Z  1           no\n"
+        );
+    }
+
+    #[test]
+    fn no_checkpoints_is_the_header() {
+        assert_eq!(
+            text(|w| write_checkpoints(w, &[])),
+            "EPOCH  BYTES  DURATION  COMPLETED  GENERATION  RETAINED\n"
+        );
+    }
+
+    #[test]
+    fn checkpoint_json_has_every_field() {
+        assert_eq!(
+            checkpoint_json(&checkpoint(3, 10, 20, true)),
+            json!({
+                "epoch": 3,
+                "bytes": 10,
+                "duration_ms": 20,
+                "completed_at": "2026-01-02T03:04:03Z",
+                "generation": 1,
+                "retained": true,
+            })
+        );
     }
 
     #[test]

@@ -163,6 +163,10 @@ fn usage_errors_exit_2() {
         &["status"],
         &["stop", "p", "--mode", "sideways"],
         &["submit", "q.sql", "--parallelism", "many"],
+        &["submit", "q.sql", "--checkpoint-interval", "0s"],
+        &["submit", "q.sql", "--checkpoint-interval", "10"],
+        &["resume"],
+        &["checkpoints"],
     ] {
         let output = ctl().args(args).output().expect("runs");
         assert_eq!(
@@ -243,6 +247,74 @@ fn submit_reads_stdin_and_prints_json() {
     assert_eq!(pipeline["id"], "p-1");
     assert_eq!(pipeline["query"], "SELECT 2");
     assert_eq!(pipeline["parallelism"], 0, "the daemon chooses");
+}
+
+#[test]
+fn submit_sends_the_checkpoint_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    let file = write_query(dir.path(), "q.sql", "SELECT 1");
+
+    let output = run(
+        &daemon,
+        &[
+            "submit",
+            &file,
+            "--name",
+            "fast",
+            "--checkpoint-interval",
+            "500ms",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let request = daemon.last_submit().expect("a submit request");
+    assert_eq!(request.checkpoint_interval_ms, 500);
+    let output = run(&daemon, &["status", "fast"]);
+    assert!(
+        stdout(&output).contains("\ncheckpoint_interval: 500ms\n"),
+        "{}",
+        stdout(&output)
+    );
+
+    let output = run(
+        &daemon,
+        &["submit", &file, "--checkpoint-interval", "2m", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(json(&output)["checkpoint_interval_ms"], 120_000);
+    let request = daemon.last_submit().expect("a submit request");
+    assert_eq!(request.checkpoint_interval_ms, 120_000);
+
+    run(&daemon, &["submit", &file]);
+    let request = daemon.last_submit().expect("a submit request");
+    assert_eq!(request.checkpoint_interval_ms, 0, "the daemon chooses");
+}
+
+#[test]
+fn a_bad_checkpoint_interval_exits_2_without_a_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    let file = write_query(dir.path(), "q.sql", "SELECT 1");
+    for (value, message) in [
+        ("0s", "the checkpoint interval must be above zero"),
+        (
+            "soon",
+            "'soon' is not a duration such as 10s, 500ms, 2m or 1h",
+        ),
+        ("3d", "unknown time unit 'd' in '3d': use ms, s, m or h"),
+    ] {
+        let output = run(&daemon, &["submit", &file, "--checkpoint-interval", value]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{value}: {err}");
+        assert!(
+            err.contains(&format!(
+                "invalid value '{value}' for '--checkpoint-interval <DUR>': {message}"
+            )),
+            "{err}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+    assert!(daemon.last_submit().is_none());
 }
 
 #[test]
@@ -364,10 +436,21 @@ fn status_by_name_renders_text_and_json() {
     let output = run(&daemon, &["status", "wordcount"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
-    assert!(text.starts_with(&format!("id:          {id}\n")), "{text}");
-    assert!(text.contains("\nstate:       Running\n"), "{text}");
-    assert!(text.contains("\nworker_pid:  4242\n"), "{text}");
-    assert!(text.contains("\nfailure:     -\n"), "{text}");
+    assert!(
+        text.starts_with(&format!("id:                  {id}\n")),
+        "{text}"
+    );
+    assert!(text.contains("\nstate:               Running\n"), "{text}");
+    assert!(text.contains("\nworker_pid:          4242\n"), "{text}");
+    assert!(text.contains("\ncheckpoint_interval: 10s\n"), "{text}");
+    assert!(text.contains("\nlast_checkpoint:     2\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "\nstate_url:           file:///var/lib/arroyod/state/{id}\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nfailure:             -\n"), "{text}");
 
     let status = json(&run(&daemon, &["status", "wordcount", "--json"]));
     for key in [
@@ -382,12 +465,36 @@ fn status_by_name_renders_text_and_json() {
         "rows",
         "desired",
         "worker_pid",
+        "checkpoint_interval_ms",
+        "state_url",
+        "last_checkpoint",
         "query",
     ] {
         assert!(status.get(key).is_some(), "no {key} in {status}");
     }
     assert_eq!(status["id"], id.as_str());
     assert_eq!(status["failure"], "");
+    assert_eq!(status["checkpoint_interval_ms"], 10_000);
+    assert_eq!(
+        status["state_url"],
+        format!("file:///var/lib/arroyod/state/{id}")
+    );
+    assert_eq!(status["last_checkpoint"], 2);
+}
+
+#[test]
+fn status_of_a_pipeline_without_checkpoints_shows_a_dash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    submit(&daemon, dir.path(), "fresh");
+    let output = run(&daemon, &["status", "fresh"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("\nlast_checkpoint:     -\n"), "{text}");
+    assert_eq!(
+        json(&run(&daemon, &["status", "fresh", "--json"]))["last_checkpoint"],
+        0
+    );
 }
 
 #[test]
@@ -531,4 +638,111 @@ fn stop_passes_the_mode_and_no_wait() {
     run(&daemon, &["stop", &id, "--mode", "graceful"]);
     let request = daemon.last_stop().expect("a stop request");
     assert_eq!(request.mode(), StopMode::Graceful);
+}
+
+#[test]
+fn resume_restarts_a_stopped_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    let id = submit(&daemon, dir.path(), "wordcount");
+    let output = run(&daemon, &["stop", "wordcount"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let output = run(&daemon, &["resume", "wordcount"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("pipeline wordcount {id} is Running\n")
+    );
+
+    run(&daemon, &["stop", &id]);
+    let output = run(&daemon, &["resume", &id, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let pipeline = json(&output);
+    assert_eq!(pipeline["id"], id.as_str());
+    assert_eq!(pipeline["state"], "Running");
+    assert_eq!(pipeline["desired"], "Running");
+    assert_eq!(pipeline["generation"], 3);
+}
+
+#[test]
+fn resume_of_a_pipeline_that_is_not_stopped_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    submit(&daemon, dir.path(), "wordcount");
+
+    let output = run(&daemon, &["resume", "wordcount"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "error: pipeline 'wordcount' is Running: only a stopped, failed or finished pipeline \
+         can be resumed\n"
+    );
+    assert!(output.stdout.is_empty());
+
+    let output = run(&daemon, &["resume", "ghost"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "error: no pipeline ghost\n");
+}
+
+#[test]
+fn checkpoints_render_a_table_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    let id = submit(&daemon, dir.path(), "wordcount");
+
+    let output = run(&daemon, &["checkpoints", "wordcount"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "EPOCH  BYTES  DURATION  COMPLETED             GENERATION  RETAINED\n\
+         2      2048   1500ms    2026-01-02T03:04:25Z  1           yes\n\
+         1      512    85ms      2026-01-02T03:04:15Z  1           no\n"
+    );
+
+    let output = run(&daemon, &["--json", "checkpoints", &id]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        json(&output),
+        serde_json::json!([
+            {
+                "epoch": 2,
+                "bytes": 2048,
+                "duration_ms": 1500,
+                "completed_at": "2026-01-02T03:04:25Z",
+                "generation": 1,
+                "retained": true,
+            },
+            {
+                "epoch": 1,
+                "bytes": 512,
+                "duration_ms": 85,
+                "completed_at": "2026-01-02T03:04:15Z",
+                "generation": 1,
+                "retained": false,
+            },
+        ])
+    );
+}
+
+#[test]
+fn no_checkpoints_is_a_header_or_an_empty_array() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = FakeDaemon::start(dir.path());
+    submit(&daemon, dir.path(), "fresh");
+
+    let output = run(&daemon, &["checkpoints", "fresh"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "EPOCH  BYTES  DURATION  COMPLETED  GENERATION  RETAINED\n"
+    );
+    assert_eq!(
+        json(&run(&daemon, &["checkpoints", "fresh", "--json"])),
+        serde_json::json!([])
+    );
+
+    let output = run(&daemon, &["checkpoints", "ghost"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "error: no pipeline ghost\n");
 }

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use arroyod_proto::arroyod_server::Arroyod;
 use arroyod_proto::worker_control_server::WorkerControl;
 use arroyod_proto::{
-    ListRequest, ListResponse, Pipeline as PipelineMsg, PipelineRef, SqlError as SqlErrorMsg,
-    StopMode, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest,
-    ValidateResponse, WorkerCommand, WorkerEvent, worker_event,
+    Checkpoint as CheckpointMsg, CheckpointsResponse, ListRequest, ListResponse,
+    Pipeline as PipelineMsg, PipelineRef, SqlError as SqlErrorMsg, StopMode, StopRequest,
+    SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest, ValidateResponse,
+    WorkerCommand, WorkerEvent, worker_event,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -35,6 +36,7 @@ fn status(e: ControllerError) -> Status {
         ),
         ControllerError::NotFound(_) => Status::not_found(e.to_string()),
         ControllerError::ShuttingDown => Status::unavailable(e.to_string()),
+        ControllerError::NotStopped(..) => Status::failed_precondition(e.to_string()),
         ControllerError::Store(crate::store::StoreError::NameTaken(_)) => {
             Status::already_exists(e.to_string())
         }
@@ -69,6 +71,9 @@ pub fn pipeline_msg(p: &Pipeline) -> PipelineMsg {
         rows: p.tail.next_offset(),
         desired: r.desired,
         worker_pid: p.worker_pid(),
+        checkpoint_interval_ms: r.checkpoint_interval_ms,
+        state_url: r.state_url,
+        last_checkpoint: p.last_checkpoint(),
     }
 }
 
@@ -85,9 +90,11 @@ impl Arroyod for Api {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         let r = request.into_inner();
+        let interval = (r.checkpoint_interval_ms > 0)
+            .then(|| std::time::Duration::from_millis(r.checkpoint_interval_ms));
         let p = self
             .controller
-            .submit(r.query, r.name, r.parallelism)
+            .submit(r.query, r.name, r.parallelism, interval)
             .await
             .map_err(status)?;
         Ok(Response::new(SubmitResponse {
@@ -135,6 +142,49 @@ impl Arroyod for Api {
             .find(&request.into_inner().id_or_name)
             .map_err(status)?;
         Ok(Response::new(pipeline_msg(&p)))
+    }
+
+    async fn resume(&self, request: Request<PipelineRef>) -> Result<Response<PipelineMsg>, Status> {
+        let p = self
+            .controller
+            .resume(&request.into_inner().id_or_name, None)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pipeline_msg(&p)))
+    }
+
+    async fn checkpoints(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<CheckpointsResponse>, Status> {
+        let (p, rows) = self
+            .controller
+            .checkpoints(&request.into_inner().id_or_name)
+            .await
+            .map_err(status)?;
+        // Which epochs still have their files (garbage collection keeps the newest few).
+        let state_url = p.row().state_url;
+        let retained: Vec<u64> = match arroyod_engine::checkpoint::CheckpointStore::open(&state_url)
+        {
+            Ok(store) => store
+                .list()
+                .await
+                .map(|m| m.iter().map(|m| m.epoch).collect())
+                .unwrap_or_default(),
+            Err(_) => vec![],
+        };
+        let checkpoints = rows
+            .into_iter()
+            .map(|c| CheckpointMsg {
+                epoch: c.epoch,
+                bytes: c.bytes,
+                duration_ms: c.duration_ms,
+                completed_at: c.completed_at,
+                generation: c.generation,
+                retained: retained.contains(&c.epoch),
+            })
+            .collect();
+        Ok(Response::new(CheckpointsResponse { checkpoints }))
     }
 
     type TailStream = TailStream;

@@ -353,6 +353,21 @@ impl Backup {
     }
 }
 
+/// [`restore_latest`] when `backup_url` holds a snapshot; None when it holds none yet.
+pub async fn restore_if_any(
+    backup_url: &str,
+    dest: &std::path::Path,
+) -> Result<Option<Pointer>, BackupError> {
+    let backup = Backup::new(backup_url)?;
+    let latest = backup.object(LATEST);
+    match backup.store.head(&latest).await {
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(backup.remote("reading", &latest)(e)),
+        Ok(_) => {}
+    }
+    restore_latest(backup_url, dest).await.map(Some)
+}
+
 /// Downloads the snapshot LATEST names in `backup_url`, checks it, and writes it durably to
 /// `dest` (the daemon must not run on it). Returns what LATEST said.
 pub async fn restore_latest(
@@ -466,6 +481,9 @@ mod tests {
             generation: 0,
             created_at: now_rfc3339(),
             updated_at: now_rfc3339(),
+            checkpoint_interval_ms: 10_000,
+            plan_hash: "0123456789abcdef".into(),
+            state_url: "/tmp/state".into(),
         }
     }
 

@@ -32,6 +32,16 @@ pub enum ConfigError {
     /// No socket can be chosen.
     #[error("choosing the default socket")]
     Socket(#[source] std::io::Error),
+    /// `state_url` is not a local path nor a supported URL.
+    #[error("state_url '{url}'")]
+    StateUrl {
+        url: String,
+        #[source]
+        source: arroyod_engine::connector::ConnectorError,
+    },
+    /// `checkpoint_interval` is not a duration such as `10s` or `500ms`.
+    #[error("checkpoint_interval '{value}': {reason}")]
+    CheckpointInterval { value: String, reason: String },
     /// `backup_url` is not a local path nor a `file://`, `s3://`, `gs://` or `az://` URL.
     #[error("backup_url '{url}'")]
     BackupUrl {
@@ -49,6 +59,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     log: Option<String>,
     backup_url: Option<String>,
+    state_url: Option<String>,
+    checkpoint_interval: Option<String>,
 }
 
 /// The effective configuration.
@@ -64,6 +76,27 @@ pub struct Config {
     /// `gs://` or `az://` URL; none when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_url: Option<String>,
+    /// Where pipelines' checkpoints go, each under `<state_url>/<pipeline id>`: a local path
+    /// or a `file://`, `s3://`, `gs://` or `az://` URL (default: `<data_dir>/state`).
+    pub state_url: String,
+    /// Default time between two checkpoints of a pipeline, such as `10s`.
+    pub checkpoint_interval: String,
+}
+
+/// The default time between checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: &str = "10s";
+
+/// Parses a checkpoint interval (`10s`, `500ms`, `1m`); it must be above zero.
+pub fn parse_interval(value: &str) -> Result<std::time::Duration, ConfigError> {
+    let bad = |reason: String| ConfigError::CheckpointInterval {
+        value: value.to_string(),
+        reason,
+    };
+    let d = arroyod_engine::connector::parse_duration(value).map_err(bad)?;
+    if d.is_zero() {
+        return Err(bad("must be above zero".into()));
+    }
+    Ok(d)
 }
 
 /// What the command line gives.
@@ -73,6 +106,8 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub backup_url: Option<String>,
+    pub state_url: Option<String>,
+    pub checkpoint_interval: Option<String>,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -132,12 +167,40 @@ impl Config {
                 }
             })?;
         }
+        let state_url = flags
+            .state_url
+            .clone()
+            .or_else(|| std::env::var("ARROYO_STATE_URL").ok())
+            .filter(|u| !u.is_empty())
+            .or(file.state_url)
+            .unwrap_or_else(|| data_dir.join("state").display().to_string());
+        arroyod_engine::connector::Location::parse(&state_url, vec![]).map_err(|source| {
+            ConfigError::StateUrl {
+                url: state_url.clone(),
+                source,
+            }
+        })?;
+        let checkpoint_interval = flags
+            .checkpoint_interval
+            .clone()
+            .or_else(|| std::env::var("ARROYO_CHECKPOINT_INTERVAL").ok())
+            .filter(|u| !u.is_empty())
+            .or(file.checkpoint_interval)
+            .unwrap_or_else(|| DEFAULT_CHECKPOINT_INTERVAL.to_string());
+        parse_interval(&checkpoint_interval)?;
         Ok(Config {
             socket,
             data_dir,
             log,
             backup_url,
+            state_url,
+            checkpoint_interval,
         })
+    }
+
+    /// The checkpoint interval (validated by [`Config::load`]).
+    pub fn checkpoint_interval(&self) -> std::time::Duration {
+        parse_interval(&self.checkpoint_interval).unwrap_or(std::time::Duration::from_secs(10))
     }
 
     /// The effective configuration as TOML, for `arroyod config`.

@@ -30,7 +30,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use crate::store::{PipelineRow, Store, StoreError, now_rfc3339};
+use crate::store::{CheckpointRow, PipelineRow, Store, StoreError, now_rfc3339};
 use crate::tail::{DEFAULT_CAPACITY, TailBuffer};
 
 /// How long a stop may take before the worker is killed.
@@ -66,6 +66,24 @@ pub enum ControllerError {
     /// A worker process could not be started.
     #[error("starting a worker process")]
     Spawn(#[source] std::io::Error),
+    /// The pipeline is not stopped, so it cannot be resumed.
+    #[error("pipeline '{0}' is {1}: only a stopped, failed or finished pipeline can be resumed")]
+    NotStopped(String, String),
+}
+
+/// What the controller gives every pipeline.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Pipelines' checkpoints go under `<state_root>/<pipeline id>`.
+    pub state_root: String,
+    /// The default time between checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+impl Settings {
+    fn state_url(&self, id: &str) -> String {
+        format!("{}/{id}", self.state_root.trim_end_matches('/'))
+    }
 }
 
 /// Commands to a worker, as the gRPC response stream carries them.
@@ -92,6 +110,8 @@ pub struct Pipeline {
     pub tail: TailBuffer,
     state: watch::Sender<String>,
     worker: Mutex<Option<Worker>>,
+    /// The newest completed checkpoint's epoch (0: none yet).
+    last_checkpoint: AtomicU64,
 }
 
 impl Pipeline {
@@ -106,7 +126,13 @@ impl Pipeline {
             restarts: Mutex::new(Vec::new()),
             tail,
             worker: Mutex::new(None),
+            last_checkpoint: AtomicU64::new(0),
         })
+    }
+
+    /// The newest completed checkpoint's epoch this daemon heard of (0: none).
+    pub fn last_checkpoint(&self) -> u64 {
+        self.last_checkpoint.load(Ordering::SeqCst)
     }
 
     /// The delay before restarting a crashed worker, or None when the restart budget is used
@@ -154,6 +180,9 @@ pub struct Controller {
     ids: AtomicU64,
     /// Worker processes not yet reaped.
     live_workers: watch::Sender<usize>,
+    settings: Settings,
+    /// Counts completed checkpoints, so that a metadata snapshot follows them.
+    checkpointed: watch::Sender<u64>,
 }
 
 fn new_id(counter: u64) -> String {
@@ -186,6 +215,7 @@ impl Controller {
         store: Store,
         exe: PathBuf,
         worker_socket: PathBuf,
+        settings: Settings,
     ) -> Result<Arc<Controller>, StoreError> {
         let mut pipelines = HashMap::new();
         for mut row in store.list().await? {
@@ -197,7 +227,12 @@ impl Controller {
                     .update(&row, "the daemon restarted while the pipeline ran")
                     .await?;
             }
-            pipelines.insert(row.id.clone(), Pipeline::new(row));
+            let id = row.id.clone();
+            let p = Pipeline::new(row);
+            if let Some(last) = store.checkpoints(&id).await?.first() {
+                p.last_checkpoint.store(last.epoch, Ordering::SeqCst);
+            }
+            pipelines.insert(id, p);
         }
         Ok(Arc::new(Controller {
             store,
@@ -207,11 +242,18 @@ impl Controller {
             shutting_down: false.into(),
             ids: AtomicU64::new(0),
             live_workers: watch::channel(0).0,
+            settings,
+            checkpointed: watch::channel(0).0,
         }))
     }
 
+    /// Changes with every completed checkpoint of any pipeline.
+    pub fn checkpointed(&self) -> watch::Receiver<u64> {
+        self.checkpointed.subscribe()
+    }
+
     /// Schedules every pipeline that should run but does not: after a daemon restart (also
-    /// after kill -9). Until checkpoints exist, each starts its sources from the beginning.
+    /// after kill -9). Each worker restores the pipeline's newest checkpoint.
     pub async fn resume_all(self: &Arc<Self>) {
         for p in self.list() {
             let row = p.row();
@@ -266,11 +308,12 @@ impl Controller {
         query: String,
         name: String,
         parallelism: u32,
+        checkpoint_interval: Option<Duration>,
     ) -> Result<Arc<Pipeline>, ControllerError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ControllerError::ShuttingDown);
         }
-        plan(query.clone())
+        let planned = plan(query.clone())
             .await
             .map_err(ControllerError::InvalidQuery)?;
         let id = new_id(self.ids.fetch_add(1, Ordering::Relaxed));
@@ -291,6 +334,12 @@ impl Controller {
             generation: 0,
             created_at: now.clone(),
             updated_at: now,
+            checkpoint_interval_ms: checkpoint_interval
+                .unwrap_or(self.settings.checkpoint_interval)
+                .as_millis()
+                .max(1) as u64,
+            plan_hash: planned.fingerprint,
+            state_url: self.settings.state_url(&id),
         };
         self.store.insert(&row).await?;
         info!(pipeline = %row.id, name = %row.name, parallelism = row.parallelism, "pipeline submitted");
@@ -301,6 +350,45 @@ impl Controller {
             .insert(id, pipeline.clone());
         self.schedule(&pipeline).await?;
         Ok(pipeline)
+    }
+
+    /// Starts a stopped, failed or finished pipeline again from its newest checkpoint; with
+    /// `update`, first replaces its query (same plan fingerprint) and parallelism.
+    pub async fn resume(
+        self: &Arc<Self>,
+        id_or_name: &str,
+        update: Option<(String, u32)>,
+    ) -> Result<Arc<Pipeline>, ControllerError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ControllerError::ShuttingDown);
+        }
+        let p = self.find(id_or_name)?;
+        let row = p.row();
+        if !is_terminal(&row.state) {
+            return Err(ControllerError::NotStopped(row.name, row.state));
+        }
+        {
+            let mut row = p.row.lock().expect("pipeline lock");
+            row.desired = DESIRED_RUNNING.into();
+            if let Some((query, parallelism)) = update {
+                row.query = query;
+                row.parallelism = parallelism.max(1);
+            }
+        }
+        p.restarts.lock().expect("restarts lock").clear();
+        info!(pipeline = %row.id, name = %row.name, "resuming from the newest checkpoint");
+        self.schedule(&p).await?;
+        Ok(p)
+    }
+
+    /// The checkpoints a pipeline's workers completed, newest first.
+    pub async fn checkpoints(
+        &self,
+        id_or_name: &str,
+    ) -> Result<(Arc<Pipeline>, Vec<CheckpointRow>), ControllerError> {
+        let p = self.find(id_or_name)?;
+        let rows = self.store.checkpoints(&p.row().id).await?;
+        Ok((p, rows))
     }
 
     /// Deletes a pipeline in a terminal state, for `arroyod run` reusing its state dir.
@@ -506,11 +594,13 @@ impl Controller {
                 name: row.name.clone(),
                 query: row.query.clone(),
                 parallelism: row.parallelism,
+                state_url: row.state_url.clone(),
+                checkpoint_interval_ms: row.checkpoint_interval_ms,
             })),
         };
         tx.try_send(Ok(start)).expect("fresh channel has room");
         if row.desired == DESIRED_STOPPED {
-            let stop = stop_command(StopMode::Graceful);
+            let stop = stop_command(StopMode::Checkpoint);
             tx.try_send(Ok(stop)).expect("fresh channel has room");
         }
         w.commands = Some(tx);
@@ -550,6 +640,39 @@ impl Controller {
             Event::Failed(f) => {
                 self.set_state(p, state::FAILED, Some(&f.message), &f.message)
                     .await
+            }
+            Event::CommitRequest(r) => {
+                // Only the current generation reaches here: it may commit.
+                let commands = p
+                    .worker
+                    .lock()
+                    .expect("worker lock")
+                    .as_ref()
+                    .filter(|w| w.generation == generation)
+                    .and_then(|w| w.commands.clone());
+                if let Some(commands) = commands {
+                    let commit = WorkerCommand {
+                        command: Some(worker_command::Command::Commit(arroyod_proto::Commit {
+                            epoch: r.epoch,
+                            allowed: true,
+                        })),
+                    };
+                    let _ = commands.send(Ok(commit)).await;
+                }
+                Ok(())
+            }
+            Event::CheckpointCompleted(c) => {
+                let row = CheckpointRow {
+                    epoch: c.epoch,
+                    generation,
+                    bytes: c.bytes,
+                    duration_ms: c.duration_ms,
+                    completed_at: now_rfc3339(),
+                };
+                self.store.insert_checkpoint(&p.row().id, &row).await?;
+                p.last_checkpoint.fetch_max(c.epoch, Ordering::SeqCst);
+                self.checkpointed.send_modify(|n| *n += 1);
+                Ok(())
             }
         }
     }

@@ -3,8 +3,15 @@
 //! It starts the daemon's components with the state dir as data dir (no public socket: the
 //! run talks to its controller directly, workers attach over the private worker socket),
 //! submits the query, prints the rows of a bare SELECT to stdout as JSON lines, and exits
-//! 0 when the pipeline finishes or after SIGINT/SIGTERM stopped it; 1 when it fails or the
-//! query has errors (each printed with its line:column).
+//! 0 when the pipeline finishes or after SIGINT/SIGTERM stopped it (with a final checkpoint);
+//! 1 when it fails or the query has errors (each printed with its line:column).
+//!
+//! The state dir (`-s`) makes a run resumable: it holds the SQLite metadata and the
+//! checkpoints. A rerun on a state dir that holds the same pipeline (same name, same plan
+//! fingerprint) resumes it from its newest checkpoint; a state dir that holds a different
+//! pipeline is refused unless `--force`. `-s` may be a URL (`s3://bucket/path`, `gs://`,
+//! `az://`, `file://`): checkpoints and metadata snapshots are written there, the metadata
+//! database lives in a local cache dir and is restored from the newest snapshot at start.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -39,6 +46,61 @@ pub enum RunError {
     /// The task printing rows panicked.
     #[error("printing rows")]
     Printer(#[from] tokio::task::JoinError),
+    /// The remote state dir's metadata snapshot could not be restored.
+    #[error("restoring the metadata snapshot of {url}")]
+    Restore {
+        url: String,
+        #[source]
+        source: crate::backup::BackupError,
+    },
+    /// The state URL or checkpoint interval is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The snapshot destination could not be set up.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+}
+
+/// Where a run keeps what: the local data dir, the checkpoints' root, the snapshot target.
+struct StatePlace {
+    data_dir: PathBuf,
+    state_root: String,
+    /// Set for a remote state dir: metadata snapshots go there.
+    remote: Option<String>,
+}
+
+fn place(state: Option<&str>) -> StatePlace {
+    let temp = std::env::temp_dir().join("arroyod");
+    match state {
+        Some(url) if url.contains("://") && !url.starts_with("file://") => {
+            let hash = arroyod_engine::checkpoint::fnv1a64(url.as_bytes());
+            StatePlace {
+                data_dir: temp.join(format!("remote-{hash:016x}")),
+                state_root: url.trim_end_matches('/').to_string(),
+                remote: Some(url.to_string()),
+            }
+        }
+        Some(dir) => {
+            let dir = PathBuf::from(dir.strip_prefix("file://").unwrap_or(dir));
+            StatePlace {
+                state_root: dir.join("state").display().to_string(),
+                data_dir: dir,
+                remote: None,
+            }
+        }
+        None => {
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let dir = temp.join(format!("run-{stamp}"));
+            StatePlace {
+                state_root: dir.join("state").display().to_string(),
+                data_dir: dir,
+                remote: None,
+            }
+        }
+    }
 }
 
 /// Arguments of `arroyod run`, as Arroyo's RunArgs.
@@ -47,16 +109,19 @@ pub struct RunArgs {
     /// Name of the pipeline (default: the query file's stem, or "query").
     #[arg(short, long)]
     pub name: Option<String>,
-    /// State directory: the SQLite metadata and local state of this run (default: a new
-    /// timestamped directory under $TMPDIR/arroyod).
+    /// State directory or URL: the metadata and checkpoints of this run (default: a new
+    /// timestamped directory under $TMPDIR/arroyod). A rerun on it resumes the pipeline.
     #[arg(short = 's', long = "state-dir")]
-    pub state_dir: Option<PathBuf>,
+    pub state_dir: Option<String>,
     /// Parallelism of the pipeline.
     #[arg(short, long, default_value_t = 1)]
     pub parallelism: u32,
-    /// Run even if the state dir holds another pipeline.
+    /// Run even if the state dir holds another pipeline (which is then forgotten).
     #[arg(short, long)]
     pub force: bool,
+    /// Time between checkpoints, such as 10s (default: $ARROYO_CHECKPOINT_INTERVAL, 10s).
+    #[arg(long)]
+    pub checkpoint_interval: Option<String>,
     /// The SQL file; `-` reads stdin.
     #[arg(default_value = "-")]
     pub query: String,
@@ -86,6 +151,15 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         }
         return Ok(1);
     }
+    let planned = match plan(query.clone()).await {
+        Ok(planned) => planned,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {source}:{}:{}: {}", e.line, e.column, e.message);
+            }
+            return Ok(1);
+        }
+    };
     let name = args.name.clone().unwrap_or_else(|| {
         std::path::Path::new(&args.query)
             .file_stem()
@@ -93,31 +167,103 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
             .filter(|s| s != "-")
             .unwrap_or_else(|| "query".to_string())
     });
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        std::env::temp_dir()
-            .join("arroyod")
-            .join(format!("run-{stamp}"))
-    });
-    let daemon = Daemon::start(&state_dir, None, None).await?;
+    let interval = match &args.checkpoint_interval {
+        Some(text) => crate::config::parse_interval(text)?,
+        None => match std::env::var("ARROYO_CHECKPOINT_INTERVAL") {
+            Ok(text) if !text.is_empty() => crate::config::parse_interval(&text)?,
+            _ => crate::config::parse_interval(crate::config::DEFAULT_CHECKPOINT_INTERVAL)?,
+        },
+    };
+    let place = place(args.state_dir.as_deref());
+    let mut backup = None;
+    if let Some(url) = &place.remote {
+        backup = Some(crate::backup::Backup::new(url)?);
+        std::fs::create_dir_all(&place.data_dir).map_err(|source| RunError::ReadQuery {
+            what: place.data_dir.display().to_string(),
+            source,
+        })?;
+        let db = place.data_dir.join("arroyod.db");
+        match crate::backup::restore_if_any(url, &db).await {
+            Ok(Some(p)) => {
+                info!(snapshot = %p.name, state = %url, "metadata restored from the newest snapshot")
+            }
+            Ok(None) => {
+                // A new remote state dir: nothing of a local cache may leak into it.
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ =
+                        std::fs::remove_file(place.data_dir.join(format!("arroyod.db{suffix}")));
+                }
+            }
+            Err(source) => {
+                return Err(RunError::Restore {
+                    url: url.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let settings = crate::controller::Settings {
+        state_root: place.state_root.clone(),
+        checkpoint_interval: interval,
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| place.data_dir.display().to_string());
+    let daemon = Daemon::start(&place.data_dir, None, backup, settings).await?;
     let controller = daemon.controller.clone();
-    // A rerun in the same state dir replaces the finished pipeline of the same name.
-    if let Ok(old) = controller.find(&name)
-        && state::is_terminal(&old.row().state)
+    // What the state dir holds decides: resume this pipeline, refuse, or start afresh.
+    let held = controller.list();
+    let same = held
+        .iter()
+        .find(|p| p.row().name == name && p.row().plan_hash == planned.fingerprint)
+        .cloned();
+    let others: Vec<_> = held
+        .iter()
+        .filter(|p| same.as_ref().is_none_or(|s| !std::sync::Arc::ptr_eq(s, p)))
+        .cloned()
+        .collect();
+    if let Some(other) = others.first()
+        && !args.force
     {
+        let o = other.row();
+        let why = if o.name == name {
+            format!(
+                "its plan differs from this query's (fingerprint {} there, {} here)",
+                o.plan_hash, planned.fingerprint
+            )
+        } else {
+            format!("this query's pipeline is named '{name}'")
+        };
+        eprintln!(
+            "error: state dir {state_dir} holds pipeline '{}' ({}), and {why}; resuming it with this query could corrupt its state. Use another state dir, or --force to forget it and start afresh",
+            o.name, o.id
+        );
+        daemon.shutdown().await;
+        return Ok(1);
+    }
+    for other in &others {
+        info!(pipeline = %other.row().id, name = %other.row().name, "--force: forgetting the pipeline the state dir held");
         controller
-            .forget(&old)
+            .forget(other)
             .await
             .map_err(crate::controller::ControllerError::from)?;
     }
-    let pipeline = controller
-        .submit(query, name.clone(), args.parallelism)
-        .await?;
+    let pipeline = match same {
+        Some(p) => {
+            info!(pipeline = %p.row().id, last_checkpoint = p.last_checkpoint(), "the state dir holds this pipeline: resuming it");
+            controller
+                .resume(&p.row().id, Some((query, args.parallelism)))
+                .await?
+        }
+        None => {
+            controller
+                .submit(query, name.clone(), args.parallelism, Some(interval))
+                .await?
+        }
+    };
     let id = pipeline.row().id;
-    info!(pipeline = %id, name = %name, state_dir = %state_dir.display(), "pipeline running");
+    info!(pipeline = %id, name = %name, state_dir = %state_dir, "pipeline running");
 
     // Print rows as they come until the buffer closes (the pipeline ended).
     let printer = {

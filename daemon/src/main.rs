@@ -49,6 +49,14 @@ struct ServeArgs {
     /// az:// URL (default: $ARROYO_BACKUP_URL, the config file's `backup_url`, none).
     #[arg(long)]
     backup_url: Option<String>,
+    /// Where pipelines' checkpoints go (default: $ARROYO_STATE_URL, the config file's
+    /// `state_url`, DATA_DIR/state).
+    #[arg(long)]
+    state_url: Option<String>,
+    /// Default time between checkpoints, such as 10s (default: $ARROYO_CHECKPOINT_INTERVAL,
+    /// the config file's `checkpoint_interval`, 10s).
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +123,11 @@ fn main() -> ExitCode {
             socket: args.socket.clone().or(cli.serve.socket.clone()),
             data_dir: args.data_dir.clone().or(cli.serve.data_dir.clone()),
             backup_url: args.backup_url.clone().or(cli.serve.backup_url.clone()),
+            state_url: args.state_url.clone().or(cli.serve.state_url.clone()),
+            checkpoint_interval: args
+                .checkpoint_interval
+                .clone()
+                .or(cli.serve.checkpoint_interval.clone()),
         }
     };
     let result: anyhow::Result<i32> = match cli.command {
@@ -147,10 +160,12 @@ fn main() -> ExitCode {
             if cli.serve.socket.is_some()
                 || cli.serve.data_dir.is_some()
                 || cli.serve.config.is_some()
-                || cli.serve.backup_url.is_some() =>
+                || cli.serve.backup_url.is_some()
+                || cli.serve.state_url.is_some()
+                || cli.serve.checkpoint_interval.is_some() =>
         {
             eprintln!(
-                "error: --socket, --data-dir, --config and --backup-url belong to the daemon; `arroyod run` takes -s STATE_DIR"
+                "error: --socket, --data-dir, --config, --backup-url, --state-url and --checkpoint-interval belong to the daemon; `arroyod run` takes -s STATE_DIR (and $ARROYO_CHECKPOINT_INTERVAL)"
             );
             return ExitCode::from(2);
         }

@@ -151,7 +151,12 @@ struct Backups {
 }
 
 impl Backups {
-    fn spawn(mut backup: Backup, store: Store, data_dir: PathBuf) -> Backups {
+    fn spawn(
+        mut backup: Backup,
+        store: Store,
+        data_dir: PathBuf,
+        mut checkpointed: tokio::sync::watch::Receiver<u64>,
+    ) -> Backups {
         let stop = CancellationToken::new();
         let cancelled = stop.clone();
         let task = tokio::spawn(
@@ -164,6 +169,12 @@ impl Backups {
                     tokio::select! {
                         _ = cancelled.cancelled() => return backup,
                         _ = tick.tick() => {}
+                        // After completed checkpoints, so metadata and state move together.
+                        changed = checkpointed.changed() => {
+                            if changed.is_err() {
+                                return backup;
+                            }
+                        }
                     }
                     match backup.snapshot(&store, &data_dir).await {
                         Ok(p) => debug!(snapshot = %p.name, bytes = p.length, "metadata snapshot uploaded"),
@@ -218,6 +229,7 @@ impl Daemon {
         data_dir: &Path,
         public_socket: Option<&Path>,
         backup: Option<Backup>,
+        settings: crate::controller::Settings,
     ) -> Result<Daemon, ServeError> {
         std::fs::create_dir_all(data_dir).map_err(io("creating data dir", data_dir))?;
         let lock = DataDirLock::acquire(data_dir)?;
@@ -229,7 +241,7 @@ impl Daemon {
         let worker_socket = worker_socket_path(data_dir);
         let exe =
             std::env::current_exe().map_err(io("finding the binary", Path::new("arroyod")))?;
-        let controller = Controller::new(store, exe, worker_socket.clone())
+        let controller = Controller::new(store, exe, worker_socket.clone(), settings)
             .await
             .map_err(store_error)?;
         let stop_serving = CancellationToken::new();
@@ -273,7 +285,12 @@ impl Daemon {
             });
         }
         let backups = backup.map(|backup| {
-            Backups::spawn(backup, controller.store().clone(), data_dir.to_path_buf())
+            Backups::spawn(
+                backup,
+                controller.store().clone(),
+                data_dir.to_path_buf(),
+                controller.checkpointed(),
+            )
         });
         Ok(Daemon {
             controller,
@@ -333,7 +350,11 @@ pub async fn termination() -> &'static str {
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let backup = config.backup_url.as_deref().map(Backup::new).transpose()?;
-    let daemon = Daemon::start(&config.data_dir, Some(&config.socket), backup).await?;
+    let settings = crate::controller::Settings {
+        state_root: config.state_url.clone(),
+        checkpoint_interval: config.checkpoint_interval(),
+    };
+    let daemon = Daemon::start(&config.data_dir, Some(&config.socket), backup, settings).await?;
     // Pipelines that should run (also after kill -9) start again; the worker socket is up.
     daemon.controller.resume_all().await;
     info!(

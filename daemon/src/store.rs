@@ -38,6 +38,21 @@ pub struct PipelineRow {
     pub generation: u64,
     pub created_at: String,
     pub updated_at: String,
+    pub checkpoint_interval_ms: u64,
+    /// The plan's fingerprint (see `PlannedQuery::fingerprint`).
+    pub plan_hash: String,
+    /// Where its checkpoints are written.
+    pub state_url: String,
+}
+
+/// A completed checkpoint, as the worker reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub epoch: u64,
+    pub generation: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub completed_at: String,
 }
 
 #[derive(Clone)]
@@ -88,6 +103,9 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> PipelineRow {
         generation: r.get::<i64, _>("generation") as u64,
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        checkpoint_interval_ms: r.get::<i64, _>("checkpoint_interval_ms") as u64,
+        plan_hash: r.get("plan_hash"),
+        state_url: r.get("state_url"),
     }
 }
 
@@ -111,8 +129,8 @@ impl Store {
 
     pub async fn insert(&self, p: &PipelineRow) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at, checkpoint_interval_ms, plan_hash, state_url)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.id)
         .bind(&p.name)
@@ -124,6 +142,9 @@ impl Store {
         .bind(p.generation as i64)
         .bind(&p.created_at)
         .bind(&p.updated_at)
+        .bind(p.checkpoint_interval_ms as i64)
+        .bind(&p.plan_hash)
+        .bind(&p.state_url)
         .execute(&self.pool)
         .await;
         match result {
@@ -138,13 +159,16 @@ impl Store {
     pub async fn update(&self, p: &PipelineRow, message: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ? WHERE id = ?",
+            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ? WHERE id = ?",
         )
         .bind(&p.desired)
         .bind(&p.state)
         .bind(&p.failure)
         .bind(p.generation as i64)
         .bind(&p.updated_at)
+        .bind(p.parallelism as i64)
+        .bind(&p.query)
+        .bind(&p.plan_hash)
         .bind(&p.id)
         .execute(&mut *tx)
         .await?;
@@ -168,6 +192,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM checkpoints WHERE pipeline_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM pipelines WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -181,6 +209,44 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(row).collect())
+    }
+
+    /// Records a completed checkpoint of pipeline `id`.
+    pub async fn insert_checkpoint(&self, id: &str, c: &CheckpointRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO checkpoints (pipeline_id, epoch, generation, bytes, duration_ms, completed_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(c.epoch as i64)
+        .bind(c.generation as i64)
+        .bind(c.bytes as i64)
+        .bind(c.duration_ms as i64)
+        .bind(&c.completed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The checkpoints of pipeline `id`, newest first.
+    pub async fn checkpoints(&self, id: &str) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT epoch, generation, bytes, duration_ms, completed_at FROM checkpoints
+             WHERE pipeline_id = ? ORDER BY epoch DESC",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CheckpointRow {
+                epoch: r.get::<i64, _>("epoch") as u64,
+                generation: r.get::<i64, _>("generation") as u64,
+                bytes: r.get::<i64, _>("bytes") as u64,
+                duration_ms: r.get::<i64, _>("duration_ms") as u64,
+                completed_at: r.get("completed_at"),
+            })
+            .collect())
     }
 
     /// Writes a consistent copy of the live database to `path` with `VACUUM INTO` (readers
@@ -224,6 +290,9 @@ mod tests {
             generation: 0,
             created_at: now_rfc3339(),
             updated_at: now_rfc3339(),
+            checkpoint_interval_ms: 10_000,
+            plan_hash: "0123456789abcdef".into(),
+            state_url: "/tmp/state".into(),
         };
         store.insert(&p).await.unwrap();
         let dup = PipelineRow {

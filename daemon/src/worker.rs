@@ -4,11 +4,19 @@
 //!    daemon's command stream ends: a worker never outlives its daemon.
 //! 2. It attaches to the daemon's worker socket, says Hello with its pipeline and generation,
 //!    and receives Start (the query and parallelism).
-//! 3. It plans the query, runs the dataflow, reports Running, and streams the default sink's
-//!    rows; then it reports Finished, Stopped or Failed and exits.
+//! 3. It plans the query, restores the newest checkpoint under the pipeline's state URL (if
+//!    any), runs the dataflow, reports Running, and streams the default sink's rows.
+//! 4. Before writing a checkpoint's MANIFEST it asks the daemon (CommitRequest → Commit): only
+//!    the current generation may commit; then it reports the completed checkpoint.
+//! 5. It reports Finished, Stopped or Failed and exits.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arroyod_engine::checkpoint::CheckpointStore;
+use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
 
 use arroyod_engine::connector::JobContext;
 use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
@@ -16,7 +24,7 @@ use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
@@ -43,6 +51,30 @@ pub enum WorkerError {
     /// The dataflow could not start.
     #[error("starting the dataflow")]
     Dataflow(#[from] arroyod_engine::dataflow::DataflowError),
+}
+
+/// How long the daemon has to answer a CommitRequest.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the daemon whether this generation may still commit.
+struct DaemonGate {
+    events: mpsc::Sender<WorkerEvent>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
+}
+
+#[async_trait::async_trait]
+impl CommitGate for DaemonGate {
+    async fn may_commit(&self, epoch: u64) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(epoch, tx);
+        let request = event(worker_event::Event::CommitRequest(
+            arroyod_proto::CommitRequest { epoch },
+        ));
+        if self.events.send(request).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(COMMIT_TIMEOUT, rx).await, Ok(Ok(true)))
+    }
 }
 
 impl From<mpsc::error::SendError<WorkerEvent>> for WorkerError {
@@ -137,7 +169,60 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let job = Arc::new(JobContext {
         preview: Some(preview_tx),
     });
-    let handle = dataflow::run(&planned.program, start.parallelism as usize, job)?;
+    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();
+    let checkpoints = match checkpointing(&start, &events, &pending).await {
+        Ok(c) => c,
+        Err(message) => {
+            events
+                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
+                    message,
+                })))
+                .await?;
+            return finish(events, commands).await;
+        }
+    };
+    let handle = match dataflow::run(
+        &planned.program,
+        start.parallelism as usize,
+        job,
+        checkpoints,
+    )
+    .await
+    {
+        Ok(handle) => handle,
+        Err(e) => {
+            events
+                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
+                    message: crate::api::error_chain(&e),
+                })))
+                .await?;
+            return finish(events, commands).await;
+        }
+    };
+    if let Some(epoch) = handle.restored() {
+        info!(pipeline = %pipeline_id, epoch, "restored from checkpoint");
+    }
+    let reporter = {
+        let events = events.clone();
+        let mut completed = handle.checkpoints();
+        tokio::spawn(async move {
+            while completed.changed().await.is_ok() {
+                let Some(c) = *completed.borrow_and_update() else {
+                    continue;
+                };
+                let done = event(worker_event::Event::CheckpointCompleted(
+                    arroyod_proto::CheckpointCompleted {
+                        epoch: c.epoch,
+                        bytes: c.bytes,
+                        duration_ms: c.duration.as_millis() as u64,
+                    },
+                ));
+                if events.send(done).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     events
         .send(event(worker_event::Event::Running(
             arroyod_proto::Running {},
@@ -163,10 +248,29 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                 Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Stop(s)) })) => {
                     let mode = match StopMode::try_from(s.mode) {
                         Ok(StopMode::Immediate) => EngineStop::Immediate,
-                        _ => EngineStop::Graceful,
+                        Ok(StopMode::Graceful) => EngineStop::Graceful,
+                        _ => EngineStop::Checkpoint,
                     };
                     info!(pipeline = %pipeline_id, ?mode, "stop requested");
-                    let _ = stop.send(Some(mode));
+                    // A stop never weakens one under way (a checkpoint stop may escalate).
+                    stop.send_if_modified(|current| {
+                        let stronger = match (*current, mode) {
+                            (None, _) => true,
+                            (Some(EngineStop::Immediate), _) => false,
+                            (_, EngineStop::Immediate) => true,
+                            (Some(EngineStop::Checkpoint), EngineStop::Graceful) => true,
+                            _ => false,
+                        };
+                        if stronger {
+                            *current = Some(mode);
+                        }
+                        stronger
+                    });
+                }
+                Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Commit(c)) })) => {
+                    if let Some(tx) = pending.lock().expect("pending lock").remove(&c.epoch) {
+                        let _ = tx.send(c.allowed);
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -176,8 +280,10 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             }
         }
     };
-    // Every row reaches the daemon before the final report.
+    // Every row and completed checkpoint reaches the daemon before the final report.
     let _ = forward.await;
+    reporter.abort();
+    let _ = reporter.await;
     let last = match outcome {
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
@@ -187,6 +293,36 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events.send(event(last)).await?;
     finish(events, commands).await
+}
+
+/// The checkpointing of this run: the store under the pipeline's state URL, its newest
+/// checkpoint to restore, and the daemon as commit gate.
+async fn checkpointing(
+    start: &arroyod_proto::Start,
+    events: &mpsc::Sender<WorkerEvent>,
+    pending: &Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
+) -> Result<Option<CheckpointConfig>, String> {
+    if start.state_url.is_empty() {
+        return Ok(None);
+    }
+    let failed = |e: arroyod_engine::checkpoint::CheckpointError| {
+        format!(
+            "checkpoints at {}: {}",
+            start.state_url,
+            crate::api::error_chain(&e)
+        )
+    };
+    let store = CheckpointStore::open(&start.state_url).map_err(failed)?;
+    let restore = store.latest().await.map_err(failed)?;
+    Ok(Some(CheckpointConfig {
+        store: Arc::new(store),
+        interval: Duration::from_millis(start.checkpoint_interval_ms.max(1)),
+        restore,
+        gate: Some(Arc::new(DaemonGate {
+            events: events.clone(),
+            pending: pending.clone(),
+        })),
+    }))
 }
 
 /// Closes the report stream and waits (briefly) for the daemon to close its side.

@@ -12,8 +12,8 @@
 //!
 //! Finding the checkpoint to restore needs nothing but the state URL: the newest epoch whose
 //! MANIFEST parses and whose files all have the listed length; reading a file checks its
-//! checksum, so a corrupt file is never loaded. Operators do not write here yet: this is the
-//! storage layer the checkpointing runtime builds on.
+//! checksum, so a corrupt file is never loaded. On a local filesystem every file and its
+//! directory are fsynced before the MANIFEST is written, and the MANIFEST itself after.
 
 use std::sync::Arc;
 
@@ -45,6 +45,13 @@ pub enum CheckpointError {
     /// A state file's length or checksum differs from its MANIFEST: it is never loaded.
     #[error("checkpoint file {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    /// A local file could not be made durable.
+    #[error("syncing {path}")]
+    Sync {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The file is not listed in the epoch's MANIFEST.
     #[error("epoch {epoch} has no file {name}")]
     NoSuchFile { epoch: u64, name: String },
@@ -104,6 +111,8 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     dir: Path,
     shown: String,
+    /// A local filesystem: writes are fsynced.
+    local: bool,
 }
 
 fn epoch_dir(epoch: u64) -> String {
@@ -119,8 +128,53 @@ impl CheckpointStore {
         let dir = location.prefix().clone().join("checkpoints");
         Ok(CheckpointStore {
             shown: location.display(&dir),
+            local: location.is_local(),
             store,
             dir,
+        })
+    }
+
+    /// Where the checkpoints are, for messages.
+    pub fn display(&self) -> &str {
+        &self.shown
+    }
+
+    /// The epoch a new run starts numbering at: above every epoch directory there is, even
+    /// incomplete ones, so a new run never writes into the directory of an old one.
+    pub async fn next_epoch(&self) -> Result<u64, CheckpointError> {
+        Ok(self.epochs().await?.first().map_or(1, |e| e + 1))
+    }
+
+    /// Every complete checkpoint, newest first.
+    pub async fn list(&self) -> Result<Vec<Manifest>, CheckpointError> {
+        let mut out = Vec::new();
+        for epoch in self.epochs().await? {
+            if let Some(m) = self.complete(epoch).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes a local write durable: fsyncs the file and its directory.
+    async fn sync(&self, path: &Path) -> Result<(), CheckpointError> {
+        if !self.local {
+            return Ok(());
+        }
+        let file = std::path::PathBuf::from(format!("/{path}"));
+        let shown = file.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| CheckpointError::Location(e.to_string()))?
+        .map_err(|e| CheckpointError::Sync {
+            path: shown,
+            source: e,
         })
     }
 
@@ -162,6 +216,7 @@ impl CheckpointStore {
                 .put(&path, bytes.into())
                 .await
                 .map_err(self.failed("writing", &path))?;
+            self.sync(&path).await?;
         }
         let manifest = Manifest {
             epoch,
@@ -172,12 +227,13 @@ impl CheckpointStore {
             .put(&path, manifest.to_text().into_bytes().into())
             .await
             .map_err(self.failed("writing", &path))?;
+        self.sync(&path).await?;
         self.collect_garbage(epoch).await?;
         Ok(manifest)
     }
 
     /// The epochs that have a directory, newest first.
-    async fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
+    pub async fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
         let listed = match self.store.list_with_delimiter(Some(&self.dir)).await {
             Ok(l) => l.common_prefixes,
             Err(object_store::Error::NotFound { .. }) => vec![],

@@ -24,6 +24,7 @@ pub mod connector;
 pub mod dataflow;
 pub mod operator;
 pub mod sql;
+pub mod state;
 
 /// Name of the hidden event-time column every batch carries last.
 pub const TIMESTAMP_FIELD: &str = "_timestamp";

@@ -3,11 +3,18 @@
 //!
 //! What it answers:
 //! - `submit` and `validate` reject any query mentioning `nope` (two errors, with positions);
-//! - `submit` stores the pipeline as given, in state `Running`, with ids `p-1`, `p-2`, ...;
-//! - `status unavailable` fails with `Unavailable`, any other unknown pipeline with `NotFound`;
+//! - `submit` records its request and stores the pipeline as given, in state `Running`, with ids
+//!   `p-1`, `p-2`, ..., a checkpoint interval of 10s unless the request sets one, and a state URL
+//!   `file:///var/lib/arroyod/state/<id>`;
+//! - `status unavailable` fails with `Unavailable`, any other unknown pipeline with `NotFound`
+//!   (so do `tail`, `stop`, `resume` and `checkpoints`);
 //! - `tail` has three rows `{"n":0}`, `{"n":1}`, `{"n":2}`; with `follow` it sends the first two,
 //!   then waits for [`FakeDaemon::release_tail`] before the last;
-//! - `stop` records its request and answers `Stopped` (`Stopping` without `wait`).
+//! - `stop` records its request and leaves the pipeline `Stopped` (`Stopping` without `wait`);
+//! - `resume` makes a `Stopped`, `Failed` or `Finished` pipeline `Running` again with the next
+//!   generation, and refuses any other with `FailedPrecondition`;
+//! - `checkpoints` has two rows, epochs 2 (retained) then 1 (garbage-collected), except for a
+//!   pipeline named `fresh`, which has none (its `last_checkpoint` is 0, the others' 2).
 //!
 //! The socket is bound before [`FakeDaemon::start`] returns, so tests never wait for it.
 
@@ -16,8 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use arroyod_proto::arroyod_server::{Arroyod, ArroyodServer};
 use arroyod_proto::{
-    ListRequest, ListResponse, Pipeline, PipelineRef, SqlError, StopRequest, SubmitRequest,
-    SubmitResponse, TailRequest, TailRow, ValidateRequest, ValidateResponse,
+    Checkpoint, CheckpointsResponse, ListRequest, ListResponse, Pipeline, PipelineRef, SqlError,
+    StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest,
+    ValidateResponse,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
@@ -69,6 +77,11 @@ impl FakeDaemon {
         self.service.tail_gate.notify_one();
     }
 
+    /// The last submit request, if any.
+    pub fn last_submit(&self) -> Option<SubmitRequest> {
+        self.service.last_submit.lock().expect("lock").clone()
+    }
+
     /// The last stop request, if any.
     pub fn last_stop(&self) -> Option<StopRequest> {
         self.service.last_stop.lock().expect("lock").clone()
@@ -89,6 +102,7 @@ impl Drop for FakeDaemon {
 #[derive(Default)]
 struct Service {
     pipelines: Mutex<Vec<Pipeline>>,
+    last_submit: Mutex<Option<SubmitRequest>>,
     last_stop: Mutex<Option<StopRequest>>,
     tail_gate: Arc<Notify>,
 }
@@ -125,6 +139,47 @@ impl Service {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no pipeline {id_or_name}")))
     }
+
+    /// Applies `change` to the stored pipeline and returns it as changed, or `change`'s error.
+    fn update(
+        &self,
+        id_or_name: &str,
+        change: impl FnOnce(&mut Pipeline) -> Result<(), Status>,
+    ) -> Result<Pipeline, Status> {
+        let id = self.find(id_or_name)?.id;
+        let mut pipelines = self.pipelines.lock().expect("lock");
+        let pipeline = pipelines
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| Status::not_found(format!("no pipeline {id_or_name}")))?;
+        change(pipeline)?;
+        Ok(pipeline.clone())
+    }
+
+    /// The canned checkpoints of `pipeline`, newest first.
+    fn checkpoints_of(pipeline: &Pipeline) -> Vec<Checkpoint> {
+        if pipeline.name == "fresh" {
+            return Vec::new();
+        }
+        vec![
+            Checkpoint {
+                epoch: 2,
+                bytes: 2_048,
+                duration_ms: 1_500,
+                completed_at: "2026-01-02T03:04:25Z".to_owned(),
+                generation: 1,
+                retained: true,
+            },
+            Checkpoint {
+                epoch: 1,
+                bytes: 512,
+                duration_ms: 85,
+                completed_at: "2026-01-02T03:04:15Z".to_owned(),
+                generation: 1,
+                retained: false,
+            },
+        ]
+    }
 }
 
 #[tonic::async_trait]
@@ -134,6 +189,7 @@ impl Arroyod for Service {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         let request = request.into_inner();
+        *self.last_submit.lock().expect("lock") = Some(request.clone());
         let errors = Self::errors(&request.query);
         if !errors.is_empty() {
             let lines: Vec<String> = errors
@@ -144,13 +200,12 @@ impl Arroyod for Service {
         }
         let mut pipelines = self.pipelines.lock().expect("lock");
         let id = format!("p-{}", pipelines.len() + 1);
-        let pipeline = Pipeline {
+        let mut pipeline = Pipeline {
             name: if request.name.is_empty() {
                 format!("pipeline-{}", pipelines.len() + 1)
             } else {
                 request.name
             },
-            id,
             state: "Running".to_owned(),
             created_at: "2026-01-02T03:04:05Z".to_owned(),
             updated_at: "2026-01-02T03:04:05Z".to_owned(),
@@ -161,7 +216,17 @@ impl Arroyod for Service {
             rows: 3,
             desired: "Running".to_owned(),
             worker_pid: 4242,
+            checkpoint_interval_ms: match request.checkpoint_interval_ms {
+                0 => 10_000,
+                ms => ms,
+            },
+            state_url: format!("file:///var/lib/arroyod/state/{id}"),
+            id,
+            last_checkpoint: 0,
         };
+        pipeline.last_checkpoint = Self::checkpoints_of(&pipeline)
+            .first()
+            .map_or(0, |c| c.epoch);
         pipelines.push(pipeline.clone());
         Ok(Response::new(SubmitResponse {
             pipeline: Some(pipeline),
@@ -224,10 +289,45 @@ impl Arroyod for Service {
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<Pipeline>, Status> {
         let request = request.into_inner();
-        let mut pipeline = self.find(&request.id_or_name)?;
-        pipeline.state = if request.wait { "Stopped" } else { "Stopping" }.to_owned();
-        pipeline.desired = "Stopped".to_owned();
+        let pipeline = self.update(&request.id_or_name, |p| {
+            p.state = if request.wait { "Stopped" } else { "Stopping" }.to_owned();
+            p.desired = "Stopped".to_owned();
+            if request.wait {
+                p.worker_pid = 0;
+            }
+            Ok(())
+        })?;
         *self.last_stop.lock().expect("lock") = Some(request);
         Ok(Response::new(pipeline))
+    }
+
+    async fn resume(&self, request: Request<PipelineRef>) -> Result<Response<Pipeline>, Status> {
+        self.update(&request.into_inner().id_or_name, |p| {
+            if !matches!(p.state.as_str(), "Stopped" | "Failed" | "Finished") {
+                // The real daemon's message.
+                return Err(Status::failed_precondition(format!(
+                    "pipeline '{}' is {}: only a stopped, failed or finished pipeline can be \
+                     resumed",
+                    p.name, p.state
+                )));
+            }
+            p.state = "Running".to_owned();
+            p.desired = "Running".to_owned();
+            p.failure.clear();
+            p.generation += 1;
+            p.worker_pid = 4243;
+            Ok(())
+        })
+        .map(Response::new)
+    }
+
+    async fn checkpoints(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<CheckpointsResponse>, Status> {
+        let pipeline = self.find(&request.into_inner().id_or_name)?;
+        Ok(Response::new(CheckpointsResponse {
+            checkpoints: Self::checkpoints_of(&pipeline),
+        }))
     }
 }

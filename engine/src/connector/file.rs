@@ -30,6 +30,7 @@ use super::{
 };
 use crate::dataflow::DataflowError;
 use crate::operator::TaskInfo;
+use crate::state::{RestoredState, TaskState};
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 4 << 20;
@@ -193,6 +194,7 @@ impl FileSourceFactory {
             projection: self.projection.clone(),
             out_schema: self.out_schema.clone(),
             dropped: 0,
+            position: FilePosition::default(),
         }
     }
 }
@@ -216,6 +218,34 @@ pub(super) struct FileSource {
     projection: Vec<usize>,
     out_schema: SchemaRef,
     dropped: u64,
+    /// How far the file has been read: what a checkpoint records.
+    position: FilePosition,
+}
+
+/// How far a file has been read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct FilePosition {
+    /// Bytes of complete lines emitted.
+    pub offset: u64,
+    /// Lines emitted (for the line numbers of errors).
+    pub lines: u64,
+    /// Read to the end.
+    pub done: bool,
+}
+
+/// The state table of a file source.
+const POSITION: &str = "position";
+
+/// Test hook: `ARROYO_TEST_FILE_PACE=<lines>:<millis>` makes file sources emit at most
+/// `lines` lines per step and pause `millis` between steps, so tests can stop a run part-way
+/// through a small file. Not for production use.
+fn pace() -> Option<(usize, std::time::Duration)> {
+    let text = std::env::var("ARROYO_TEST_FILE_PACE").ok()?;
+    let (lines, millis) = text.split_once(':')?;
+    Some((
+        lines.trim().parse().ok().filter(|n| *n > 0)?,
+        std::time::Duration::from_millis(millis.trim().parse().ok()?),
+    ))
 }
 
 fn now_nanos() -> i64 {
@@ -486,18 +516,74 @@ impl FileSource {
         Ok(())
     }
 
-    /// Reads lines from `reader` to its end and emits them; false when a stop cut it short.
-    pub(super) async fn read_lines(
+    /// How far the file has been read.
+    pub(super) fn position(&self) -> FilePosition {
+        self.position
+    }
+
+    /// Continues a file from `position` (the reader must start at its offset).
+    pub(super) fn resume_at(&mut self, position: FilePosition) {
+        self.position = position;
+    }
+
+    /// Reads lines from `reader` (positioned at [`FileSource::position`]) to its end and emits
+    /// them, sending due checkpoint barriers between steps with the state `snapshot` makes.
+    pub(super) async fn read_lines<R, S>(
         &mut self,
         ctx: &mut SourceContext,
-        mut reader: impl AsyncRead + Unpin + Send,
-    ) -> Result<bool, DataflowError> {
+        mut reader: R,
+        snapshot: S,
+    ) -> Result<SourceEnd, DataflowError>
+    where
+        R: AsyncRead + Unpin + Send,
+        S: Fn(&FileSource) -> Result<TaskState, DataflowError> + Send + Sync,
+    {
         let path = self.config.path.clone();
+        let pace = pace();
+        let step_lines = pace.map_or(usize::MAX, |(lines, _)| lines);
+        // Read but not yet emitted: complete lines first, then a partial one.
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK * 2);
-        let mut line: u64 = 1;
+        let mut eof = false;
         loop {
             if ctx.should_stop() {
-                return Ok(false);
+                return Ok(SourceEnd::Stopped);
+            }
+            if let Some(end) = ctx.checkpoint_if_due(|| snapshot(self)).await? {
+                return Ok(end);
+            }
+            // The complete lines to emit now: up to `step_lines` of them.
+            let mut take = 0;
+            let mut lines = 0;
+            for (i, b) in pending.iter().enumerate() {
+                if *b == b'\n' {
+                    lines += 1;
+                    take = i + 1;
+                    if lines == step_lines {
+                        break;
+                    }
+                }
+            }
+            if take == 0 && eof && !pending.is_empty() {
+                // A last line without a newline.
+                take = pending.len();
+                lines = 1;
+            }
+            if take > 0 {
+                let rest = pending.split_off(take);
+                let complete = std::mem::replace(&mut pending, rest);
+                self.emit(ctx, &complete, self.position.lines + 1).await?;
+                self.position.offset += take as u64;
+                self.position.lines += lines as u64;
+                if let Some((_, pause)) = pace {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = ctx.stopped() => {}
+                    }
+                }
+                continue;
+            }
+            if eof {
+                break;
             }
             let start = pending.len();
             pending.resize(start + CHUNK, 0);
@@ -506,45 +592,57 @@ impl FileSource {
                 .await
                 .map_err(|e| self.fail(format!("reading '{path}': {e}")))?;
             pending.truncate(start + n);
-            if n == 0 {
-                if !pending.is_empty() {
-                    let rest = std::mem::take(&mut pending);
-                    self.emit(ctx, &rest, line).await?;
-                }
-                break;
-            }
-            let Some(last_newline) = pending.iter().rposition(|b| *b == b'\n') else {
-                continue;
-            };
-            let rest = pending.split_off(last_newline + 1);
-            let complete = std::mem::replace(&mut pending, rest);
-            let lines = complete.iter().filter(|b| **b == b'\n').count() as u64;
-            self.emit(ctx, &complete, line).await?;
-            line += lines;
+            eof = n == 0;
         }
+        self.position.done = true;
         if self.dropped > 0 {
             warn!(file = %path, dropped = self.dropped, "bad_data = 'drop': rows dropped");
         }
-        info!(file = %path, lines = line - 1, "file read to the end");
-        Ok(true)
+        info!(file = %path, lines = self.position.lines, "file read to the end");
+        Ok(SourceEnd::Finished)
     }
 }
 
 #[async_trait]
 impl Source for FileSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
-        if self.subtask != 0 {
+        if self.subtask != 0 || self.position.done {
             // One reader per file: the other subtasks have nothing to do.
             return Ok(SourceEnd::Finished);
         }
         let path = self.config.path.clone();
-        let file = tokio::fs::File::open(&path)
+        let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.fail(format!("cannot open '{path}': {e}")))?;
-        Ok(if self.read_lines(ctx, file).await? {
-            SourceEnd::Finished
-        } else {
-            SourceEnd::Stopped
-        })
+        if self.position.offset > 0 {
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(self.position.offset))
+                .await
+                .map_err(|e| self.fail(format!("seeking in '{path}': {e}")))?;
+        }
+        self.read_lines(ctx, file, |s: &FileSource| s.snapshot())
+            .await
+    }
+
+    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+        let mut state = TaskState::new();
+        if self.subtask == 0 {
+            state.put_json(POSITION, &self.position)?;
+        }
+        Ok(state)
+    }
+
+    /// The one reader of the file is subtask 0, at any parallelism.
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        if self.subtask == 0
+            && let Some(position) = state
+                .json::<FilePosition>(POSITION)?
+                .into_iter()
+                .flatten()
+                .next()
+        {
+            self.position = position;
+        }
+        Ok(())
     }
 }

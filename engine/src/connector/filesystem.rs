@@ -14,6 +14,13 @@
 //! (`bad_data`, event time, virtual columns); Parquet columns are matched by name and cast to
 //! the declared types. `source.compression` only accepts `none`.
 //!
+//! At a checkpoint a source subtask records (table `files`, one JSON document) the files it
+//! read to the end and, for a file read part of the way, how far: the byte offset and line
+//! count of the complete lines emitted (JSON), or the rows read (Parquet; checkpoints are
+//! taken between batches). A restore, at any parallelism, unions what every old subtask
+//! recorded: the files done are skipped, and a partly read file resumes (a ranged get from
+//! the offset; Parquet rows skipped) on whichever subtask now reads it.
+//!
 //! The sink protocol, per subtask:
 //!
 //! 1. The first rows open a file `<path>/[<filename.prefix>-]<name>.<suffix>`, the name made by
@@ -27,12 +34,29 @@
 //!    (a timer checks the last two while no input comes), and at the end of input. A file that
 //!    never started an upload is written with one put; otherwise the rest goes up as its last
 //!    part and the upload is completed.
-//! 4. So a file appears under its final name only once complete: an object store never shows
-//!    an unfinished upload, and a local file is staged as `<name>#<n>` (which listings skip)
-//!    and renamed. A local file is then fsynced, and its directory.
+//!    A file is written under a staged name, `<path>/.staging/<token>/<name>` (hidden from
+//!    the filesystem source and other readers; `<token>` names the subtask's staging
+//!    directory), and a local one is fsynced with its directories. It does not appear yet.
+//! 4. At a checkpoint barrier the open file is closed too, and the (staged, final) names of
+//!    every file closed and not yet committed go into the subtask's state (table `files`,
+//!    with the token and, for serial names, the next file index). When the checkpoint
+//!    completes (its MANIFEST is written), they are committed: renamed to their final names
+//!    (copy then delete in an object store; a local rename, then the directory fsynced).
+//!    A commit is idempotent: a staged file gone while its final name exists was committed.
+//! 5. A restore commits the files its checkpoint lists (the checkpoint completed; the crash
+//!    may have come before or during their commit), then deletes what else is in the
+//!    staging directories of the old subtasks it took over (subtask `i` of the old run goes
+//!    to `i % parallelism`): files written after the checkpoint, which never appear. The
+//!    token of the same subtask is inherited and serial names go on from the highest index
+//!    recorded, so a rerun never overwrites a file a checkpoint committed. A fresh subtask
+//!    draws a new token: writers of other pipelines under the same path are left alone.
+//! 6. At the end of input (no checkpoint follows) the files are committed at once. So a file
+//!    appears under its final name only once complete and, with checkpoints, only once the
+//!    checkpoint holding its rows completed; without checkpoints, files appear at the end.
 //!
 //! Updating results (retractions) cannot be written: neither format can express them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,19 +79,26 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{GetResultPayload, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{
+    GetOptions, GetRange, GetResult, GetResultPayload, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::file::{self, BadData, FileSource, FileSourceConfig, FileSourceFactory, LineFormat};
+use super::file::{
+    self, BadData, FilePosition, FileSource, FileSourceConfig, FileSourceFactory, LineFormat,
+};
 use super::{
     ConnectorError, ConnectorTable, EventTimeSpec, Options, Source, SourceContext, SourceEnd,
     SourceFactory, parse_duration,
 };
-use crate::dataflow::{Collector, DataflowError};
+use crate::dataflow::{Collector, DataflowError, Message, Watermark};
 use crate::operator::{Operator, OperatorFactory, TaskInfo};
+use crate::state::{RestoredState, TaskState};
 
 const CONNECTOR: &str = "filesystem";
 /// Parts of a multipart upload: Arroyo's defaults.
@@ -261,6 +292,11 @@ impl Location {
         })
     }
 
+    /// True for a path on the local filesystem (`/{prefix}` is then the directory).
+    pub fn is_local(&self) -> bool {
+        matches!(self.scheme, Scheme::Local)
+    }
+
     /// The directory (prefix) inside the store.
     pub fn prefix(&self) -> &Path {
         &self.prefix
@@ -272,10 +308,6 @@ impl Location {
             Scheme::Local => format!("/{object}"),
             _ => format!("{}/{object}", self.base),
         }
-    }
-
-    fn is_local(&self) -> bool {
-        self.scheme == Scheme::Local
     }
 }
 
@@ -483,7 +515,56 @@ impl SourceFactory for FileSystemSourceFactory {
             config: self.config.clone(),
             rows: self.rows.clone(),
             info: info.clone(),
+            progress: SourceProgress::default(),
         }))
+    }
+}
+
+/// The source's state table: one [`SourceProgress`] document per subtask.
+const SOURCE_TABLE: &str = "files";
+
+/// Where the reading of a partly read file resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Resume {
+    /// A JSON-lines file: the bytes and the lines of the complete lines emitted.
+    Lines { offset: u64, lines: u64 },
+    /// A Parquet file: the rows read from it (emitted, less those dropped as bad data).
+    Rows(u64),
+}
+
+impl Resume {
+    /// How far it is into the file, to keep the furthest of two.
+    fn reached(self) -> u64 {
+        match self {
+            Resume::Lines { offset, .. } => offset,
+            Resume::Rows(n) => n,
+        }
+    }
+}
+
+/// What a source subtask has read, by path of the file in the store: its checkpoint state.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SourceProgress {
+    /// Files read to the end.
+    done: BTreeSet<String>,
+    /// Files read part of the way.
+    partial: BTreeMap<String, Resume>,
+}
+
+impl SourceProgress {
+    /// Adds what another subtask had read: a file done anywhere is done; of two positions in a
+    /// file, the further one counts.
+    fn merge(&mut self, other: SourceProgress) {
+        self.done.extend(other.done);
+        for (file, at) in other.partial {
+            let slot = self.partial.entry(file).or_insert(at);
+            if at.reached() > slot.reached() {
+                *slot = at;
+            }
+        }
+        let done = &self.done;
+        self.partial.retain(|file, _| !done.contains(file));
     }
 }
 
@@ -491,6 +572,9 @@ struct FileSystemSource {
     config: FileSystemSourceConfig,
     rows: Arc<FileSourceFactory>,
     info: TaskInfo,
+    /// The files done and the positions in files partly read, as of what was emitted (the
+    /// file being read excepted: its reader knows its position).
+    progress: SourceProgress,
 }
 
 /// True when no part of `object` below `prefix` is hidden (starts with `.` or `_`).
@@ -507,6 +591,18 @@ impl FileSystemSource {
             node: self.info.node.clone(),
             message,
         }
+    }
+
+    /// The subtask's state: its progress, with `current` (the file being read and how far)
+    /// over it.
+    fn snapshot_with(&self, current: Option<(&str, Resume)>) -> Result<TaskState, DataflowError> {
+        let mut progress = self.progress.clone();
+        if let Some((file, at)) = current {
+            progress.partial.insert(file.to_string(), at);
+        }
+        let mut state = TaskState::new();
+        state.put_json(SOURCE_TABLE, &progress)?;
+        Ok(state)
     }
 
     /// Every file to read, sorted by path.
@@ -539,39 +635,107 @@ impl FileSystemSource {
         Ok(files)
     }
 
-    /// Reads one JSON-lines file; false when a stop cut it short.
+    /// Keeps the progress of the files this subtask reads (`mine`, out of `listed`): another
+    /// subtask records the others. Subtask 0 also keeps the files done that are no longer
+    /// listed, so that they are not read again should they come back.
+    fn keep_mine(&mut self, listed: &BTreeSet<&str>, mine: &BTreeSet<&str>) {
+        let first = self.info.subtask == 0;
+        self.progress
+            .done
+            .retain(|f| mine.contains(f.as_str()) || (first && !listed.contains(f.as_str())));
+        self.progress
+            .partial
+            .retain(|f, _| mine.contains(f.as_str()));
+    }
+
+    /// Reads one JSON-lines file from `resume` (its start when None); returns how the read
+    /// ended and where it got to.
     async fn read_json(
         &self,
         ctx: &mut SourceContext,
         store: &Arc<dyn ObjectStore>,
         meta: &ObjectMeta,
-        rows: &mut FileSource,
+        name: &str,
+        resume: Option<Resume>,
         shown: &str,
-    ) -> Result<bool, DataflowError> {
-        let got = store
-            .get(&meta.location)
+    ) -> Result<(SourceEnd, Resume), DataflowError> {
+        let mut rows = self.rows.reader(&self.info, shown.to_string());
+        let (offset, lines) = match resume {
+            Some(Resume::Lines { offset, lines }) => (offset, lines),
+            _ => (0, 0),
+        };
+        if offset > 0 && offset >= meta.size {
+            // Every line was emitted before the checkpoint.
+            return Ok((SourceEnd::Finished, Resume::Lines { offset, lines }));
+        }
+        rows.resume_at(FilePosition {
+            offset,
+            lines,
+            done: false,
+        });
+        let options = GetOptions {
+            range: (offset > 0).then_some(GetRange::Offset(offset)),
+            ..GetOptions::default()
+        };
+        let GetResult { payload, range, .. } = store
+            .get_opts(&meta.location, options)
             .await
-            .map_err(|e| self.fail(format!("cannot open {shown}: {e}")))?;
-        match got.payload {
+            .map_err(|e| self.fail(format!("cannot open {shown} at byte {offset}: {e}")))?;
+        let snapshot = |r: &FileSource| {
+            let p = r.position();
+            self.snapshot_with(Some((
+                name,
+                Resume::Lines {
+                    offset: p.offset,
+                    lines: p.lines,
+                },
+            )))
+        };
+        let end = match payload {
             GetResultPayload::File(f, _) => {
-                rows.read_lines(ctx, tokio::fs::File::from_std(f)).await
+                // A local file comes open at its start, whatever the range.
+                let mut file = tokio::fs::File::from_std(f);
+                if range.start > 0 {
+                    use tokio::io::AsyncSeekExt;
+                    file.seek(std::io::SeekFrom::Start(range.start))
+                        .await
+                        .map_err(|e| {
+                            self.fail(format!("seeking to byte {} of {shown}: {e}", range.start))
+                        })?;
+                }
+                rows.read_lines(ctx, file, snapshot).await?
             }
             GetResultPayload::Stream(s) => {
                 let reader = tokio_util::io::StreamReader::new(s.map_err(std::io::Error::from));
-                rows.read_lines(ctx, reader).await
+                rows.read_lines(ctx, reader, snapshot).await?
             }
-        }
+        };
+        let p = rows.position();
+        Ok((
+            end,
+            Resume::Lines {
+                offset: p.offset,
+                lines: p.lines,
+            },
+        ))
     }
 
-    /// Reads one Parquet file; false when a stop cut it short.
+    /// Reads one Parquet file, skipping the rows `resume` says were read; returns how the read
+    /// ended and where it got to. Due checkpoints are taken between batches.
     async fn read_parquet(
         &self,
         ctx: &mut SourceContext,
         store: &Arc<dyn ObjectStore>,
         meta: &ObjectMeta,
-        rows: &mut FileSource,
+        name: &str,
+        resume: Option<Resume>,
         shown: &str,
-    ) -> Result<bool, DataflowError> {
+    ) -> Result<(SourceEnd, Resume), DataflowError> {
+        let mut rows = self.rows.reader(&self.info, shown.to_string());
+        let skip = match resume {
+            Some(Resume::Rows(n)) => n,
+            _ => 0,
+        };
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.clone(), meta.location.clone())
             .with_file_size(meta.size);
@@ -588,7 +752,7 @@ impl FileSystemSource {
                     BadData::Fail => Err(self.fail(message)),
                     BadData::Drop => {
                         warn!(file = %shown, error = %e, "bad_data = 'drop': skipped a file");
-                        Ok(true)
+                        Ok((SourceEnd::Finished, Resume::Rows(0)))
                     }
                 };
             }
@@ -601,20 +765,34 @@ impl FileSystemSource {
             .filter_map(|f| file_schema.index_of(f.name()).ok())
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let skip_rows = usize::try_from(skip)
+            .map_err(|_| self.fail(format!("{shown}: cannot skip {skip} rows")))?;
         let mut batches = builder
             .with_batch_size(file::BATCH_ROWS)
             .with_projection(mask)
+            .with_offset(skip_rows)
             .build()
             .map_err(|e| self.fail(format!("reading {shown}: {e}")))?;
-        while let Some(batch) = batches.next().await {
+        let mut read = skip;
+        loop {
             if ctx.should_stop() {
-                return Ok(false);
+                return Ok((SourceEnd::Stopped, Resume::Rows(read)));
             }
+            if let Some(end) = ctx
+                .checkpoint_if_due(|| self.snapshot_with(Some((name, Resume::Rows(read)))))
+                .await?
+            {
+                return Ok((end, Resume::Rows(read)));
+            }
+            let Some(batch) = batches.next().await else {
+                break;
+            };
             let batch = batch.map_err(|e| self.fail(format!("reading {shown}: {e}")))?;
+            read += batch.num_rows() as u64;
             let batch = align(&batch, &stored).map_err(|e| self.fail(format!("{shown}: {e}")))?;
             rows.emit_stored(ctx, batch).await?;
         }
-        Ok(true)
+        Ok((SourceEnd::Finished, Resume::Rows(read)))
     }
 }
 
@@ -657,31 +835,72 @@ impl Source for FileSystemSource {
                 "no files to read"
             );
         }
-        let mine: Vec<ObjectMeta> = files
-            .into_iter()
+        let names: Vec<String> = files.iter().map(|f| f.location.to_string()).collect();
+        let listed: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let mine: Vec<(&ObjectMeta, &str)> = files
+            .iter()
+            .zip(names.iter().map(String::as_str))
             .enumerate()
             .filter(|(i, _)| i % parallelism == me)
             .map(|(_, f)| f)
             .collect();
-        info!(node = %self.info.node, subtask = me, files = mine.len(), of = total, "reading files");
-        for meta in &mine {
+        self.keep_mine(&listed, &mine.iter().map(|(_, n)| *n).collect());
+        let left = mine
+            .iter()
+            .filter(|(_, n)| !self.progress.done.contains(*n))
+            .count();
+        info!(
+            node = %self.info.node,
+            subtask = me,
+            files = mine.len(),
+            of = total,
+            left,
+            resumed = self.progress.partial.len(),
+            "reading files"
+        );
+        for (meta, name) in mine {
+            if self.progress.done.contains(name) {
+                continue;
+            }
             if ctx.should_stop() {
                 return Ok(SourceEnd::Stopped);
             }
             let shown = self.config.location.display(&meta.location);
-            let mut rows = self.rows.reader(&self.info, shown.clone());
-            let read = match self.config.format {
-                FileFormat::Json => self.read_json(ctx, &store, meta, &mut rows, &shown).await?,
+            let resume = self.progress.partial.get(name).copied();
+            let (end, at) = match self.config.format {
+                FileFormat::Json => {
+                    self.read_json(ctx, &store, meta, name, resume, &shown)
+                        .await?
+                }
                 FileFormat::Parquet => {
-                    self.read_parquet(ctx, &store, meta, &mut rows, &shown)
+                    self.read_parquet(ctx, &store, meta, name, resume, &shown)
                         .await?
                 }
             };
-            if !read {
-                return Ok(SourceEnd::Stopped);
+            if end != SourceEnd::Finished {
+                // Stopped part of the way: the final state records how far.
+                self.progress.partial.insert(name.to_string(), at);
+                return Ok(end);
             }
+            self.progress.partial.remove(name);
+            self.progress.done.insert(name.to_string());
         }
         Ok(SourceEnd::Finished)
+    }
+
+    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+        self.snapshot_with(None)
+    }
+
+    /// Takes what every old subtask had read: the files done anywhere are skipped, and a
+    /// partly read file resumes where it was, on whichever subtask now reads it.
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        for docs in state.json::<SourceProgress>(SOURCE_TABLE)? {
+            for doc in docs {
+                self.progress.merge(doc);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -901,21 +1120,16 @@ impl FileSystemSinkFactory {
 
 impl OperatorFactory for FileSystemSinkFactory {
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
-        let fail = |message: String| DataflowError::Connector {
+        let state = SinkState::new(
+            info.node.clone(),
+            self.config.clone(),
+            info.subtask,
+            info.parallelism,
+        )
+        .map_err(|message| DataflowError::Connector {
             node: info.node.clone(),
             message: format!("{}: {message}", self.table),
-        };
-        let store = self.config.location.store().map_err(fail)?;
-        let state = SinkState {
-            node: info.node.clone(),
-            store,
-            local: self.config.location.is_local().then(LocalFileSystem::new),
-            config: self.config.clone(),
-            subtask: info.subtask,
-            next_index: 0,
-            open: None,
-            written: 0,
-        };
+        })?;
         Ok(Box::new(FileSystemSink {
             node: info.node.clone(),
             tick: self.config.tick(),
@@ -939,7 +1153,10 @@ enum Encoder {
 
 /// A file being written.
 struct OpenFile {
+    /// Where it is written: its staged name.
     location: Path,
+    /// The name it takes once committed.
+    target: Path,
     encoder: Encoder,
     /// Started once a whole part is buffered.
     upload: Option<Box<dyn MultipartUpload>>,
@@ -1015,7 +1232,8 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Writes the rest and makes the file appear under its name; returns its size.
+    /// Writes the rest and makes the file appear under its (staged) location; returns its
+    /// size.
     async fn finish(&mut self, store: &Arc<dyn ObjectStore>) -> Result<u64, String> {
         let rest = match std::mem::replace(&mut self.encoder, Encoder::Json(Vec::new())) {
             Encoder::Json(buf) => buf,
@@ -1061,6 +1279,47 @@ impl Drop for OpenFile {
     }
 }
 
+/// The sink's state table: one [`SinkCheckpoint`] document per subtask.
+const SINK_TABLE: &str = "files";
+/// The directory under the sink's path where finished files wait for their checkpoint; hidden
+/// (a leading `.`) from the filesystem source and from other readers of the directory.
+const STAGING_DIR: &str = ".staging";
+
+/// A finished file waiting for its checkpoint to complete, by paths in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StagedFile {
+    /// Where it is: under the staging directory.
+    staged: String,
+    /// The name it is committed under.
+    #[serde(rename = "final")]
+    target: String,
+}
+
+/// A sink subtask's state at a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SinkCheckpoint {
+    /// Names the subtask's staging directory, `<path>/.staging/<token>`: random on a fresh
+    /// start, inherited on a restore, so that a restore clears what a crashed run left there
+    /// and nothing of another pipeline writing to the same path.
+    token: String,
+    /// The index of the next file (in serial names): a rerun from the checkpoint reuses the
+    /// names the lost run had used after it, and never one committed before.
+    next_index: u64,
+    /// Files staged up to this checkpoint and not known to be committed: restoring the
+    /// checkpoint commits them.
+    pending: Vec<StagedFile>,
+}
+
+/// What a restored subtask does before anything else.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Files of the restored checkpoint to commit.
+    commit: Vec<StagedFile>,
+    /// Staging directories (tokens) to clear once those are committed: what is left in them
+    /// was written after the checkpoint and must never appear.
+    clear: Vec<String>,
+}
+
 /// What one sink subtask writes with, shared with its timer.
 struct SinkState {
     node: String,
@@ -1069,13 +1328,60 @@ struct SinkState {
     local: Option<LocalFileSystem>,
     config: Arc<FileSystemSinkConfig>,
     subtask: usize,
+    parallelism: usize,
+    /// The name of this subtask's staging directory.
+    token: String,
     next_index: u64,
     open: Option<OpenFile>,
     /// Files closed so far.
     written: u64,
+    /// Files closed since the last barrier.
+    staged: Vec<StagedFile>,
+    /// Files closed before a barrier, committed when a checkpoint completes.
+    pending: Vec<StagedFile>,
+    /// Set by a restore; done by the first call after it.
+    recovery: Option<Recovery>,
 }
 
 impl SinkState {
+    /// The writer of subtask `subtask` of `parallelism`, with a new staging directory.
+    fn new(
+        node: String,
+        config: Arc<FileSystemSinkConfig>,
+        subtask: usize,
+        parallelism: usize,
+    ) -> Result<Self, String> {
+        Ok(SinkState {
+            node,
+            store: config.location.store()?,
+            local: config.location.is_local().then(LocalFileSystem::new),
+            config,
+            subtask,
+            parallelism: parallelism.max(1),
+            token: uuid(true),
+            next_index: 0,
+            open: None,
+            written: 0,
+            staged: Vec::new(),
+            pending: Vec::new(),
+            recovery: None,
+        })
+    }
+
+    fn display(&self, object: &Path) -> String {
+        self.config.location.display(object)
+    }
+
+    /// `<path>/.staging/<token>`.
+    fn staging_dir(&self, token: &str) -> Path {
+        self.config
+            .location
+            .prefix
+            .clone()
+            .join(STAGING_DIR)
+            .join(token)
+    }
+
     fn file_name(&self) -> String {
         let base = match self.config.strategy {
             NameStrategy::Serial => format!("{:05}-{:03}", self.next_index, self.subtask),
@@ -1090,12 +1396,9 @@ impl SinkState {
     }
 
     fn open_file(&mut self, schema: &Schema, now: Instant) -> Result<OpenFile, String> {
-        let location = self
-            .config
-            .location
-            .prefix
-            .clone()
-            .join(self.file_name().as_str());
+        let name = self.file_name();
+        let target = self.config.location.prefix.clone().join(name.as_str());
+        let location = self.staging_dir(&self.token).join(name.as_str());
         self.next_index += 1;
         let encoder = match self.config.format {
             FileFormat::Json => Encoder::Json(Vec::new()),
@@ -1121,6 +1424,7 @@ impl SinkState {
         };
         Ok(OpenFile {
             location,
+            target,
             encoder,
             upload: None,
             parts: 0,
@@ -1154,8 +1458,10 @@ impl SinkState {
         let file = self.open.as_mut().expect("a file is open");
         file.encode(batch, config.row_group_bytes)?;
         file.last_write = now;
+        let shown = config.location.display(&file.location);
         file.upload_parts(&self.store, config.part_size, config.max_parts)
-            .await?;
+            .await
+            .map_err(|e| format!("writing {shown}: {e}"))?;
         let full = file.parts + 1 >= config.max_parts
             || config.file_size.is_some_and(|limit| file.size() >= limit);
         if full {
@@ -1164,34 +1470,207 @@ impl SinkState {
         Ok(())
     }
 
-    /// Closes the open file, if any: it appears under its final name.
+    /// Closes the open file, if any: it is finished under its staged name and waits for the
+    /// next barrier.
     async fn close(&mut self) -> Result<(), String> {
         let Some(mut file) = self.open.take() else {
             return Ok(());
         };
-        let shown = self.config.location.display(&file.location);
+        let shown = self.display(&file.location);
         let size = file
             .finish(&self.store)
             .await
             .map_err(|e| format!("writing {shown}: {e}"))?;
-        if let Some(local) = &self.local {
-            let path = local
-                .path_to_filesystem(&file.location)
-                .map_err(|e| e.to_string())?;
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::File::open(&path)?.sync_all()?;
-                if let Some(dir) = path.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| format!("syncing {shown}: {e}"))?
-            .map_err(|e| format!("syncing {shown}: {e}"))?;
-        }
+        // The file, its staging directory, `.staging` and the sink's directory: the last two
+        // may just have been made.
+        self.sync_local(&file.location, 3).await?;
+        self.staged.push(StagedFile {
+            staged: file.location.to_string(),
+            target: file.target.to_string(),
+        });
         self.written += 1;
-        info!(node = %self.node, file = %shown, bytes = size, "file written");
+        info!(node = %self.node, file = %shown, bytes = size, "file staged");
         Ok(())
+    }
+
+    /// For a local path: fsyncs `object` and the `dirs` directories above it (its own
+    /// first), so that a file and its name survive a crash.
+    async fn sync_local(&mut self, object: &Path, dirs: usize) -> Result<(), String> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let shown = self.display(object);
+        let path = local
+            .path_to_filesystem(object)
+            .map_err(|e| format!("syncing {shown}: {e}"))?;
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&path)?.sync_all()?;
+            let mut dir = path.parent();
+            for _ in 0..dirs {
+                let Some(d) = dir else { break };
+                std::fs::File::open(d)?.sync_all()?;
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("syncing {shown}: {e}"))?
+        .map_err(|e| format!("syncing {shown}: {e}"))
+    }
+
+    /// At a barrier: closes the open file (everything before the barrier is then in staged
+    /// files) and returns the state, with every file not committed yet.
+    async fn barrier(&mut self) -> Result<SinkCheckpoint, String> {
+        self.close().await?;
+        self.pending.append(&mut self.staged);
+        Ok(SinkCheckpoint {
+            token: self.token.clone(),
+            next_index: self.next_index,
+            pending: self.pending.clone(),
+        })
+    }
+
+    /// A checkpoint completed: commits the files staged before its barrier.
+    ///
+    /// Every pending file was staged before a barrier this subtask has passed, and the runtime
+    /// delivers the completion of an epoch before the barrier of the next one (the coordinator
+    /// triggers one epoch at a time), so all of them belong to the completed checkpoint or an
+    /// earlier one.
+    async fn commit_pending(&mut self) -> Result<(), String> {
+        let files = std::mem::take(&mut self.pending);
+        for (i, file) in files.iter().enumerate() {
+            if let Err(e) = self.commit(file).await {
+                self.pending = files[i..].to_vec();
+                return Err(e);
+            }
+        }
+        if !files.is_empty() {
+            info!(node = %self.node, subtask = self.subtask, files = files.len(), "files committed");
+        }
+        Ok(())
+    }
+
+    /// Moves a staged file to its final name, where it appears whole. Idempotent: when the
+    /// staged file is gone and the final one exists, an earlier commit did it.
+    async fn commit(&mut self, file: &StagedFile) -> Result<(), String> {
+        let parse = |p: &str| {
+            Path::parse(p).map_err(|e| format!("the checkpoint names an invalid path '{p}': {e}"))
+        };
+        let (staged, target) = (parse(&file.staged)?, parse(&file.target)?);
+        let (from, to) = (self.display(&staged), self.display(&target));
+        match self.store.rename(&staged, &target).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => match self.store.head(&target).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(format!(
+                        "cannot commit {to}: neither it nor its staged file {from} exists (were they deleted?)"
+                    ));
+                }
+                Err(e) => return Err(format!("committing {from} as {to}: {e}")),
+            },
+            Err(e) => return Err(format!("committing {from} as {to}: {e}")),
+        }
+        // The new name in the sink's directory.
+        self.sync_local(&target, 1).await
+    }
+
+    /// Takes the state of every old subtask (`docs`, by old subtask): the file index goes on
+    /// from the highest, the staging directory of the same subtask is inherited, and the
+    /// pending files and staging directories of old subtasks `i` with `i % parallelism ==
+    /// subtask` become this subtask's to commit and to clear.
+    fn restore(&mut self, docs: Vec<Vec<SinkCheckpoint>>) -> Result<(), String> {
+        let mut recovery = Recovery::default();
+        for (old, docs) in docs.into_iter().enumerate() {
+            for doc in docs {
+                if doc.token.is_empty() || doc.token.contains('/') || doc.token.starts_with('.') {
+                    return Err(format!(
+                        "the checkpoint of the sink at {} names an invalid staging directory '{}'",
+                        self.display(&self.config.location.prefix),
+                        doc.token
+                    ));
+                }
+                self.next_index = self.next_index.max(doc.next_index);
+                if old == self.subtask {
+                    self.token = doc.token.clone();
+                }
+                if old % self.parallelism == self.subtask {
+                    recovery.commit.extend(doc.pending);
+                    recovery.clear.push(doc.token);
+                }
+            }
+        }
+        self.recovery = Some(recovery);
+        Ok(())
+    }
+
+    /// After a restore, before anything else: commits the restored checkpoint's files, then
+    /// deletes whatever else is in the staging directories this subtask took over.
+    async fn recover(&mut self) -> Result<(), String> {
+        let Some(recovery) = self.recovery.take() else {
+            return Ok(());
+        };
+        for file in &recovery.commit {
+            self.commit(file).await?;
+        }
+        let mut cleared = 0;
+        for token in &recovery.clear {
+            let dir = self.staging_dir(token);
+            let shown = self.display(&dir);
+            let listed: Vec<ObjectMeta> = match self.store.list(Some(&dir)).try_collect().await {
+                Ok(l) => l,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(format!("cannot list {shown}: {e}")),
+            };
+            for meta in listed {
+                match self.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => cleared += 1,
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot delete {}: {e}",
+                            self.display(&meta.location)
+                        ));
+                    }
+                }
+            }
+            if token != &self.token {
+                self.remove_empty_dir(&dir).await;
+            }
+        }
+        info!(
+            node = %self.node,
+            subtask = self.subtask,
+            committed = recovery.commit.len(),
+            deleted = cleared,
+            "sink recovered its checkpoint"
+        );
+        Ok(())
+    }
+
+    /// The end of input: closes the open file and commits every file (no checkpoint follows).
+    async fn finish_all(&mut self) -> Result<(), String> {
+        self.close().await?;
+        self.pending.append(&mut self.staged);
+        self.commit_pending().await?;
+        let own = self.staging_dir(&self.token);
+        self.remove_empty_dir(&own).await;
+        if let Some(staging) = own.parent() {
+            self.remove_empty_dir(&staging).await;
+        }
+        Ok(())
+    }
+
+    /// For a local path, removes directory `dir` if it is empty (object stores have no
+    /// directories to remove).
+    async fn remove_empty_dir(&mut self, dir: &Path) {
+        if let Some(path) = self
+            .local
+            .as_ref()
+            .and_then(|l| l.path_to_filesystem(dir).ok())
+        {
+            // Not empty, or already gone: nothing to do either way.
+            let _ = tokio::fs::remove_dir(path).await;
+        }
     }
 }
 
@@ -1250,6 +1729,12 @@ impl FileSystemSink {
             }
         }));
     }
+
+    /// Finishes a restore (see [`SinkState::recover`]) if one is pending.
+    async fn recover(&self) -> Result<(), DataflowError> {
+        let result = self.state.lock().await.recover().await;
+        result.map_err(|e| self.fail(e))
+    }
 }
 
 #[async_trait]
@@ -1264,6 +1749,7 @@ impl Operator for FileSystemSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        self.recover().await?;
         self.start_timer();
         // The hidden event-time column is never written.
         let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
@@ -1274,6 +1760,16 @@ impl Operator for FileSystemSink {
         result.map_err(|e| self.fail(e))
     }
 
+    async fn on_watermark(
+        &mut self,
+        watermark: i64,
+        out: &mut Collector,
+    ) -> Result<(), DataflowError> {
+        self.recover().await?;
+        out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
+            .await
+    }
+
     async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
         let state = self.state.clone();
         // Holding the lock, the timer is not closing a file: aborting it loses nothing.
@@ -1282,9 +1778,53 @@ impl Operator for FileSystemSink {
             t.abort();
         }
         self.check_timer()?;
-        state.close().await.map_err(|e| self.fail(e))?;
+        let result = async {
+            state.recover().await?;
+            state.finish_all().await
+        }
+        .await;
+        result.map_err(|e| self.fail(e))?;
         info!(node = %self.node, subtask = state.subtask, files = state.written, "sink closed");
         Ok(())
+    }
+
+    /// Closes the open file and records every file not committed yet (see
+    /// [`SinkCheckpoint`]).
+    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+        self.check_timer()?;
+        let result = {
+            let mut state = self.state.lock().await;
+            match state.recover().await {
+                Ok(()) => state.barrier().await,
+                Err(e) => Err(e),
+            }
+        };
+        let checkpoint = result.map_err(|e| self.fail(e))?;
+        let mut out = TaskState::new();
+        out.put_json(SINK_TABLE, &checkpoint)?;
+        Ok(out)
+    }
+
+    /// Commits the files of the restored checkpoint: see [`SinkState::restore`].
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        let docs = state.json::<SinkCheckpoint>(SINK_TABLE)?;
+        let result = match self.state.try_lock() {
+            Ok(mut sink) => sink.restore(docs),
+            Err(_) => Err("restored while writing".to_string()),
+        };
+        result.map_err(|e| self.fail(e))
+    }
+
+    async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), DataflowError> {
+        self.check_timer()?;
+        let result = {
+            let mut state = self.state.lock().await;
+            match state.recover().await {
+                Ok(()) => state.commit_pending().await,
+                Err(e) => Err(e),
+            }
+        };
+        result.map_err(|e| self.fail(format!("committing checkpoint {epoch}: {e}")))
     }
 }
 
@@ -1652,6 +2192,10 @@ mod tests {
         assert!(visible(&prefix, &Path::from("data/in/sub/b.json")));
         assert!(!visible(&prefix, &Path::from("data/in/.a.json")));
         assert!(!visible(&prefix, &Path::from("data/in/_staging/a.json")));
+        assert!(!visible(
+            &prefix,
+            &Path::from("data/in/.staging/0190-token/a.json")
+        ));
         assert!(!visible(&prefix, &Path::from("data/other/a.json")));
     }
 
@@ -1710,22 +2254,15 @@ mod tests {
         config.part_size = 1024;
         config.max_parts = 3;
         config.row_group_bytes = 512;
-        SinkState {
-            node: "sink:test".into(),
-            store: config.location.store().unwrap(),
-            local: Some(LocalFileSystem::new()),
-            config: Arc::new(config),
-            subtask: 1,
-            next_index: 0,
-            open: None,
-            written: 0,
-        }
+        SinkState::new("sink:test".into(), Arc::new(config), 1, 2).unwrap()
     }
 
+    /// The visible files in `dir` (not the staging directory).
     fn names(dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
         names
@@ -1738,7 +2275,7 @@ mod tests {
         for i in 0..10 {
             sink.write(&rows(i * 50, 50)).await.unwrap();
         }
-        sink.close().await.unwrap();
+        sink.finish_all().await.unwrap();
         let names = names(dir.path());
         assert!(names.len() > 2, "{names:?}");
         assert_eq!(names[0], "00000-001.json");
@@ -1767,7 +2304,7 @@ mod tests {
         for i in 0..20 {
             sink.write(&rows(i * 100, 100)).await.unwrap();
         }
-        sink.close().await.unwrap();
+        sink.finish_all().await.unwrap();
         let mut n = Vec::new();
         let names = names(dir.path());
         for name in &names {
@@ -1801,12 +2338,23 @@ mod tests {
         sink.start_timer();
         sink.state.lock().await.write(&rows(0, 3)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while names(dir.path()) != ["00000-001.json"] {
+        while sink.state.lock().await.staged.is_empty() {
             assert!(Instant::now() < deadline, "the idle file was never closed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(sink.state.lock().await.open.is_none());
+        let token = {
+            let state = sink.state.lock().await;
+            assert!(state.open.is_none());
+            state.token.clone()
+        };
         sink.check_timer().unwrap();
+        // Closed, the file waits in the staging directory for a checkpoint (or the end).
+        let staging = dir.path().join(STAGING_DIR).join(&token);
+        assert_eq!(names(&staging), ["00000-001.json"]);
+        assert!(names(dir.path()).is_empty());
+        sink.state.lock().await.finish_all().await.unwrap();
+        assert_eq!(names(dir.path()), ["00000-001.json"]);
+        assert!(!dir.path().join(STAGING_DIR).exists());
     }
 
     #[test]
@@ -1839,5 +2387,501 @@ mod tests {
         assert_eq!(out.column(1).null_count(), 2);
         let strict = Arc::new(Schema::new(vec![Field::new("gone", DataType::Utf8, false)]));
         assert!(align(&file, &strict).unwrap_err().contains("'gone'"));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Checkpoints
+    // -----------------------------------------------------------------------------------------
+
+    use crate::connector::JobContext;
+    use crate::dataflow::checkpointing::{Link, Report};
+    use crate::dataflow::{Barrier, StopMode};
+    use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
+    use tokio::sync::{mpsc, watch};
+
+    fn task(subtask: usize, parallelism: usize) -> TaskInfo {
+        TaskInfo {
+            node: "test".into(),
+            subtask,
+            parallelism,
+            job: Arc::new(JobContext { preview: None }),
+        }
+    }
+
+    /// The `n` column of a batch.
+    fn n_values(batch: &RecordBatch) -> Vec<i64> {
+        batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    }
+
+    /// Rows `from..from + n` with a 100-character text each.
+    fn wide_rows(from: i64, n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let n: Vec<i64> = (from..from + n).collect();
+        let s: Vec<String> = n.iter().map(|i| format!("{i:0>100}")).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(n)),
+                Arc::new(StringArray::from(s)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Writes `batch` as file `name` under `dir` in `format`.
+    fn write_file(dir: &std::path::Path, name: &str, format: &str, batch: &RecordBatch) {
+        let path = dir.join(name);
+        match format {
+            "json" => {
+                std::fs::write(
+                    &path,
+                    super::super::sink::encode_json_lines(batch, 0).unwrap(),
+                )
+                .unwrap();
+            }
+            _ => {
+                let file = std::fs::File::create(&path).unwrap();
+                let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+                writer.write(batch).unwrap();
+                writer.close().unwrap();
+            }
+        }
+    }
+
+    fn source_factory(dir: &std::path::Path, format: &str) -> FileSystemSourceFactory {
+        let config = FileSystemSourceConfig::from_options(&mut options(&[
+            ("path", dir.to_str().unwrap()),
+            ("format", format),
+        ]))
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        FileSystemSourceFactory::new(config, schema, EventTimeSpec::default(), vec![], None)
+    }
+
+    /// What one run of a source subtask did.
+    struct SourceRun {
+        end: SourceEnd,
+        /// The `n` of every row it emitted (before its barrier, for a stop at a checkpoint).
+        n: Vec<i64>,
+        /// Its state: the one reported at the checkpoint, or the final one.
+        state: TaskState,
+    }
+
+    /// Runs subtask `info` of the source (restored from `restored`), emitting into a channel
+    /// of one batch. With `checkpoint_after`, once that many rows arrived a checkpoint that
+    /// stops the run is triggered: the source takes it at its next step.
+    async fn run_source(
+        factory: &FileSystemSourceFactory,
+        info: TaskInfo,
+        restored: Option<&RestoredState>,
+        checkpoint_after: Option<usize>,
+    ) -> SourceRun {
+        let mut source = factory.create(&info).unwrap();
+        if let Some(r) = restored {
+            source.restore(r).unwrap();
+        }
+        let (out, mut rx) = Collector::for_test(1);
+        let (_stop, stop_rx) = watch::channel::<Option<StopMode>>(None);
+        let (trigger, trigger_rx) = watch::channel(None);
+        let (reports, mut reported) = mpsc::unbounded_channel();
+        let (_completed, completed) = watch::channel(0u64);
+        let link = Link {
+            task: (0, info.subtask),
+            reports,
+            completed,
+        };
+        let mut ctx = SourceContext::new(info, out, stop_rx, trigger_rx, Some(link), None);
+        let running = tokio::spawn(async move {
+            let end = source.run(&mut ctx).await.unwrap();
+            (end, source.snapshot().unwrap())
+        });
+        let mut n = Vec::new();
+        let mut barrier = false;
+        while let Some((_, message)) = rx.recv().await {
+            match message {
+                Message::Data(batch) => {
+                    assert!(!barrier, "a row after the barrier of a stop");
+                    n.extend(n_values(&batch));
+                    if checkpoint_after.is_some_and(|k| n.len() >= k) {
+                        trigger.send_replace(Some(Barrier {
+                            epoch: 1,
+                            stop: true,
+                        }));
+                    }
+                }
+                Message::Barrier(_) => barrier = true,
+                _ => {}
+            }
+        }
+        let (end, last) = running.await.unwrap();
+        let state = match reported.try_recv() {
+            Ok(Report::Snapshot { files, .. }) => {
+                let mut state = TaskState::new();
+                for (name, bytes) in files {
+                    let table = name.splitn(3, '/').nth(2).unwrap();
+                    state.decode_into(table, bytes).unwrap();
+                }
+                // What the source says after stopping is what it reported.
+                assert_eq!(
+                    state.json::<SourceProgress>(SOURCE_TABLE).unwrap(),
+                    last.json::<SourceProgress>(SOURCE_TABLE).unwrap()
+                );
+                state
+            }
+            _ => last,
+        };
+        assert_eq!(barrier, end == SourceEnd::Checkpointed);
+        SourceRun { end, n, state }
+    }
+
+    fn restored(states: Vec<TaskState>) -> RestoredState {
+        RestoredState {
+            parallelism: states.len(),
+            subtasks: states,
+            watermark: None,
+            epoch: 1,
+        }
+    }
+
+    /// Five files of `format`, one (the second) large, read at parallelism 2 up to a
+    /// checkpoint, then restored at 3 and 1: every row is read exactly once.
+    async fn source_resumes_at_another_parallelism(format: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        for (k, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            let from = k as i64 * 1_000_000;
+            // A JSON file of over 4 MiB is read in several steps; a Parquet one in batches.
+            let rows = match (format, k) {
+                ("json", 1) => 50_000,
+                ("json", _) => 10_000,
+                _ => 20_000,
+            };
+            let batch = wide_rows(from, rows);
+            write_file(dir.path(), &format!("{name}.{format}"), format, &batch);
+            expected.extend(from..from + rows);
+        }
+        let factory = source_factory(dir.path(), format);
+
+        let mut seen = Vec::new();
+        let mut states = Vec::new();
+        for subtask in 0..2 {
+            let run = run_source(&factory, task(subtask, 2), None, Some(1)).await;
+            assert_eq!(run.end, SourceEnd::Checkpointed);
+            seen.extend(run.n);
+            states.push(run.state);
+        }
+        // The checkpoint fell inside a file (JSON: at a byte offset short of its end).
+        let progress: Vec<SourceProgress> = states
+            .iter()
+            .flat_map(|s| s.json::<SourceProgress>(SOURCE_TABLE).unwrap())
+            .collect();
+        let inside = progress
+            .iter()
+            .flat_map(|p| p.partial.iter())
+            .any(|(file, at)| {
+                let size = std::fs::metadata(format!("/{file}")).unwrap().len();
+                match at {
+                    Resume::Lines { offset, .. } => *offset > 0 && *offset < size,
+                    Resume::Rows(n) => *n > 0 && *n < 20_000,
+                }
+            });
+        assert!(inside, "{progress:?}");
+        assert!(
+            seen.len() < expected.len(),
+            "the checkpoint came at the end"
+        );
+
+        let from_checkpoint = restored(states);
+        let mut finals = Vec::new();
+        for subtask in 0..3 {
+            let run = run_source(&factory, task(subtask, 3), Some(&from_checkpoint), None).await;
+            assert_eq!(run.end, SourceEnd::Finished);
+            seen.extend(run.n);
+            finals.push(run.state);
+        }
+        seen.sort();
+        let mut twice = seen.clone();
+        twice.dedup();
+        assert_eq!(twice.len(), seen.len(), "rows read twice");
+        assert_eq!(seen, expected);
+
+        // Restored from its final state, the source has nothing left to read.
+        let run = run_source(&factory, task(0, 1), Some(&restored(finals)), None).await;
+        assert_eq!((run.end, run.n.len()), (SourceEnd::Finished, 0));
+        let done = run.state.json::<SourceProgress>(SOURCE_TABLE).unwrap();
+        assert_eq!(done[0].done.len(), 5, "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn json_source_resumes_at_another_parallelism() {
+        source_resumes_at_another_parallelism("json").await;
+    }
+
+    #[tokio::test]
+    async fn parquet_source_resumes_at_another_parallelism() {
+        source_resumes_at_another_parallelism("parquet").await;
+    }
+
+    #[test]
+    fn restored_progress_merges_subtasks() {
+        let mut a = SourceProgress::default();
+        a.done.insert("x".into());
+        a.partial.insert("y".into(), Resume::Rows(5));
+        let mut b = SourceProgress::default();
+        b.partial.insert("x".into(), Resume::Rows(1));
+        b.partial.insert("y".into(), Resume::Rows(9));
+        a.merge(b);
+        assert_eq!(a.done.iter().collect::<Vec<_>>(), ["x"]);
+        assert_eq!(
+            a.partial.into_iter().collect::<Vec<_>>(),
+            [("y".to_string(), Resume::Rows(9))]
+        );
+    }
+
+    /// `batch` with the hidden event-time column a sink receives.
+    fn timed(batch: RecordBatch) -> RecordBatch {
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            crate::TIMESTAMP_FIELD,
+            crate::connector::timestamp_type(),
+            false,
+        ));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(TimestampNanosecondArray::from(vec![
+            0i64;
+            batch
+                .num_rows(
+                )
+        ])));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    /// JSON files of about 1 KiB, serially named, under `dir`.
+    fn small_files(dir: &std::path::Path) -> Arc<FileSystemSinkConfig> {
+        Arc::new(
+            FileSystemSinkConfig::from_options(&mut options(&[
+                ("path", dir.to_str().unwrap()),
+                ("format", "json"),
+                ("filename.strategy", "serial"),
+                ("rolling_policy.file_size", "1kb"),
+            ]))
+            .unwrap(),
+        )
+    }
+
+    fn sink(
+        config: &Arc<FileSystemSinkConfig>,
+        subtask: usize,
+        parallelism: usize,
+    ) -> FileSystemSink {
+        let state =
+            SinkState::new("sink:test".into(), config.clone(), subtask, parallelism).unwrap();
+        FileSystemSink {
+            node: "sink:test".into(),
+            tick: config.tick(),
+            state: Arc::new(Mutex::new(state)),
+            timer: None,
+            failure: Arc::new(StdMutex::new(None)),
+        }
+    }
+
+    /// The `n` of every row in the visible files of `dir`, sorted.
+    fn committed(dir: &std::path::Path) -> Vec<i64> {
+        let mut n: Vec<i64> = names(dir)
+            .iter()
+            .flat_map(|name| {
+                std::fs::read_to_string(dir.join(name))
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                            .as_i64()
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        n.sort();
+        n
+    }
+
+    /// Every file under `dir/.staging`.
+    fn staged_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.join(STAGING_DIR)];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    todo.push(path);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn files_appear_when_their_checkpoint_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_files(dir.path());
+        let mut s = sink(&config, 0, 1);
+        let (mut out, _rx) = Collector::for_test(4);
+        // A file rolls after the batch that fills it: several files.
+        for i in 0..5 {
+            s.process_batch(timed(rows(i * 10, 10)), 0, &mut out)
+                .await
+                .unwrap();
+        }
+        let first = s.snapshot().await.unwrap();
+        let first = first.json::<SinkCheckpoint>(SINK_TABLE).unwrap();
+        assert!(first[0].pending.len() > 1, "{first:?}");
+        s.process_batch(timed(rows(50, 50)), 0, &mut out)
+            .await
+            .unwrap();
+        assert!(
+            names(dir.path()).is_empty(),
+            "visible before the checkpoint completed"
+        );
+        s.on_checkpoint_complete(1).await.unwrap();
+        assert_eq!(committed(dir.path()), (0..50).collect::<Vec<_>>());
+        s.snapshot().await.unwrap();
+        s.on_checkpoint_complete(2).await.unwrap();
+        s.on_checkpoint_complete(2).await.unwrap();
+        assert_eq!(committed(dir.path()), (0..100).collect::<Vec<_>>());
+        s.on_close(&mut out).await.unwrap();
+        let last = s.snapshot().await.unwrap();
+        assert!(
+            last.json::<SinkCheckpoint>(SINK_TABLE).unwrap()[0]
+                .pending
+                .is_empty()
+        );
+        assert_eq!(committed(dir.path()), (0..100).collect::<Vec<_>>());
+        assert!(staged_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restore_commits_its_checkpoint_and_drops_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_files(dir.path());
+        let (mut out, _rx) = Collector::for_test(4);
+        // A first run writes rows 0..100, takes a checkpoint, writes more, and crashes
+        // before hearing that the checkpoint completed.
+        let mut crashed = sink(&config, 0, 1);
+        for i in 0..10 {
+            crashed
+                .process_batch(timed(rows(i * 10, 10)), 0, &mut out)
+                .await
+                .unwrap();
+        }
+        let checkpoint = crashed.snapshot().await.unwrap();
+        crashed
+            .process_batch(timed(rows(1000, 100)), 0, &mut out)
+            .await
+            .unwrap();
+        crashed.state.lock().await.close().await.unwrap();
+        drop(crashed);
+        assert!(names(dir.path()).is_empty());
+        let doc = checkpoint.json::<SinkCheckpoint>(SINK_TABLE).unwrap()[0].clone();
+        assert!(staged_files(dir.path()).len() > doc.pending.len());
+
+        // The rerun, at parallelism 2, replays rows 100..200 from the checkpoint.
+        let from_checkpoint = restored(vec![checkpoint]);
+        let mut a = sink(&config, 0, 2);
+        let mut b = sink(&config, 1, 2);
+        a.restore(&from_checkpoint).unwrap();
+        b.restore(&from_checkpoint).unwrap();
+        assert_eq!(a.state.lock().await.token, doc.token);
+        assert_ne!(b.state.lock().await.token, doc.token);
+        b.process_batch(timed(rows(150, 50)), 0, &mut out)
+            .await
+            .unwrap();
+        // The subtask that took over the old one's state committed its checkpoint first.
+        a.on_watermark(1, &mut out).await.unwrap();
+        assert_eq!(committed(dir.path()), (0..100).collect::<Vec<_>>());
+        a.process_batch(timed(rows(100, 50)), 0, &mut out)
+            .await
+            .unwrap();
+        a.on_close(&mut out).await.unwrap();
+        b.on_close(&mut out).await.unwrap();
+        assert_eq!(committed(dir.path()), (0..200).collect::<Vec<_>>());
+        assert!(
+            staged_files(dir.path()).is_empty(),
+            "{:?}",
+            staged_files(dir.path())
+        );
+        // Serial names go on after those of the checkpoint, on both subtasks.
+        for name in names(dir.path()) {
+            let index: u64 = name[..5].parse().unwrap();
+            let subtask = &name[6..9];
+            let before = doc.pending.iter().any(|f| f.target.ends_with(&name));
+            assert!(
+                before || index >= doc.next_index,
+                "{name} reuses an index of the checkpoint"
+            );
+            assert!(before || subtask == "000" || subtask == "001", "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_files(dir.path());
+        let mut s = SinkState::new("sink:test".into(), config.clone(), 0, 1).unwrap();
+        for i in 0..10 {
+            s.write(&rows(i * 10, 10)).await.unwrap();
+        }
+        let checkpoint = s.barrier().await.unwrap();
+        assert!(checkpoint.pending.len() > 1);
+        s.commit_pending().await.unwrap();
+        let once = committed(dir.path());
+        assert_eq!(once, (0..100).collect::<Vec<_>>());
+        // Again: the staged files are gone and the final ones there.
+        for file in &checkpoint.pending {
+            s.commit(file).await.unwrap();
+        }
+        // A restore of the checkpoint whose files were committed before the crash.
+        let mut rerun = SinkState::new("sink:test".into(), config.clone(), 0, 1).unwrap();
+        rerun.restore(vec![vec![checkpoint.clone()]]).unwrap();
+        rerun.recover().await.unwrap();
+        assert_eq!(committed(dir.path()), once);
+        // A rename that copied but did not delete (an object store's copy then delete).
+        let file = &checkpoint.pending[0];
+        let name = file.target.rsplit('/').next().unwrap();
+        let staged = dir
+            .path()
+            .join(STAGING_DIR)
+            .join(&checkpoint.token)
+            .join(name);
+        std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        std::fs::copy(dir.path().join(name), &staged).unwrap();
+        s.commit(file).await.unwrap();
+        assert!(!staged.exists());
+        assert_eq!(committed(dir.path()), once);
+        // Both gone: an error naming both.
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+        let e = s.commit(file).await.unwrap_err();
+        assert!(e.contains(name) && e.contains(STAGING_DIR), "{e}");
     }
 }

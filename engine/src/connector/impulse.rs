@@ -15,12 +15,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
+use super::counters::{CounterState, Layer, emitted_before};
 use super::{
     ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, timestamp_type,
     with_timestamp,
 };
 use crate::dataflow::DataflowError;
 use crate::operator::TaskInfo;
+use crate::state::{RestoredState, TaskState};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -94,6 +96,9 @@ impl SourceFactory for ImpulseFactory {
             schema: self.schema.clone(),
             subtask: info.subtask as u64,
             parallelism: info.parallelism as u64,
+            next: 0,
+            start_time: None,
+            earlier: Vec::new(),
         }))
     }
 }
@@ -104,6 +109,12 @@ struct Impulse {
     schema: SchemaRef,
     subtask: u64,
     parallelism: u64,
+    /// This subtask's next counter is `next * parallelism + subtask`.
+    next: u64,
+    /// The event time of counter 0 with `event_time_interval` (set at the first start).
+    start_time: Option<i64>,
+    /// What runs at other parallelisms emitted before this one took over.
+    earlier: Vec<Layer>,
 }
 
 fn now_nanos() -> i64 {
@@ -122,10 +133,18 @@ impl Impulse {
         })
     }
 
-    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, DataflowError> {
-        let counters: Vec<u64> = (first..first + rows)
+    /// The counters of this subtask's positions `first..first + rows`, less those an earlier
+    /// run emitted.
+    fn counters(&self, first: u64, rows: u64) -> Vec<u64> {
+        (first..first + rows)
             .map(|k| k * self.parallelism + self.subtask)
-            .collect();
+            .filter(|c| !emitted_before(&self.earlier, *c))
+            .collect()
+    }
+
+    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, DataflowError> {
+        let counters = self.counters(first, rows);
+        let rows = counters.len() as u64;
         let times: Vec<i64> = match self.config.event_time_interval {
             Some(interval) => counters
                 .iter()
@@ -154,19 +173,23 @@ impl Source for Impulse {
         let rate = self.config.event_rate / self.parallelism as f64;
         let total = self.own_count();
         let start = Instant::now();
-        let start_time = now_nanos();
+        let start_time = *self.start_time.get_or_insert_with(now_nanos);
+        // Positions passed in this run, for the rate.
         let mut produced: u64 = 0;
         loop {
             if ctx.should_stop() {
                 return Ok(SourceEnd::Stopped);
             }
-            if total.is_some_and(|t| produced >= t) {
+            if let Some(end) = ctx.checkpoint_if_due(|| self.snapshot()).await? {
+                return Ok(end);
+            }
+            if total.is_some_and(|t| self.next >= t) {
                 return Ok(SourceEnd::Finished);
             }
             let due = (start.elapsed().as_secs_f64() * rate) as u64;
             let mut rows = due.saturating_sub(produced).min(BATCH_ROWS);
             if let Some(t) = total {
-                rows = rows.min(t - produced);
+                rows = rows.min(t - self.next);
             }
             if rows == 0 {
                 let next = start + Duration::from_secs_f64((produced + 1) as f64 / rate);
@@ -176,17 +199,41 @@ impl Source for Impulse {
                 }
                 continue;
             }
-            let batch = self.batch(produced, rows, start_time)?;
+            let batch = self.batch(self.next, rows, start_time)?;
+            self.next += rows;
+            produced += rows;
+            if batch.num_rows() == 0 {
+                continue;
+            }
             let newest = batch
                 .column(batch.num_columns() - 1)
                 .as_any()
                 .downcast_ref::<TimestampNanosecondArray>()
                 .and_then(|a| a.values().iter().max().copied())
                 .unwrap_or_default();
-            produced += rows;
             ctx.collect(batch).await?;
             ctx.watermark(newest - WATERMARK_DELAY).await?;
         }
+    }
+
+    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+        CounterState {
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            next: self.next,
+            start_time: self.start_time,
+            earlier: self.earlier.clone(),
+        }
+        .snapshot()
+    }
+
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        if let Some(split) = CounterState::restore(state, self.subtask, self.parallelism)? {
+            self.next = split.next;
+            self.start_time = split.start_time;
+            self.earlier = split.earlier;
+        }
+        Ok(())
     }
 }
 
@@ -205,7 +252,51 @@ mod tests {
             schema: with_timestamp(&schema()),
             subtask,
             parallelism,
+            next: 0,
+            start_time: None,
+            earlier: Vec::new(),
         }
+    }
+
+    fn emit(s: &mut Impulse, rows: u64) -> Vec<u64> {
+        let rows = rows.min(s.own_count().unwrap() - s.next);
+        let b = s.batch(s.next, rows, 0).unwrap();
+        s.next += rows;
+        let c = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
+        c.values().to_vec()
+    }
+
+    fn restored(subtasks: &[Impulse]) -> RestoredState {
+        RestoredState {
+            parallelism: subtasks.len(),
+            subtasks: subtasks.iter().map(|s| s.snapshot().unwrap()).collect(),
+            watermark: None,
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_restore_at_another_parallelism_emits_every_counter_once() {
+        // 3 subtasks get uneven distances in, then 2 take over, then 4.
+        let mut seen = Vec::new();
+        let mut old: Vec<Impulse> = (0..3).map(|i| impulse(i, 3, 100)).collect();
+        for (i, s) in old.iter_mut().enumerate() {
+            seen.extend(emit(s, 3 + 4 * i as u64));
+        }
+        let state = restored(&old);
+        let mut mid: Vec<Impulse> = (0..2).map(|i| impulse(i, 2, 100)).collect();
+        for (i, s) in mid.iter_mut().enumerate() {
+            s.restore(&state).unwrap();
+            seen.extend(emit(s, 5 + 9 * i as u64));
+        }
+        let state = restored(&mid);
+        for i in 0..4 {
+            let mut s = impulse(i, 4, 100);
+            s.restore(&state).unwrap();
+            seen.extend(emit(&mut s, 100));
+        }
+        seen.sort();
+        assert_eq!(seen, (0..100).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! sink [`OperatorFactory`]. Connectors never block the runtime for long: writes are buffered
 //! and flushed at the end of input.
 
+mod counters;
 pub(crate) mod debezium;
 mod file;
 mod filesystem;
@@ -26,8 +27,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::watch;
 
 use crate::TIMESTAMP_FIELD;
-use crate::dataflow::{Collector, DataflowError, Message, StopMode, Watermark};
+use crate::dataflow::checkpointing::{Link, Report};
+use crate::dataflow::{Barrier, Collector, DataflowError, Message, StopMode, Watermark};
 use crate::operator::{OperatorFactory, TaskInfo};
+use crate::state::{RestoredState, TaskState};
 
 /// Errors in a table's definition, found while planning.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -388,6 +391,9 @@ pub enum SourceEnd {
     Finished,
     /// It was asked to stop.
     Stopped,
+    /// It stopped at a checkpoint ([`SourceContext::checkpoint`] returned true): its barrier
+    /// was the last thing it sent.
+    Checkpointed,
 }
 
 /// Builds one source instance per subtask.
@@ -396,17 +402,33 @@ pub trait SourceFactory: Send + Sync {
 }
 
 /// One subtask of a source.
+///
+/// A source keeps its position (offsets, counters, the files done) in itself, and between two
+/// batches asks [`SourceContext::barrier_due`]; when a barrier is due it passes
+/// [`Source::snapshot`] to [`SourceContext::checkpoint`], which sends the barrier.
 #[async_trait]
 pub trait Source: Send {
     /// Reads until the input ends or a stop is requested.
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError>;
+
+    /// Its position: exactly what it has emitted so far.
+    fn snapshot(&self) -> Result<TaskState, DataflowError>;
+
+    /// Called before [`Source::run`] when the run restores a checkpoint: continue after what
+    /// the old subtasks (every one of them: the parallelism may differ) had emitted.
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError>;
 }
 
-/// What a source subtask can do: emit batches and watermarks, and learn it should stop.
+/// What a source subtask can do: emit batches and watermarks, inject checkpoint barriers, and
+/// learn it should stop.
 pub struct SourceContext {
     info: TaskInfo,
     out: Collector,
     stop: watch::Receiver<Option<StopMode>>,
+    trigger: watch::Receiver<Option<Barrier>>,
+    link: Option<Link>,
+    /// The epoch of the last barrier sent.
+    injected: u64,
     watermark: Option<i64>,
 }
 
@@ -415,12 +437,18 @@ impl SourceContext {
         info: TaskInfo,
         out: Collector,
         stop: watch::Receiver<Option<StopMode>>,
+        trigger: watch::Receiver<Option<Barrier>>,
+        link: Option<Link>,
+        watermark: Option<i64>,
     ) -> Self {
         SourceContext {
             info,
             out,
             stop,
-            watermark: None,
+            trigger,
+            link,
+            injected: 0,
+            watermark,
         }
     }
 
@@ -455,13 +483,87 @@ impl SourceContext {
             .await
     }
 
-    /// True once a stop was requested.
+    /// True once a stop without checkpoint was requested (graceful or immediate; also a
+    /// checkpoint stop in a run without checkpointing).
     pub fn should_stop(&self) -> bool {
-        self.stop.borrow().is_some()
+        match *self.stop.borrow() {
+            None => false,
+            Some(StopMode::Checkpoint) => self.link.is_none(),
+            Some(_) => true,
+        }
     }
 
-    /// Resolves when a stop is requested (at once if it already was).
+    /// True when a checkpoint barrier is waiting to be sent.
+    pub fn barrier_due(&self) -> bool {
+        self.link.is_some()
+            && self
+                .trigger
+                .borrow()
+                .is_some_and(|b| b.epoch > self.injected)
+    }
+
+    /// Reports `state` (the source's position after everything it sent) for the due
+    /// checkpoint and sends its barrier. True when the run stops at this checkpoint: the
+    /// source must then return [`SourceEnd::Checkpointed`] without sending anything more.
+    pub async fn checkpoint(&mut self, state: TaskState) -> Result<bool, DataflowError> {
+        let (Some(barrier), Some(link)) = (*self.trigger.borrow(), self.link.as_ref()) else {
+            return Ok(false);
+        };
+        self.injected = barrier.epoch;
+        let files = link.files(state, self.watermark)?;
+        link.report(Report::Snapshot {
+            task: link.task,
+            epoch: barrier.epoch,
+            files,
+        });
+        self.out.broadcast(Message::Barrier(barrier)).await?;
+        Ok(barrier.stop)
+    }
+
+    /// Sends the due barrier if there is one: `Some(end)` when the source must return `end`.
+    pub async fn checkpoint_if_due(
+        &mut self,
+        snapshot: impl FnOnce() -> Result<TaskState, DataflowError>,
+    ) -> Result<Option<SourceEnd>, DataflowError> {
+        if !self.barrier_due() {
+            return Ok(None);
+        }
+        Ok(self
+            .checkpoint(snapshot()?)
+            .await?
+            .then_some(SourceEnd::Checkpointed))
+    }
+
+    /// The source ended: its final state stands for it in later checkpoints.
+    pub(crate) fn ended(&mut self, state: TaskState, complete: bool) -> Result<(), DataflowError> {
+        if let Some(link) = &self.link {
+            let watermark = if complete {
+                Some(i64::MAX)
+            } else {
+                self.watermark
+            };
+            let files = link.files(state, watermark)?;
+            link.report(Report::Ended {
+                task: link.task,
+                files,
+                complete,
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves when a stop is requested or a checkpoint barrier is due (at once if so):
+    /// a source waiting for time or data selects on this, then checks both.
     pub async fn stopped(&mut self) {
-        let _ = self.stop.wait_for(|s| s.is_some()).await;
+        if self.should_stop() || self.barrier_due() {
+            return;
+        }
+        let injected = self.injected;
+        let has_link = self.link.is_some();
+        let link = self.link.is_none();
+        tokio::select! {
+            _ = self.stop.wait_for(|s| matches!(s, Some(StopMode::Graceful | StopMode::Immediate)) || (s.is_some() && link)) => {}
+            _ = self.trigger.wait_for(|b| has_link && b.is_some_and(|b| b.epoch > injected)) => {}
+        }
     }
 }

@@ -41,12 +41,14 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
+use super::counters::{CounterState, Layer, emitted_before};
 use super::{
     ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, parse_duration,
     timestamp_type, with_timestamp,
 };
 use crate::dataflow::DataflowError;
 use crate::operator::TaskInfo;
+use crate::state::{RestoredState, TaskState};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -812,6 +814,10 @@ struct Nexmark {
     fields: [Fields; 3],
     subtask: u64,
     parallelism: u64,
+    /// This subtask's next event is `event_number(next)`.
+    next: u64,
+    /// What runs at other parallelisms emitted before this one took over.
+    earlier: Vec<Layer>,
 }
 
 impl Nexmark {
@@ -833,6 +839,8 @@ impl Nexmark {
             fields: [person_fields(), auction_fields(), bid_fields()],
             subtask,
             parallelism,
+            next: 0,
+            earlier: Vec::new(),
         }
     }
 
@@ -860,6 +868,9 @@ impl Nexmark {
         let g = &self.generator;
         for k in first..first + rows {
             let n = self.event_number(k);
+            if emitted_before(&self.earlier, n) {
+                continue;
+            }
             let time = g.time(n);
             event_times.push(time);
             let mut rng = Rng::new(g.seed, n);
@@ -902,21 +913,26 @@ impl Nexmark {
 impl Source for Nexmark {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
         let start = Instant::now();
-        let mut produced: u64 = 0;
+        // Event numbers restart their schedule at a restore: the rate holds from now on.
+        let skipped = self.next;
         let mut last_batch: Option<Instant> = None;
         loop {
             if ctx.should_stop() {
                 return Ok(SourceEnd::Stopped);
             }
-            if self.total.is_some_and(|t| produced >= t) {
+            if let Some(end) = ctx.checkpoint_if_due(|| self.snapshot()).await? {
+                return Ok(end);
+            }
+            if self.total.is_some_and(|t| self.next >= t) {
                 return Ok(SourceEnd::Finished);
             }
+            let produced = self.next - skipped;
             let mut rows = self
                 .due(start.elapsed())
                 .saturating_sub(produced)
                 .min(BATCH_ROWS);
             if let Some(t) = self.total {
-                rows = rows.min(t - produced);
+                rows = rows.min(t - self.next);
             }
             if rows == 0 {
                 let next_due = self.event_number(produced) as u128 * self.generator.delay as u128;
@@ -931,17 +947,41 @@ impl Source for Nexmark {
                 continue;
             }
             let batch = self
-                .batch(produced, rows)
+                .batch(self.next, rows)
                 .map_err(|e| DataflowError::Connector {
                     node: ctx.info().node.clone(),
                     message: e.to_string(),
                 })?;
-            produced += rows;
-            let newest = self.generator.time(self.event_number(produced - 1));
+            self.next += rows;
+            let newest = self.generator.time(self.event_number(self.next - 1));
             last_batch = Some(Instant::now());
-            ctx.collect(batch).await?;
+            if batch.num_rows() > 0 {
+                ctx.collect(batch).await?;
+            }
             ctx.watermark(newest - WATERMARK_DELAY).await?;
         }
+    }
+
+    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+        CounterState {
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            next: self.next,
+            start_time: Some(self.generator.first_time),
+            earlier: self.earlier.clone(),
+        }
+        .snapshot()
+    }
+
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        if let Some(split) = CounterState::restore(state, self.subtask, self.parallelism)? {
+            self.next = split.next;
+            self.earlier = split.earlier;
+            if let Some(first_time) = split.start_time {
+                self.generator = Generator::new(first_time, self.generator.delay);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,17 +1,24 @@
 //! Sinks: the operators at the end of the dataflow. They drop the hidden event-time column,
 //! encode rows as JSON lines and write them to stdout, a file, the default-sink channel, or
 //! nowhere (blackhole).
+//!
+//! Delivery: `single_file` is exactly-once. At each checkpoint it flushes and fsyncs the file
+//! and records its length; a restored run truncates the file to that length before writing,
+//! so rows written after the checkpoint (and written again by the restored run) appear once.
+//! `stdout` and the default sink (the tail buffer, the rows `arroyod run` prints) are
+//! at-least-once: rows after the last checkpoint are sent again by a restored run.
 
 use async_trait::async_trait;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use tokio::sync::mpsc;
 
 use super::{ConnectorConfig, ConnectorTable};
 use crate::dataflow::{Collector, DataflowError};
 use crate::operator::{Operator, OperatorFactory, TaskInfo};
+use crate::state::{RestoredState, TaskState};
 
 /// Name of the default sink a bare SELECT writes to.
 pub const PREVIEW_SINK: &str = "preview";
@@ -57,11 +64,12 @@ impl OperatorFactory for SinkFactory {
                 Some(tx) => Target::Preview(tx.clone()),
                 None => Target::Blackhole,
             },
-            ConnectorConfig::SingleFile { path, .. } => {
-                let file =
-                    File::create(path).map_err(|e| fail(format!("cannot create '{path}': {e}")))?;
-                Target::File(path.clone(), BufWriter::with_capacity(1 << 20, file))
-            }
+            ConnectorConfig::SingleFile { path, .. } => Target::File(OutputFile {
+                path: path.clone(),
+                writer: None,
+                length: 0,
+                restored: None,
+            }),
             ConnectorConfig::Impulse(_)
             | ConnectorConfig::Nexmark(_)
             | ConnectorConfig::FileSource(_)
@@ -82,8 +90,69 @@ impl OperatorFactory for SinkFactory {
 enum Target {
     Blackhole,
     Stdout,
-    File(String, BufWriter<File>),
+    File(OutputFile),
     Preview(mpsc::Sender<Vec<String>>),
+}
+
+/// The file of a `single_file` sink, opened at the first write.
+struct OutputFile {
+    path: String,
+    writer: Option<BufWriter<File>>,
+    /// Bytes written in all (what a checkpoint records).
+    length: u64,
+    /// The checkpointed length to continue from (None: a new file).
+    restored: Option<u64>,
+}
+
+/// The state table of a `single_file` sink.
+const LENGTH: &str = "length";
+
+impl OutputFile {
+    fn writer(&mut self) -> Result<&mut BufWriter<File>, String> {
+        if self.writer.is_none() {
+            let path = &self.path;
+            let file = match self.restored {
+                None => File::create(path).map_err(|e| format!("cannot create '{path}': {e}"))?,
+                Some(length) => {
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(path)
+                        .map_err(|e| format!("cannot open '{path}': {e}"))?;
+                    let found = file
+                        .metadata()
+                        .map_err(|e| format!("cannot open '{path}': {e}"))?
+                        .len();
+                    if found < length {
+                        return Err(format!(
+                            "'{path}' has {found} bytes but held {length} at the checkpoint being restored: output was lost or the file was replaced"
+                        ));
+                    }
+                    // Rows after the checkpoint are written again by this run.
+                    file.set_len(length)
+                        .and_then(|_| file.seek(SeekFrom::Start(length)))
+                        .and_then(|_| file.sync_all())
+                        .map_err(|e| format!("truncating '{path}' to {length} bytes: {e}"))?;
+                    file
+                }
+            };
+            self.length = self.restored.unwrap_or(0);
+            self.writer = Some(BufWriter::with_capacity(1 << 20, file));
+        }
+        Ok(self.writer.as_mut().expect("opened above"))
+    }
+
+    /// Writes what is buffered and makes it durable; the file's length.
+    fn sync(&mut self) -> Result<u64, String> {
+        let path = self.path.clone();
+        let writer = self.writer()?;
+        writer
+            .flush()
+            .and_then(|_| writer.get_ref().sync_data())
+            .map_err(|e| format!("flushing '{path}': {e}"))?;
+        Ok(self.length)
+    }
 }
 
 struct Sink {
@@ -184,13 +253,19 @@ impl Operator for Sink {
                         message: format!("writing to stdout: {e}"),
                     })
             }
-            Target::File(path, writer) => {
-                writer
+            Target::File(file) => {
+                let path = file.path.clone();
+                let node = self.node.clone();
+                let fail = |message: String| DataflowError::Connector {
+                    node: node.clone(),
+                    message,
+                };
+                file.writer()
+                    .map_err(&fail)?
                     .write_all(&lines)
-                    .map_err(|e| DataflowError::Connector {
-                        node: self.node.clone(),
-                        message: format!("writing '{path}': {e}"),
-                    })
+                    .map_err(|e| fail(format!("writing '{path}': {e}")))?;
+                file.length += lines.len() as u64;
+                Ok(())
             }
             Target::Preview(tx) => {
                 let rows: Vec<String> = String::from_utf8_lossy(&lines)
@@ -205,12 +280,37 @@ impl Operator for Sink {
     }
 
     async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
-        if let Target::File(path, writer) = &mut self.target {
-            let path = path.clone();
-            writer
-                .flush()
-                .and_then(|_| writer.get_ref().sync_all())
-                .map_err(|e| self.fail(format!("flushing '{path}': {e}")))?;
+        if let Target::File(file) = &mut self.target {
+            file.sync().map_err(|e| DataflowError::Connector {
+                node: self.node.clone(),
+                message: e,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+        let mut state = TaskState::new();
+        if let Target::File(file) = &mut self.target {
+            let length = file.sync().map_err(|e| DataflowError::Connector {
+                node: self.node.clone(),
+                message: e,
+            })?;
+            state.put_json(LENGTH, &length)?;
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        if let Target::File(file) = &mut self.target {
+            // One writer per file: at most one old subtask has a length.
+            file.restored = state.json::<u64>(LENGTH)?.into_iter().flatten().max();
+            if file.restored.is_some() {
+                file.writer().map_err(|e| DataflowError::Connector {
+                    node: self.node.clone(),
+                    message: e,
+                })?;
+            }
         }
         Ok(())
     }

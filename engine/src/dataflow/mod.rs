@@ -10,12 +10,15 @@
 //! 3. When every slot has delivered [`Message::EndOfData`] the subtask finishes its operator
 //!    (which may flush state), forwards end of data and ends.
 //! 4. The first error of any subtask fails the whole run; the others are aborted.
+//! 5. Checkpoint barriers travel in-band and are aligned per subtask (see `checkpointing`).
 //!
 //! The runtime never does row-at-a-time work: operators see whole batches.
 
+pub(crate) mod checkpointing;
 mod graph;
 mod runtime;
 
+pub use checkpointing::{Barrier, CheckpointConfig, CommitGate, CompletedCheckpoint};
 pub use graph::{Edge, EdgeKind, Node, NodeKind, Program};
 pub use runtime::{Collector, DataflowError, RunHandle, RunOutcome, StopMode, run};
 
@@ -28,6 +31,8 @@ pub enum Message {
     Data(RecordBatch),
     /// No row with an event time at or before this one (nanoseconds since the epoch) follows.
     Watermark(Watermark),
+    /// Everything before belongs to a checkpoint's epoch (see [`checkpointing`]).
+    Barrier(Barrier),
     /// The sender will send nothing more.
     EndOfData,
 }

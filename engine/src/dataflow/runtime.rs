@@ -1,12 +1,14 @@
 //! Runs a [`Program`]: one tokio task per subtask, bounded channels between them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
+use super::checkpointing::{self, Barrier, CheckpointConfig, CompletedCheckpoint, Link, Report};
 use super::{EdgeKind, Message, NodeKind, Program, Watermark};
 use crate::connector::{SourceContext, SourceEnd};
 use crate::operator::{Operator, TaskInfo};
@@ -36,6 +38,9 @@ pub enum DataflowError {
     /// A downstream subtask went away while this one still had data for it.
     #[error("channel closed")]
     ChannelClosed,
+    /// Taking, writing or restoring a checkpoint failed.
+    #[error("checkpoint: {0}")]
+    State(String),
 }
 
 impl DataflowError {
@@ -51,7 +56,11 @@ impl DataflowError {
 /// How a run is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
-    /// Sources stop reading, everything in flight drains to the sinks.
+    /// A final checkpoint, then every subtask stops where it is (nothing is flushed: the run
+    /// restored from that checkpoint goes on as if never stopped). Without checkpointing, as
+    /// [`StopMode::Graceful`].
+    Checkpoint,
+    /// Sources stop reading, everything in flight drains to the sinks; no checkpoint.
     Graceful,
     /// Every task is aborted at once; in-flight data is lost (recovered from a checkpoint).
     Immediate,
@@ -68,9 +77,21 @@ pub enum RunOutcome {
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
     tasks: JoinSet<Result<(), DataflowError>>,
+    checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
+    restored: Option<u64>,
 }
 
 impl RunHandle {
+    /// The newest checkpoint this run completed.
+    pub fn checkpoints(&self) -> watch::Receiver<Option<CompletedCheckpoint>> {
+        self.checkpoints.clone()
+    }
+
+    /// The epoch this run was restored from.
+    pub fn restored(&self) -> Option<u64> {
+        self.restored
+    }
+
     /// Asks the run to stop; [`RunHandle::wait`] then returns [`RunOutcome::Stopped`].
     pub fn stop(&self, mode: StopMode) {
         let _ = self.stop.send(Some(mode));
@@ -191,17 +212,30 @@ impl Collector {
     }
 }
 
+#[cfg(test)]
+impl Collector {
+    /// A collector into one channel of `capacity` messages, for operator tests.
+    pub(crate) fn for_test(capacity: usize) -> (Collector, Rx) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let routes = vec![Route::One(tx, 0)];
+        let node = "test".to_string();
+        (Collector { node, routes }, rx)
+    }
+}
+
 async fn send(tx: &Tx, slot: u32, msg: Message) -> Result<(), DataflowError> {
     tx.send((slot, msg))
         .await
         .map_err(|_| DataflowError::ChannelClosed)
 }
 
-/// Starts every subtask of `program` at `parallelism` on the current runtime.
-pub fn run(
+/// Starts every subtask of `program` at `parallelism` on the current runtime; with
+/// `checkpoints`, restores its checkpoint (if any) and takes checkpoints.
+pub async fn run(
     program: &Program,
     parallelism: usize,
     job: Arc<crate::connector::JobContext>,
+    checkpoints: Option<CheckpointConfig>,
 ) -> Result<RunHandle, DataflowError> {
     let parallelism = parallelism.max(1);
     let n = program.nodes.len();
@@ -259,8 +293,57 @@ pub fn run(
     }
     drop(senders);
 
+    // Checkpointing: the state to restore, the coordinator and each subtask's link to it.
     let (stop, _) = watch::channel(None);
+    let (trigger, _) = watch::channel(None::<Barrier>);
+    let (published_tx, published) = watch::channel(None);
     let mut tasks = JoinSet::new();
+    let mut restored_epoch = None;
+    let mut restored: Vec<Option<crate::state::RestoredState>> = vec![None; n];
+    let mut links: Option<(mpsc::UnboundedSender<Report>, watch::Receiver<u64>)> = None;
+    if let Some(config) = checkpoints {
+        if let Some(manifest) = &config.restore {
+            let state = checkpointing::load(&config.store, manifest, program).await?;
+            restored = state.into_iter().map(Some).collect();
+            restored_epoch = Some(manifest.epoch);
+            info!(epoch = manifest.epoch, state = %config.store.display(), "restoring checkpoint");
+        }
+        let first_epoch = config
+            .store
+            .next_epoch()
+            .await
+            .map_err(|e| DataflowError::State(e.to_string()))?;
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (completed, completed_rx) = watch::channel(0u64);
+        let all: Vec<(usize, usize)> = (0..n)
+            .flat_map(|node| (0..par[node]).map(move |s| (node, s)))
+            .collect();
+        let sources = all
+            .iter()
+            .copied()
+            .filter(|(node, _)| matches!(program.nodes[*node].kind, NodeKind::Source(_)))
+            .collect();
+        let coordinator = checkpointing::Coordinator {
+            config,
+            tasks: all,
+            sources,
+            topology: program
+                .nodes
+                .iter()
+                .zip(&par)
+                .map(|(node, p)| (node.label.clone(), *p))
+                .collect(),
+            first_epoch,
+            reports,
+            trigger: trigger.clone(),
+            stop: stop.subscribe(),
+            completed,
+            published: published_tx,
+        };
+        tasks.spawn(coordinator.run().instrument(info_span!("checkpoints")));
+        links = Some((reports_tx, completed_rx));
+    }
+
     for (node_id, node) in program.nodes.iter().enumerate() {
         for subtask in (0..par[node_id]).rev() {
             let info = TaskInfo {
@@ -273,28 +356,61 @@ pub fn run(
                 node: node.label.clone(),
                 routes: routes[node_id].pop().expect("one route list per subtask"),
             };
+            let link = links.as_ref().map(|(reports, completed)| Link {
+                task: (node_id, subtask),
+                reports: reports.clone(),
+                completed: completed.clone(),
+            });
+            let state = restored[node_id].as_ref();
             let name = format!("{}#{}", node.label, subtask);
             match &node.kind {
                 NodeKind::Source(factory) => {
-                    let source = factory.create(&info)?;
-                    let ctx = SourceContext::new(info, out, stop.subscribe());
+                    let mut source = factory.create(&info)?;
+                    let mut watermark = None;
+                    if let Some(state) = state {
+                        source.restore(state)?;
+                        watermark = state.watermark;
+                    }
+                    let ctx = SourceContext::new(
+                        info,
+                        out,
+                        stop.subscribe(),
+                        trigger.subscribe(),
+                        link,
+                        watermark,
+                    );
                     tasks.spawn(run_source(source, ctx).instrument(info_span!("task", %name)));
                 }
                 NodeKind::Operator(factory) => {
-                    let op = factory.create(&info)?;
+                    let mut op = factory.create(&info)?;
+                    let mut watermark = None;
+                    if let Some(state) = state {
+                        op.restore(state)?;
+                        watermark = state.watermark;
+                    }
                     let rx = receivers[node_id][subtask]
                         .take()
                         .expect("one receiver per subtask");
                     let inputs = std::mem::take(&mut slot_inputs[node_id][subtask]);
-                    tasks.spawn(
-                        run_operator(op, info, rx, inputs, out)
-                            .instrument(info_span!("task", %name)),
-                    );
+                    let task = OperatorTask {
+                        op,
+                        info,
+                        slot_inputs: inputs,
+                        out,
+                        link,
+                        current: watermark,
+                    };
+                    tasks.spawn(task.run(rx).instrument(info_span!("task", %name)));
                 }
             }
         }
     }
-    Ok(RunHandle { stop, tasks })
+    Ok(RunHandle {
+        stop,
+        tasks,
+        checkpoints: published,
+        restored: restored_epoch,
+    })
 }
 
 async fn run_source(
@@ -303,87 +419,199 @@ async fn run_source(
 ) -> Result<(), DataflowError> {
     let end = source.run(&mut ctx).await?;
     debug!(task = %ctx.info().node, subtask = ctx.info().subtask, ?end, "source ended");
-    let out = ctx.collector();
+    if end == SourceEnd::Checkpointed {
+        // The stop's barrier went out last: nothing follows it.
+        return Ok(());
+    }
     if end == SourceEnd::Finished {
         // A bounded source that is done: everything it could ever send is before this.
-        out.broadcast(Message::Watermark(Watermark::EventTime(i64::MAX)))
+        ctx.collector()
+            .broadcast(Message::Watermark(Watermark::EventTime(i64::MAX)))
             .await?;
     }
-    out.broadcast(Message::EndOfData).await
+    let state = source.snapshot()?;
+    ctx.ended(state, end == SourceEnd::Finished)?;
+    ctx.collector().broadcast(Message::EndOfData).await
 }
 
-async fn run_operator(
-    mut op: Box<dyn Operator>,
+/// One operator subtask and what it needs to run.
+struct OperatorTask {
+    op: Box<dyn Operator>,
     info: TaskInfo,
-    mut rx: Rx,
+    /// Per input slot, the in-edge it belongs to.
     slot_inputs: Vec<usize>,
-    mut out: Collector,
-) -> Result<(), DataflowError> {
-    let slots = slot_inputs.len();
-    // Per slot: its last watermark (None = none yet), and whether it has ended.
-    let mut marks: Vec<Option<Watermark>> = vec![None; slots];
-    let mut ended = vec![false; slots];
-    let mut open = slots;
-    let mut current: Option<i64> = None;
-    let mut idle = false;
-    if slots == 0 {
-        op.on_close(&mut out).await?;
-        return out.broadcast(Message::EndOfData).await;
-    }
-    while let Some((slot, msg)) = rx.recv().await {
-        let slot = slot as usize;
-        match msg {
-            Message::Data(batch) => {
-                op.process_batch(batch, slot_inputs[slot], &mut out).await?;
-            }
-            Message::Watermark(wm) => {
-                marks[slot] = Some(wm);
-                // The combined watermark: the minimum over open, non-idle slots; undefined
-                // while some open slot has sent none.
-                let mut min: Option<i64> = None;
-                let mut all_idle = true;
-                let mut defined = true;
-                for s in 0..slots {
-                    if ended[s] {
+    out: Collector,
+    link: Option<Link>,
+    /// The combined watermark of the inputs.
+    current: Option<i64>,
+}
+
+/// Per input slot of an operator subtask.
+#[derive(Default)]
+struct Slot {
+    /// Its last watermark (None: none yet).
+    mark: Option<Watermark>,
+    ended: bool,
+    /// It delivered the barrier being aligned: what it sends is held back until alignment.
+    blocked: bool,
+    held: VecDeque<Message>,
+}
+
+impl OperatorTask {
+    async fn run(mut self, mut rx: Rx) -> Result<(), DataflowError> {
+        let mut slots: Vec<Slot> = (0..self.slot_inputs.len())
+            .map(|_| Slot::default())
+            .collect();
+        let mut idle = false;
+        if slots.is_empty() {
+            return self.close().await;
+        }
+        let mut aligning: Option<Barrier> = None;
+        // Messages released by an alignment, handled before new ones.
+        let mut queue: VecDeque<(usize, Message)> = VecDeque::new();
+        let mut completed = self.link.as_ref().map(|l| l.completed.clone());
+        let mut committed = 0u64;
+        loop {
+            let (slot, msg) = if let Some(next) = queue.pop_front() {
+                next
+            } else {
+                tokio::select! {
+                    biased;
+                    changed = async { completed.as_mut()?.changed().await.ok() }, if completed.is_some() => {
+                        if changed.is_none() {
+                            completed = None;
+                            continue;
+                        }
+                        let epoch = *completed.as_ref().expect("checked").borrow();
+                        if epoch > committed {
+                            committed = epoch;
+                            self.op.on_checkpoint_complete(epoch).await?;
+                        }
                         continue;
                     }
-                    match marks[s] {
-                        None => defined = false,
-                        Some(Watermark::Idle) => {}
-                        Some(Watermark::EventTime(t)) => {
-                            all_idle = false;
-                            min = Some(min.map_or(t, |m: i64| m.min(t)));
-                        }
+                    received = rx.recv() => match received {
+                        Some((slot, msg)) => (slot as usize, msg),
+                        None => return Err(DataflowError::ChannelClosed),
                     }
                 }
-                if !defined {
-                    continue;
+            };
+            if slots[slot].blocked {
+                slots[slot].held.push_back(msg);
+                continue;
+            }
+            match msg {
+                Message::Data(batch) => {
+                    self.op
+                        .process_batch(batch, self.slot_inputs[slot], &mut self.out)
+                        .await?;
                 }
-                if all_idle {
-                    if !idle {
-                        idle = true;
-                        out.broadcast(Message::Watermark(Watermark::Idle)).await?;
+                Message::Watermark(wm) => {
+                    slots[slot].mark = Some(wm);
+                    self.combine_watermarks(&slots, &mut idle).await?;
+                }
+                Message::Barrier(barrier) => {
+                    aligning = Some(barrier);
+                    slots[slot].blocked = true;
+                }
+                Message::EndOfData => {
+                    slots[slot].ended = true;
+                    if slots.iter().all(|s| s.ended) {
+                        return self.close().await;
                     }
-                } else if let Some(t) = min {
-                    idle = false;
-                    if current.is_none_or(|c| t > c) {
-                        current = Some(t);
-                        op.on_watermark(t, &mut out).await?;
-                    }
+                    // An ended input no longer holds the watermark back.
+                    self.combine_watermarks(&slots, &mut idle).await?;
                 }
             }
-            Message::EndOfData => {
-                if !ended[slot] {
-                    ended[slot] = true;
-                    open -= 1;
+            if let Some(barrier) = aligning
+                && slots.iter().all(|s| s.blocked || s.ended)
+            {
+                aligning = None;
+                if self.checkpoint(barrier).await? {
+                    return Ok(());
                 }
-                if open == 0 {
-                    op.on_close(&mut out).await?;
-                    debug!(task = %info.node, subtask = info.subtask, "operator ended");
-                    return out.broadcast(Message::EndOfData).await;
+                for (i, s) in slots.iter_mut().enumerate() {
+                    s.blocked = false;
+                    queue.extend(s.held.drain(..).map(|m| (i, m)));
                 }
             }
         }
     }
-    Err(DataflowError::ChannelClosed)
+
+    /// The combined watermark: the minimum over open, non-idle slots; undefined while some
+    /// open slot has sent none. Calls the operator when it advances.
+    async fn combine_watermarks(
+        &mut self,
+        slots: &[Slot],
+        idle: &mut bool,
+    ) -> Result<(), DataflowError> {
+        let mut min: Option<i64> = None;
+        let mut all_idle = true;
+        for s in slots.iter().filter(|s| !s.ended) {
+            match s.mark {
+                None => return Ok(()),
+                Some(Watermark::Idle) => {}
+                Some(Watermark::EventTime(t)) => {
+                    all_idle = false;
+                    min = Some(min.map_or(t, |m: i64| m.min(t)));
+                }
+            }
+        }
+        if all_idle {
+            if !*idle && slots.iter().any(|s| !s.ended) {
+                *idle = true;
+                self.out
+                    .broadcast(Message::Watermark(Watermark::Idle))
+                    .await?;
+            }
+        } else if let Some(t) = min {
+            *idle = false;
+            if self.current.is_none_or(|c| t > c) {
+                self.current = Some(t);
+                self.op.on_watermark(t, &mut self.out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every input delivered `barrier`: snapshot, report, forward. True when the run stops
+    /// here.
+    async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, DataflowError> {
+        let state = self.op.snapshot().await?;
+        if let Some(link) = &self.link {
+            let files = link.files(state, self.current)?;
+            link.report(Report::Snapshot {
+                task: link.task,
+                epoch: barrier.epoch,
+                files,
+            });
+        }
+        self.out.broadcast(Message::Barrier(barrier)).await?;
+        if !barrier.stop {
+            return Ok(false);
+        }
+        // A sink commits what the stop's checkpoint covers before the run ends.
+        if let Some(link) = self.link.as_mut()
+            && link.wait_completed(barrier.epoch).await
+        {
+            self.op.on_checkpoint_complete(barrier.epoch).await?;
+        }
+        debug!(task = %self.info.node, subtask = self.info.subtask, epoch = barrier.epoch, "stopped at a checkpoint");
+        Ok(true)
+    }
+
+    /// Every input ended: flush, report the final state, forward the end.
+    async fn close(&mut self) -> Result<(), DataflowError> {
+        self.op.on_close(&mut self.out).await?;
+        if let Some(link) = &self.link {
+            let state = self.op.snapshot().await?;
+            let files = link.files(state, Some(i64::MAX))?;
+            link.report(Report::Ended {
+                task: link.task,
+                files,
+                complete: true,
+            });
+        }
+        debug!(task = %self.info.node, subtask = self.info.subtask, "operator ended");
+        self.out.broadcast(Message::EndOfData).await
+    }
 }

@@ -27,6 +27,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::{Operator, OperatorFactory, TaskInfo};
 use crate::dataflow::{Collector, DataflowError, Message, Watermark};
+use crate::state::{RestoredState, TaskState};
 
 /// Batches held per instant (event time), per input.
 #[derive(Default)]
@@ -37,11 +38,14 @@ struct Instants {
 impl Instants {
     /// Splits `batch` by event time and keeps it under input `input` of `inputs`.
     fn add(&mut self, batch: RecordBatch, input: usize, inputs: usize) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let ts = batch
-            .column(batch.num_columns() - 1)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .expect("the event-time column is last")
+            .columns()
+            .last()
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+            .ok_or_else(|| DataFusionError::Internal("the event-time column is not last".into()))?
             .values()
             .clone();
         let first = ts[0];
@@ -188,9 +192,10 @@ impl WindowFunctions {
 }
 
 impl OperatorFactory for WindowFunctions {
-    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
         Ok(Box::new(InstantOp {
             kind: InstantKind::Window(self.clone()),
+            info: info.clone(),
             instants: Instants::default(),
         }))
     }
@@ -345,9 +350,10 @@ impl InstantJoin {
 }
 
 impl OperatorFactory for InstantJoin {
-    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
         Ok(Box::new(InstantOp {
             kind: InstantKind::Join(self.clone()),
+            info: info.clone(),
             instants: Instants::default(),
         }))
     }
@@ -358,8 +364,24 @@ enum InstantKind {
     Join(InstantJoin),
 }
 
+impl InstantKind {
+    /// Per input: the state table of its buffered rows (input columns, event time last: the
+    /// instant) and the keys the shuffle feeding it hashes on (the first function's
+    /// `PARTITION BY`; the join keys of the side).
+    fn tables(&self) -> Vec<(&'static str, &[Arc<dyn PhysicalExpr>])> {
+        match self {
+            InstantKind::Window(w) => {
+                let keys = w.functions.first().map(|f| f.partition_by.as_slice());
+                vec![("rows", keys.unwrap_or_default())]
+            }
+            InstantKind::Join(j) => vec![("left", &j.left_keys), ("right", &j.right_keys)],
+        }
+    }
+}
+
 struct InstantOp {
     kind: InstantKind,
+    info: TaskInfo,
     instants: Instants,
 }
 
@@ -425,5 +447,341 @@ impl Operator for InstantOp {
         }
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
+    }
+
+    /// The buffered rows of every open instant, per input. The watermark needs no state of
+    /// its own: the runtime restores it, and instants before it have already fired.
+    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+        let mut state = TaskState::new();
+        for (input, (table, _)) in self.kind.tables().into_iter().enumerate() {
+            let slots = self.instants.by_time.values();
+            state.put(table, slots.flat_map(|s| s[input].iter().cloned()));
+        }
+        Ok(state)
+    }
+
+    /// Takes the buffered rows whose keys hash to this subtask.
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        let tables = self.kind.tables();
+        let inputs = tables.len();
+        for (input, (table, keys)) in tables.into_iter().enumerate() {
+            for batch in state.owned_rows(table, keys, &self.info)? {
+                self.instants.add(batch, input, inputs).map_err(|e| {
+                    DataflowError::State(format!("{}: restoring '{table}': {e}", self.info.node))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::util::display::array_value_to_string;
+    use datafusion::physical_expr::expressions::Column;
+
+    /// One input event of an operator test.
+    pub(crate) enum Step {
+        /// Rows on input `.0`.
+        Data(usize, RecordBatch),
+        Watermark(i64),
+    }
+
+    fn info(subtask: usize, parallelism: usize) -> TaskInfo {
+        TaskInfo {
+            node: "test".into(),
+            subtask,
+            parallelism,
+            job: Default::default(),
+        }
+    }
+
+    pub(crate) fn column(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {
+        Arc::new(Column::new(name, index))
+    }
+
+    pub(crate) fn timestamp_field() -> Field {
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        )
+    }
+
+    /// Every row of `batches`, formatted.
+    fn rows<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> Vec<String> {
+        let mut out = Vec::new();
+        for b in batches {
+            for r in 0..b.num_rows() {
+                let cells: Vec<String> = b
+                    .columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, r).unwrap())
+                    .collect();
+                out.push(cells.join("|"));
+            }
+        }
+        out
+    }
+
+    /// Every row of every table of `states`, formatted and sorted.
+    fn state_rows(states: &[TaskState]) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in states {
+            for (name, _) in s.encode().unwrap() {
+                out.extend(
+                    rows(s.table(&name))
+                        .into_iter()
+                        .map(|r| format!("{name}:{r}")),
+                );
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Drives `ops`, the subtasks of one node, through `steps`, routing each input's rows by
+    /// its `keys` as the hash shuffle does; returns the output rows, formatted.
+    async fn drive(
+        ops: &mut [Box<dyn Operator>],
+        keys: &[Vec<Arc<dyn PhysicalExpr>>],
+        steps: &[Step],
+    ) -> Vec<String> {
+        let (mut out, mut rx) = Collector::for_test(64);
+        let mut batches = Vec::new();
+        for step in steps {
+            match step {
+                Step::Data(input, batch) => {
+                    let parts = crate::operator::partition_by_hash(batch, &keys[*input], ops.len());
+                    for (op, part) in ops.iter_mut().zip(parts.unwrap()) {
+                        if let Some(part) = part {
+                            op.process_batch(part, *input, &mut out).await.unwrap();
+                        }
+                    }
+                }
+                Step::Watermark(t) => {
+                    for op in ops.iter_mut() {
+                        op.on_watermark(*t, &mut out).await.unwrap();
+                    }
+                }
+            }
+            while let Ok((_, msg)) = rx.try_recv() {
+                if let Message::Data(b) = msg {
+                    batches.push(b);
+                }
+            }
+        }
+        rows(&batches)
+    }
+
+    fn create(factory: &dyn OperatorFactory, parallelism: usize) -> Vec<Box<dyn Operator>> {
+        (0..parallelism)
+            .map(|i| factory.create(&info(i, parallelism)).unwrap())
+            .collect()
+    }
+
+    /// Checks that a run stopped at a checkpoint after `steps[..cut]` and restored from it
+    /// (through IPC) at parallelism 1 or 2, from parallelism 1 or 2, outputs what an
+    /// uninterrupted run does, and that restoring hands every stored row to exactly one
+    /// subtask. True when a restore over 2 subtasks gave rows to both.
+    async fn check_cut(
+        factory: &dyn OperatorFactory,
+        keys: &[Vec<Arc<dyn PhysicalExpr>>],
+        steps: &[Step],
+        cut: usize,
+        expected: &[String],
+    ) -> bool {
+        let watermark = steps[..cut].iter().rev().find_map(|s| match s {
+            Step::Watermark(t) => Some(*t),
+            Step::Data(..) => None,
+        });
+        let mut both = false;
+        for (before, after) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            let mut ops = create(factory, before);
+            let mut output = drive(&mut ops, keys, &steps[..cut]).await;
+            let mut subtasks = Vec::new();
+            for op in &mut ops {
+                let state = op.snapshot().await.unwrap();
+                let mut decoded = TaskState::new();
+                for (name, bytes) in state.encode().unwrap() {
+                    decoded.decode_into(&name, bytes).unwrap();
+                }
+                subtasks.push(decoded);
+            }
+            let state = RestoredState {
+                parallelism: before,
+                subtasks,
+                watermark,
+                epoch: 1,
+            };
+            let mut ops = create(factory, after);
+            let mut restored = Vec::new();
+            for op in &mut ops {
+                op.restore(&state).unwrap();
+                restored.push(op.snapshot().await.unwrap());
+            }
+            assert_eq!(state_rows(&restored), state_rows(&state.subtasks));
+            both |= after == 2 && restored.iter().all(|s| !s.is_empty());
+            output.extend(drive(&mut ops, keys, &steps[cut..]).await);
+            output.sort();
+            assert_eq!(
+                output, expected,
+                "cut {cut}, parallelism {before} -> {after}"
+            );
+        }
+        both
+    }
+
+    /// Runs [`check_cut`] at every cut of `steps`, against an uninterrupted run (that also
+    /// snapshots halfway, which must not change its output); asserts some restore split rows
+    /// over 2 subtasks.
+    pub(crate) async fn check_restore(
+        factory: &dyn OperatorFactory,
+        keys: &[Vec<Arc<dyn PhysicalExpr>>],
+        steps: &[Step],
+    ) {
+        let mut ops = create(factory, 1);
+        let half = steps.len() / 2;
+        let mut expected = drive(&mut ops, keys, &steps[..half]).await;
+        ops[0].snapshot().await.unwrap();
+        expected.extend(drive(&mut ops, keys, &steps[half..]).await);
+        expected.sort();
+        assert!(!expected.is_empty());
+        let mut both = false;
+        for cut in 0..=steps.len() {
+            both |= check_cut(factory, keys, steps, cut, &expected).await;
+        }
+        assert!(both, "no restore split the state over 2 subtasks");
+    }
+
+    fn rows_batch(schema: &SchemaRef, keys: &[i64], names: &[&str], times: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(keys.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+                Arc::new(TimestampNanosecondArray::from(times.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// A schema of a key `k_{side}`, a name `{side}` and the event time.
+    pub(crate) fn side_schema(side: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(format!("k_{side}"), DataType::Int64, true),
+            Field::new(side, DataType::Utf8, true),
+            timestamp_field(),
+        ]))
+    }
+
+    /// A batch of [`side_schema`] with a row per key.
+    pub(crate) fn side_batch(side: &str, keys: &[i64], times: &[i64]) -> RecordBatch {
+        let names: Vec<String> = keys.iter().map(|k| format!("{side}{k}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        rows_batch(&side_schema(side), keys, &names, times)
+    }
+
+    #[tokio::test]
+    async fn window_functions_restore_at_any_parallelism() {
+        // Rows (group, value, instant): ranked per group by value.
+        let input = side_schema("v");
+        let mut fields: Vec<Field> = input.fields()[..2]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for name in ["row_number", "rank", "dense_rank"] {
+            fields.push(Field::new(name, DataType::UInt64, false));
+        }
+        fields.push(timestamp_field());
+        let group = vec![column("k_v", 0)];
+        let by_value = vec![(column("v", 1), SortOptions::default())];
+        let spec = |function| RankSpec {
+            function,
+            partition_by: group.clone(),
+            order_by: by_value.clone(),
+        };
+        let factory = WindowFunctions {
+            label: "window_functions".into(),
+            input_schema: input.clone(),
+            functions: vec![
+                spec(Ranking::RowNumber),
+                spec(Ranking::Rank),
+                spec(Ranking::DenseRank),
+            ],
+            schema: Arc::new(Schema::new(fields)),
+        };
+        // Rows that tie on the value within a group and instant are identical, so the output
+        // does not depend on which of them arrives first.
+        let batch = |keys: &[i64], values: &[&str], times: &[i64]| {
+            Step::Data(0, rows_batch(&input, keys, values, times))
+        };
+        let steps = vec![
+            batch(&[1, 2, 3, 1], &["b", "a", "c", "a"], &[10, 10, 20, 20]),
+            batch(&[1, 2, 4, 5], &["a", "b", "d", "e"], &[10, 20, 10, 30]),
+            Step::Watermark(15),
+            batch(&[1, 2, 3, 4], &["c", "a", "c", "a"], &[20, 20, 20, 30]),
+            // Late for its instant: ranked on its own at the next watermark.
+            batch(&[1, 4], &["z", "y"], &[10, 10]),
+            batch(&[1, 5, 6, 3], &["b", "e", "f", "d"], &[30, 20, 20, 30]),
+            Step::Watermark(25),
+            batch(&[1, 1, 2, 6], &["a", "a2", "b", "g"], &[30, 30, 30, 30]),
+            Step::Watermark(i64::MAX),
+        ];
+        check_restore(&factory, &[group], &steps).await;
+    }
+
+    #[tokio::test]
+    async fn instant_joins_restore_at_any_parallelism() {
+        let (left, right) = (side_schema("l"), side_schema("r"));
+        let mut pair: Vec<Field> = left.fields()[..2]
+            .iter()
+            .chain(&right.fields()[..2])
+            .map(|f| f.as_ref().clone())
+            .collect();
+        pair.push(timestamp_field());
+        let pair_schema = Arc::new(Schema::new(pair));
+        let (left_keys, right_keys) = (vec![column("k_l", 0)], vec![column("k_r", 0)]);
+        let steps = vec![
+            Step::Data(0, side_batch("l", &[1, 2, 3], &[10, 10, 20])),
+            Step::Data(1, side_batch("r", &[2, 3, 4], &[10, 20, 10])),
+            Step::Data(1, side_batch("r", &[2, 5], &[10, 20])),
+            Step::Watermark(15),
+            Step::Data(0, side_batch("l", &[4, 5, 6, 7], &[20, 20, 30, 30])),
+            // Late for its instant: joined on its own at the next watermark.
+            Step::Data(1, side_batch("r", &[1], &[10])),
+            Step::Data(1, side_batch("r", &[6, 8, 4], &[30, 30, 20])),
+            Step::Watermark(25),
+            Step::Data(0, side_batch("l", &[8, 9], &[30, 30])),
+            Step::Watermark(i64::MAX),
+        ];
+        use JoinKind::*;
+        for kind in [Inner, Left, Right, Full, LeftSemi, LeftAnti] {
+            let schema = if matches!(kind, LeftSemi | LeftAnti) {
+                Arc::new(Schema::new(vec![
+                    left.field(0).clone(),
+                    left.field(1).clone(),
+                    timestamp_field(),
+                ]))
+            } else {
+                pair_schema.clone()
+            };
+            let factory = InstantJoin {
+                label: "join".into(),
+                kind,
+                left_schema: left.clone(),
+                right_schema: right.clone(),
+                left_keys: left_keys.clone(),
+                right_keys: right_keys.clone(),
+                filter: None,
+                pair_schema: pair_schema.clone(),
+                schema,
+            };
+            let keys = [left_keys.clone(), right_keys.clone()];
+            check_restore(&factory, &keys, &steps).await;
+        }
     }
 }

@@ -4,24 +4,37 @@
 //! the joined rows are emitted at once with the later of the two event times; then the row is
 //! kept. Rows older than the watermark less the TTL are evicted. Inner joins of append-only
 //! inputs never retract, so the output is append-only.
+//!
+//! Checkpoints hold the kept rows of each side with, per row, the newest event time of the
+//! batch it arrived in (what eviction goes by); a restore keeps the rows whose join key
+//! hashes to the subtask.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, TimestampNanosecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int64Array, TimestampNanosecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{filter_record_batch, interleave};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::{filter_record_batch, interleave, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{Operator, OperatorFactory, TaskInfo};
 use crate::dataflow::{Collector, DataflowError, Message, Watermark};
+use crate::state::{RestoredState, TaskState};
 
+/// The state tables of the kept rows, by input.
+const TABLES: [&str; 2] = ["left", "right"];
+
+/// The column a state table adds after the input columns: the newest event time of the batch
+/// the row arrived in.
+const NEWEST: &str = "__newest";
+
+/// The windowless inner join (see the module).
 #[derive(Clone)]
 pub struct TtlJoin {
     pub label: String,
@@ -45,14 +58,33 @@ struct Side {
     index: HashMap<OwnedRow, Vec<(u32, u32)>>,
 }
 
+impl Side {
+    /// Keeps `batch`, whose newest event time is `newest`, indexing its rows by their keys
+    /// (`keys` as `key_rows`); rows with a null key never match and are not indexed.
+    fn keep(&mut self, batch: RecordBatch, keys: &[ArrayRef], key_rows: &Rows, newest: i64) {
+        let b = self.batches.len() as u32;
+        for i in 0..batch.num_rows() {
+            if !keys.iter().any(|k| k.is_null(i)) {
+                self.index
+                    .entry(key_rows.row(i).owned())
+                    .or_default()
+                    .push((b, i as u32));
+            }
+        }
+        self.newest.push(newest);
+        self.batches.push(batch);
+    }
+}
+
 struct TtlJoinOp {
     plan: TtlJoin,
+    info: TaskInfo,
     converter: RowConverter,
     sides: [Side; 2],
 }
 
 impl OperatorFactory for TtlJoin {
-    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
         let converter = RowConverter::new(
             self.key_types
                 .iter()
@@ -62,6 +94,7 @@ impl OperatorFactory for TtlJoin {
         .map_err(|e| DataflowError::Setup(e.to_string()))?;
         Ok(Box::new(TtlJoinOp {
             plan: self.clone(),
+            info: info.clone(),
             converter,
             sides: [Side::default(), Side::default()],
         }))
@@ -77,19 +110,30 @@ fn times(batch: &RecordBatch) -> &TimestampNanosecondArray {
 }
 
 impl TtlJoinOp {
-    /// Joins `batch` from `input` (0 left, 1 right) with the other side, then keeps it.
-    fn process(&mut self, batch: RecordBatch, input: usize) -> Result<Option<RecordBatch>> {
-        let rows = batch.num_rows();
-        let keys_exprs = if input == 0 {
+    /// The join-key expressions of `input` (0 left, 1 right).
+    fn key_exprs(&self, input: usize) -> &[Arc<dyn PhysicalExpr>] {
+        if input == 0 {
             &self.plan.left_keys
         } else {
             &self.plan.right_keys
-        };
-        let keys: Vec<ArrayRef> = keys_exprs
+        }
+    }
+
+    /// The join keys of `batch` from `input`, as columns and as comparable rows.
+    fn keys(&self, batch: &RecordBatch, input: usize) -> Result<(Vec<ArrayRef>, Rows)> {
+        let keys: Vec<ArrayRef> = self
+            .key_exprs(input)
             .iter()
-            .map(|k| k.evaluate(&batch)?.into_array(rows))
+            .map(|k| k.evaluate(batch)?.into_array(batch.num_rows()))
             .collect::<Result<_>>()?;
         let key_rows = self.converter.convert_columns(&keys)?;
+        Ok((keys, key_rows))
+    }
+
+    /// Joins `batch` from `input` (0 left, 1 right) with the other side, then keeps it.
+    fn process(&mut self, batch: RecordBatch, input: usize) -> Result<Option<RecordBatch>> {
+        let rows = batch.num_rows();
+        let (keys, key_rows) = self.keys(&batch, input)?;
         let null_key = |i: usize| keys.iter().any(|k| k.is_null(i));
         // Matches: (row of this batch, (batch, row) of the other side).
         let other = &self.sides[1 - input];
@@ -107,20 +151,8 @@ impl TtlJoinOp {
         } else {
             Some(self.build(&batch, input, &pairs)?)
         };
-        // Keep the batch.
-        let side = &mut self.sides[input];
-        let b = side.batches.len() as u32;
-        for i in 0..rows {
-            if !null_key(i) {
-                side.index
-                    .entry(key_rows.row(i).owned())
-                    .or_default()
-                    .push((b, i as u32));
-            }
-        }
-        side.newest
-            .push(datafusion::arrow::compute::max(times(&batch)).unwrap_or(i64::MIN));
-        side.batches.push(batch);
+        let newest = datafusion::arrow::compute::max(times(&batch)).unwrap_or(i64::MIN);
+        self.sides[input].keep(batch, &keys, &key_rows, newest);
         Ok(joined)
     }
 
@@ -247,5 +279,144 @@ impl Operator for TtlJoinOp {
         self.evict(watermark);
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
+    }
+
+    /// The kept rows of each side, with the newest event time of their batch (eviction
+    /// needs it). The watermark needs no state of its own: the runtime restores it.
+    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+        let mut state = TaskState::new();
+        for (side, table) in self.sides.iter().zip(TABLES) {
+            let batches = side
+                .batches
+                .iter()
+                .zip(&side.newest)
+                .map(|(b, &newest)| with_newest(b, newest))
+                .collect::<Result<Vec<_>, _>>()?;
+            state.put(table, batches);
+        }
+        Ok(state)
+    }
+
+    /// Keeps the rows whose join key hashes to this subtask, each under its batch's newest
+    /// event time as before.
+    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+        for (input, table) in TABLES.into_iter().enumerate() {
+            let fail = |e: DataFusionError| {
+                DataflowError::State(format!("{}: restoring '{table}': {e}", self.plan.label))
+            };
+            for stored in state.owned_rows(table, self.key_exprs(input), &self.info)? {
+                for (batch, newest) in split_by_newest(&stored, table)? {
+                    let (keys, key_rows) = self.keys(&batch, input).map_err(fail)?;
+                    self.sides[input].keep(batch, &keys, &key_rows, newest);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `batch` with a last column [`NEWEST`] holding `newest` on every row.
+fn with_newest(batch: &RecordBatch, newest: i64) -> Result<RecordBatch, DataflowError> {
+    let schema = batch.schema();
+    let mut fields = schema.fields().to_vec();
+    fields.push(Arc::new(Field::new(NEWEST, DataType::Int64, false)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from_value(newest, batch.num_rows())));
+    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataflowError::State(e.to_string()))
+}
+
+/// Undoes [`with_newest`] on a stored batch of table `table`: its rows as input batches (event
+/// time last), one per newest event time.
+fn split_by_newest(
+    stored: &RecordBatch,
+    table: &str,
+) -> Result<Vec<(RecordBatch, i64)>, DataflowError> {
+    let invalid = || DataflowError::State(format!("state table '{table}' has an unknown layout"));
+    let width = stored.num_columns();
+    if width < 2 || stored.schema().field(width - 1).name() != NEWEST {
+        return Err(invalid());
+    }
+    let newest = stored
+        .column(width - 1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(invalid)?;
+    let batch = stored
+        .project(&(0..width - 1).collect::<Vec<_>>())
+        .map_err(|e| DataflowError::State(e.to_string()))?;
+    let event_time = batch.column(width - 2).as_any();
+    if newest.null_count() > 0 || !event_time.is::<TimestampNanosecondArray>() {
+        return Err(invalid());
+    }
+    let values = newest.values();
+    let Some(&first) = values.first() else {
+        return Ok(vec![]);
+    };
+    if values.iter().all(|&n| n == first) {
+        return Ok(vec![(batch, first)]);
+    }
+    let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (i, &n) in values.iter().enumerate() {
+        rows.entry(n).or_default().push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(n, idx)| {
+            let part = take_record_batch(&batch, &UInt32Array::from(idx))
+                .map_err(|e| DataflowError::State(e.to_string()))?;
+            Ok((part, n))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::instant::tests::{
+        Step, check_restore, column, side_batch, side_schema, timestamp_field,
+    };
+
+    #[tokio::test]
+    async fn ttl_join_restores_at_any_parallelism() {
+        let (left, right) = (side_schema("l"), side_schema("r"));
+        let mut fields: Vec<Field> = left.fields()[..2]
+            .iter()
+            .chain(&right.fields()[..2])
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(timestamp_field());
+        let (left_keys, right_keys) = (vec![column("k_l", 0)], vec![column("k_r", 0)]);
+        let factory = TtlJoin {
+            label: "join".into(),
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            key_types: vec![DataType::Int64],
+            filter: None,
+            ttl: 10,
+            schema: Arc::new(Schema::new(fields)),
+        };
+        // A kept row lives while the newest row of the batch it came in is within the TTL of
+        // the watermark (l5 at 1 as long as l5 at 12). Every key of a batch has a row at the
+        // batch's newest time, so eviction does not depend on how a shuffle splits batches.
+        let steps = vec![
+            Step::Data(0, side_batch("l", &[1, 2, 3], &[8, 8, 8])),
+            Step::Data(0, side_batch("l", &[5, 5, 6, 7, 7], &[1, 12, 12, 3, 12])),
+            Step::Data(1, side_batch("r", &[1, 5], &[3, 3])),
+            Step::Watermark(5),
+            Step::Data(1, side_batch("r", &[2, 6, 9], &[14, 14, 14])),
+            // Evicts r1 and r5.
+            Step::Watermark(15),
+            Step::Data(0, side_batch("l", &[1], &[16])),
+            Step::Data(1, side_batch("r", &[3, 7], &[17, 17])),
+            // Evicts l1, l2, l3.
+            Step::Watermark(20),
+            Step::Data(1, side_batch("r", &[3, 5, 1], &[21, 21, 21])),
+            Step::Data(0, side_batch("l", &[6, 2, 9], &[22, 22, 22])),
+            // Evicts l5, l6, l7 and r2, r6, r9.
+            Step::Watermark(25),
+            Step::Data(0, side_batch("l", &[5, 6, 9], &[26, 26, 26])),
+            Step::Data(1, side_batch("r", &[7], &[27])),
+        ];
+        check_restore(&factory, &[left_keys, right_keys], &steps).await;
     }
 }

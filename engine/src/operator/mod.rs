@@ -22,6 +22,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use std::sync::Arc;
 
 use crate::dataflow::{Collector, DataflowError, Message, Watermark};
+use crate::state::{RestoredState, TaskState};
 
 /// Where a subtask sits in the dataflow.
 #[derive(Debug, Clone)]
@@ -62,6 +63,26 @@ pub trait Operator: Send {
 
     /// Every input has ended; flush what is held. End of data is forwarded afterwards.
     async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+        Ok(())
+    }
+
+    /// Every input has delivered the barrier of a checkpoint: returns the state to write,
+    /// which must reflect exactly the input before the barrier. Also called once after
+    /// [`Operator::on_close`], for the final state. Stateless operators keep the default.
+    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+        Ok(TaskState::new())
+    }
+
+    /// Called once before any input, when the run restores a checkpoint: `state` holds every
+    /// old subtask's snapshot of this node (the parallelism may differ; see
+    /// [`RestoredState::owned_rows`]).
+    fn restore(&mut self, _state: &RestoredState) -> Result<(), DataflowError> {
+        Ok(())
+    }
+
+    /// The checkpoint `epoch` is complete (its MANIFEST is written): a sink may commit what
+    /// it staged for it and before.
+    async fn on_checkpoint_complete(&mut self, _epoch: u64) -> Result<(), DataflowError> {
         Ok(())
     }
 }

@@ -73,6 +73,10 @@ pub struct PlannedQuery {
     pub program: Program,
     /// The tables written to, in the order first written; the default sink is `preview`.
     pub sinks: Vec<String>,
+    /// Identifies the pipeline across reruns: a hash of its normalised plan (the DDL as
+    /// parsed and printed back, each query's logical plan), blind to whitespace, comments
+    /// and keyword case.
+    pub fingerprint: String,
 }
 
 fn parser_options() -> ParserOptions {
@@ -90,8 +94,9 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
     let mut catalog = Catalog::new();
     let mut builder = rewrite::Builder::default();
     let mut errors = Vec::new();
+    let mut prints = Vec::new();
     for raw in &statements {
-        if let Err(e) = plan_statement(raw, &dialect, &mut catalog, &mut builder) {
+        if let Err(e) = plan_statement(raw, &dialect, &mut catalog, &mut builder, &mut prints) {
             errors.push(e);
         }
     }
@@ -106,9 +111,14 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         return Err(errors);
     }
     let sinks = builder.sinks().to_vec();
+    let fingerprint = format!(
+        "{:016x}",
+        crate::checkpoint::fnv1a64(prints.join("\n;\n").as_bytes())
+    );
     Ok(PlannedQuery {
         program: builder.finish(),
         sinks,
+        fingerprint,
     })
 }
 
@@ -117,6 +127,7 @@ fn plan_statement(
     dialect: &GenericDialect,
     catalog: &mut Catalog,
     builder: &mut rewrite::Builder,
+    prints: &mut Vec<String>,
 ) -> Result<(), SqlError> {
     let mut parser = Parser::new(dialect).with_tokens_with_locations(raw.tokens.clone());
     let stmt = parser
@@ -128,6 +139,23 @@ fn plan_statement(
             format!("unexpected '{}' after the end of the statement", next.token),
             next.span.start,
         ));
+    }
+    if !matches!(stmt, Statement::Query(_) | Statement::Insert(_)) {
+        let mut print = stmt.to_string();
+        for w in &raw.watermarks {
+            let expr: Vec<String> = w
+                .expr
+                .iter()
+                .flatten()
+                .map(|t| t.token.to_string())
+                .collect();
+            print.push_str(&format!(
+                " WATERMARK FOR {} AS {}",
+                w.column,
+                expr.join(" ")
+            ));
+        }
+        prints.push(print);
     }
     match stmt {
         Statement::CreateTable(create) => {
@@ -151,6 +179,7 @@ fn plan_statement(
             let plan = to_logical(stmt, catalog, raw.start)?;
             let schema: Schema = plan.schema().as_arrow().clone();
             let preview = ConnectorTable::preview(Arc::new(schema));
+            prints.push(format!("SELECT\n{}", plan.display_indent_schema()));
             builder
                 .add_insert(&preview, &plan)
                 .map_err(|e| df_error(e, raw.start))
@@ -205,6 +234,10 @@ fn plan_statement(
                     }
                 }
             };
+            prints.push(format!(
+                "INSERT INTO {target}\n{}",
+                input.display_indent_schema()
+            ));
             builder
                 .add_insert(&table, &input)
                 .map_err(|e| df_error(e, raw.start))

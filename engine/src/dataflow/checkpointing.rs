@@ -1,0 +1,399 @@
+//! The checkpoint coordinator of a run: it triggers epochs at the sources, gathers every
+//! subtask's snapshot, and writes the epoch (files, then MANIFEST) when all have reported.
+//!
+//! Protocol, per epoch `N`:
+//!
+//! 1. The coordinator publishes trigger `N` (with `stop` for a stop with a final checkpoint).
+//!    At most one epoch is in flight; a stop waits for the one in flight.
+//! 2. Each source, between two batches, snapshots its offsets, reports them and sends
+//!    [`Barrier`] `N` on every output.
+//! 3. An operator that has received barrier `N` on some inputs holds back what else comes on
+//!    those inputs until all open inputs delivered it (alignment); then it snapshots, reports
+//!    and forwards the barrier. With `stop` it then ends without flushing.
+//! 4. A subtask that ended reports its final state once; it stands for itself in every later
+//!    epoch.
+//! 5. With every subtask accounted for, the coordinator asks the [`CommitGate`] (a worker of a
+//!    stale generation is refused), writes the epoch and publishes it as completed; sinks then
+//!    commit what they staged.
+//!
+//! When every source read its input to the end, a last epoch records the final state, so a
+//! rerun of a finished pipeline does not redo its work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::runtime::DataflowError;
+use super::{Program, StopMode};
+use crate::checkpoint::{CheckpointStore, Manifest};
+use crate::state::{RestoredState, TaskState};
+
+/// A barrier: everything before it on an edge belongs to epoch `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub epoch: u64,
+    /// Stop after this checkpoint (no flush, no end of data).
+    pub stop: bool,
+}
+
+/// Decides whether this run may still commit an epoch (false: a newer generation of the
+/// pipeline exists).
+#[async_trait]
+pub trait CommitGate: Send + Sync {
+    async fn may_commit(&self, epoch: u64) -> bool;
+}
+
+/// Checkpointing of a run.
+#[derive(Clone)]
+pub struct CheckpointConfig {
+    pub store: Arc<CheckpointStore>,
+    /// Time between two checkpoints.
+    pub interval: Duration,
+    /// The checkpoint to restore (from [`CheckpointStore::latest`]), if any.
+    pub restore: Option<Manifest>,
+    pub gate: Option<Arc<dyn CommitGate>>,
+}
+
+/// A checkpoint the run completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedCheckpoint {
+    pub epoch: u64,
+    /// Bytes of state written.
+    pub bytes: u64,
+    /// From trigger to MANIFEST.
+    pub duration: Duration,
+    /// The last epoch of a run whose sources all finished.
+    pub last: bool,
+}
+
+/// A subtask, by node index and subtask index.
+pub(crate) type TaskId = (usize, usize);
+
+/// A checkpoint file: name and bytes.
+pub(crate) type File = (String, Vec<u8>);
+
+/// Subtasks that ended: their final files, and whether they read their input to the end.
+type Ended = BTreeMap<TaskId, (Vec<File>, bool)>;
+
+/// What subtasks tell the coordinator.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// The snapshot at barrier `epoch`.
+    Snapshot {
+        task: TaskId,
+        epoch: u64,
+        files: Vec<(String, Vec<u8>)>,
+    },
+    /// The subtask ended; its final state. `complete`: a source read its input to the end
+    /// (false for a source that was stopped).
+    Ended {
+        task: TaskId,
+        files: Vec<(String, Vec<u8>)>,
+        complete: bool,
+    },
+}
+
+/// What a subtask holds to take part in checkpoints.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub task: TaskId,
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// The newest completed epoch (0: none).
+    pub completed: watch::Receiver<u64>,
+}
+
+/// The runtime's own part of a subtask's state.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RuntimeState {
+    watermark: Option<i64>,
+}
+
+const RUNTIME_TABLE: &str = "_runtime";
+const TOPOLOGY: &str = "topology.json";
+
+/// The shape of the dataflow a checkpoint was taken of.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Topology {
+    /// Per node: label and parallelism.
+    nodes: Vec<(String, usize)>,
+}
+
+impl Link {
+    /// Encodes `state` (with the runtime's part) as checkpoint files of this subtask.
+    pub fn files(
+        &self,
+        mut state: TaskState,
+        watermark: Option<i64>,
+    ) -> Result<Vec<(String, Vec<u8>)>, DataflowError> {
+        state.put_json(RUNTIME_TABLE, &RuntimeState { watermark })?;
+        let (node, subtask) = self.task;
+        Ok(state
+            .encode()?
+            .into_iter()
+            .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
+            .collect())
+    }
+
+    pub fn report(&self, report: Report) {
+        // The coordinator only goes away when the run fails or ends.
+        let _ = self.reports.send(report);
+    }
+
+    /// Waits until `epoch` is completed; false if the coordinator ended first.
+    pub async fn wait_completed(&mut self, epoch: u64) -> bool {
+        self.completed.wait_for(|c| *c >= epoch).await.is_ok()
+    }
+}
+
+/// Reads the state of every node from checkpoint `manifest`.
+pub(crate) async fn load(
+    store: &CheckpointStore,
+    manifest: &Manifest,
+    program: &Program,
+) -> Result<Vec<RestoredState>, DataflowError> {
+    let failed = |e: crate::checkpoint::CheckpointError| DataflowError::State(e.to_string());
+    let topology: Topology =
+        serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
+            .map_err(|e| DataflowError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
+    let labels: Vec<&str> = program.nodes.iter().map(|n| n.label.as_str()).collect();
+    let taken: Vec<&str> = topology.nodes.iter().map(|(l, _)| l.as_str()).collect();
+    if labels != taken {
+        return Err(DataflowError::State(format!(
+            "checkpoint {} under {} was taken of another dataflow ({} nodes, this one has {})",
+            manifest.epoch,
+            store.display(),
+            taken.len(),
+            labels.len()
+        )));
+    }
+    let mut restored: Vec<RestoredState> = topology
+        .nodes
+        .iter()
+        .map(|(_, p)| RestoredState {
+            parallelism: *p,
+            subtasks: vec![TaskState::new(); *p],
+            watermark: None,
+            epoch: manifest.epoch,
+        })
+        .collect();
+    for entry in &manifest.files {
+        let mut parts = entry.name.splitn(3, '/');
+        let (Some(node), Some(subtask), Some(table)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(node), Ok(subtask)) = (node.parse::<usize>(), subtask.parse::<usize>()) else {
+            continue;
+        };
+        let Some(slot) = restored
+            .get_mut(node)
+            .and_then(|n| n.subtasks.get_mut(subtask))
+        else {
+            return Err(DataflowError::State(format!(
+                "checkpoint {}: file {} names no subtask of the dataflow",
+                manifest.epoch, entry.name
+            )));
+        };
+        let bytes = store.read(manifest, &entry.name).await.map_err(failed)?;
+        slot.decode_into(table, bytes)?;
+    }
+    for node in &mut restored {
+        let marks: Vec<Option<i64>> = node
+            .json::<RuntimeState>(RUNTIME_TABLE)?
+            .into_iter()
+            .map(|s| s.first().and_then(|r| r.watermark))
+            .collect();
+        // The lowest watermark of the old subtasks; none if one had none.
+        node.watermark = if marks.iter().all(Option::is_some) {
+            marks.into_iter().flatten().min()
+        } else {
+            None
+        };
+    }
+    Ok(restored)
+}
+
+/// The coordinator's side of a run.
+pub(crate) struct Coordinator {
+    pub config: CheckpointConfig,
+    /// Every subtask of the run.
+    pub tasks: Vec<TaskId>,
+    pub sources: Vec<TaskId>,
+    pub topology: Vec<(String, usize)>,
+    pub first_epoch: u64,
+    pub reports: mpsc::UnboundedReceiver<Report>,
+    pub trigger: watch::Sender<Option<Barrier>>,
+    pub stop: watch::Receiver<Option<StopMode>>,
+    pub completed: watch::Sender<u64>,
+    pub published: watch::Sender<Option<CompletedCheckpoint>>,
+}
+
+struct InFlight {
+    barrier: Barrier,
+    started: Instant,
+    files: HashMap<TaskId, Vec<(String, Vec<u8>)>>,
+}
+
+impl Coordinator {
+    pub async fn run(mut self) -> Result<(), DataflowError> {
+        let mut next = self.first_epoch;
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight: Option<InFlight> = None;
+        let mut ended = Ended::new();
+        let mut stop_pending = false;
+        let mut stop_sent = false;
+        loop {
+            if in_flight.is_none() && stop_pending && !stop_sent {
+                stop_sent = true;
+                in_flight = Some(self.start(next, true));
+                next += 1;
+            }
+            tokio::select! {
+                _ = ticker.tick(), if in_flight.is_none() && !stop_pending => {
+                    if self.sources.iter().all(|s| ended.contains_key(s)) {
+                        continue;
+                    }
+                    in_flight = Some(self.start(next, false));
+                    next += 1;
+                }
+                changed = self.stop.changed(), if !stop_pending => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    if *self.stop.borrow() == Some(StopMode::Checkpoint) {
+                        stop_pending = true;
+                    }
+                }
+                report = self.reports.recv() => {
+                    let Some(report) = report else {
+                        // Every subtask is gone.
+                        return self.finish(next, ended, stop_pending).await;
+                    };
+                    match report {
+                        Report::Snapshot { task, epoch, files } => {
+                            match in_flight.as_mut() {
+                                Some(f) if f.barrier.epoch == epoch => {
+                                    f.files.insert(task, files);
+                                }
+                                _ => warn!(?task, epoch, "snapshot of an epoch not in flight"),
+                            }
+                        }
+                        Report::Ended { task, files, complete } => {
+                            ended.insert(task, (files, complete));
+                        }
+                    }
+                    let done = in_flight.as_ref().is_some_and(|f| {
+                        self.tasks
+                            .iter()
+                            .all(|t| f.files.contains_key(t) || ended.contains_key(t))
+                    });
+                    if done {
+                        let flight = in_flight.take().expect("an epoch in flight");
+                        let stop = flight.barrier.stop;
+                        self.commit(flight, &ended, false).await?;
+                        if stop {
+                            // Nothing comes after a stop's checkpoint; let subtasks end.
+                            while self.reports.recv().await.is_some() {}
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&self, epoch: u64, stop: bool) -> InFlight {
+        debug!(epoch, stop, "checkpoint triggered");
+        let barrier = Barrier { epoch, stop };
+        let _ = self.trigger.send(Some(barrier));
+        InFlight {
+            barrier,
+            started: Instant::now(),
+            files: HashMap::new(),
+        }
+    }
+
+    /// Every subtask ended: when every source read to its end (and no stop asked for a
+    /// checkpoint), the final state becomes the last epoch.
+    async fn finish(
+        self,
+        epoch: u64,
+        ended: Ended,
+        stopping: bool,
+    ) -> Result<(), DataflowError> {
+        let complete = self.tasks.iter().all(|t| ended.contains_key(t))
+            && self
+                .sources
+                .iter()
+                .all(|s| ended.get(s).is_some_and(|(_, c)| *c));
+        if !complete {
+            return Ok(());
+        }
+        debug!(
+            stopping,
+            "every source finished: the final state is the last epoch"
+        );
+        let flight = InFlight {
+            barrier: Barrier { epoch, stop: true },
+            started: Instant::now(),
+            files: HashMap::new(),
+        };
+        self.commit(flight, &ended, true).await
+    }
+
+    async fn commit(
+        &self,
+        flight: InFlight,
+        ended: &Ended,
+        last: bool,
+    ) -> Result<(), DataflowError> {
+        let epoch = flight.barrier.epoch;
+        if let Some(gate) = &self.config.gate
+            && !gate.may_commit(epoch).await
+        {
+            return Err(DataflowError::State(format!(
+                "checkpoint {epoch} may not be committed: a newer run of this pipeline exists"
+            )));
+        }
+        let mut files = flight.files;
+        for (task, (f, _)) in ended {
+            files.entry(*task).or_insert_with(|| f.clone());
+        }
+        let mut all: Vec<(String, Vec<u8>)> = files.into_values().flatten().collect();
+        let topology = serde_json::to_vec(&Topology {
+            nodes: self.topology.clone(),
+        })
+        .map_err(|e| DataflowError::State(e.to_string()))?;
+        all.push((TOPOLOGY.to_string(), topology));
+        let bytes = all.iter().map(|(_, b)| b.len() as u64).sum();
+        self.config
+            .store
+            .write_epoch(epoch, all)
+            .await
+            .map_err(|e| DataflowError::State(format!("writing checkpoint {epoch}: {e}")))?;
+        let done = CompletedCheckpoint {
+            epoch,
+            bytes,
+            duration: flight.started.elapsed(),
+            last,
+        };
+        info!(
+            epoch,
+            bytes,
+            ms = done.duration.as_millis() as u64,
+            last,
+            "checkpoint completed"
+        );
+        let _ = self.completed.send(epoch);
+        let _ = self.published.send(Some(done));
+        Ok(())
+    }
+}
