@@ -15,6 +15,11 @@
 //! 3. The output file is compared with `golden/<name>.json` by [`compare`]: append output as a
 //!    multiset of rows, updating (debezium) output by the final rows after replaying c/u/d.
 //!
+//! Each case also runs the three-way run of that README: with checkpoints at parallelism 2 and
+//! its file sources paced ([`THREE_WAY`]), stopped with SIGINT (a final checkpoint) once a
+//! checkpoint exists, then rerun on the same state dir at parallelism 3, which restores the
+//! checkpoint and runs to the end: the output file must still equal the golden.
+//!
 //! [`KNOWN_FAILING`] names the cases the engine cannot run yet. They run too: a known-failing
 //! case that passes fails the test, so the list never goes stale.
 
@@ -24,15 +29,30 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use harness::{DEADLINE, path_str, try_run_query};
+use harness::{DEADLINE, arroyod_bin, path_str, signal, try_run_query, wait_exit, wait_until};
 use serde_json::Value;
 
 /// Cases the engine does not pass yet. Remove a name when its feature lands; the test fails
 /// when a listed case passes.
 const KNOWN_FAILING: &[&str] = &[];
 
-/// Every case also runs at these parallelisms; results must not depend on it.
-const PARALLELISMS: &[u32] = &[1, 3];
+/// How a case runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Straight through at this parallelism.
+    Straight(u32),
+    /// Checkpoints at the first parallelism, stopped part-way, restored at the second.
+    Restored(u32, u32),
+}
+
+/// Every case also runs in these modes; results must not depend on them.
+const MODES: &[Mode] = &[Mode::Straight(1), Mode::Straight(3), THREE_WAY];
+
+/// The three-way run of the conformance README.
+const THREE_WAY: Mode = Mode::Restored(2, 3);
+
+/// Steps the paced first run of a three-way run reads its largest input in, 10 ms apart.
+const PACED_STEPS: usize = 40;
 
 /// How many differing rows and stderr lines a failure shows.
 const SHOWN_ROWS: usize = 5;
@@ -523,14 +543,72 @@ fn first_error(stderr: &str) -> String {
         .map_or_else(|| "no stderr".to_string(), |l| l.to_string())
 }
 
-/// Runs one case at one parallelism in a fresh temp dir.
-fn run_case(
-    dir: &Path,
-    name: &str,
-    sql: &str,
-    expect: &Expect,
-    parallelism: u32,
-) -> Result<(), Failure> {
+/// The first run of a three-way run: paced, with checkpoints every 20 ms, stopped with SIGINT
+/// once a checkpoint exists. Returns its stderr, or why it went wrong.
+fn stopped_part_way(
+    args: &[&str],
+    state: &Path,
+    lines_per_step: usize,
+    log: &Path,
+) -> Result<String, String> {
+    let mut child = std::process::Command::new(arroyod_bin())
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("ARROYO_CHECKPOINT_INTERVAL", "20ms")
+        .env("ARROYO_TEST_FILE_PACE", format!("{lines_per_step}:10"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("creating the log"))
+        .spawn()
+        .expect("starting arroyod run");
+    let checkpointed = || {
+        let Ok(pipelines) = std::fs::read_dir(state.join("state")) else {
+            return false;
+        };
+        pipelines.flatten().any(|p| {
+            std::fs::read_dir(p.path().join("checkpoints"))
+                .map(|epochs| epochs.flatten().any(|e| e.path().join("MANIFEST").exists()))
+                .unwrap_or(false)
+        })
+    };
+    wait_until(DEADLINE, "a checkpoint or the end of the run", || {
+        (checkpointed() || child.try_wait().unwrap().is_some()).then_some(())
+    });
+    let ran_to_end = child.try_wait().unwrap().is_some();
+    if !ran_to_end {
+        signal(child.id(), "INT");
+    }
+    let status = wait_exit(&mut child, DEADLINE);
+    let stderr = std::fs::read_to_string(log).unwrap_or_default();
+    if !status.success() {
+        return Err(format!(
+            "the first run exited {status}: {}",
+            first_error(&stderr)
+        ));
+    }
+    if ran_to_end || !stderr.contains("state=Stopped") {
+        return Err("the first run was not stopped part-way (it ended before a checkpoint)".into());
+    }
+    Ok(stderr)
+}
+
+/// The most lines of an input file `sql` reads.
+fn input_lines(inputs: &Path, sql: &str) -> usize {
+    std::fs::read_dir(inputs)
+        .expect("listing the inputs")
+        .flatten()
+        .filter(|f| sql.contains(&*f.file_name().to_string_lossy()))
+        .map(|f| std::fs::read_to_string(f.path()).map_or(0, |t| t.lines().count()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs one case in one mode in a fresh temp dir.
+fn run_case(dir: &Path, name: &str, sql: &str, expect: &Expect, mode: Mode) -> Result<(), Failure> {
+    let parallelism = match mode {
+        Mode::Straight(p) | Mode::Restored(_, p) => p,
+    };
     let tmp = tempfile::tempdir().expect("temp dir");
     let inputs = dir
         .join("inputs")
@@ -553,11 +631,27 @@ fn run_case(
         } else {
             format!("{detail}\n  {}", stderr_tail(stderr))
         };
+        let shown = match mode {
+            Mode::Straight(p) => format!("-p {p}"),
+            Mode::Restored(a, b) => format!("stopped at -p {a}, restored at -p {b}"),
+        };
         Failure {
-            reason: format!("-p {parallelism}: {reason}").replace(&prefix, ""),
+            reason: format!("{shown}: {reason}").replace(&prefix, ""),
             detail: detail.replace(&prefix, ""),
         }
     };
+    let mut first_run = String::new();
+    if let (Mode::Restored(first, _), Expect::Rows { .. }) = (mode, expect) {
+        let p = first.to_string();
+        let first_args = ["-p", p.as_str(), "-s", path_str(&state), path_str(&query)];
+        let lines = input_lines(&inputs, sql);
+        let log = tmp.path().join("first-run.log");
+        first_run = stopped_part_way(&first_args, &state, (lines / PACED_STEPS).max(1), &log)
+            .map_err(|reason| {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                fail(reason, String::new(), &stderr)
+            })?;
+    }
     let out = match try_run_query(&args, DEADLINE) {
         Ok(out) => out,
         Err(out) => {
@@ -569,7 +663,17 @@ fn run_case(
             ));
         }
     };
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = format!("{first_run}{}", String::from_utf8_lossy(&out.stderr));
+    if matches!(mode, Mode::Restored(..))
+        && matches!(expect, Expect::Rows { .. })
+        && !stderr.contains("resuming it")
+    {
+        return Err(fail(
+            "the second run did not resume the pipeline".into(),
+            String::new(),
+            &stderr,
+        ));
+    }
     match expect {
         Expect::Fail(message) => {
             if out.status.success() {
@@ -658,9 +762,9 @@ fn golden_cases() {
     for name in &names {
         let sql = std::fs::read_to_string(queries.join(format!("{name}.sql"))).unwrap();
         let expect = parse_directive(&sql);
-        let outcome = PARALLELISMS
+        let outcome = MODES
             .iter()
-            .try_for_each(|&p| run_case(&dir, name, &sql, &expect, p));
+            .try_for_each(|&mode| run_case(&dir, name, &sql, &expect, mode));
         let known = KNOWN_FAILING.contains(&name.as_str());
         match (outcome, known) {
             (Ok(()), false) => {

@@ -35,18 +35,24 @@ fn bounded_select_prints_exactly_the_matching_rows_and_exits_0() {
     assert!(state.join("arroyod.db").exists());
 }
 
+/// A rerun on the state dir of a pipeline that finished resumes it from its last checkpoint,
+/// taken when every source had finished: nothing is read or printed twice.
 #[test]
-fn the_same_state_dir_runs_again() {
+fn the_same_state_dir_resumes_a_finished_pipeline_without_redoing_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    for _ in 0..2 {
+    for expected in [100, 0] {
         let out = run_query(&["-s", state.to_str().unwrap(), "-"], EVEN_COUNTERS);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().lines().count(),
+            expected,
+            "{stderr}"
         );
-        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 100);
+        if expected == 0 {
+            assert!(stderr.contains("resuming it"), "{stderr}");
+        }
     }
 }
 

@@ -1,0 +1,315 @@
+//! Exactly-once across stops, crashes and restarts, through the real binaries: `arroyod run -s`
+//! on a local state dir and on a loopback S3 server (moto), and the daemon killed with -9.
+//!
+//! Every test writes impulse counters to a `single_file` sink and, after each clean stop,
+//! checks that the file holds the counters 0..K-1, each exactly once, and that K grew.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use harness::{
+    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, parent_of, path_str, signal, signal_group,
+    wait_exit, wait_until,
+};
+
+/// Checkpoints are taken this often in these tests.
+const INTERVAL: &str = "200ms";
+/// Rows a run writes before the test acts on it (at 2000 rows per second).
+const STEP: usize = 300;
+
+fn query(out: &Path) -> String {
+    format!(
+        "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '2000');
+         CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
+         INSERT INTO out SELECT counter FROM impulse;",
+        out.display()
+    )
+}
+
+/// The counters of the complete lines of the output file.
+fn counters(out: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Asserts the file holds 0..K-1, each once; returns K.
+fn exactly_once(out: &Path) -> usize {
+    let mut seen = counters(out);
+    let n = seen.len();
+    seen.sort_unstable();
+    let dups = seen.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(dups, 0, "{dups} counters appear more than once in {n} rows");
+    assert!(
+        seen.iter().enumerate().all(|(i, c)| *c == i as u64),
+        "the counters are not 0..{n}: first gap near {:?}",
+        seen.iter()
+            .enumerate()
+            .find(|(i, c)| **c != *i as u64)
+            .map(|(i, _)| i)
+    );
+    n
+}
+
+/// Waits until the output file has more than `n` rows.
+fn wait_rows(out: &Path, n: usize) {
+    wait_until(DEADLINE, &format!("more than {n} rows"), || {
+        (counters(out).len() > n).then_some(())
+    });
+}
+
+/// `arroyod run -s STATE` of `query_file` in its own process group.
+fn start_run(state: &str, query_file: &Path, envs: &[(&str, String)], log: &Path) -> Child {
+    start_run_with(&["-s", state, path_str(query_file)], envs, log)
+}
+
+/// `arroyod run ARGS` in its own process group.
+fn start_run_with(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(arroyod_bin());
+    cmd.arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("ARROYO_CHECKPOINT_INTERVAL", INTERVAL)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .process_group(0);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("starting arroyod run")
+}
+
+/// Stops a run with SIGINT; it must exit 0.
+fn interrupt(mut run: Child, log: &Path) {
+    signal(run.id(), "INT");
+    let status = wait_exit(&mut run, DEADLINE);
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// The worker process a run (or daemon) with pid `parent` started.
+fn worker_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            parent_of(*pid) == Some(parent)
+                && alive(*pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"worker"))
+        })
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    query: PathBuf,
+    log: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let query_file = dir.path().join("counters.sql");
+    std::fs::write(&query_file, query(&out)).unwrap();
+    Setup {
+        log: dir.path().join("run.log"),
+        out,
+        query: query_file,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_run_state_dir_survives_sigint_and_kill_9_with_every_counter_once() {
+    let s = setup();
+    let state_dir = s.out.parent().unwrap().join("state");
+    let state = path_str(&state_dir);
+
+    // 1. Run, SIGINT: a final checkpoint, then exit 0.
+    let run = start_run(state, &s.query, &[], &s.log);
+    wait_rows(&s.out, STEP);
+    interrupt(run, &s.log);
+    let first = exactly_once(&s.out);
+
+    // 2. Rerun: it resumes. Kill -9 its worker: restarted from the last checkpoint. Then
+    //    kill -9 the whole process group.
+    let run = start_run(state, &s.query, &[], &s.log);
+    wait_rows(&s.out, first + STEP);
+    let worker = wait_until(DEADLINE, "the worker", || worker_of(run.id()));
+    signal(worker, "KILL");
+    let replacement = wait_until(DEADLINE, "a new worker", || {
+        worker_of(run.id()).filter(|w| *w != worker)
+    });
+    let now = counters(&s.out).len();
+    wait_rows(&s.out, now + STEP);
+    signal_group(run.id(), "KILL");
+    let mut run = run;
+    wait_exit(&mut run, DEADLINE);
+    wait_until(DEADLINE, "the worker to die with its run", || {
+        (!alive(replacement)).then_some(())
+    });
+
+    // 3. Rerun after the crash: rows after the last checkpoint are cut and written again.
+    let now = counters(&s.out).len();
+    let run = start_run(state, &s.query, &[], &s.log);
+    wait_rows(&s.out, now + STEP);
+    interrupt(run, &s.log);
+    let last = exactly_once(&s.out);
+    assert!(
+        last > first + STEP,
+        "the output did not grow: {first} then {last}"
+    );
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("resuming it"), "{log}");
+
+    // 4. Another query on this state dir is refused and changes nothing; --force runs it.
+    let other = s.out.parent().unwrap().join("other.sql");
+    let other_out = s.out.parent().unwrap().join("other.json");
+    std::fs::write(
+        &other,
+        query(&other_out).replace("SELECT counter", "SELECT counter * 2"),
+    )
+    .unwrap();
+    let refused = Command::new(arroyod_bin())
+        .args(["run", "-s", state, path_str(&other)])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holds pipeline 'counters'") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(exactly_once(&s.out), last);
+    let forced = start_run_with(&["--force", "-s", state, path_str(&other)], &[], &s.log);
+    wait_rows(&other_out, 10);
+    interrupt(forced, &s.log);
+    let doubled = counters(&other_out);
+    assert!(doubled.iter().all(|c| c % 2 == 0), "{doubled:?}");
+}
+
+/// A plain HTTP GET against the loopback S3 server; the body.
+fn http_get(s3: &S3Server, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s3.port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        s3.port
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn a_run_state_dir_on_s3_keeps_checkpoints_and_snapshots_there_and_resumes() {
+    let s3 = S3Server::start();
+    s3.create_bucket("arroyod-state");
+    let s = setup();
+    let tmp = s.out.parent().unwrap().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let envs = [
+        ("AWS_ENDPOINT", s3.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        // The local metadata cache lives under TMPDIR: the test removes it between runs.
+        ("TMPDIR", tmp.display().to_string()),
+    ];
+    let state = "s3://arroyod-state/runs/counters";
+
+    let run = start_run(state, &s.query, &envs, &s.log);
+    wait_rows(&s.out, STEP);
+    interrupt(run, &s.log);
+    let first = exactly_once(&s.out);
+    let listing = http_get(&s3, "/arroyod-state?list-type=2&prefix=runs/counters/");
+    assert!(listing.contains("/checkpoints/"), "{listing}");
+    assert!(listing.contains("MANIFEST"), "{listing}");
+    assert!(
+        listing.contains("runs/counters/snapshots/LATEST"),
+        "{listing}"
+    );
+
+    // Nothing local survives: the rerun finds the pipeline in the newest snapshot.
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = start_run(state, &s.query, &envs, &s.log);
+    wait_rows(&s.out, first + STEP);
+    interrupt(run, &s.log);
+    let last = exactly_once(&s.out);
+    assert!(
+        last > first + STEP,
+        "the output did not grow: {first} then {last}"
+    );
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(
+        log.contains("metadata restored from the newest snapshot"),
+        "{log}"
+    );
+    assert!(log.contains("resuming it"), "{log}");
+}
+
+#[test]
+fn the_daemon_killed_with_9_resumes_its_pipeline_exactly_once() {
+    let mut daemon = TestDaemon::start_with(&["--checkpoint-interval", INTERVAL]);
+    let s = setup();
+    let id = daemon.submit("counters", &query(&s.out));
+    daemon.wait_state(&id, "Running");
+    wait_rows(&s.out, STEP);
+    wait_until(DEADLINE, "a checkpoint", || {
+        (daemon.status(&id)["last_checkpoint"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let worker = daemon.status(&id)["worker_pid"].as_u64().unwrap() as u32;
+    daemon.kill9();
+    wait_until(DEADLINE, "the worker to die with its daemon", || {
+        (!alive(worker)).then_some(())
+    });
+
+    daemon.restart();
+    daemon.wait_state(&id, "Running");
+    let now = counters(&s.out).len();
+    wait_rows(&s.out, now + STEP);
+    daemon.ctl_ok(&["stop", &id]);
+    assert_eq!(daemon.status(&id)["state"], "Stopped");
+    let first = exactly_once(&s.out);
+
+    // The checkpoints are listed, and resume goes on from the last one.
+    let listed: serde_json::Value =
+        serde_json::from_str(&daemon.ctl_ok(&["--json", "checkpoints", &id])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert!(!listed.is_empty(), "no checkpoints listed");
+    daemon.ctl_ok(&["resume", &id]);
+    daemon.wait_state(&id, "Running");
+    wait_rows(&s.out, first + STEP);
+    daemon.ctl_ok(&["stop", &id]);
+    let last = exactly_once(&s.out);
+    assert!(
+        last > first + STEP,
+        "the output did not grow: {first} then {last}"
+    );
+}
