@@ -323,12 +323,7 @@ impl Coordinator {
 
     /// Every subtask ended: when every source read to its end (and no stop asked for a
     /// checkpoint), the final state becomes the last epoch.
-    async fn finish(
-        self,
-        epoch: u64,
-        ended: Ended,
-        stopping: bool,
-    ) -> Result<(), DataflowError> {
+    async fn finish(self, epoch: u64, ended: Ended, stopping: bool) -> Result<(), DataflowError> {
         let complete = self.tasks.iter().all(|t| ended.contains_key(t))
             && self
                 .sources

@@ -2,21 +2,21 @@
 //! state TTL (`SET updating_ttl = interval '...'`, in event time behind the watermark). A row
 //! arriving on one side is joined with every kept row of the other side with the same key, and
 //! the joined rows are emitted at once with the later of the two event times; then the row is
-//! kept. Rows older than the watermark less the TTL are evicted. Inner joins of append-only
-//! inputs never retract, so the output is append-only.
+//! kept. Each row is evicted once its own event time is older than the watermark less the TTL,
+//! so what is kept does not depend on how rows were batched (nor on the parallelism). Inner
+//! joins of append-only inputs never retract, so the output is append-only.
 //!
-//! Checkpoints hold the kept rows of each side with, per row, the newest event time of the
-//! batch it arrived in (what eviction goes by); a restore keeps the rows whose join key
-//! hashes to the subtask.
+//! Checkpoints hold the kept rows of each side; a restore keeps the rows whose join key hashes
+//! to the subtask.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, TimestampNanosecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, TimestampNanosecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{filter_record_batch, interleave, take_record_batch};
+use datafusion::arrow::compute::{filter_record_batch, interleave};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
@@ -29,10 +29,6 @@ use crate::state::{RestoredState, TaskState};
 
 /// The state tables of the kept rows, by input.
 const TABLES: [&str; 2] = ["left", "right"];
-
-/// The column a state table adds after the input columns: the newest event time of the batch
-/// the row arrived in.
-const NEWEST: &str = "__newest";
 
 /// The windowless inner join (see the module).
 #[derive(Clone)]
@@ -53,15 +49,18 @@ pub struct TtlJoin {
 #[derive(Default)]
 struct Side {
     batches: Vec<RecordBatch>,
-    /// Newest event time per batch, for eviction.
-    newest: Vec<i64>,
+    /// Oldest event time per batch: eviction looks only at batches it may touch.
+    oldest: Vec<i64>,
     index: HashMap<OwnedRow, Vec<(u32, u32)>>,
 }
 
 impl Side {
-    /// Keeps `batch`, whose newest event time is `newest`, indexing its rows by their keys
-    /// (`keys` as `key_rows`); rows with a null key never match and are not indexed.
-    fn keep(&mut self, batch: RecordBatch, keys: &[ArrayRef], key_rows: &Rows, newest: i64) {
+    /// Keeps `batch`, indexing its rows by their keys (`keys` as `key_rows`); rows with a null
+    /// key never match and are not indexed.
+    fn keep(&mut self, batch: RecordBatch, keys: &[ArrayRef], key_rows: &Rows) {
+        if batch.num_rows() == 0 {
+            return;
+        }
         let b = self.batches.len() as u32;
         for i in 0..batch.num_rows() {
             if !keys.iter().any(|k| k.is_null(i)) {
@@ -71,7 +70,8 @@ impl Side {
                     .push((b, i as u32));
             }
         }
-        self.newest.push(newest);
+        self.oldest
+            .push(datafusion::arrow::compute::min(times(&batch)).unwrap_or(i64::MIN));
         self.batches.push(batch);
     }
 }
@@ -151,8 +151,7 @@ impl TtlJoinOp {
         } else {
             Some(self.build(&batch, input, &pairs)?)
         };
-        let newest = datafusion::arrow::compute::max(times(&batch)).unwrap_or(i64::MIN);
-        self.sides[input].keep(batch, &keys, &key_rows, newest);
+        self.sides[input].keep(batch, &keys, &key_rows);
         Ok(joined)
     }
 
@@ -221,36 +220,28 @@ impl TtlJoinOp {
         }
     }
 
-    /// Drops kept batches whose newest row is older than `watermark - ttl`.
-    fn evict(&mut self, watermark: i64) {
+    /// Drops kept rows older than `watermark - ttl`; a side with such rows is re-indexed.
+    fn evict(&mut self, watermark: i64) -> Result<()> {
         let horizon = watermark.saturating_sub(self.plan.ttl);
-        for side in &mut self.sides {
-            if !side.newest.iter().any(|&n| n < horizon) {
+        for input in 0..2 {
+            if !self.sides[input].oldest.iter().any(|&t| t < horizon) {
                 continue;
             }
-            let keep: Vec<usize> = (0..side.batches.len())
-                .filter(|&i| side.newest[i] >= horizon)
-                .collect();
-            let batches: Vec<RecordBatch> = keep.iter().map(|&i| side.batches[i].clone()).collect();
-            let newest: Vec<i64> = keep.iter().map(|&i| side.newest[i]).collect();
-            let renumber: HashMap<u32, u32> = keep
-                .iter()
-                .enumerate()
-                .map(|(new, &old)| (old as u32, new as u32))
-                .collect();
-            side.index.retain(|_, rows| {
-                rows.retain_mut(|(b, _)| match renumber.get(b) {
-                    Some(n) => {
-                        *b = *n;
-                        true
-                    }
-                    None => false,
-                });
-                !rows.is_empty()
-            });
-            side.batches = batches;
-            side.newest = newest;
+            let old = std::mem::take(&mut self.sides[input]);
+            for (batch, oldest) in old.batches.into_iter().zip(old.oldest) {
+                let batch = if oldest < horizon {
+                    let keep = BooleanArray::from_iter(
+                        times(&batch).values().iter().map(|&t| Some(t >= horizon)),
+                    );
+                    filter_record_batch(&batch, &keep)?
+                } else {
+                    batch
+                };
+                let (keys, key_rows) = self.keys(&batch, input)?;
+                self.sides[input].keep(batch, &keys, &key_rows);
+            }
         }
+        Ok(())
     }
 }
 
@@ -276,97 +267,48 @@ impl Operator for TtlJoinOp {
         watermark: i64,
         out: &mut Collector,
     ) -> Result<(), DataflowError> {
-        self.evict(watermark);
+        self.evict(watermark)
+            .map_err(DataflowError::expression(&self.plan.label))?;
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
     }
 
-    /// The kept rows of each side, with the newest event time of their batch (eviction
-    /// needs it). The watermark needs no state of its own: the runtime restores it.
+    /// The kept rows of each side. The watermark needs no state of its own: the runtime
+    /// restores it.
     async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
         let mut state = TaskState::new();
         for (side, table) in self.sides.iter().zip(TABLES) {
-            let batches = side
-                .batches
-                .iter()
-                .zip(&side.newest)
-                .map(|(b, &newest)| with_newest(b, newest))
-                .collect::<Result<Vec<_>, _>>()?;
-            state.put(table, batches);
+            state.put(table, side.batches.iter().cloned());
         }
         Ok(state)
     }
 
-    /// Keeps the rows whose join key hashes to this subtask, each under its batch's newest
-    /// event time as before.
+    /// Keeps the rows whose join key hashes to this subtask.
     fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
         for (input, table) in TABLES.into_iter().enumerate() {
             let fail = |e: DataFusionError| {
                 DataflowError::State(format!("{}: restoring '{table}': {e}", self.plan.label))
             };
-            for stored in state.owned_rows(table, self.key_exprs(input), &self.info)? {
-                for (batch, newest) in split_by_newest(&stored, table)? {
-                    let (keys, key_rows) = self.keys(&batch, input).map_err(fail)?;
-                    self.sides[input].keep(batch, &keys, &key_rows, newest);
+            for batch in state.owned_rows(table, self.key_exprs(input), &self.info)? {
+                if !batch
+                    .schema()
+                    .field(batch.num_columns() - 1)
+                    .data_type()
+                    .equals_datatype(&DataType::Timestamp(
+                        datafusion::arrow::datatypes::TimeUnit::Nanosecond,
+                        None,
+                    ))
+                {
+                    return Err(DataflowError::State(format!(
+                        "state table '{table}' has an unknown layout"
+                    )));
                 }
+                let (keys, key_rows) = self.keys(&batch, input).map_err(fail)?;
+                self.sides[input].keep(batch, &keys, &key_rows);
             }
         }
         Ok(())
     }
-}
-
-/// `batch` with a last column [`NEWEST`] holding `newest` on every row.
-fn with_newest(batch: &RecordBatch, newest: i64) -> Result<RecordBatch, DataflowError> {
-    let schema = batch.schema();
-    let mut fields = schema.fields().to_vec();
-    fields.push(Arc::new(Field::new(NEWEST, DataType::Int64, false)));
-    let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(Int64Array::from_value(newest, batch.num_rows())));
-    let schema = Schema::new_with_metadata(fields, schema.metadata().clone());
-    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| DataflowError::State(e.to_string()))
-}
-
-/// Undoes [`with_newest`] on a stored batch of table `table`: its rows as input batches (event
-/// time last), one per newest event time.
-fn split_by_newest(
-    stored: &RecordBatch,
-    table: &str,
-) -> Result<Vec<(RecordBatch, i64)>, DataflowError> {
-    let invalid = || DataflowError::State(format!("state table '{table}' has an unknown layout"));
-    let width = stored.num_columns();
-    if width < 2 || stored.schema().field(width - 1).name() != NEWEST {
-        return Err(invalid());
-    }
-    let newest = stored
-        .column(width - 1)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .ok_or_else(invalid)?;
-    let batch = stored
-        .project(&(0..width - 1).collect::<Vec<_>>())
-        .map_err(|e| DataflowError::State(e.to_string()))?;
-    let event_time = batch.column(width - 2).as_any();
-    if newest.null_count() > 0 || !event_time.is::<TimestampNanosecondArray>() {
-        return Err(invalid());
-    }
-    let values = newest.values();
-    let Some(&first) = values.first() else {
-        return Ok(vec![]);
-    };
-    if values.iter().all(|&n| n == first) {
-        return Ok(vec![(batch, first)]);
-    }
-    let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    for (i, &n) in values.iter().enumerate() {
-        rows.entry(n).or_default().push(i as u32);
-    }
-    rows.into_iter()
-        .map(|(n, idx)| {
-            let part = take_record_batch(&batch, &UInt32Array::from(idx))
-                .map_err(|e| DataflowError::State(e.to_string()))?;
-            Ok((part, n))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -395,16 +337,16 @@ mod tests {
             ttl: 10,
             schema: Arc::new(Schema::new(fields)),
         };
-        // A kept row lives while the newest row of the batch it came in is within the TTL of
-        // the watermark (l5 at 1 as long as l5 at 12). Every key of a batch has a row at the
-        // batch's newest time, so eviction does not depend on how a shuffle splits batches.
+        // A kept row lives while its own event time is within the TTL of the watermark, however
+        // the rows were batched (l5 at 1 goes before l5 at 12).
         let steps = vec![
             Step::Data(0, side_batch("l", &[1, 2, 3], &[8, 8, 8])),
-            Step::Data(0, side_batch("l", &[5, 5, 6, 7, 7], &[1, 12, 12, 3, 12])),
+            // Keys of one batch at different times: a shuffle splits it, eviction must not care.
+            Step::Data(0, side_batch("l", &[5, 5, 6, 7], &[1, 12, 2, 12])),
             Step::Data(1, side_batch("r", &[1, 5], &[3, 3])),
             Step::Watermark(5),
             Step::Data(1, side_batch("r", &[2, 6, 9], &[14, 14, 14])),
-            // Evicts r1 and r5.
+            // Evicts l5 at 1, l6 at 2, r1 and r5.
             Step::Watermark(15),
             Step::Data(0, side_batch("l", &[1], &[16])),
             Step::Data(1, side_batch("r", &[3, 7], &[17, 17])),
@@ -412,7 +354,7 @@ mod tests {
             Step::Watermark(20),
             Step::Data(1, side_batch("r", &[3, 5, 1], &[21, 21, 21])),
             Step::Data(0, side_batch("l", &[6, 2, 9], &[22, 22, 22])),
-            // Evicts l5, l6, l7 and r2, r6, r9.
+            // Evicts l5 and l7 at 12, and r2, r6, r9.
             Step::Watermark(25),
             Step::Data(0, side_batch("l", &[5, 6, 9], &[26, 26, 26])),
             Step::Data(1, side_batch("r", &[7], &[27])),
