@@ -7,7 +7,8 @@
 //! (and for a snapshot under way), take a last snapshot, close the store, then stop serving
 //! and exit 0.
 //!
-//! Snapshots (see [`crate::backup`]) run every [`BACKUP_PERIOD`] in the task `backup`; a failed
+//! Snapshots (see [`crate::backup`]) run every [`BACKUP_PERIOD`] and after completed
+//! checkpoints (at most one per [`BACKUP_AFTER_CHECKPOINT_GAP`]) in the task `backup`; a failed
 //! one is a warning, never fatal.
 
 use std::fs::{File, OpenOptions};
@@ -67,6 +68,9 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeEr
 
 /// How long shutdown waits for the servers after every pipeline stopped.
 const SERVER_DRAIN: Duration = Duration::from_secs(5);
+/// The least time between two snapshots taken after completed checkpoints.
+const BACKUP_AFTER_CHECKPOINT_GAP: Duration = Duration::from_secs(5);
+
 /// How often the metadata database is snapshotted when `backup_url` is set.
 pub const BACKUP_PERIOD: Duration = Duration::from_secs(60);
 /// How long the last snapshot at shutdown may take.
@@ -164,6 +168,7 @@ impl Backups {
                 let start = tokio::time::Instant::now() + BACKUP_PERIOD;
                 let mut tick = tokio::time::interval_at(start, BACKUP_PERIOD);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last: Option<tokio::time::Instant> = None;
                 loop {
                     // A snapshot under way finishes before the task ends.
                     tokio::select! {
@@ -174,8 +179,13 @@ impl Backups {
                             if changed.is_err() {
                                 return backup;
                             }
+                            // Short checkpoint intervals must not turn into an upload storm.
+                            if last.is_some_and(|l| l.elapsed() < BACKUP_AFTER_CHECKPOINT_GAP) {
+                                continue;
+                            }
                         }
                     }
+                    last = Some(tokio::time::Instant::now());
                     match backup.snapshot(&store, &data_dir).await {
                         Ok(p) => debug!(snapshot = %p.name, bytes = p.length, "metadata snapshot uploaded"),
                         Err(e) => warn!(error = %error_chain(&e), "metadata snapshot failed"),
