@@ -44,17 +44,7 @@ fn status(e: ControllerError) -> Status {
     }
 }
 
-/// `error: cause: cause` in one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+pub use arroyod_engine::error_chain;
 
 pub fn pipeline_msg(p: &Pipeline) -> PipelineMsg {
     let r = p.row();

@@ -28,3 +28,15 @@ pub mod state;
 
 /// Name of the hidden event-time column every batch carries last.
 pub const TIMESTAMP_FIELD: &str = "_timestamp";
+
+/// `error: cause: cause` in one line, for messages that must say where and why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

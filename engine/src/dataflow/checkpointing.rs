@@ -155,7 +155,8 @@ pub(crate) async fn load(
     manifest: &Manifest,
     program: &Program,
 ) -> Result<Vec<RestoredState>, DataflowError> {
-    let failed = |e: crate::checkpoint::CheckpointError| DataflowError::State(e.to_string());
+    let failed =
+        |e: crate::checkpoint::CheckpointError| DataflowError::State(crate::error_chain(&e));
     let topology: Topology =
         serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
             .map_err(|e| DataflowError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
@@ -217,6 +218,18 @@ pub(crate) async fn load(
     Ok(restored)
 }
 
+/// Checkpoints that may fail in a row (the store unreachable for a while) before the run
+/// fails.
+const TOLERATED_FAILURES: u32 = 3;
+
+/// Why an epoch was not committed.
+enum Commit {
+    /// A newer generation exists: this run must end.
+    Fenced(DataflowError),
+    /// Writing it failed.
+    Write(DataflowError),
+}
+
 /// The coordinator's side of a run.
 pub(crate) struct Coordinator {
     pub config: CheckpointConfig,
@@ -250,6 +263,8 @@ impl Coordinator {
         let mut ended = Ended::new();
         let mut stop_pending = false;
         let mut stop_sent = false;
+        // Checkpoints that failed in a row.
+        let mut failures = 0;
         loop {
             if in_flight.is_none() && stop_pending && !stop_sent {
                 stop_sent = true;
@@ -297,8 +312,17 @@ impl Coordinator {
                     });
                     if done {
                         let flight = in_flight.take().expect("an epoch in flight");
-                        let stop = flight.barrier.stop;
-                        self.commit(flight, &ended, false).await?;
+                        let (epoch, stop) = (flight.barrier.epoch, flight.barrier.stop);
+                        match self.commit(flight, &ended, false).await {
+                            Ok(()) => failures = 0,
+                            // A store that fails now and then costs an epoch, not the run; a
+                            // stop's checkpoint must land.
+                            Err(Commit::Write(e)) if !stop && failures < TOLERATED_FAILURES => {
+                                failures += 1;
+                                warn!(epoch, failures, error = %e, "checkpoint failed; the run goes on");
+                            }
+                            Err(Commit::Write(e) | Commit::Fenced(e)) => return Err(e),
+                        }
                         if stop {
                             // Nothing comes after a stop's checkpoint; let subtasks end.
                             while self.reports.recv().await.is_some() {}
@@ -341,22 +365,21 @@ impl Coordinator {
             started: Instant::now(),
             files: HashMap::new(),
         };
-        self.commit(flight, &ended, true).await
+        self.commit(flight, &ended, true)
+            .await
+            .map_err(|e| match e {
+                Commit::Write(e) | Commit::Fenced(e) => e,
+            })
     }
 
-    async fn commit(
-        &self,
-        flight: InFlight,
-        ended: &Ended,
-        last: bool,
-    ) -> Result<(), DataflowError> {
+    async fn commit(&self, flight: InFlight, ended: &Ended, last: bool) -> Result<(), Commit> {
         let epoch = flight.barrier.epoch;
         if let Some(gate) = &self.config.gate
             && !gate.may_commit(epoch).await
         {
-            return Err(DataflowError::State(format!(
+            return Err(Commit::Fenced(DataflowError::State(format!(
                 "checkpoint {epoch} may not be committed: a newer run of this pipeline exists"
-            )));
+            ))));
         }
         let mut files = flight.files;
         for (task, (f, _)) in ended {
@@ -366,14 +389,19 @@ impl Coordinator {
         let topology = serde_json::to_vec(&Topology {
             nodes: self.topology.clone(),
         })
-        .map_err(|e| DataflowError::State(e.to_string()))?;
+        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?;
         all.push((TOPOLOGY.to_string(), topology));
         let bytes = all.iter().map(|(_, b)| b.len() as u64).sum();
         self.config
             .store
             .write_epoch(epoch, all)
             .await
-            .map_err(|e| DataflowError::State(format!("writing checkpoint {epoch}: {e}")))?;
+            .map_err(|e| {
+                let chain = crate::error_chain(&e);
+                Commit::Write(DataflowError::State(format!(
+                    "writing checkpoint {epoch}: {chain}"
+                )))
+            })?;
         let done = CompletedCheckpoint {
             epoch,
             bytes,
@@ -390,5 +418,137 @@ impl Coordinator {
         let _ = self.completed.send(epoch);
         let _ = self.published.send(Some(done));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::connector::JobContext;
+    use crate::dataflow::{RunOutcome, run};
+
+    fn program(out: &std::path::Path) -> Program {
+        let sql = format!(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '20000');
+             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
+             INSERT INTO out SELECT counter FROM impulse;",
+            out.display()
+        );
+        crate::sql::plan(&sql).expect("plans").program
+    }
+
+    fn config(store: &Arc<CheckpointStore>, restore: Option<Manifest>) -> CheckpointConfig {
+        CheckpointConfig {
+            store: store.clone(),
+            interval: Duration::from_millis(20),
+            restore,
+            gate: None,
+        }
+    }
+
+    fn counters(out: &std::path::Path) -> Vec<u64> {
+        std::fs::read_to_string(out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Runs until `epochs` checkpoints completed, then stops with a checkpoint.
+    async fn run_for(program: &Program, p: usize, config: CheckpointConfig, epochs: u64) {
+        let handle = run(program, p, Arc::new(JobContext::default()), Some(config))
+            .await
+            .unwrap();
+        let mut done = handle.checkpoints();
+        let first = done.borrow().map_or(0, |c| c.epoch);
+        done.wait_for(|c| c.is_some_and(|c| c.epoch >= first + epochs))
+            .await
+            .unwrap();
+        handle.stop(StopMode::Checkpoint);
+        assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_run_restored_at_another_parallelism_writes_every_counter_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.json");
+        let store =
+            Arc::new(CheckpointStore::open(dir.path().join("state").to_str().unwrap()).unwrap());
+        let program = program(&out);
+        run_for(&program, 2, config(&store, None), 2).await;
+        let first = counters(&out).len();
+        assert!(first > 0);
+        for p in [3, 1] {
+            let latest = store.latest().await.unwrap().expect("a checkpoint");
+            run_for(&program, p, config(&store, Some(latest)), 2).await;
+        }
+        let mut all = counters(&out);
+        all.sort_unstable();
+        assert!(all.len() > first, "{} rows after {first}", all.len());
+        assert_eq!(all, (0..all.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_store_that_keeps_failing_fails_the_run_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Arc::new(CheckpointStore::open(state.to_str().unwrap()).unwrap());
+        let program = program(&dir.path().join("out.json"));
+        let handle = run(
+            &program,
+            1,
+            Arc::new(JobContext::default()),
+            Some(config(&store, None)),
+        )
+        .await
+        .unwrap();
+        let mut done = handle.checkpoints();
+        done.wait_for(Option::is_some).await.unwrap();
+        // A file where the checkpoints go: from now on every write fails.
+        let checkpoints = state.join("checkpoints");
+        std::fs::remove_dir_all(&checkpoints).unwrap();
+        std::fs::write(&checkpoints, b"not a directory").unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+            .await
+            .expect("the run fails")
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("writing checkpoint"), "{message}");
+        assert!(message.contains("checkpoints"), "{message}");
+    }
+
+    struct Refuse;
+
+    #[async_trait]
+    impl CommitGate for Refuse {
+        async fn may_commit(&self, _epoch: u64) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fenced_run_never_writes_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(CheckpointStore::open(dir.path().join("state").to_str().unwrap()).unwrap());
+        let program = program(&dir.path().join("out.json"));
+        let mut fenced = config(&store, None);
+        fenced.gate = Some(Arc::new(Refuse));
+        let handle = run(&program, 1, Arc::new(JobContext::default()), Some(fenced))
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), handle.wait())
+            .await
+            .expect("the run fails")
+            .unwrap_err();
+        assert!(err.to_string().contains("may not be committed"), "{err}");
+        assert_eq!(store.latest().await.unwrap(), None);
     }
 }

@@ -312,7 +312,7 @@ pub async fn run(
             .store
             .next_epoch()
             .await
-            .map_err(|e| DataflowError::State(e.to_string()))?;
+            .map_err(|e| DataflowError::State(crate::error_chain(&e)))?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (completed, completed_rx) = watch::channel(0u64);
         let all: Vec<(usize, usize)> = (0..n)

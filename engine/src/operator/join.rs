@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, TimestampNanosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{filter_record_batch, interleave};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result};
@@ -317,6 +317,7 @@ mod tests {
     use crate::operator::instant::tests::{
         Step, check_restore, column, side_batch, side_schema, timestamp_field,
     };
+    use datafusion::arrow::datatypes::{Field, Schema};
 
     #[tokio::test]
     async fn ttl_join_restores_at_any_parallelism() {
