@@ -59,6 +59,9 @@ pub enum Command {
         pipeline: String,
     },
     /// Print the rows of a pipeline's default sink as JSON lines
+    ///
+    /// Delivery is at-least-once: after a restore from a checkpoint, the rows since that
+    /// checkpoint come again. The daemon keeps the newest 100,000 rows in memory.
     Tail {
         /// Id or name of the pipeline
         #[arg(value_name = "ID|NAME")]

@@ -20,6 +20,9 @@
 //! 2. Check its length and checksum against LATEST; refuse it on a mismatch.
 //! 3. Write it to a temp file beside the destination, fsync it, remove the destination's
 //!    stale `-wal`/`-shm` files, rename it over the destination, fsync the directory.
+//!
+//! `arroyod run -s URL` restores with [`restore_if_any`]: when the snapshot LATEST names is
+//! damaged it falls back to the newest older one that passes `PRAGMA integrity_check`.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -353,11 +356,14 @@ impl Backup {
     }
 }
 
-/// [`restore_latest`] when `backup_url` holds a snapshot; None when it holds none yet.
+/// Restores the newest good snapshot of `backup_url` to `dest`: the one LATEST names when it
+/// checks out, else the newest older one that passes `PRAGMA integrity_check` (the metadata
+/// only names pipelines; their state is found from their state URL). Returns the snapshot's
+/// name, or None when `backup_url` holds no snapshot yet.
 pub async fn restore_if_any(
     backup_url: &str,
     dest: &std::path::Path,
-) -> Result<Option<Pointer>, BackupError> {
+) -> Result<Option<String>, BackupError> {
     let backup = Backup::new(backup_url)?;
     let latest = backup.object(LATEST);
     match backup.store.head(&latest).await {
@@ -365,7 +371,38 @@ pub async fn restore_if_any(
         Err(e) => return Err(backup.remote("reading", &latest)(e)),
         Ok(_) => {}
     }
-    restore_latest(backup_url, dest).await.map(Some)
+    let refused = match restore_latest(backup_url, dest).await {
+        Ok(pointer) => return Ok(Some(pointer.name)),
+        Err(
+            e @ (BackupError::Length { .. }
+            | BackupError::Checksum { .. }
+            | BackupError::BadPointer { .. }),
+        ) => e,
+        Err(e) => return Err(e),
+    };
+    warn!(error = %error_chain(&refused), "the newest snapshot is damaged; trying older ones");
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let candidate = dir.join(".arroyod.db.candidate");
+    for name in backup.list().await?.into_iter().rev() {
+        let bytes = backup.get(&backup.object(&name)).await?;
+        let _ = tokio::fs::remove_file(&candidate).await;
+        tokio::fs::write(&candidate, &bytes)
+            .await
+            .map_err(io("writing", &candidate))?;
+        let checked = check_integrity(&candidate).await;
+        remove_if_exists(&candidate).await?;
+        if let Err(e) = checked {
+            warn!(snapshot = %name, error = %error_chain(&e), "skipping a damaged snapshot");
+            continue;
+        }
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || write_database(&dest, &bytes)).await??;
+        return Ok(Some(name));
+    }
+    Err(refused)
 }
 
 /// Downloads the snapshot LATEST names in `backup_url`, checks it, and writes it durably to
@@ -579,6 +616,49 @@ mod tests {
         let err = restore_latest(&url, &dest).await.unwrap_err();
         assert!(matches!(err, BackupError::Length { .. }), "{err}");
         db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_damaged_newest_snapshot_falls_back_to_the_newest_good_one() {
+        let data = tempfile::tempdir().unwrap();
+        let remote = tempfile::tempdir().unwrap();
+        let url = remote.path().display().to_string();
+        let db = Store::open(data.path()).await.unwrap();
+        let mut backup = Backup::new(&url).unwrap();
+        db.insert(&row("old")).await.unwrap();
+        let first = backup.snapshot(&db, data.path()).await.unwrap();
+        db.insert(&row("new")).await.unwrap();
+        let second = backup.snapshot(&db, data.path()).await.unwrap();
+        db.close().await;
+        // Bit rot in the newest snapshot.
+        let newest = remote.path().join(SNAPSHOTS).join(&second.name);
+        let mut bytes = std::fs::read(&newest).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&newest, bytes).unwrap();
+        let restored = tempfile::tempdir().unwrap();
+        let got = restore_if_any(&url, &restored.path().join("arroyod.db"))
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(first.name.as_str()));
+        let back = Store::open(restored.path()).await.unwrap();
+        let ids: Vec<String> = back
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, vec!["old".to_string()]);
+        back.close().await;
+        // A backup URL without snapshots restores nothing.
+        let empty = tempfile::tempdir().unwrap();
+        let none = restore_if_any(
+            &empty.path().display().to_string(),
+            &restored.path().join("other.db"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(none, None);
     }
 
     #[tokio::test]

@@ -185,7 +185,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         let db = place.data_dir.join("arroyod.db");
         match crate::backup::restore_if_any(url, &db).await {
             Ok(Some(p)) => {
-                info!(snapshot = %p.name, state = %url, "metadata restored from the newest snapshot")
+                info!(snapshot = %p, state = %url, "metadata restored from the newest snapshot")
             }
             Ok(None) => {
                 // A new remote state dir: nothing of a local cache may leak into it.

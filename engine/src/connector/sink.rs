@@ -112,7 +112,19 @@ impl OutputFile {
         if self.writer.is_none() {
             let path = &self.path;
             let file = match self.restored {
-                None => File::create(path).map_err(|e| format!("cannot create '{path}': {e}"))?,
+                None => {
+                    let file =
+                        File::create(path).map_err(|e| format!("cannot create '{path}': {e}"))?;
+                    // The new file's name must survive a crash as its checkpointed length does.
+                    let dir = std::path::Path::new(path)
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| format!("syncing the directory of '{path}': {e}"))?;
+                    file
+                }
                 Some(length) => {
                     let mut file = std::fs::OpenOptions::new()
                         .write(true)
