@@ -2529,7 +2529,7 @@ mod tests {
         let state = match reported.try_recv() {
             Ok(Report::Snapshot { files, .. }) => {
                 let mut state = TaskState::new();
-                for (name, bytes) in files {
+                for (name, bytes) in files.encode().unwrap() {
                     let table = name.splitn(3, '/').nth(2).unwrap();
                     state.decode_into(table, bytes).unwrap();
                 }

@@ -76,8 +76,29 @@ pub(crate) type TaskId = (usize, usize);
 /// A checkpoint file: name and bytes.
 pub(crate) type File = (String, Vec<u8>);
 
-/// Subtasks that ended: their final files, and whether they read their input to the end.
-type Ended = BTreeMap<TaskId, (Vec<File>, bool)>;
+/// Subtasks that ended: their final state, and whether they read their input to the end.
+type Ended = BTreeMap<TaskId, (Pending, bool)>;
+
+/// A subtask's snapshot as reported, not yet encoded: the coordinator encodes it off the data
+/// path (batches are shared, so holding them costs no copy).
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    task: TaskId,
+    state: TaskState,
+}
+
+impl Pending {
+    /// The checkpoint files of this subtask: one Arrow IPC file per table.
+    pub fn encode(&self) -> Result<Vec<File>, DataflowError> {
+        let (node, subtask) = self.task;
+        Ok(self
+            .state
+            .encode()?
+            .into_iter()
+            .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
+            .collect())
+    }
+}
 
 /// What subtasks tell the coordinator.
 #[derive(Debug)]
@@ -86,13 +107,13 @@ pub(crate) enum Report {
     Snapshot {
         task: TaskId,
         epoch: u64,
-        files: Vec<(String, Vec<u8>)>,
+        files: Pending,
     },
     /// The subtask ended; its final state. `complete`: a source read its input to the end
     /// (false for a source that was stopped).
     Ended {
         task: TaskId,
-        files: Vec<(String, Vec<u8>)>,
+        files: Pending,
         complete: bool,
     },
 }
@@ -123,19 +144,17 @@ struct Topology {
 }
 
 impl Link {
-    /// Encodes `state` (with the runtime's part) as checkpoint files of this subtask.
+    /// `state` (with the runtime's part) as this subtask's snapshot, to report.
     pub fn files(
         &self,
         mut state: TaskState,
         watermark: Option<i64>,
-    ) -> Result<Vec<(String, Vec<u8>)>, DataflowError> {
+    ) -> Result<Pending, DataflowError> {
         state.put_json(RUNTIME_TABLE, &RuntimeState { watermark })?;
-        let (node, subtask) = self.task;
-        Ok(state
-            .encode()?
-            .into_iter()
-            .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
-            .collect())
+        Ok(Pending {
+            task: self.task,
+            state,
+        })
     }
 
     pub fn report(&self, report: Report) {
@@ -248,7 +267,7 @@ pub(crate) struct Coordinator {
 struct InFlight {
     barrier: Barrier,
     started: Instant,
-    files: HashMap<TaskId, Vec<(String, Vec<u8>)>>,
+    files: HashMap<TaskId, Pending>,
 }
 
 impl Coordinator {
@@ -385,7 +404,17 @@ impl Coordinator {
         for (task, (f, _)) in ended {
             files.entry(*task).or_insert_with(|| f.clone());
         }
-        let mut all: Vec<(String, Vec<u8>)> = files.into_values().flatten().collect();
+        // Encoding is CPU work: on a blocking thread, not on the subtasks' runtime threads.
+        let encoded = tokio::task::spawn_blocking(move || {
+            files
+                .into_values()
+                .map(|p| p.encode())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?
+        .map_err(Commit::Write)?;
+        let mut all: Vec<File> = encoded.into_iter().flatten().collect();
         let topology = serde_json::to_vec(&Topology {
             nodes: self.topology.clone(),
         })
