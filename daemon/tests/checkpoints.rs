@@ -313,3 +313,74 @@ fn the_daemon_killed_with_9_resumes_its_pipeline_exactly_once() {
         "the output did not grow: {first} then {last}"
     );
 }
+
+/// The counters in every visible JSON file under `dir` (staged files are hidden).
+fn committed_counters(dir: &Path) -> Vec<u64> {
+    fn walk(dir: &Path, out: &mut Vec<u64>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                out.extend(text.lines().map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                        .as_u64()
+                        .unwrap()
+                }));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
+
+#[test]
+fn a_filesystem_sink_commits_each_row_once_across_a_worker_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    let query_file = dir.path().join("files.sql");
+    let log = dir.path().join("run.log");
+    std::fs::write(
+        &query_file,
+        format!(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '2000');
+             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'filesystem', type = 'sink',
+               path = '{}', format = 'json', 'rolling_policy.file_size' = '2kb');
+             INSERT INTO out SELECT counter FROM impulse;",
+            files.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let run = start_run(path_str(&state), &query_file, &[], &log);
+    let wait_committed = |n: usize| {
+        wait_until(DEADLINE, &format!("more than {n} committed rows"), || {
+            (committed_counters(&files).len() > n).then_some(())
+        })
+    };
+    wait_committed(STEP);
+    let worker = wait_until(DEADLINE, "the worker", || worker_of(run.id()));
+    signal(worker, "KILL");
+    wait_until(DEADLINE, "a new worker", || {
+        worker_of(run.id()).filter(|w| *w != worker)
+    });
+    let now = committed_counters(&files).len();
+    wait_committed(now + STEP);
+    interrupt(run, &log);
+    let mut seen = committed_counters(&files);
+    let n = seen.len();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..n as u64).collect::<Vec<_>>(),
+        "{n} committed rows"
+    );
+}

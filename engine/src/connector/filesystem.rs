@@ -1136,6 +1136,8 @@ impl OperatorFactory for FileSystemSinkFactory {
             state: Arc::new(Mutex::new(state)),
             timer: None,
             failure: Arc::new(StdMutex::new(None)),
+            checkpointing: info.checkpointing,
+            closed: false,
         }))
     }
 }
@@ -1652,12 +1654,17 @@ impl SinkState {
         self.close().await?;
         self.pending.append(&mut self.staged);
         self.commit_pending().await?;
+        self.tidy().await;
+        Ok(())
+    }
+
+    /// Removes this subtask's staging directory (and `.staging`) when they are empty.
+    async fn tidy(&mut self) {
         let own = self.staging_dir(&self.token);
         self.remove_empty_dir(&own).await;
         if let Some(staging) = own.parent() {
             self.remove_empty_dir(&staging).await;
         }
-        Ok(())
     }
 
     /// For a local path, removes directory `dir` if it is empty (object stores have no
@@ -1683,6 +1690,10 @@ struct FileSystemSink {
     timer: Option<JoinHandle<()>>,
     /// What the timer failed with: the next call fails with it.
     failure: Arc<StdMutex<Option<String>>>,
+    /// The run takes checkpoints: files are committed only when one completes.
+    checkpointing: bool,
+    /// The input ended: the last commit also removes the staging directories.
+    closed: bool,
 }
 
 impl Drop for FileSystemSink {
@@ -1778,9 +1789,16 @@ impl Operator for FileSystemSink {
             t.abort();
         }
         self.check_timer()?;
+        let checkpointing = self.checkpointing;
+        self.closed = true;
         let result = async {
             state.recover().await?;
-            state.finish_all().await
+            if checkpointing {
+                // The last epoch records the files; its completion commits them.
+                state.barrier().await.map(|_| ())
+            } else {
+                state.finish_all().await
+            }
         }
         .await;
         result.map_err(|e| self.fail(e))?;
@@ -1824,7 +1842,11 @@ impl Operator for FileSystemSink {
                 Err(e) => Err(e),
             }
         };
-        result.map_err(|e| self.fail(format!("committing checkpoint {epoch}: {e}")))
+        result.map_err(|e| self.fail(format!("committing checkpoint {epoch}: {e}")))?;
+        if self.closed {
+            self.state.lock().await.tidy().await;
+        }
+        Ok(())
     }
 }
 
@@ -2334,6 +2356,8 @@ mod tests {
             state: Arc::new(Mutex::new(state)),
             timer: None,
             failure: Arc::new(StdMutex::new(None)),
+            checkpointing: false,
+            closed: false,
         };
         sink.start_timer();
         sink.state.lock().await.write(&rows(0, 3)).await.unwrap();
@@ -2405,6 +2429,7 @@ mod tests {
             subtask,
             parallelism,
             job: Arc::new(JobContext { preview: None }),
+            checkpointing: false,
         }
     }
 
@@ -2699,6 +2724,8 @@ mod tests {
             state: Arc::new(Mutex::new(state)),
             timer: None,
             failure: Arc::new(StdMutex::new(None)),
+            checkpointing: true,
+            closed: false,
         }
     }
 
@@ -2825,6 +2852,12 @@ mod tests {
             .unwrap();
         a.on_close(&mut out).await.unwrap();
         b.on_close(&mut out).await.unwrap();
+        // At the end of input the files wait for the last epoch, which commits them.
+        assert_eq!(committed(dir.path()), (0..100).collect::<Vec<_>>());
+        for s in [&mut a, &mut b] {
+            s.snapshot().await.unwrap();
+            s.on_checkpoint_complete(2).await.unwrap();
+        }
         assert_eq!(committed(dir.path()), (0..200).collect::<Vec<_>>());
         assert!(
             staged_files(dir.path()).is_empty(),

@@ -16,8 +16,9 @@
 //!    stale generation is refused), writes the epoch and publishes it as completed; sinks then
 //!    commit what they staged.
 //!
-//! When every source read its input to the end, a last epoch records the final state, so a
-//! rerun of a finished pipeline does not redo its work.
+//! When every subtask ended and every source read its input to the end, a last epoch records
+//! the final state, so a rerun of a finished pipeline does not redo its work; sinks wait for it
+//! before they commit what they staged last.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -324,6 +325,9 @@ impl Coordinator {
                             ended.insert(task, (files, complete));
                         }
                     }
+                    // Everyone ended (subtasks then wait for the last epoch, not the end of
+                    // this channel).
+                    let all_ended = self.tasks.iter().all(|t| ended.contains_key(t));
                     let done = in_flight.as_ref().is_some_and(|f| {
                         self.tasks
                             .iter()
@@ -347,6 +351,9 @@ impl Coordinator {
                             while self.reports.recv().await.is_some() {}
                             return Ok(());
                         }
+                    }
+                    if all_ended && in_flight.is_none() {
+                        return self.finish(next, ended, stop_pending).await;
                     }
                 }
             }

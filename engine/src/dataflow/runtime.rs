@@ -351,6 +351,7 @@ pub async fn run(
                 subtask,
                 parallelism: par[node_id],
                 job: job.clone(),
+                checkpointing: links.is_some(),
             };
             let out = Collector {
                 node: node.label.clone(),
@@ -599,10 +600,14 @@ impl OperatorTask {
         Ok(true)
     }
 
-    /// Every input ended: flush, report the final state, forward the end.
+    /// Every input ended: flush, report the final state, forward the end; then wait for the
+    /// last epoch (written once every subtask ended, if the sources read to their end), so a
+    /// sink commits what it staged only when that epoch records it.
     async fn close(&mut self) -> Result<(), DataflowError> {
         self.op.on_close(&mut self.out).await?;
+        let mut seen = 0;
         if let Some(link) = &self.link {
+            seen = *link.completed.borrow();
             let state = self.op.snapshot().await?;
             let files = link.files(state, Some(i64::MAX))?;
             link.report(Report::Ended {
@@ -612,6 +617,15 @@ impl OperatorTask {
             });
         }
         debug!(task = %self.info.node, subtask = self.info.subtask, "operator ended");
-        self.out.broadcast(Message::EndOfData).await
+        self.out.broadcast(Message::EndOfData).await?;
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
+        // Err: the coordinator ended without a last epoch (a stop without checkpoint).
+        let last = link.completed.wait_for(|c| *c > seen).await.map(|c| *c);
+        if let Ok(epoch) = last {
+            self.op.on_checkpoint_complete(epoch).await?;
+        }
+        Ok(())
     }
 }

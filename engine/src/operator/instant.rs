@@ -496,6 +496,7 @@ pub(crate) mod tests {
             subtask,
             parallelism,
             job: Default::default(),
+            checkpointing: false,
         }
     }
 

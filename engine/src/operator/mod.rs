@@ -33,6 +33,9 @@ pub struct TaskInfo {
     pub parallelism: usize,
     /// What the embedding process gave the run.
     pub job: Arc<crate::connector::JobContext>,
+    /// The run takes checkpoints: a sink commits what it staged when a checkpoint completes
+    /// (also at the end of input: the last epoch), never on its own.
+    pub checkpointing: bool,
 }
 
 /// Builds one operator instance per subtask.

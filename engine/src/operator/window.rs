@@ -894,6 +894,7 @@ pub(crate) mod tests {
                 subtask,
                 parallelism,
                 job: Arc::default(),
+                checkpointing: false,
             };
             let (out, rx) = Collector::for_test(64);
             Task {
