@@ -52,7 +52,7 @@ const MODES: &[Mode] = &[Mode::Straight(1), Mode::Straight(3), THREE_WAY];
 const THREE_WAY: Mode = Mode::Restored(2, 3);
 
 /// Steps the paced first run of a three-way run reads its largest input in, 10 ms apart.
-const PACED_STEPS: usize = 40;
+const PACED_STEPS: usize = 100;
 
 /// How many differing rows and stderr lines a failure shows.
 const SHOWN_ROWS: usize = 5;

@@ -577,7 +577,15 @@ impl OperatorTask {
     /// Every input delivered `barrier`: snapshot, report, forward. True when the run stops
     /// here.
     async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, DataflowError> {
+        let started = std::time::Instant::now();
         let state = self.op.snapshot().await?;
+        debug!(
+            task = %self.info.node,
+            subtask = self.info.subtask,
+            epoch = barrier.epoch,
+            micros = started.elapsed().as_micros() as u64,
+            "snapshot taken"
+        );
         if let Some(link) = &self.link {
             let files = link.files(state, self.current)?;
             link.report(Report::Snapshot {
