@@ -1110,6 +1110,52 @@ mod tests {
         assert_eq!(seen, (0..1003).collect::<Vec<u64>>());
     }
 
+    /// Event numbers of the rows of `b` (event `n` is at `n` ms with 1000 events per second).
+    fn numbers(b: &RecordBatch) -> Vec<u64> {
+        event_times(b)
+            .into_iter()
+            .map(|t| ((t - JAN_2024) / 1_000_000) as u64)
+            .collect()
+    }
+
+    /// Emits up to `rows` more of the subtask's events, as its run loop does.
+    fn emit(s: &mut Nexmark, rows: u64) -> Vec<u64> {
+        let rows = rows.min(s.total.unwrap() - s.next);
+        let b = s.batch(s.next, rows).unwrap();
+        s.next += rows;
+        numbers(&b)
+    }
+
+    #[test]
+    fn a_restore_at_another_parallelism_emits_every_event_once() {
+        let c = config("1000", "1");
+        let restored = |subtasks: &[Nexmark]| RestoredState {
+            parallelism: subtasks.len(),
+            subtasks: subtasks.iter().map(|s| s.snapshot().unwrap()).collect(),
+            watermark: None,
+            epoch: 1,
+        };
+        let mut seen = Vec::new();
+        let mut old: Vec<Nexmark> = (0..3).map(|i| source(&c, i, 3)).collect();
+        for (i, s) in old.iter_mut().enumerate() {
+            seen.extend(emit(s, 10 + 40 * i as u64));
+        }
+        let state = restored(&old);
+        let mut mid: Vec<Nexmark> = (0..2).map(|i| source(&c, i, 2)).collect();
+        for (i, s) in mid.iter_mut().enumerate() {
+            s.restore(&state).unwrap();
+            seen.extend(emit(s, 70 + 100 * i as u64));
+        }
+        let state = restored(&mid);
+        for i in 0..4 {
+            let mut s = source(&c, i, 4);
+            s.restore(&state).unwrap();
+            seen.extend(emit(&mut s, 1000));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<u64>>());
+    }
+
     #[test]
     fn output_is_deterministic_and_the_same_at_any_parallelism() {
         let c = config("5000", "1");
