@@ -310,12 +310,32 @@ impl Controller {
         parallelism: u32,
         checkpoint_interval: Option<Duration>,
     ) -> Result<Arc<Pipeline>, ControllerError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(ControllerError::ShuttingDown);
-        }
         let planned = plan(query.clone())
             .await
             .map_err(ControllerError::InvalidQuery)?;
+        self.submit_planned(
+            query,
+            planned.fingerprint,
+            name,
+            parallelism,
+            checkpoint_interval,
+        )
+        .await
+    }
+
+    /// [`Controller::submit`] of a query already planned, whose plan fingerprint is
+    /// `plan_hash`.
+    pub async fn submit_planned(
+        self: &Arc<Self>,
+        query: String,
+        plan_hash: String,
+        name: String,
+        parallelism: u32,
+        checkpoint_interval: Option<Duration>,
+    ) -> Result<Arc<Pipeline>, ControllerError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ControllerError::ShuttingDown);
+        }
         let id = new_id(self.ids.fetch_add(1, Ordering::Relaxed));
         let name = if name.trim().is_empty() {
             format!("pipeline-{}", &id[..6])
@@ -338,7 +358,7 @@ impl Controller {
                 .unwrap_or(self.settings.checkpoint_interval)
                 .as_millis()
                 .max(1) as u64,
-            plan_hash: planned.fingerprint,
+            plan_hash,
             state_url: self.settings.state_url(&id),
         };
         self.store.insert(&row).await?;

@@ -53,6 +53,13 @@ pub enum RunError {
         #[source]
         source: crate::backup::BackupError,
     },
+    /// The local cache of a remote state dir's metadata could not be made.
+    #[error("creating {}", path.display())]
+    CacheDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The state URL or checkpoint interval is unusable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -145,12 +152,6 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         })?;
         (q, args.query.clone())
     };
-    if let Err(errors) = plan(query.clone()).await {
-        for e in &errors {
-            eprintln!("error: {source}:{}:{}: {}", e.line, e.column, e.message);
-        }
-        return Ok(1);
-    }
     let planned = match plan(query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
@@ -178,8 +179,8 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let mut backup = None;
     if let Some(url) = &place.remote {
         backup = Some(crate::backup::Backup::new(url)?);
-        std::fs::create_dir_all(&place.data_dir).map_err(|source| RunError::ReadQuery {
-            what: place.data_dir.display().to_string(),
+        std::fs::create_dir_all(&place.data_dir).map_err(|source| RunError::CacheDir {
+            path: place.data_dir.clone(),
             source,
         })?;
         let db = place.data_dir.join("arroyod.db");
@@ -258,7 +259,13 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         }
         None => {
             controller
-                .submit(query, name.clone(), args.parallelism, Some(interval))
+                .submit_planned(
+                    query,
+                    planned.fingerprint,
+                    name.clone(),
+                    args.parallelism,
+                    Some(interval),
+                )
                 .await?
         }
     };

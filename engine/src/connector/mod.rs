@@ -558,12 +558,23 @@ impl SourceContext {
         if self.should_stop() || self.barrier_due() {
             return;
         }
+        let checkpointing = self.link.is_some();
+        let stop = self.stop.wait_for(|s| match s {
+            None => false,
+            Some(StopMode::Checkpoint) => !checkpointing,
+            Some(_) => true,
+        });
+        if !checkpointing {
+            let _ = stop.await;
+            return;
+        }
         let injected = self.injected;
-        let has_link = self.link.is_some();
-        let link = self.link.is_none();
+        let barrier = self
+            .trigger
+            .wait_for(|b| b.is_some_and(|b| b.epoch > injected));
         tokio::select! {
-            _ = self.stop.wait_for(|s| matches!(s, Some(StopMode::Graceful | StopMode::Immediate)) || (s.is_some() && link)) => {}
-            _ = self.trigger.wait_for(|b| has_link && b.is_some_and(|b| b.epoch > injected)) => {}
+            _ = stop => {}
+            _ = barrier => {}
         }
     }
 }
