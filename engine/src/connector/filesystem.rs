@@ -2521,7 +2521,7 @@ mod tests {
         let (_stop, stop_rx) = watch::channel::<Option<StopMode>>(None);
         let (trigger, trigger_rx) = watch::channel(None);
         let (reports, mut reported) = mpsc::unbounded_channel();
-        let (_completed, completed) = watch::channel(0u64);
+        let (_completed, completed) = watch::channel((0u64, false));
         let link = Link {
             task: (0, info.subtask),
             reports,

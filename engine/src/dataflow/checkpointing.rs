@@ -71,6 +71,9 @@ pub struct CompletedCheckpoint {
     pub last: bool,
 }
 
+/// The newest completed epoch (0: none), and whether it is the last epoch of the run.
+pub(crate) type Completions = watch::Receiver<(u64, bool)>;
+
 /// A subtask, by node index and subtask index.
 pub(crate) type TaskId = (usize, usize);
 
@@ -124,8 +127,7 @@ pub(crate) enum Report {
 pub(crate) struct Link {
     pub task: TaskId,
     pub reports: mpsc::UnboundedSender<Report>,
-    /// The newest completed epoch (0: none).
-    pub completed: watch::Receiver<u64>,
+    pub completed: Completions,
 }
 
 /// The runtime's own part of a subtask's state.
@@ -165,7 +167,7 @@ impl Link {
 
     /// Waits until `epoch` is completed; false if the coordinator ended first.
     pub async fn wait_completed(&mut self, epoch: u64) -> bool {
-        self.completed.wait_for(|c| *c >= epoch).await.is_ok()
+        self.completed.wait_for(|c| c.0 >= epoch).await.is_ok()
     }
 }
 
@@ -261,7 +263,7 @@ pub(crate) struct Coordinator {
     pub reports: mpsc::UnboundedReceiver<Report>,
     pub trigger: watch::Sender<Option<Barrier>>,
     pub stop: watch::Receiver<Option<StopMode>>,
-    pub completed: watch::Sender<u64>,
+    pub completed: watch::Sender<(u64, bool)>,
     pub published: watch::Sender<Option<CompletedCheckpoint>>,
 }
 
@@ -451,7 +453,7 @@ impl Coordinator {
             last,
             "checkpoint completed"
         );
-        let _ = self.completed.send(epoch);
+        let _ = self.completed.send((epoch, last));
         let _ = self.published.send(Some(done));
         Ok(())
     }
@@ -586,5 +588,67 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("may not be committed"), "{err}");
         assert_eq!(store.latest().await.unwrap(), None);
+    }
+
+    /// Asserts sorted `counters` are 0..n, naming the first that is not.
+    fn assert_once(counters: &[u64]) {
+        let wrong = counters.iter().enumerate().find(|(i, c)| **c != *i as u64);
+        assert!(
+            wrong.is_none(),
+            "{} rows; at row {:?}",
+            counters.len(),
+            wrong
+        );
+    }
+
+    /// The counters in the visible JSON files under `dir` (staged files are hidden).
+    fn committed(dir: &std::path::Path) -> Vec<u64> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') || e.path().is_dir() {
+                continue;
+            }
+            out.extend(counters(&e.path()));
+        }
+        out.sort_unstable();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_commits_nothing_past_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        let sql = format!(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '20000');
+             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'filesystem', type = 'sink', path = '{}', format = 'json', 'rolling_policy.file_size' = '1kb');
+             INSERT INTO out SELECT counter FROM impulse;",
+            files.display()
+        );
+        let program = crate::sql::plan(&sql).expect("plans").program;
+        let store =
+            Arc::new(CheckpointStore::open(dir.path().join("state").to_str().unwrap()).unwrap());
+        // Drained past its last checkpoint: what came after it must stay invisible.
+        let handle = run(
+            &program,
+            2,
+            Arc::new(JobContext::default()),
+            Some(config(&store, None)),
+        )
+        .await
+        .unwrap();
+        let mut done = handle.checkpoints();
+        done.wait_for(|c| c.is_some_and(|c| c.epoch >= 2))
+            .await
+            .unwrap();
+        handle.stop(StopMode::Graceful);
+        assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
+        let first = committed(&files);
+        assert_once(&first);
+        // The rerun from the last checkpoint writes the rest once.
+        let latest = store.latest().await.unwrap().expect("a checkpoint");
+        run_for(&program, 3, config(&store, Some(latest)), 2).await;
+        let all = committed(&files);
+        assert!(all.len() > first.len());
+        assert_once(&all);
     }
 }

@@ -8,7 +8,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::checkpointing::{self, Barrier, CheckpointConfig, CompletedCheckpoint, Link, Report};
+use super::checkpointing::{
+    self, Barrier, CheckpointConfig, CompletedCheckpoint, Completions, Link, Report,
+};
 use super::{EdgeKind, Message, NodeKind, Program, Watermark};
 use crate::connector::{SourceContext, SourceEnd};
 use crate::operator::{Operator, TaskInfo};
@@ -300,7 +302,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut restored_epoch = None;
     let mut restored: Vec<Option<crate::state::RestoredState>> = vec![None; n];
-    let mut links: Option<(mpsc::UnboundedSender<Report>, watch::Receiver<u64>)> = None;
+    let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
     if let Some(config) = checkpoints {
         if let Some(manifest) = &config.restore {
             let state = checkpointing::load(&config.store, manifest, program).await?;
@@ -314,7 +316,7 @@ pub async fn run(
             .await
             .map_err(|e| DataflowError::State(crate::error_chain(&e)))?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
-        let (completed, completed_rx) = watch::channel(0u64);
+        let (completed, completed_rx) = watch::channel((0u64, false));
         let all: Vec<(usize, usize)> = (0..n)
             .flat_map(|node| (0..par[node]).map(move |s| (node, s)))
             .collect();
@@ -483,7 +485,7 @@ impl OperatorTask {
                             completed = None;
                             continue;
                         }
-                        let epoch = *completed.as_ref().expect("checked").borrow();
+                        let (epoch, _) = *completed.as_ref().expect("checked").borrow();
                         if epoch > committed {
                             committed = epoch;
                             self.op.on_checkpoint_complete(epoch).await?;
@@ -610,12 +612,12 @@ impl OperatorTask {
 
     /// Every input ended: flush, report the final state, forward the end; then wait for the
     /// last epoch (written once every subtask ended, if the sources read to their end), so a
-    /// sink commits what it staged only when that epoch records it.
+    /// sink commits what it staged at the end only when that epoch records it. A checkpoint
+    /// that completes meanwhile is not the last one: it does not cover what came after its
+    /// barrier, so it commits nothing here.
     async fn close(&mut self) -> Result<(), DataflowError> {
         self.op.on_close(&mut self.out).await?;
-        let mut seen = 0;
         if let Some(link) = &self.link {
-            seen = *link.completed.borrow();
             let state = self.op.snapshot().await?;
             let files = link.files(state, Some(i64::MAX))?;
             link.report(Report::Ended {
@@ -630,7 +632,7 @@ impl OperatorTask {
             return Ok(());
         };
         // Err: the coordinator ended without a last epoch (a stop without checkpoint).
-        let last = link.completed.wait_for(|c| *c > seen).await.map(|c| *c);
+        let last = link.completed.wait_for(|c| c.1).await.map(|c| c.0);
         if let Ok(epoch) = last {
             self.op.on_checkpoint_complete(epoch).await?;
         }
