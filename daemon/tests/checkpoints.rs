@@ -232,15 +232,10 @@ fn a_run_state_dir_on_s3_keeps_checkpoints_and_snapshots_there_and_resumes() {
     let s = setup();
     let tmp = s.out.parent().unwrap().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let envs = [
-        ("AWS_ENDPOINT", s3.endpoint()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        // The local metadata cache lives under TMPDIR: the test removes it between runs.
-        ("TMPDIR", tmp.display().to_string()),
-    ];
+    let mut env = s3.env();
+    // The local metadata cache lives under TMPDIR: the test removes it between runs.
+    env.push(("TMPDIR".to_string(), tmp.display().to_string()));
+    let envs: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let state = "s3://arroyod-state/runs/counters";
 
     let run = start_run(state, &s.query, &envs, &s.log);
@@ -383,4 +378,41 @@ fn a_filesystem_sink_commits_each_row_once_across_a_worker_crash() {
         (0..n as u64).collect::<Vec<_>>(),
         "{n} committed rows"
     );
+}
+
+#[test]
+fn a_daemon_with_its_state_on_s3_resumes_after_kill_9_exactly_once() {
+    let s3 = S3Server::start();
+    s3.create_bucket("daemon-state");
+    let mut daemon = TestDaemon::unstarted(&[
+        "--checkpoint-interval",
+        INTERVAL,
+        "--state-url",
+        "s3://daemon-state/pipelines",
+    ]);
+    daemon.envs = s3.env();
+    daemon.restart();
+    let s = setup();
+    let id = daemon.submit("counters", &query(&s.out));
+    assert_eq!(
+        daemon.status(&id)["state_url"],
+        format!("s3://daemon-state/pipelines/{id}")
+    );
+    wait_rows(&s.out, STEP);
+    wait_until(DEADLINE, "a checkpoint", || {
+        (daemon.status(&id)["last_checkpoint"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let listing = http_get(
+        &s3,
+        &format!("/daemon-state?list-type=2&prefix=pipelines/{id}/"),
+    );
+    assert!(listing.contains("MANIFEST"), "{listing}");
+    daemon.kill9();
+    daemon.restart();
+    daemon.wait_state(&id, "Running");
+    let now = counters(&s.out).len();
+    wait_rows(&s.out, now + STEP);
+    daemon.ctl_ok(&["stop", &id]);
+    let n = exactly_once(&s.out);
+    assert!(n > now, "{n} rows after {now}");
 }

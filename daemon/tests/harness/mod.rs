@@ -142,6 +142,8 @@ pub struct TestDaemon {
     pub child: Option<Child>,
     /// Passed to every start of the daemon, after `--socket` and `--data-dir`.
     pub extra_args: Vec<String>,
+    /// Environment of every start of the daemon (its workers inherit it).
+    pub envs: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -163,6 +165,7 @@ impl TestDaemon {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            envs: Vec::new(),
         }
     }
 
@@ -190,6 +193,7 @@ impl TestDaemon {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env_remove("ARROYO_SOCKET")
             .env_remove("ARROYO_BACKUP_URL")
             .env("RUST_LOG", "info")
@@ -465,6 +469,20 @@ impl S3Server {
             response.starts_with("HTTP/1.1 200"),
             "creating bucket {name}: {response}"
         );
+    }
+
+    /// The environment that points object_store's S3 client at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 
     /// Table options that point the `filesystem` connector at this server.
