@@ -219,6 +219,13 @@ impl Controller {
     ) -> Result<Arc<Controller>, StoreError> {
         let mut pipelines = HashMap::new();
         for mut row in store.list().await? {
+            if row.state_url.is_empty() {
+                // A pipeline from before checkpoints: from now on it takes them.
+                row.state_url = settings.state_url(&row.id);
+                store
+                    .update(&row, "checkpoints go to the daemon's state_url")
+                    .await?;
+            }
             if !is_terminal(&row.state) {
                 warn!(pipeline = %row.id, state = %row.state, "pipeline was active when the daemon went away; marking it Stopped");
                 row.state = state::STOPPED.to_string();

@@ -155,11 +155,12 @@ impl Store {
         }
     }
 
-    /// Writes the state, failure, desired state and generation of `p`, and logs an event.
+    /// Writes what changes of `p` (state, failure, desired state, generation, query and
+    /// parallelism on a resume, state URL), and logs an event.
     pub async fn update(&self, p: &PipelineRow, message: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ? WHERE id = ?",
+            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ?, state_url = ? WHERE id = ?",
         )
         .bind(&p.desired)
         .bind(&p.state)
@@ -169,6 +170,7 @@ impl Store {
         .bind(p.parallelism as i64)
         .bind(&p.query)
         .bind(&p.plan_hash)
+        .bind(&p.state_url)
         .bind(&p.id)
         .execute(&mut *tx)
         .await?;
