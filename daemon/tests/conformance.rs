@@ -18,7 +18,8 @@
 //! Each case also runs the three-way run of that README: with checkpoints at parallelism 2 and
 //! its file sources paced ([`THREE_WAY`]), stopped with SIGINT (a final checkpoint) once a
 //! checkpoint exists, then rerun on the same state dir at parallelism 3, which restores the
-//! checkpoint and runs to the end: the output file must still equal the golden.
+//! checkpoint and runs to the end: the output file must still equal the golden. The same
+//! again stopped at parallelism 3 and restored at 1.
 //!
 //! [`KNOWN_FAILING`] names the cases the engine cannot run yet. They run too: a known-failing
 //! case that passes fails the test, so the list never goes stale.
@@ -46,9 +47,15 @@ enum Mode {
 }
 
 /// Every case also runs in these modes; results must not depend on them.
-const MODES: &[Mode] = &[Mode::Straight(1), Mode::Straight(3), THREE_WAY];
+const MODES: &[Mode] = &[
+    Mode::Straight(1),
+    Mode::Straight(3),
+    THREE_WAY,
+    Mode::Restored(3, 1),
+];
 
-/// The three-way run of the conformance README.
+/// The three-way run of the conformance README (and, after it in [`MODES`], the same scaling
+/// down, where one subtask takes over the state of three).
 const THREE_WAY: Mode = Mode::Restored(2, 3);
 
 /// Steps the paced first run of a three-way run reads its largest input in, 10 ms apart.
