@@ -292,4 +292,43 @@ mod tests {
         let chain = crate::api::error_chain(&err);
         assert!(chain.contains("unsupported scheme 'ftp'"), "{chain}");
     }
+
+    #[test]
+    fn state_url_and_checkpoint_interval_are_layered_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"/d\"\nsocket = \"/s.sock\"\n").unwrap();
+        let load = |state_url: Option<&str>, interval: Option<&str>| {
+            Config::load(&Overrides {
+                config: Some(file.clone()),
+                state_url: state_url.map(str::to_string),
+                checkpoint_interval: interval.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        // The environment may set these around the test; only assert defaults without it.
+        if std::env::var_os("ARROYO_STATE_URL").is_none()
+            && std::env::var_os("ARROYO_CHECKPOINT_INTERVAL").is_none()
+        {
+            let c = load(None, None).unwrap();
+            assert_eq!(c.state_url, "/d/state");
+            assert_eq!(c.checkpoint_interval(), std::time::Duration::from_secs(10));
+        }
+        let c = load(Some("s3://bucket/state"), Some("500ms")).unwrap();
+        assert_eq!(c.state_url, "s3://bucket/state");
+        assert_eq!(
+            c.checkpoint_interval(),
+            std::time::Duration::from_millis(500)
+        );
+        assert!(c.to_toml().contains("checkpoint_interval = \"500ms\""));
+        for bad in ["0s", "soon"] {
+            let err = load(None, Some(bad)).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::CheckpointInterval { .. }),
+                "{err}"
+            );
+        }
+        let err = load(Some("ftp://host/x"), None).unwrap_err();
+        assert!(matches!(err, ConfigError::StateUrl { .. }), "{err}");
+    }
 }
