@@ -545,11 +545,14 @@ impl Controller {
                 .await
         } else if row.desired == DESIRED_STOPPED {
             let why = if killed {
-                "worker killed to stop the pipeline"
+                format!(
+                    "worker killed to stop the pipeline; it resumes from checkpoint {} (the last completed)",
+                    p.last_checkpoint()
+                )
             } else {
-                "worker exited while stopping"
+                "worker exited while stopping".to_string()
             };
-            self.set_state(p, state::STOPPED, None, why).await
+            self.set_state(p, state::STOPPED, None, &why).await
         } else {
             warn!(pipeline = %row.id, generation, %status, "worker exited unexpectedly");
             let failure = format!("worker exited unexpectedly ({status})");
@@ -781,7 +784,12 @@ impl Controller {
                 .await
                 .is_err()
             {
-                warn!(pipeline = %esc.row().id, timeout = ?STOP_TIMEOUT, "stop is taking too long; killing the worker");
+                warn!(
+                    pipeline = %esc.row().id,
+                    timeout = ?STOP_TIMEOUT,
+                    last_checkpoint = esc.last_checkpoint(),
+                    "the stop is taking too long; killing the worker (no final checkpoint: it resumes from the last completed one)"
+                );
                 let kill = esc
                     .worker
                     .lock()
