@@ -143,16 +143,22 @@ fn plan_statement(
     if !matches!(stmt, Statement::Query(_) | Statement::Insert(_)) {
         let mut print = stmt.to_string();
         for w in &raw.watermarks {
-            let expr: Vec<String> = w
-                .expr
-                .iter()
-                .flatten()
-                .map(|t| t.token.to_string())
-                .collect();
+            // The expression as parsed and printed back, like the rest of the statement.
+            let expr = w.expr.as_ref().map(|tokens| {
+                Parser::new(dialect)
+                    .with_tokens_with_locations(tokens.clone())
+                    .parse_expr()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|_| {
+                        let words: Vec<String> =
+                            tokens.iter().map(|t| t.token.to_string()).collect();
+                        words.join(" ")
+                    })
+            });
             print.push_str(&format!(
                 " WATERMARK FOR {} AS {}",
-                w.column,
-                expr.join(" ")
+                w.column.to_lowercase(),
+                expr.unwrap_or_default()
             ));
         }
         prints.push(print);
@@ -591,6 +597,49 @@ fn df_error(e: DataFusionError, fallback: Location) -> SqlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_ignores_layout_comments_and_keyword_case_but_not_meaning() {
+        let fingerprint = |sql: &str| plan(sql).expect("plans").fingerprint;
+        let base = fingerprint(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10');
+             CREATE TABLE t (ts TIMESTAMP, n BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (connector = 'single_file', path = '/in.json', type = 'source');
+             SELECT counter FROM impulse WHERE counter % 2 = 0;
+             SELECT n FROM t;",
+        );
+        let same = fingerprint(
+            "-- the same pipeline, written differently
+             create table impulse with (connector = 'impulse', event_rate = '10');
+             CREATE TABLE t (ts TIMESTAMP, n BIGINT,
+                watermark for ts as ts - interval '1' second) WITH (connector = 'single_file',
+                path = '/in.json', type = 'source');
+             select   counter
+             from impulse   /* evens */ where counter % 2 = 0;
+             SELECT n FROM t;",
+        );
+        assert_eq!(base, same);
+        for changed in [
+            // Another predicate, another option value, another watermark.
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10');
+             CREATE TABLE t (ts TIMESTAMP, n BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (connector = 'single_file', path = '/in.json', type = 'source');
+             SELECT counter FROM impulse WHERE counter % 3 = 0;
+             SELECT n FROM t;",
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '11');
+             CREATE TABLE t (ts TIMESTAMP, n BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+               WITH (connector = 'single_file', path = '/in.json', type = 'source');
+             SELECT counter FROM impulse WHERE counter % 2 = 0;
+             SELECT n FROM t;",
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10');
+             CREATE TABLE t (ts TIMESTAMP, n BIGINT, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+               WITH (connector = 'single_file', path = '/in.json', type = 'source');
+             SELECT counter FROM impulse WHERE counter % 2 = 0;
+             SELECT n FROM t;",
+        ] {
+            assert_ne!(base, fingerprint(changed), "{changed}");
+        }
+    }
 
     const IMPULSE: &str = "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10');\n";
 
