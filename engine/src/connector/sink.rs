@@ -335,6 +335,35 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use std::sync::Arc;
 
+    fn output(path: &std::path::Path, restored: Option<u64>) -> OutputFile {
+        OutputFile {
+            path: path.display().to_string(),
+            writer: None,
+            length: 0,
+            restored,
+        }
+    }
+
+    #[test]
+    fn a_restored_file_is_cut_to_its_checkpointed_length_and_never_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        std::fs::write(&path, b"line 1\nline 2\nafter the checkpoint\n").unwrap();
+        let mut file = output(&path, Some(14));
+        file.writer().unwrap().write_all(b"again\n").unwrap();
+        file.length += 6;
+        assert_eq!(file.sync().unwrap(), 20);
+        assert_eq!(std::fs::read(&path).unwrap(), b"line 1\nline 2\nagain\n");
+        // A file shorter than its checkpoint lost output: refused, not padded.
+        std::fs::write(&path, b"short").unwrap();
+        let err = output(&path, Some(14)).writer().unwrap_err();
+        assert!(err.contains("has 5 bytes but held 14"), "{err}");
+        // A new run starts the file afresh.
+        let mut fresh = output(&path, None);
+        fresh.writer().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
+
     #[test]
     fn json_lines_drop_the_event_time_and_format_timestamps_as_iso() {
         let schema = Arc::new(Schema::new(vec![
