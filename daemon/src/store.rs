@@ -45,6 +45,10 @@ pub struct PipelineRow {
     pub state_url: String,
 }
 
+/// Completed checkpoints remembered per pipeline (the state URL keeps fewer: those are the
+/// ones that can still be restored).
+pub const CHECKPOINTS_KEPT: usize = 100;
+
 /// A completed checkpoint, as the worker reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRow {
@@ -213,8 +217,10 @@ impl Store {
         Ok(rows.iter().map(row).collect())
     }
 
-    /// Records a completed checkpoint of pipeline `id`.
+    /// Records a completed checkpoint of pipeline `id`, keeping its newest
+    /// [`CHECKPOINTS_KEPT`] rows (one every 10 s would otherwise grow without end).
     pub async fn insert_checkpoint(&self, id: &str, c: &CheckpointRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT OR REPLACE INTO checkpoints (pipeline_id, epoch, generation, bytes, duration_ms, completed_at)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -225,8 +231,18 @@ impl Store {
         .bind(c.bytes as i64)
         .bind(c.duration_ms as i64)
         .bind(&c.completed_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "DELETE FROM checkpoints WHERE pipeline_id = ? AND epoch NOT IN
+               (SELECT epoch FROM checkpoints WHERE pipeline_id = ? ORDER BY epoch DESC LIMIT ?)",
+        )
+        .bind(id)
+        .bind(id)
+        .bind(CHECKPOINTS_KEPT as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -311,6 +327,26 @@ mod tests {
         store.close().await;
         // Reopen: the row survived.
         let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec![p]);
+        assert_eq!(store.list().await.unwrap(), vec![p.clone()]);
+
+        // Checkpoints: newest first, the oldest beyond the kept number pruned.
+        let extra = 5;
+        for epoch in 1..=(CHECKPOINTS_KEPT as u64 + extra) {
+            let c = CheckpointRow {
+                epoch,
+                generation: 1,
+                bytes: epoch * 10,
+                duration_ms: 3,
+                completed_at: now_rfc3339(),
+            };
+            store.insert_checkpoint(&p.id, &c).await.unwrap();
+        }
+        let kept = store.checkpoints(&p.id).await.unwrap();
+        assert_eq!(kept.len(), CHECKPOINTS_KEPT);
+        assert_eq!(kept[0].epoch, CHECKPOINTS_KEPT as u64 + extra);
+        assert_eq!(kept.last().unwrap().epoch, extra + 1);
+        // Deleting the pipeline deletes its checkpoints.
+        store.delete(&p.id).await.unwrap();
+        assert!(store.checkpoints(&p.id).await.unwrap().is_empty());
     }
 }
