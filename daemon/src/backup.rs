@@ -504,25 +504,7 @@ async fn check_integrity(path: &std::path::Path) -> Result<(), BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PipelineRow;
-
-    fn row(id: &str) -> PipelineRow {
-        PipelineRow {
-            id: id.into(),
-            name: format!("name-{id}"),
-            query: "SELECT 1".into(),
-            parallelism: 1,
-            desired: "Running".into(),
-            state: "Created".into(),
-            failure: String::new(),
-            generation: 0,
-            created_at: now_rfc3339(),
-            updated_at: now_rfc3339(),
-            checkpoint_interval_ms: 10_000,
-            plan_hash: "0123456789abcdef".into(),
-            state_url: "/tmp/state".into(),
-        }
-    }
+    use crate::store::test_row as row;
 
     fn snapshot_names(backup_dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(backup_dir.join(SNAPSHOTS))

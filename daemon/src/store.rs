@@ -59,6 +59,26 @@ pub struct CheckpointRow {
     pub completed_at: String,
 }
 
+/// A pipeline row for tests: pipeline `id`, named `name-<id>`, Created.
+#[cfg(test)]
+pub fn test_row(id: &str) -> PipelineRow {
+    PipelineRow {
+        id: id.into(),
+        name: format!("name-{id}"),
+        query: "SELECT 1".into(),
+        parallelism: 1,
+        desired: "Running".into(),
+        state: "Created".into(),
+        failure: String::new(),
+        generation: 0,
+        created_at: now_rfc3339(),
+        updated_at: now_rfc3339(),
+        checkpoint_interval_ms: 10_000,
+        plan_hash: "0123456789abcdef".into(),
+        state_url: "/tmp/state".into(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -298,19 +318,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let mut p = PipelineRow {
-            id: "p1".into(),
             name: "one".into(),
-            query: "SELECT 1".into(),
             parallelism: 2,
-            desired: "Running".into(),
-            state: "Created".into(),
-            failure: String::new(),
-            generation: 0,
-            created_at: now_rfc3339(),
-            updated_at: now_rfc3339(),
-            checkpoint_interval_ms: 10_000,
-            plan_hash: "0123456789abcdef".into(),
-            state_url: "/tmp/state".into(),
+            ..test_row("p1")
         };
         store.insert(&p).await.unwrap();
         let dup = PipelineRow {

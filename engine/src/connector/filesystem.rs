@@ -2246,13 +2246,18 @@ mod tests {
     }
 
     fn rows(from: i64, n: i64) -> RecordBatch {
+        rows_with(from, n, |i| format!("row number {i}"))
+    }
+
+    /// Rows `from..from + n` of columns `n` and `s = text(n)`.
+    fn rows_with(from: i64, n: i64, text: impl Fn(i64) -> String) -> RecordBatch {
         use datafusion::arrow::array::Int64Array;
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("s", DataType::Utf8, true),
         ]));
         let n: Vec<i64> = (from..from + n).collect();
-        let s: Vec<String> = n.iter().map(|i| format!("row number {i}")).collect();
+        let s: Vec<String> = n.iter().map(|i| text(*i)).collect();
         RecordBatch::try_new(
             schema,
             vec![
@@ -2446,20 +2451,7 @@ mod tests {
 
     /// Rows `from..from + n` with a 100-character text each.
     fn wide_rows(from: i64, n: i64) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("n", DataType::Int64, false),
-            Field::new("s", DataType::Utf8, true),
-        ]));
-        let n: Vec<i64> = (from..from + n).collect();
-        let s: Vec<String> = n.iter().map(|i| format!("{i:0>100}")).collect();
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from(n)),
-                Arc::new(StringArray::from(s)),
-            ],
-        )
-        .unwrap()
+        rows_with(from, n, |i| format!("{i:0>100}"))
     }
 
     /// Writes `batch` as file `name` under `dir` in `format`.
