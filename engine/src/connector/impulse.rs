@@ -38,17 +38,7 @@ pub struct ImpulseConfig {
 
 impl ImpulseConfig {
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
-        let rate = options.require("impulse", "event_rate")?;
-        let event_rate: f64 = rate
-            .trim()
-            .parse()
-            .ok()
-            .filter(|r: &f64| r.is_finite() && *r > 0.0)
-            .ok_or_else(|| ConnectorError::InvalidOption {
-                option: "event_rate".into(),
-                value: rate.clone(),
-                reason: "must be a number of rows per second above 0".into(),
-            })?;
+        let event_rate = options.require_rate("impulse", "rows", f64::INFINITY)?;
         Ok(ImpulseConfig {
             event_rate,
             message_count: options.take_parsed("message_count")?,

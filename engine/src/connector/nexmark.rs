@@ -137,17 +137,7 @@ pub struct NexmarkConfig {
 
 impl NexmarkConfig {
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
-        let rate = options.require("nexmark", "event_rate")?;
-        let event_rate: f64 = rate
-            .trim()
-            .parse()
-            .ok()
-            .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r <= 1e9)
-            .ok_or_else(|| ConnectorError::InvalidOption {
-                option: "event_rate".into(),
-                value: rate.clone(),
-                reason: "must be a number of events per second above 0 and at most 1e9".into(),
-            })?;
+        let event_rate = options.require_rate("nexmark", "events", 1e9)?;
         let events = options
             .take("runtime")
             .map(|v| {

@@ -34,6 +34,30 @@ impl Options {
         })
     }
 
+    /// Takes the required `event_rate` of a generator: a number per second above 0 and at most
+    /// `max` (`unit` names what it counts, for the message).
+    pub fn require_rate(
+        &mut self,
+        connector: &str,
+        unit: &str,
+        max: f64,
+    ) -> Result<f64, ConnectorError> {
+        let rate = self.require(connector, "event_rate")?;
+        rate.trim()
+            .parse()
+            .ok()
+            .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r <= max)
+            .ok_or_else(|| ConnectorError::InvalidOption {
+                option: "event_rate".into(),
+                value: rate.clone(),
+                reason: if max.is_finite() {
+                    format!("must be a number of {unit} per second above 0 and at most {max:e}")
+                } else {
+                    format!("must be a number of {unit} per second above 0")
+                },
+            })
+    }
+
     /// Takes and parses an option.
     pub fn take_parsed<T: FromStr>(&mut self, key: &str) -> Result<Option<T>, ConnectorError>
     where
