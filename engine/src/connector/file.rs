@@ -551,18 +551,29 @@ impl FileSource {
             if let Some(end) = ctx.checkpoint_if_due(|| snapshot(self)).await? {
                 return Ok(end);
             }
-            // The complete lines to emit now: up to `step_lines` of them.
-            let mut take = 0;
-            let mut lines = 0;
-            for (i, b) in pending.iter().enumerate() {
-                if *b == b'\n' {
-                    lines += 1;
-                    take = i + 1;
-                    if lines == step_lines {
-                        break;
+            // The complete lines to emit now: all of them, or up to `step_lines` when paced.
+            let (mut take, mut lines) = if pace.is_none() {
+                // The hot path: one reverse search, and a count the compiler vectorizes.
+                let take = pending
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let lines = pending[..take].iter().filter(|b| **b == b'\n').count();
+                (take, lines)
+            } else {
+                let mut take = 0;
+                let mut lines = 0;
+                for (i, b) in pending.iter().enumerate() {
+                    if *b == b'\n' {
+                        lines += 1;
+                        take = i + 1;
+                        if lines == step_lines {
+                            break;
+                        }
                     }
                 }
-            }
+                (take, lines)
+            };
             if take == 0 && eof && !pending.is_empty() {
                 // A last line without a newline.
                 take = pending.len();
