@@ -3,8 +3,8 @@
 //!
 //! Runtime protocol, per subtask:
 //!
-//! 1. Each subtask owns one bounded input channel; every upstream subtask that feeds it holds a
-//!    sender and tags its messages with an input *slot*.
+//! 1. Each subtask owns one bounded input channel per input *slot*: one per upstream subtask
+//!    that feeds it (per in-edge).
 //! 2. A subtask's watermark is the minimum over its slots (idle slots excluded); it forwards a
 //!    watermark downstream only when that minimum advances.
 //! 3. When every slot has delivered [`Message::EndOfData`] the subtask finishes its operator

@@ -1,6 +1,5 @@
 //! Runs a [`Program`]: one tokio task per subtask, bounded channels between them.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -15,8 +14,10 @@ use super::{EdgeKind, Message, NodeKind, Program, Watermark};
 use crate::connector::{SourceContext, SourceEnd};
 use crate::operator::{Operator, TaskInfo};
 
-/// Messages a subtask's input channel holds before its senders wait.
+/// Messages a subtask's input channels hold in all before its senders wait.
 const CHANNEL_CAPACITY: usize = 16;
+/// Messages each input slot's channel holds at least.
+const MIN_SLOT_CAPACITY: usize = 2;
 
 /// Errors that end a run.
 #[derive(Debug, thiserror::Error)]
@@ -247,19 +248,32 @@ pub async fn run(
         .map(|node| node.parallelism.unwrap_or(parallelism).max(1))
         .collect();
 
-    // One input channel per subtask.
-    let mut senders: Vec<Vec<Tx>> = Vec::with_capacity(n);
-    let mut receivers: Vec<Vec<Option<Rx>>> = Vec::with_capacity(n);
-    for &p in &par {
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..p)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                (tx, Some(rx))
-            })
-            .unzip();
-        senders.push(txs);
-        receivers.push(rxs);
-    }
+    // One input channel per input slot of each subtask, so that a slot waiting for the others'
+    // barrier can be left unread (backpressure) while the others are read. The slots of a
+    // subtask share the capacity one channel would have.
+    let slot_count: Vec<usize> = (0..n)
+        .map(|node| {
+            program
+                .in_edges(node)
+                .map(|e| {
+                    let forward = matches!(e.kind, EdgeKind::Forward) && par[e.from] == par[node];
+                    if forward { 1 } else { par[e.from] }
+                })
+                .sum()
+        })
+        .collect();
+    let capacity: Vec<usize> = slot_count
+        .iter()
+        .map(|&slots| {
+            CHANNEL_CAPACITY
+                .div_ceil(slots.max(1))
+                .max(MIN_SLOT_CAPACITY)
+        })
+        .collect();
+    let mut receivers: Vec<Vec<Vec<Rx>>> = par
+        .iter()
+        .map(|&p| (0..p).map(|_| Vec::new()).collect())
+        .collect();
 
     // Input slots: per (node, subtask), the in-edge index of every slot; and per
     // (edge, upstream subtask, downstream subtask) the slot number.
@@ -272,20 +286,21 @@ pub async fn run(
         for (input, edge) in program.in_edges(node).enumerate() {
             let (up, down) = (par[edge.from], par[node]);
             let forward = matches!(edge.kind, EdgeKind::Forward) && up == down;
-            for i in 0..up {
+            let mut open_slot = |j: usize| {
+                let slot = slot_inputs[node][j].len() as u32;
+                slot_inputs[node][j].push(input);
+                let (tx, rx) = mpsc::channel(capacity[node]);
+                receivers[node][j].push(rx);
+                (tx, slot)
+            };
+            for (i, out) in routes[edge.from].iter_mut().enumerate() {
                 if forward {
-                    let slot = slot_inputs[node][i].len() as u32;
-                    slot_inputs[node][i].push(input);
-                    routes[edge.from][i].push(Route::One(senders[node][i].clone(), slot));
+                    let (tx, slot) = open_slot(i);
+                    out.push(Route::One(tx, slot));
                     continue;
                 }
-                let mut targets = Vec::with_capacity(down);
-                for (j, inputs) in slot_inputs[node].iter_mut().enumerate() {
-                    let slot = inputs.len() as u32;
-                    inputs.push(input);
-                    targets.push((senders[node][j].clone(), slot));
-                }
-                routes[edge.from][i].push(match &edge.kind {
+                let targets: Vec<(Tx, u32)> = (0..down).map(&mut open_slot).collect();
+                out.push(match &edge.kind {
                     EdgeKind::Shuffle(keys) => Route::Hash(targets, keys.clone()),
                     // Start subtasks at different targets so small batches spread out.
                     _ => Route::RoundRobin(targets, i % down),
@@ -293,7 +308,6 @@ pub async fn run(
             }
         }
     }
-    drop(senders);
 
     // Checkpointing: the state to restore, the coordinator and each subtask's link to it.
     let (stop, _) = watch::channel(None);
@@ -391,9 +405,7 @@ pub async fn run(
                         op.restore(state)?;
                         watermark = state.watermark;
                     }
-                    let rx = receivers[node_id][subtask]
-                        .take()
-                        .expect("one receiver per subtask");
+                    let rx = std::mem::take(&mut receivers[node_id][subtask]);
                     let inputs = std::mem::take(&mut slot_inputs[node_id][subtask]);
                     let task = OperatorTask {
                         op,
@@ -452,56 +464,86 @@ struct OperatorTask {
 /// Per input slot of an operator subtask.
 #[derive(Default)]
 struct Slot {
+    /// Its channel; None once its senders are gone.
+    rx: Option<Rx>,
     /// Its last watermark (None: none yet).
     mark: Option<Watermark>,
     ended: bool,
-    /// It delivered the barrier being aligned: what it sends is held back until alignment.
+    /// It delivered the barrier being aligned: it is not read until the others have (its
+    /// senders wait once its channel is full).
     blocked: bool,
-    held: VecDeque<Message>,
+}
+
+/// Receives the next message of a slot that is neither blocked nor ended, starting after the
+/// slot read last so that every slot gets its turn. Err when a slot's senders went away
+/// before its end of data.
+fn poll_slots(
+    slots: &mut [Slot],
+    next: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(usize, Message), DataflowError>> {
+    use std::task::Poll;
+    let n = slots.len();
+    for k in 0..n {
+        let i = (*next + k) % n;
+        let slot = &mut slots[i];
+        if slot.blocked || slot.ended {
+            continue;
+        }
+        let Some(rx) = slot.rx.as_mut() else {
+            continue;
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some((_, msg))) => {
+                *next = (i + 1) % n;
+                return Poll::Ready(Ok((i, msg)));
+            }
+            Poll::Ready(None) => {
+                slot.rx = None;
+                return Poll::Ready(Err(DataflowError::ChannelClosed));
+            }
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
 }
 
 impl OperatorTask {
-    async fn run(mut self, mut rx: Rx) -> Result<(), DataflowError> {
-        let mut slots: Vec<Slot> = (0..self.slot_inputs.len())
-            .map(|_| Slot::default())
+    async fn run(mut self, rxs: Vec<Rx>) -> Result<(), DataflowError> {
+        let mut slots: Vec<Slot> = rxs
+            .into_iter()
+            .map(|rx| Slot {
+                rx: Some(rx),
+                mark: None,
+                ended: false,
+                blocked: false,
+            })
             .collect();
         let mut idle = false;
         if slots.is_empty() {
             return self.close().await;
         }
         let mut aligning: Option<Barrier> = None;
-        // Messages released by an alignment, handled before new ones.
-        let mut queue: VecDeque<(usize, Message)> = VecDeque::new();
+        let mut next_slot = 0;
         let mut completed = self.link.as_ref().map(|l| l.completed.clone());
         let mut committed = 0u64;
         loop {
-            let (slot, msg) = if let Some(next) = queue.pop_front() {
-                next
-            } else {
-                tokio::select! {
-                    biased;
-                    changed = async { completed.as_mut()?.changed().await.ok() }, if completed.is_some() => {
-                        if changed.is_none() {
-                            completed = None;
-                            continue;
-                        }
-                        let (epoch, _) = *completed.as_ref().expect("checked").borrow();
-                        if epoch > committed {
-                            committed = epoch;
-                            self.op.on_checkpoint_complete(epoch).await?;
-                        }
+            let (slot, msg) = tokio::select! {
+                biased;
+                changed = async { completed.as_mut()?.changed().await.ok() }, if completed.is_some() => {
+                    if changed.is_none() {
+                        completed = None;
                         continue;
                     }
-                    received = rx.recv() => match received {
-                        Some((slot, msg)) => (slot as usize, msg),
-                        None => return Err(DataflowError::ChannelClosed),
+                    let (epoch, _) = *completed.as_ref().expect("checked").borrow();
+                    if epoch > committed {
+                        committed = epoch;
+                        self.op.on_checkpoint_complete(epoch).await?;
                     }
+                    continue;
                 }
+                received = std::future::poll_fn(|cx| poll_slots(&mut slots, &mut next_slot, cx)) => received?,
             };
-            if slots[slot].blocked {
-                slots[slot].held.push_back(msg);
-                continue;
-            }
             match msg {
                 Message::Data(batch) => {
                     self.op
@@ -518,6 +560,7 @@ impl OperatorTask {
                 }
                 Message::EndOfData => {
                     slots[slot].ended = true;
+                    slots[slot].rx = None;
                     if slots.iter().all(|s| s.ended) {
                         return self.close().await;
                     }
@@ -532,9 +575,8 @@ impl OperatorTask {
                 if self.checkpoint(barrier).await? {
                     return Ok(());
                 }
-                for (i, s) in slots.iter_mut().enumerate() {
+                for s in &mut slots {
                     s.blocked = false;
-                    queue.extend(s.held.drain(..).map(|m| (i, m)));
                 }
             }
         }
@@ -637,5 +679,93 @@ impl OperatorTask {
             self.op.on_checkpoint_complete(epoch).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    /// Forwards what it gets.
+    struct Forward;
+
+    #[async_trait::async_trait]
+    impl Operator for Forward {
+        async fn process_batch(
+            &mut self,
+            batch: RecordBatch,
+            _input: usize,
+            out: &mut Collector,
+        ) -> Result<(), DataflowError> {
+            out.collect(batch).await
+        }
+    }
+
+    fn data() -> Message {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let column = Arc::new(Int64Array::from(vec![1i64]));
+        Message::Data(RecordBatch::try_new(schema, vec![column]).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_aligned_input_is_not_read_until_every_input_delivered_the_barrier() {
+        let (tx0, rx0) = mpsc::channel(2);
+        let (tx1, rx1) = mpsc::channel(2);
+        let (out, mut forwarded) = Collector::for_test(64);
+        let task = OperatorTask {
+            op: Box::new(Forward),
+            info: TaskInfo {
+                node: "test".into(),
+                subtask: 0,
+                parallelism: 1,
+                job: Arc::default(),
+                checkpointing: false,
+            },
+            slot_inputs: vec![0, 1],
+            out,
+            link: None,
+            current: None,
+        };
+        let running = tokio::spawn(task.run(vec![rx0, rx1]));
+        let barrier = Message::Barrier(Barrier {
+            epoch: 1,
+            stop: false,
+        });
+        tx0.send((0, barrier.clone())).await.unwrap();
+        // Slot 0 is aligned: once its barrier is read, it is not read again, so its channel
+        // fills up and its sender has to wait (backpressure, not memory).
+        while tx0.capacity() < 2 {
+            tokio::task::yield_now().await;
+        }
+        tx0.send((0, data())).await.unwrap();
+        tx0.send((0, data())).await.unwrap();
+        assert!(
+            tx0.try_send((0, data())).is_err(),
+            "an aligned slot was read"
+        );
+        // Slot 1 is read meanwhile.
+        tx1.send((1, data())).await.unwrap();
+        assert!(matches!(
+            forwarded.recv().await,
+            Some((_, Message::Data(_)))
+        ));
+        // Its barrier completes the alignment: the barrier goes on, then slot 0's rows.
+        tx1.send((1, barrier)).await.unwrap();
+        assert!(matches!(
+            forwarded.recv().await,
+            Some((_, Message::Barrier(_)))
+        ));
+        for _ in 0..2 {
+            assert!(matches!(
+                forwarded.recv().await,
+                Some((_, Message::Data(_)))
+            ));
+        }
+        for (tx, slot) in [(&tx0, 0), (&tx1, 1)] {
+            tx.send((slot, Message::EndOfData)).await.unwrap();
+        }
+        running.await.unwrap().unwrap();
     }
 }
