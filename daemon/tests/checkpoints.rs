@@ -59,6 +59,14 @@ fn exactly_once(out: &Path) -> usize {
     n
 }
 
+/// Asserts a rerun added at least [`STEP`] rows to the `first` a run before it left.
+fn assert_grew(first: usize, last: usize) {
+    assert!(
+        last > first + STEP,
+        "the output did not grow: {first} then {last}"
+    );
+}
+
 /// Waits until the output file has more than `n` rows.
 fn wait_rows(out: &Path, n: usize) {
     wait_until(DEADLINE, &format!("more than {n} rows"), || {
@@ -176,10 +184,7 @@ fn a_run_state_dir_survives_sigint_and_kill_9_with_every_counter_once() {
     wait_rows(&s.out, now + STEP);
     interrupt(run, &s.log);
     let last = exactly_once(&s.out);
-    assert!(
-        last > first + STEP,
-        "the output did not grow: {first} then {last}"
-    );
+    assert_grew(first, last);
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(log.contains("resuming it"), "{log}");
 
@@ -257,10 +262,7 @@ fn a_run_state_dir_on_s3_keeps_checkpoints_and_snapshots_there_and_resumes() {
     wait_rows(&s.out, first + STEP);
     interrupt(run, &s.log);
     let last = exactly_once(&s.out);
-    assert!(
-        last > first + STEP,
-        "the output did not grow: {first} then {last}"
-    );
+    assert_grew(first, last);
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(
         log.contains("metadata restored from the newest snapshot"),
@@ -303,10 +305,7 @@ fn the_daemon_killed_with_9_resumes_its_pipeline_exactly_once() {
     wait_rows(&s.out, first + STEP);
     daemon.ctl_ok(&["stop", &id]);
     let last = exactly_once(&s.out);
-    assert!(
-        last > first + STEP,
-        "the output did not grow: {first} then {last}"
-    );
+    assert_grew(first, last);
 }
 
 /// The counters in every visible JSON file under `dir` (staged files are hidden).

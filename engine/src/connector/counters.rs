@@ -20,7 +20,7 @@ pub(super) struct Layer {
 }
 
 impl Layer {
-    pub fn emitted(&self, counter: u64) -> bool {
+    fn emitted(&self, counter: u64) -> bool {
         counter / self.parallelism < self.next[(counter % self.parallelism) as usize]
     }
 
@@ -31,11 +31,6 @@ impl Layer {
             .min()
             .unwrap_or(0)
     }
-}
-
-/// Whether an earlier run emitted `counter`.
-pub(super) fn emitted_before(earlier: &[Layer], counter: u64) -> bool {
-    earlier.iter().any(|l| l.emitted(counter))
 }
 
 /// One subtask's checkpointed position.
@@ -54,6 +49,28 @@ pub(super) struct CounterState {
 const POSITION: &str = "position";
 
 impl CounterState {
+    /// Subtask `subtask` of `parallelism` at its first counter.
+    pub fn new(subtask: u64, parallelism: u64, start_time: Option<i64>) -> Self {
+        CounterState {
+            subtask,
+            parallelism,
+            next: 0,
+            start_time,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// The counter at this subtask's position `k`.
+    pub fn counter(&self, k: u64) -> u64 {
+        k * self.parallelism + self.subtask
+    }
+
+    /// Whether an earlier run (at another parallelism) emitted `counter`.
+    pub fn emitted_before(&self, counter: u64) -> bool {
+        self.earlier.iter().any(|l| l.emitted(counter))
+    }
+
+    /// The position as this subtask's state.
     pub fn snapshot(&self) -> Result<TaskState, DataflowError> {
         let mut state = TaskState::new();
         state.put_json(POSITION, self)?;

@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
-use super::counters::{CounterState, Layer, emitted_before};
+use super::counters::CounterState;
 use super::{
     ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, timestamp_type,
     with_timestamp,
@@ -84,11 +84,7 @@ impl SourceFactory for ImpulseFactory {
             config: self.config.clone(),
             projection: self.projection.clone(),
             schema: self.schema.clone(),
-            subtask: info.subtask as u64,
-            parallelism: info.parallelism as u64,
-            next: 0,
-            start_time: None,
-            earlier: Vec::new(),
+            pos: CounterState::new(info.subtask as u64, info.parallelism as u64, None),
         }))
     }
 }
@@ -97,14 +93,9 @@ struct Impulse {
     config: ImpulseConfig,
     projection: Vec<usize>,
     schema: SchemaRef,
-    subtask: u64,
-    parallelism: u64,
-    /// This subtask's next counter is `next * parallelism + subtask`.
-    next: u64,
-    /// The event time of counter 0 with `event_time_interval` (set at the first start).
-    start_time: Option<i64>,
-    /// What runs at other parallelisms emitted before this one took over.
-    earlier: Vec<Layer>,
+    /// Where it is: the next counter, and (with `event_time_interval`) the event time of
+    /// counter 0, set at the first start.
+    pos: CounterState,
 }
 
 fn now_nanos() -> i64 {
@@ -118,7 +109,7 @@ impl Impulse {
     /// How many rows this subtask emits in total (None: unbounded).
     fn own_count(&self) -> Option<u64> {
         self.config.message_count.map(|total| {
-            let (p, i) = (self.parallelism, self.subtask);
+            let (p, i) = (self.pos.parallelism, self.pos.subtask);
             total / p + u64::from(total % p > i)
         })
     }
@@ -127,8 +118,8 @@ impl Impulse {
     /// run emitted.
     fn counters(&self, first: u64, rows: u64) -> Vec<u64> {
         (first..first + rows)
-            .map(|k| k * self.parallelism + self.subtask)
-            .filter(|c| !emitted_before(&self.earlier, *c))
+            .map(|k| self.pos.counter(k))
+            .filter(|c| !self.pos.emitted_before(*c))
             .collect()
     }
 
@@ -146,7 +137,7 @@ impl Impulse {
         let all: [ArrayRef; 3] = [
             times.clone(),
             Arc::new(UInt64Array::from(counters)),
-            Arc::new(UInt64Array::from(vec![self.subtask; rows as usize])),
+            Arc::new(UInt64Array::from(vec![self.pos.subtask; rows as usize])),
         ];
         let mut columns: Vec<ArrayRef> = self.projection.iter().map(|&i| all[i].clone()).collect();
         columns.push(times);
@@ -160,10 +151,10 @@ impl Impulse {
 #[async_trait]
 impl Source for Impulse {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
-        let rate = self.config.event_rate / self.parallelism as f64;
+        let rate = self.config.event_rate / self.pos.parallelism as f64;
         let total = self.own_count();
         let start = Instant::now();
-        let start_time = *self.start_time.get_or_insert_with(now_nanos);
+        let start_time = *self.pos.start_time.get_or_insert_with(now_nanos);
         // Positions passed in this run, for the rate.
         let mut produced: u64 = 0;
         loop {
@@ -173,13 +164,13 @@ impl Source for Impulse {
             if let Some(end) = ctx.checkpoint_if_due(|| self.snapshot()).await? {
                 return Ok(end);
             }
-            if total.is_some_and(|t| self.next >= t) {
+            if total.is_some_and(|t| self.pos.next >= t) {
                 return Ok(SourceEnd::Finished);
             }
             let due = (start.elapsed().as_secs_f64() * rate) as u64;
             let mut rows = due.saturating_sub(produced).min(BATCH_ROWS);
             if let Some(t) = total {
-                rows = rows.min(t - self.next);
+                rows = rows.min(t - self.pos.next);
             }
             if rows == 0 {
                 let next = start + Duration::from_secs_f64((produced + 1) as f64 / rate);
@@ -189,8 +180,8 @@ impl Source for Impulse {
                 }
                 continue;
             }
-            let batch = self.batch(self.next, rows, start_time)?;
-            self.next += rows;
+            let batch = self.batch(self.pos.next, rows, start_time)?;
+            self.pos.next += rows;
             produced += rows;
             if batch.num_rows() == 0 {
                 continue;
@@ -207,21 +198,12 @@ impl Source for Impulse {
     }
 
     fn snapshot(&self) -> Result<TaskState, DataflowError> {
-        CounterState {
-            subtask: self.subtask,
-            parallelism: self.parallelism,
-            next: self.next,
-            start_time: self.start_time,
-            earlier: self.earlier.clone(),
-        }
-        .snapshot()
+        self.pos.snapshot()
     }
 
     fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
-        if let Some(split) = CounterState::restore(state, self.subtask, self.parallelism)? {
-            self.next = split.next;
-            self.start_time = split.start_time;
-            self.earlier = split.earlier;
+        if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
+            self.pos = pos;
         }
         Ok(())
     }
@@ -240,18 +222,14 @@ mod tests {
             },
             projection: vec![0, 1, 2],
             schema: with_timestamp(&schema()),
-            subtask,
-            parallelism,
-            next: 0,
-            start_time: None,
-            earlier: Vec::new(),
+            pos: CounterState::new(subtask, parallelism, None),
         }
     }
 
     fn emit(s: &mut Impulse, rows: u64) -> Vec<u64> {
-        let rows = rows.min(s.own_count().unwrap() - s.next);
-        let b = s.batch(s.next, rows, 0).unwrap();
-        s.next += rows;
+        let rows = rows.min(s.own_count().unwrap() - s.pos.next);
+        let b = s.batch(s.pos.next, rows, 0).unwrap();
+        s.pos.next += rows;
         let c = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
         c.values().to_vec()
     }

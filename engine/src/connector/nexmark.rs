@@ -41,7 +41,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
-use super::counters::{CounterState, Layer, emitted_before};
+use super::counters::CounterState;
 use super::{
     ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, parse_duration,
     timestamp_type, with_timestamp,
@@ -802,12 +802,8 @@ struct Nexmark {
     projection: Vec<usize>,
     schema: SchemaRef,
     fields: [Fields; 3],
-    subtask: u64,
-    parallelism: u64,
-    /// This subtask's next event is `event_number(next)`.
-    next: u64,
-    /// What runs at other parallelisms emitted before this one took over.
-    earlier: Vec<Layer>,
+    /// Where it is: its next event is `event_number(pos.next)`.
+    pos: CounterState,
 }
 
 impl Nexmark {
@@ -827,23 +823,20 @@ impl Nexmark {
             projection,
             schema,
             fields: [person_fields(), auction_fields(), bid_fields()],
-            subtask,
-            parallelism,
-            next: 0,
-            earlier: Vec::new(),
+            pos: CounterState::new(subtask, parallelism, Some(first_time)),
         }
     }
 
     /// The global number of this subtask's `k`-th event.
     fn event_number(&self, k: u64) -> u64 {
-        k * self.parallelism + self.subtask
+        self.pos.counter(k)
     }
 
     /// How many of this subtask's events are due `elapsed` after the start (event `n` is due
     /// at `n * delay`).
     fn due(&self, elapsed: Duration) -> u64 {
         let all = (elapsed.as_nanos() / self.generator.delay as u128) as u64 + 1;
-        all / self.parallelism + u64::from(all % self.parallelism > self.subtask)
+        all / self.pos.parallelism + u64::from(all % self.pos.parallelism > self.pos.subtask)
     }
 
     /// This subtask's events `first..first + rows`, as a batch of the projected columns and
@@ -858,7 +851,7 @@ impl Nexmark {
         let g = &self.generator;
         for k in first..first + rows {
             let n = self.event_number(k);
-            if emitted_before(&self.earlier, n) {
+            if self.pos.emitted_before(n) {
                 continue;
             }
             let time = g.time(n);
@@ -904,7 +897,7 @@ impl Source for Nexmark {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
         let start = Instant::now();
         // Event numbers restart their schedule at a restore: the rate holds from now on.
-        let skipped = self.next;
+        let skipped = self.pos.next;
         let mut last_batch: Option<Instant> = None;
         loop {
             if ctx.should_stop() {
@@ -913,16 +906,16 @@ impl Source for Nexmark {
             if let Some(end) = ctx.checkpoint_if_due(|| self.snapshot()).await? {
                 return Ok(end);
             }
-            if self.total.is_some_and(|t| self.next >= t) {
+            if self.total.is_some_and(|t| self.pos.next >= t) {
                 return Ok(SourceEnd::Finished);
             }
-            let produced = self.next - skipped;
+            let produced = self.pos.next - skipped;
             let mut rows = self
                 .due(start.elapsed())
                 .saturating_sub(produced)
                 .min(BATCH_ROWS);
             if let Some(t) = self.total {
-                rows = rows.min(t - self.next);
+                rows = rows.min(t - self.pos.next);
             }
             if rows == 0 {
                 let next_due = self.event_number(produced) as u128 * self.generator.delay as u128;
@@ -937,13 +930,13 @@ impl Source for Nexmark {
                 continue;
             }
             let batch = self
-                .batch(self.next, rows)
+                .batch(self.pos.next, rows)
                 .map_err(|e| DataflowError::Connector {
                     node: ctx.info().node.clone(),
                     message: e.to_string(),
                 })?;
-            self.next += rows;
-            let newest = self.generator.time(self.event_number(self.next - 1));
+            self.pos.next += rows;
+            let newest = self.generator.time(self.event_number(self.pos.next - 1));
             last_batch = Some(Instant::now());
             if batch.num_rows() > 0 {
                 ctx.collect(batch).await?;
@@ -953,23 +946,15 @@ impl Source for Nexmark {
     }
 
     fn snapshot(&self) -> Result<TaskState, DataflowError> {
-        CounterState {
-            subtask: self.subtask,
-            parallelism: self.parallelism,
-            next: self.next,
-            start_time: Some(self.generator.first_time),
-            earlier: self.earlier.clone(),
-        }
-        .snapshot()
+        self.pos.snapshot()
     }
 
     fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
-        if let Some(split) = CounterState::restore(state, self.subtask, self.parallelism)? {
-            self.next = split.next;
-            self.earlier = split.earlier;
-            if let Some(first_time) = split.start_time {
+        if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
+            if let Some(first_time) = pos.start_time {
                 self.generator = Generator::new(first_time, self.generator.delay);
             }
+            self.pos = pos;
         }
         Ok(())
     }
@@ -1110,9 +1095,9 @@ mod tests {
 
     /// Emits up to `rows` more of the subtask's events, as its run loop does.
     fn emit(s: &mut Nexmark, rows: u64) -> Vec<u64> {
-        let rows = rows.min(s.total.unwrap() - s.next);
-        let b = s.batch(s.next, rows).unwrap();
-        s.next += rows;
+        let rows = rows.min(s.total.unwrap() - s.pos.next);
+        let b = s.batch(s.pos.next, rows).unwrap();
+        s.pos.next += rows;
         numbers(&b)
     }
 
