@@ -18,8 +18,8 @@ use std::time::Duration;
 use arroyod_engine::checkpoint::CheckpointStore;
 use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
 
-use arroyod_engine::connector::JobContext;
 use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
+use arroyod_engine::task::JobContext;
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
 use hyper_util::rt::TokioIo;

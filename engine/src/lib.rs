@@ -24,19 +24,6 @@ pub mod connector;
 pub mod dataflow;
 pub mod operator;
 pub mod sql;
-pub mod state;
+pub mod task;
 
-/// Name of the hidden event-time column every batch carries last.
-pub const TIMESTAMP_FIELD: &str = "_timestamp";
-
-/// `error: cause: cause` in one line, for messages that must say where and why.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
+pub use task::{TIMESTAMP_FIELD, error_chain};

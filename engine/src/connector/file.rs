@@ -24,13 +24,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{info, warn};
 
 use super::debezium;
-use super::{
-    ConnectorError, EventTimeSpec, Options, Source, SourceContext, SourceEnd, SourceFactory,
+use super::{ConnectorError, EventTimeSpec, Options};
+use crate::task::{
+    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
     timestamp_type, with_timestamp, with_updating,
 };
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
-use crate::state::{RestoredState, TaskState};
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 4 << 20;
@@ -200,7 +198,7 @@ impl FileSourceFactory {
 }
 
 impl SourceFactory for FileSourceFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         Ok(Box::new(self.reader(info, self.config.path.clone())))
     }
 }
@@ -261,14 +259,14 @@ impl FileSource {
         &self.stored
     }
 
-    fn fail(&self, message: String) -> DataflowError {
-        DataflowError::Connector {
+    fn fail(&self, message: String) -> TaskError {
+        TaskError::Connector {
             node: self.node.clone(),
             message,
         }
     }
 
-    fn decoder(&self) -> Result<Decoder, DataflowError> {
+    fn decoder(&self) -> Result<Decoder, TaskError> {
         let schema = match self.config.format {
             LineFormat::Debezium => debezium::envelope(&self.stored),
             _ => self.stored.clone(),
@@ -281,7 +279,7 @@ impl FileSource {
     }
 
     /// Decodes complete lines; `first_line` is the 1-based number of the first.
-    fn decode(&mut self, part: &[u8], first_line: u64) -> Result<Vec<RecordBatch>, DataflowError> {
+    fn decode(&mut self, part: &[u8], first_line: u64) -> Result<Vec<RecordBatch>, TaskError> {
         match self.config.format {
             LineFormat::Raw => {
                 let text = String::from_utf8_lossy(part);
@@ -327,7 +325,7 @@ impl FileSource {
         &mut self,
         part: &[u8],
         first_line: u64,
-    ) -> Result<Vec<RecordBatch>, DataflowError> {
+    ) -> Result<Vec<RecordBatch>, TaskError> {
         let mut good = Vec::new();
         for (i, line) in part.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -366,7 +364,7 @@ impl FileSource {
     }
 
     /// Computes the virtual columns: the stored columns become the table's.
-    fn with_generated(&self, stored: RecordBatch) -> Result<RecordBatch, DataflowError> {
+    fn with_generated(&self, stored: RecordBatch) -> Result<RecordBatch, TaskError> {
         if self.generated.is_empty() {
             return Ok(stored);
         }
@@ -393,7 +391,7 @@ impl FileSource {
     }
 
     /// The event time of each row of a (full) batch; nulls when the column has them.
-    fn event_times(&self, batch: &RecordBatch) -> Result<TimestampNanosecondArray, DataflowError> {
+    fn event_times(&self, batch: &RecordBatch) -> Result<TimestampNanosecondArray, TaskError> {
         match self.event_time.field {
             Some(i) => {
                 let column = cast(batch.column(i), &timestamp_type())
@@ -417,7 +415,7 @@ impl FileSource {
         &mut self,
         stored: RecordBatch,
         mut retract: Option<BooleanArray>,
-    ) -> Result<Option<(RecordBatch, Option<i64>)>, DataflowError> {
+    ) -> Result<Option<(RecordBatch, Option<i64>)>, TaskError> {
         let mut batch = self.with_generated(stored)?;
         let mut times = self.event_times(&batch)?;
         if times.null_count() > 0 {
@@ -481,7 +479,7 @@ impl FileSource {
         ctx: &mut SourceContext,
         part: &[u8],
         first_line: u64,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         for batch in self.decode(part, first_line)? {
             let (batch, retract) = match self.config.format {
                 LineFormat::Debezium => {
@@ -506,7 +504,7 @@ impl FileSource {
         &mut self,
         ctx: &mut SourceContext,
         batch: RecordBatch,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         if let Some((batch, watermark)) = self.finish_batch(batch, None)? {
             ctx.collect(batch).await?;
             if let Some(w) = watermark {
@@ -533,10 +531,10 @@ impl FileSource {
         ctx: &mut SourceContext,
         mut reader: R,
         snapshot: S,
-    ) -> Result<SourceEnd, DataflowError>
+    ) -> Result<SourceEnd, TaskError>
     where
         R: AsyncRead + Unpin + Send,
-        S: Fn(&FileSource) -> Result<TaskState, DataflowError> + Send + Sync,
+        S: Fn(&FileSource) -> Result<TaskState, TaskError> + Send + Sync,
     {
         let path = self.config.path.clone();
         let pace = pace();
@@ -616,7 +614,7 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         if self.subtask != 0 || self.position.done {
             // One reader per file: the other subtasks have nothing to do.
             return Ok(SourceEnd::Finished);
@@ -635,7 +633,7 @@ impl Source for FileSource {
             .await
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         if self.subtask == 0 {
             state.put_json(POSITION, &self.position)?;
@@ -644,7 +642,7 @@ impl Source for FileSource {
     }
 
     /// The one reader of the file is subtask 0, at any parallelism.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if self.subtask == 0
             && let Some(position) = state
                 .json::<FilePosition>(POSITION)?

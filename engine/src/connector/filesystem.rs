@@ -92,13 +92,11 @@ use tracing::{info, warn};
 use super::file::{
     self, BadData, FilePosition, FileSource, FileSourceConfig, FileSourceFactory, LineFormat,
 };
-use super::{
-    ConnectorError, ConnectorTable, EventTimeSpec, Options, Source, SourceContext, SourceEnd,
-    SourceFactory, parse_duration,
+use super::{ConnectorError, ConnectorTable, EventTimeSpec, Options, parse_duration};
+use crate::task::{
+    Collector, Message, Operator, OperatorFactory, RestoredState, Source, SourceContext, SourceEnd,
+    SourceFactory, TaskError, TaskInfo, TaskState, Watermark,
 };
-use crate::dataflow::{Collector, DataflowError, Message, Watermark};
-use crate::operator::{Operator, OperatorFactory, TaskInfo};
-use crate::state::{RestoredState, TaskState};
 
 const CONNECTOR: &str = "filesystem";
 /// Parts of a multipart upload: Arroyo's defaults.
@@ -510,7 +508,7 @@ impl FileSystemSourceFactory {
 }
 
 impl SourceFactory for FileSystemSourceFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         Ok(Box::new(FileSystemSource {
             config: self.config.clone(),
             rows: self.rows.clone(),
@@ -586,8 +584,8 @@ fn visible(prefix: &Path, object: &Path) -> bool {
 }
 
 impl FileSystemSource {
-    fn fail(&self, message: String) -> DataflowError {
-        DataflowError::Connector {
+    fn fail(&self, message: String) -> TaskError {
+        TaskError::Connector {
             node: self.info.node.clone(),
             message,
         }
@@ -595,7 +593,7 @@ impl FileSystemSource {
 
     /// The subtask's state: its progress, with `current` (the file being read and how far)
     /// over it.
-    fn snapshot_with(&self, current: Option<(&str, Resume)>) -> Result<TaskState, DataflowError> {
+    fn snapshot_with(&self, current: Option<(&str, Resume)>) -> Result<TaskState, TaskError> {
         let mut progress = self.progress.clone();
         if let Some((file, at)) = current {
             progress.partial.insert(file.to_string(), at);
@@ -606,7 +604,7 @@ impl FileSystemSource {
     }
 
     /// Every file to read, sorted by path.
-    async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<ObjectMeta>, DataflowError> {
+    async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<ObjectMeta>, TaskError> {
         let prefix = &self.config.location.prefix;
         let shown = self.config.location.display(prefix);
         let mut files: Vec<ObjectMeta> = store
@@ -658,7 +656,7 @@ impl FileSystemSource {
         name: &str,
         resume: Option<Resume>,
         shown: &str,
-    ) -> Result<(SourceEnd, Resume), DataflowError> {
+    ) -> Result<(SourceEnd, Resume), TaskError> {
         let mut rows = self.rows.reader(&self.info, shown.to_string());
         let (offset, lines) = match resume {
             Some(Resume::Lines { offset, lines }) => (offset, lines),
@@ -730,7 +728,7 @@ impl FileSystemSource {
         name: &str,
         resume: Option<Resume>,
         shown: &str,
-    ) -> Result<(SourceEnd, Resume), DataflowError> {
+    ) -> Result<(SourceEnd, Resume), TaskError> {
         let mut rows = self.rows.reader(&self.info, shown.to_string());
         let skip = match resume {
             Some(Resume::Rows(n)) => n,
@@ -824,7 +822,7 @@ fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String>
 
 #[async_trait]
 impl Source for FileSystemSource {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         let store = self.config.location.store().map_err(|e| self.fail(e))?;
         let files = self.list(&store).await?;
         let total = files.len();
@@ -888,13 +886,13 @@ impl Source for FileSystemSource {
         Ok(SourceEnd::Finished)
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         self.snapshot_with(None)
     }
 
     /// Takes what every old subtask had read: the files done anywhere are skipped, and a
     /// partly read file resumes where it was, on whichever subtask now reads it.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         for docs in state.json::<SourceProgress>(SOURCE_TABLE)? {
             for doc in docs {
                 self.progress.merge(doc);
@@ -1119,14 +1117,14 @@ impl FileSystemSinkFactory {
 }
 
 impl OperatorFactory for FileSystemSinkFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         let state = SinkState::new(
             info.node.clone(),
             self.config.clone(),
             info.subtask,
             info.parallelism,
         )
-        .map_err(|message| DataflowError::Connector {
+        .map_err(|message| TaskError::Connector {
             node: info.node.clone(),
             message: format!("{}: {message}", self.table),
         })?;
@@ -1705,14 +1703,14 @@ impl Drop for FileSystemSink {
 }
 
 impl FileSystemSink {
-    fn fail(&self, message: String) -> DataflowError {
-        DataflowError::Connector {
+    fn fail(&self, message: String) -> TaskError {
+        TaskError::Connector {
             node: self.node.clone(),
             message,
         }
     }
 
-    fn check_timer(&self) -> Result<(), DataflowError> {
+    fn check_timer(&self) -> Result<(), TaskError> {
         match self.failure.lock().expect("not poisoned").take() {
             Some(message) => Err(self.fail(message)),
             None => Ok(()),
@@ -1742,7 +1740,7 @@ impl FileSystemSink {
     }
 
     /// Finishes a restore (see [`SinkState::recover`]) if one is pending.
-    async fn recover(&self) -> Result<(), DataflowError> {
+    async fn recover(&self) -> Result<(), TaskError> {
         let result = self.state.lock().await.recover().await;
         result.map_err(|e| self.fail(e))
     }
@@ -1755,7 +1753,7 @@ impl Operator for FileSystemSink {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         self.check_timer()?;
         if batch.num_rows() == 0 {
             return Ok(());
@@ -1771,17 +1769,13 @@ impl Operator for FileSystemSink {
         result.map_err(|e| self.fail(e))
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.recover().await?;
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
     }
 
-    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), TaskError> {
         let state = self.state.clone();
         // Holding the lock, the timer is not closing a file: aborting it loses nothing.
         let mut state = state.lock().await;
@@ -1808,7 +1802,7 @@ impl Operator for FileSystemSink {
 
     /// Closes the open file and records every file not committed yet (see
     /// [`SinkCheckpoint`]).
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         self.check_timer()?;
         let result = {
             let mut state = self.state.lock().await;
@@ -1824,7 +1818,7 @@ impl Operator for FileSystemSink {
     }
 
     /// Commits the files of the restored checkpoint: see [`SinkState::restore`].
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let docs = state.json::<SinkCheckpoint>(SINK_TABLE)?;
         let result = match self.state.try_lock() {
             Ok(mut sink) => sink.restore(docs),
@@ -1833,7 +1827,7 @@ impl Operator for FileSystemSink {
         result.map_err(|e| self.fail(e))
     }
 
-    async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), DataflowError> {
+    async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), TaskError> {
         self.check_timer()?;
         let result = {
             let mut state = self.state.lock().await;
@@ -2422,9 +2416,8 @@ mod tests {
     // Checkpoints
     // -----------------------------------------------------------------------------------------
 
-    use crate::connector::JobContext;
-    use crate::dataflow::checkpointing::{Link, Report};
-    use crate::dataflow::{Barrier, StopMode};
+    use crate::task::protocol::{Link, Report};
+    use crate::task::{Barrier, JobContext, StopMode};
     use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
     use tokio::sync::{mpsc, watch};
 
@@ -2546,9 +2539,8 @@ mod tests {
         let state = match reported.try_recv() {
             Ok(Report::Snapshot { files, .. }) => {
                 let mut state = TaskState::new();
-                for (name, bytes) in files.encode().unwrap() {
-                    let table = name.splitn(3, '/').nth(2).unwrap();
-                    state.decode_into(table, bytes).unwrap();
+                for (table, bytes) in files.state.encode().unwrap() {
+                    state.decode_into(&table, bytes).unwrap();
                 }
                 // What the source says after stopping is what it reported.
                 assert_eq!(
@@ -2677,7 +2669,7 @@ mod tests {
             .collect();
         fields.push(Field::new(
             crate::TIMESTAMP_FIELD,
-            crate::connector::timestamp_type(),
+            crate::task::timestamp_type(),
             false,
         ));
         let mut columns = batch.columns().to_vec();

@@ -16,13 +16,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{
-    ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, timestamp_type,
-    with_timestamp,
+use super::{ConnectorError, Options};
+use crate::task::{
+    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
+    timestamp_type, with_timestamp,
 };
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
-use crate::state::{RestoredState, TaskState};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -79,7 +77,7 @@ impl ImpulseFactory {
 }
 
 impl SourceFactory for ImpulseFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         Ok(Box::new(Impulse {
             config: self.config.clone(),
             projection: self.projection.clone(),
@@ -123,7 +121,7 @@ impl Impulse {
             .collect()
     }
 
-    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, DataflowError> {
+    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, TaskError> {
         let counters = self.counters(first, rows);
         let rows = counters.len() as u64;
         let times: Vec<i64> = match self.config.event_time_interval {
@@ -141,7 +139,7 @@ impl Impulse {
         ];
         let mut columns: Vec<ArrayRef> = self.projection.iter().map(|&i| all[i].clone()).collect();
         columns.push(times);
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataflowError::Connector {
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| TaskError::Connector {
             node: "impulse".into(),
             message: e.to_string(),
         })
@@ -150,7 +148,7 @@ impl Impulse {
 
 #[async_trait]
 impl Source for Impulse {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         let rate = self.config.event_rate / self.pos.parallelism as f64;
         let total = self.own_count();
         let start = Instant::now();
@@ -197,11 +195,11 @@ impl Source for Impulse {
         }
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         self.pos.snapshot()
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
             self.pos = pos;
         }

@@ -42,13 +42,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{
-    ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, parse_duration,
+use super::{ConnectorError, Options, parse_duration};
+use crate::task::{
+    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
     timestamp_type, with_timestamp,
 };
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
-use crate::state::{RestoredState, TaskState};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -257,7 +255,7 @@ impl NexmarkFactory {
 }
 
 impl SourceFactory for NexmarkFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         let first_time = self
             .config
             .first_event_time
@@ -894,7 +892,7 @@ impl Nexmark {
 
 #[async_trait]
 impl Source for Nexmark {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         let start = Instant::now();
         // Event numbers restart their schedule at a restore: the rate holds from now on.
         let skipped = self.pos.next;
@@ -931,7 +929,7 @@ impl Source for Nexmark {
             }
             let batch = self
                 .batch(self.pos.next, rows)
-                .map_err(|e| DataflowError::Connector {
+                .map_err(|e| TaskError::Connector {
                     node: ctx.info().node.clone(),
                     message: e.to_string(),
                 })?;
@@ -945,11 +943,11 @@ impl Source for Nexmark {
         }
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         self.pos.snapshot()
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
             if let Some(first_time) = pos.start_time {
                 self.generator = Generator::new(first_time, self.generator.delay);

@@ -16,20 +16,12 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use tokio::sync::mpsc;
 
 use super::{ConnectorConfig, ConnectorTable};
-use crate::dataflow::{Collector, DataflowError};
-use crate::operator::{Operator, OperatorFactory, TaskInfo};
-use crate::state::{RestoredState, TaskState};
+use crate::task::{Collector, TaskError};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, TaskState};
 
 /// Name of the default sink a bare SELECT writes to.
 pub const PREVIEW_SINK: &str = "preview";
-
-/// What a run gets from the process that embeds the engine.
-#[derive(Debug, Clone, Default)]
-pub struct JobContext {
-    /// Where the default sink sends its rows, as JSON objects in batches. Without it the
-    /// default sink discards its rows.
-    pub preview: Option<mpsc::Sender<Vec<String>>>,
-}
 
 pub struct SinkFactory {
     table: String,
@@ -52,8 +44,8 @@ impl SinkFactory {
 }
 
 impl OperatorFactory for SinkFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
-        let fail = |message: String| DataflowError::Connector {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
+        let fail = |message: String| TaskError::Connector {
             node: info.node.clone(),
             message,
         };
@@ -177,8 +169,8 @@ struct Sink {
 }
 
 impl Sink {
-    fn fail(&self, message: impl Into<String>) -> DataflowError {
-        DataflowError::Connector {
+    fn fail(&self, message: impl Into<String>) -> TaskError {
+        TaskError::Connector {
             node: self.node.clone(),
             message: message.into(),
         }
@@ -236,7 +228,7 @@ impl Operator for Sink {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
@@ -260,7 +252,7 @@ impl Operator for Sink {
                 stdout
                     .write_all(&lines)
                     .and_then(|_| stdout.flush())
-                    .map_err(|e| DataflowError::Connector {
+                    .map_err(|e| TaskError::Connector {
                         node: self.node.clone(),
                         message: format!("writing to stdout: {e}"),
                     })
@@ -268,7 +260,7 @@ impl Operator for Sink {
             Target::File(file) => {
                 let path = file.path.clone();
                 let node = self.node.clone();
-                let fail = |message: String| DataflowError::Connector {
+                let fail = |message: String| TaskError::Connector {
                     node: node.clone(),
                     message,
                 };
@@ -291,9 +283,9 @@ impl Operator for Sink {
         }
     }
 
-    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), TaskError> {
         if let Target::File(file) = &mut self.target {
-            file.sync().map_err(|e| DataflowError::Connector {
+            file.sync().map_err(|e| TaskError::Connector {
                 node: self.node.clone(),
                 message: e,
             })?;
@@ -301,10 +293,10 @@ impl Operator for Sink {
         Ok(())
     }
 
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         if let Target::File(file) = &mut self.target {
-            let length = file.sync().map_err(|e| DataflowError::Connector {
+            let length = file.sync().map_err(|e| TaskError::Connector {
                 node: self.node.clone(),
                 message: e,
             })?;
@@ -313,12 +305,12 @@ impl Operator for Sink {
         Ok(state)
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Target::File(file) = &mut self.target {
             // One writer per file: at most one old subtask has a length.
             file.restored = state.json::<u64>(LENGTH)?.into_iter().flatten().max();
             if file.restored.is_some() {
-                file.writer().map_err(|e| DataflowError::Connector {
+                file.writer().map_err(|e| TaskError::Connector {
                     node: self.node.clone(),
                     message: e,
                 })?;

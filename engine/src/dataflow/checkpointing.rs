@@ -6,7 +6,7 @@
 //! 1. The coordinator publishes trigger `N` (with `stop` for a stop with a final checkpoint).
 //!    At most one epoch is in flight; a stop waits for the one in flight.
 //! 2. Each source, between two batches, snapshots its offsets, reports them and sends
-//!    [`Barrier`] `N` on every output.
+//!    barrier `N` on every output.
 //! 3. An operator that has received barrier `N` on some inputs holds back what else comes on
 //!    those inputs until all open inputs delivered it (alignment); then it snapshots, reports
 //!    and forwards the barrier. With `stop` it then ends without flushing.
@@ -28,18 +28,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::runtime::DataflowError;
-use super::{Program, StopMode};
+use super::Program;
 use crate::checkpoint::{CheckpointStore, Manifest};
-use crate::state::{RestoredState, TaskState};
-
-/// A barrier: everything before it on an edge belongs to epoch `epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Barrier {
-    pub epoch: u64,
-    /// Stop after this checkpoint (no flush, no end of data).
-    pub stop: bool,
-}
+use crate::task::protocol::{Pending, RUNTIME_TABLE, Report, RuntimeState, TaskId};
+use crate::task::{Barrier, RestoredState, StopMode, TaskError, TaskState};
 
 /// Decides whether this run may still commit an epoch (false: a newer generation of the
 /// pipeline exists).
@@ -71,72 +63,24 @@ pub struct CompletedCheckpoint {
     pub last: bool,
 }
 
-/// The newest completed epoch (0: none), and whether it is the last epoch of the run.
-pub(crate) type Completions = watch::Receiver<(u64, bool)>;
-
-/// A subtask, by node index and subtask index.
-pub(crate) type TaskId = (usize, usize);
-
 /// A checkpoint file: name and bytes.
 pub(crate) type File = (String, Vec<u8>);
 
 /// Subtasks that ended: their final state, and whether they read their input to the end.
 type Ended = BTreeMap<TaskId, (Pending, bool)>;
 
-/// A subtask's snapshot as reported, not yet encoded: the coordinator encodes it off the data
-/// path (batches are shared, so holding them costs no copy).
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    task: TaskId,
-    state: TaskState,
+/// The checkpoint files of a subtask's snapshot: one Arrow IPC file per table, named
+/// `<node>/<subtask>/<table>`.
+fn encode(pending: &Pending) -> Result<Vec<File>, TaskError> {
+    let (node, subtask) = pending.task;
+    Ok(pending
+        .state
+        .encode()?
+        .into_iter()
+        .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
+        .collect())
 }
 
-impl Pending {
-    /// The checkpoint files of this subtask: one Arrow IPC file per table.
-    pub fn encode(&self) -> Result<Vec<File>, DataflowError> {
-        let (node, subtask) = self.task;
-        Ok(self
-            .state
-            .encode()?
-            .into_iter()
-            .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
-            .collect())
-    }
-}
-
-/// What subtasks tell the coordinator.
-#[derive(Debug)]
-pub(crate) enum Report {
-    /// The snapshot at barrier `epoch`.
-    Snapshot {
-        task: TaskId,
-        epoch: u64,
-        files: Pending,
-    },
-    /// The subtask ended; its final state. `complete`: a source read its input to the end
-    /// (false for a source that was stopped).
-    Ended {
-        task: TaskId,
-        files: Pending,
-        complete: bool,
-    },
-}
-
-/// What a subtask holds to take part in checkpoints.
-#[derive(Clone)]
-pub(crate) struct Link {
-    pub task: TaskId,
-    pub reports: mpsc::UnboundedSender<Report>,
-    pub completed: Completions,
-}
-
-/// The runtime's own part of a subtask's state.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct RuntimeState {
-    watermark: Option<i64>,
-}
-
-const RUNTIME_TABLE: &str = "_runtime";
 const TOPOLOGY: &str = "topology.json";
 
 /// The shape of the dataflow a checkpoint was taken of.
@@ -146,46 +90,21 @@ struct Topology {
     nodes: Vec<(String, usize)>,
 }
 
-impl Link {
-    /// `state` (with the runtime's part) as this subtask's snapshot, to report.
-    pub fn files(
-        &self,
-        mut state: TaskState,
-        watermark: Option<i64>,
-    ) -> Result<Pending, DataflowError> {
-        state.put_json(RUNTIME_TABLE, &RuntimeState { watermark })?;
-        Ok(Pending {
-            task: self.task,
-            state,
-        })
-    }
-
-    pub fn report(&self, report: Report) {
-        // The coordinator only goes away when the run fails or ends.
-        let _ = self.reports.send(report);
-    }
-
-    /// Waits until `epoch` is completed; false if the coordinator ended first.
-    pub async fn wait_completed(&mut self, epoch: u64) -> bool {
-        self.completed.wait_for(|c| c.0 >= epoch).await.is_ok()
-    }
-}
-
 /// Reads the state of every node from checkpoint `manifest`.
 pub(crate) async fn load(
     store: &CheckpointStore,
     manifest: &Manifest,
     program: &Program,
-) -> Result<Vec<RestoredState>, DataflowError> {
+) -> Result<Vec<RestoredState>, TaskError> {
     let failed =
-        |e: crate::checkpoint::CheckpointError| DataflowError::State(crate::error_chain(&e));
+        |e: crate::checkpoint::CheckpointError| TaskError::State(crate::task::error_chain(&e));
     let topology: Topology =
         serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
-            .map_err(|e| DataflowError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
+            .map_err(|e| TaskError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
     let labels: Vec<&str> = program.nodes.iter().map(|n| n.label.as_str()).collect();
     let taken: Vec<&str> = topology.nodes.iter().map(|(l, _)| l.as_str()).collect();
     if labels != taken {
-        return Err(DataflowError::State(format!(
+        return Err(TaskError::State(format!(
             "checkpoint {} under {} was taken of another dataflow ({} nodes, this one has {})",
             manifest.epoch,
             store.display(),
@@ -216,7 +135,7 @@ pub(crate) async fn load(
             .get_mut(node)
             .and_then(|n| n.subtasks.get_mut(subtask))
         else {
-            return Err(DataflowError::State(format!(
+            return Err(TaskError::State(format!(
                 "checkpoint {}: file {} names no subtask of the dataflow",
                 manifest.epoch, entry.name
             )));
@@ -247,9 +166,9 @@ const TOLERATED_FAILURES: u32 = 3;
 /// Why an epoch was not committed.
 enum Commit {
     /// A newer generation exists: this run must end.
-    Fenced(DataflowError),
+    Fenced(TaskError),
     /// Writing it failed.
-    Write(DataflowError),
+    Write(TaskError),
 }
 
 /// The coordinator's side of a run.
@@ -274,7 +193,7 @@ struct InFlight {
 }
 
 impl Coordinator {
-    pub async fn run(mut self) -> Result<(), DataflowError> {
+    pub async fn run(mut self) -> Result<(), TaskError> {
         let mut next = self.first_epoch;
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.interval,
@@ -376,7 +295,7 @@ impl Coordinator {
 
     /// Every subtask ended: when every source read to its end (and no stop asked for a
     /// checkpoint), the final state becomes the last epoch.
-    async fn finish(self, epoch: u64, ended: Ended, stopping: bool) -> Result<(), DataflowError> {
+    async fn finish(self, epoch: u64, ended: Ended, stopping: bool) -> Result<(), TaskError> {
         let complete = self.tasks.iter().all(|t| ended.contains_key(t))
             && self
                 .sources
@@ -406,7 +325,7 @@ impl Coordinator {
         if let Some(gate) = &self.config.gate
             && !gate.may_commit(epoch).await
         {
-            return Err(Commit::Fenced(DataflowError::State(format!(
+            return Err(Commit::Fenced(TaskError::State(format!(
                 "checkpoint {epoch} may not be committed: a newer run of this pipeline exists"
             ))));
         }
@@ -418,17 +337,17 @@ impl Coordinator {
         let encoded = tokio::task::spawn_blocking(move || {
             files
                 .into_values()
-                .map(|p| p.encode())
+                .map(|p| encode(&p))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?
+        .map_err(|e| Commit::Write(TaskError::State(e.to_string())))?
         .map_err(Commit::Write)?;
         let mut all: Vec<File> = encoded.into_iter().flatten().collect();
         let topology = serde_json::to_vec(&Topology {
             nodes: self.topology.clone(),
         })
-        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?;
+        .map_err(|e| Commit::Write(TaskError::State(e.to_string())))?;
         all.push((TOPOLOGY.to_string(), topology));
         let bytes = all.iter().map(|(_, b)| b.len() as u64).sum();
         self.config
@@ -436,8 +355,8 @@ impl Coordinator {
             .write_epoch(epoch, all)
             .await
             .map_err(|e| {
-                let chain = crate::error_chain(&e);
-                Commit::Write(DataflowError::State(format!(
+                let chain = crate::task::error_chain(&e);
+                Commit::Write(TaskError::State(format!(
                     "writing checkpoint {epoch}: {chain}"
                 )))
             })?;
@@ -466,8 +385,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::connector::JobContext;
     use crate::dataflow::{RunOutcome, run};
+    use crate::task::JobContext;
 
     /// Counters the bounded test programs write in all.
     const COUNT: u64 = 4000;

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::connector::SourceFactory;
-use crate::operator::OperatorFactory;
+use crate::task::{OperatorFactory, SourceFactory};
 
 /// A planned query, ready to run at any parallelism.
 #[derive(Debug, Clone, Default)]

@@ -2,72 +2,22 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span};
 
-use super::checkpointing::{
-    self, Barrier, CheckpointConfig, CompletedCheckpoint, Completions, Link, Report,
+use super::checkpointing::{self, CheckpointConfig, CompletedCheckpoint};
+use super::{EdgeKind, NodeKind, Program};
+use crate::task::protocol::{Completions, Link, Report};
+use crate::task::{
+    Barrier, Collector, JobContext, Message, Operator, RestoredState, Route, Rx, Source,
+    SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
 };
-use super::{EdgeKind, Message, NodeKind, Program, Watermark};
-use crate::connector::{SourceContext, SourceEnd};
-use crate::operator::{Operator, TaskInfo};
 
 /// Messages a subtask's input channels hold in all before its senders wait.
 const CHANNEL_CAPACITY: usize = 16;
 /// Messages each input slot's channel holds at least.
 const MIN_SLOT_CAPACITY: usize = 2;
-
-/// Errors that end a run.
-#[derive(Debug, thiserror::Error)]
-pub enum DataflowError {
-    /// A connector failed: bad input data, an unreachable file, a failed write.
-    #[error("{node}: {message}")]
-    Connector { node: String, message: String },
-    /// Evaluating an expression failed on a batch.
-    #[error("{node}: evaluating an expression failed")]
-    Expression {
-        node: String,
-        #[source]
-        source: datafusion::error::DataFusionError,
-    },
-    /// Setting up the dataflow failed.
-    #[error("{0}")]
-    Setup(String),
-    /// A subtask panicked: a bug.
-    #[error("subtask {0} panicked")]
-    Panic(String),
-    /// A downstream subtask went away while this one still had data for it.
-    #[error("channel closed")]
-    ChannelClosed,
-    /// Taking, writing or restoring a checkpoint failed.
-    #[error("checkpoint: {0}")]
-    State(String),
-}
-
-impl DataflowError {
-    /// Wraps a failed evaluation in node `node`: `.map_err(DataflowError::expression(&label))`.
-    pub fn expression(
-        node: &str,
-    ) -> impl FnOnce(datafusion::error::DataFusionError) -> DataflowError + use<> {
-        let node = node.to_string();
-        move |source| DataflowError::Expression { node, source }
-    }
-}
-
-/// How a run is asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopMode {
-    /// A final checkpoint, then every subtask stops where it is (nothing is flushed: the run
-    /// restored from that checkpoint goes on as if never stopped). Without checkpointing, as
-    /// [`StopMode::Graceful`].
-    Checkpoint,
-    /// Sources stop reading, everything in flight drains to the sinks; no checkpoint.
-    Graceful,
-    /// Every task is aborted at once; in-flight data is lost (recovered from a checkpoint).
-    Immediate,
-}
 
 /// The outcome of a run: every source reached its end, or a stop was requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +29,7 @@ pub enum RunOutcome {
 /// A running dataflow.
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
-    tasks: JoinSet<Result<(), DataflowError>>,
+    tasks: JoinSet<Result<(), TaskError>>,
     checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
     restored: Option<u64>,
 }
@@ -106,7 +56,7 @@ impl RunHandle {
     }
 
     /// Waits for every subtask; the first error aborts the rest and is returned.
-    pub async fn wait(mut self) -> Result<RunOutcome, DataflowError> {
+    pub async fn wait(mut self) -> Result<RunOutcome, TaskError> {
         let mut stop_rx = self.stop.subscribe();
         loop {
             tokio::select! {
@@ -122,7 +72,7 @@ impl RunHandle {
                         if join.is_cancelled() {
                             return Ok(RunOutcome::Stopped);
                         }
-                        return Err(DataflowError::Panic(join.to_string()));
+                        return Err(TaskError::Panic(join.to_string()));
                     }
                 },
                 changed = stop_rx.changed() => {
@@ -142,104 +92,14 @@ impl RunHandle {
     }
 }
 
-type Tx = mpsc::Sender<(u32, Message)>;
-type Rx = mpsc::Receiver<(u32, Message)>;
-
-/// Where a subtask's output goes.
-enum Route {
-    /// One downstream subtask.
-    One(Tx, u32),
-    /// Round-robin over all downstream subtasks.
-    RoundRobin(Vec<(Tx, u32)>, usize),
-    /// By key hash over all downstream subtasks.
-    Hash(
-        Vec<(Tx, u32)>,
-        Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    ),
-}
-
-/// The output side of a subtask: routes batches and broadcasts control messages.
-pub struct Collector {
-    node: String,
-    routes: Vec<Route>,
-}
-
-impl Collector {
-    /// Sends a batch downstream (dropped if it has no rows).
-    pub async fn collect(&mut self, batch: RecordBatch) -> Result<(), DataflowError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        for route in &mut self.routes {
-            // Cloning a batch clones Arcs, not column data.
-            let batch = batch.clone();
-            match route {
-                Route::One(tx, slot) => send(tx, *slot, Message::Data(batch)).await?,
-                Route::RoundRobin(txs, next) => {
-                    let (tx, slot) = &txs[*next];
-                    *next = (*next + 1) % txs.len();
-                    send(tx, *slot, Message::Data(batch)).await?
-                }
-                Route::Hash(txs, keys) => {
-                    let parts = crate::operator::partition_by_hash(&batch, keys, txs.len())
-                        .map_err(DataflowError::expression(&self.node))?;
-                    for (part, (tx, slot)) in parts.into_iter().zip(txs.iter()) {
-                        if let Some(part) = part {
-                            send(tx, *slot, Message::Data(part)).await?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a control message to every downstream subtask.
-    pub async fn broadcast(&mut self, msg: Message) -> Result<(), DataflowError> {
-        for route in &self.routes {
-            match route {
-                Route::One(tx, slot) => send(tx, *slot, msg.clone()).await?,
-                Route::RoundRobin(txs, _) | Route::Hash(txs, _) => {
-                    for (tx, slot) in txs {
-                        send(tx, *slot, msg.clone()).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// True when nothing is downstream (a sink).
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-}
-
-#[cfg(test)]
-impl Collector {
-    /// A collector into one channel of `capacity` messages, for operator tests.
-    pub(crate) fn for_test(capacity: usize) -> (Collector, Rx) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let routes = vec![Route::One(tx, 0)];
-        let node = "test".to_string();
-        (Collector { node, routes }, rx)
-    }
-}
-
-async fn send(tx: &Tx, slot: u32, msg: Message) -> Result<(), DataflowError> {
-    tx.send((slot, msg))
-        .await
-        .map_err(|_| DataflowError::ChannelClosed)
-}
-
 /// Starts every subtask of `program` at `parallelism` on the current runtime; with
 /// `checkpoints`, restores its checkpoint (if any) and takes checkpoints.
 pub async fn run(
     program: &Program,
     parallelism: usize,
-    job: Arc<crate::connector::JobContext>,
+    job: Arc<JobContext>,
     checkpoints: Option<CheckpointConfig>,
-) -> Result<RunHandle, DataflowError> {
+) -> Result<RunHandle, TaskError> {
     let parallelism = parallelism.max(1);
     let n = program.nodes.len();
     let par: Vec<usize> = program
@@ -315,7 +175,7 @@ pub async fn run(
     let (published_tx, published) = watch::channel(None);
     let mut tasks = JoinSet::new();
     let mut restored_epoch = None;
-    let mut restored: Vec<Option<crate::state::RestoredState>> = vec![None; n];
+    let mut restored: Vec<Option<RestoredState>> = vec![None; n];
     let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
     if let Some(config) = checkpoints {
         if let Some(manifest) = &config.restore {
@@ -328,7 +188,7 @@ pub async fn run(
             .store
             .next_epoch()
             .await
-            .map_err(|e| DataflowError::State(crate::error_chain(&e)))?;
+            .map_err(|e| TaskError::State(crate::task::error_chain(&e)))?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (completed, completed_rx) = watch::channel((0u64, false));
         let all: Vec<(usize, usize)> = (0..n)
@@ -369,10 +229,10 @@ pub async fn run(
                 job: job.clone(),
                 checkpointing: links.is_some(),
             };
-            let out = Collector {
-                node: node.label.clone(),
-                routes: routes[node_id].pop().expect("one route list per subtask"),
-            };
+            let out = Collector::new(
+                node.label.clone(),
+                routes[node_id].pop().expect("one route list per subtask"),
+            );
             let link = links.as_ref().map(|(reports, completed)| Link {
                 task: (node_id, subtask),
                 reports: reports.clone(),
@@ -428,10 +288,7 @@ pub async fn run(
     })
 }
 
-async fn run_source(
-    mut source: Box<dyn crate::connector::Source>,
-    mut ctx: SourceContext,
-) -> Result<(), DataflowError> {
+async fn run_source(mut source: Box<dyn Source>, mut ctx: SourceContext) -> Result<(), TaskError> {
     let end = source.run(&mut ctx).await?;
     debug!(task = %ctx.info().node, subtask = ctx.info().subtask, ?end, "source ended");
     if end == SourceEnd::Checkpointed {
@@ -481,7 +338,7 @@ fn poll_slots(
     slots: &mut [Slot],
     next: &mut usize,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Result<(usize, Message), DataflowError>> {
+) -> std::task::Poll<Result<(usize, Message), TaskError>> {
     use std::task::Poll;
     let n = slots.len();
     for k in 0..n {
@@ -500,7 +357,7 @@ fn poll_slots(
             }
             Poll::Ready(None) => {
                 slot.rx = None;
-                return Poll::Ready(Err(DataflowError::ChannelClosed));
+                return Poll::Ready(Err(TaskError::ChannelClosed));
             }
             Poll::Pending => {}
         }
@@ -509,7 +366,7 @@ fn poll_slots(
 }
 
 impl OperatorTask {
-    async fn run(mut self, rxs: Vec<Rx>) -> Result<(), DataflowError> {
+    async fn run(mut self, rxs: Vec<Rx>) -> Result<(), TaskError> {
         let mut slots: Vec<Slot> = rxs
             .into_iter()
             .map(|rx| Slot {
@@ -588,7 +445,7 @@ impl OperatorTask {
         &mut self,
         slots: &[Slot],
         idle: &mut bool,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         let mut min: Option<i64> = None;
         let mut all_idle = true;
         for s in slots.iter().filter(|s| !s.ended) {
@@ -620,7 +477,7 @@ impl OperatorTask {
 
     /// Every input delivered `barrier`: snapshot, report, forward. True when the run stops
     /// here.
-    async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, DataflowError> {
+    async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, TaskError> {
         let started = std::time::Instant::now();
         let state = self.op.snapshot().await?;
         debug!(
@@ -657,7 +514,7 @@ impl OperatorTask {
     /// sink commits what it staged at the end only when that epoch records it. A checkpoint
     /// that completes meanwhile is not the last one: it does not cover what came after its
     /// barrier, so it commits nothing here.
-    async fn close(&mut self) -> Result<(), DataflowError> {
+    async fn close(&mut self) -> Result<(), TaskError> {
         self.op.on_close(&mut self.out).await?;
         if let Some(link) = &self.link {
             let state = self.op.snapshot().await?;
@@ -687,6 +544,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
 
     /// Forwards what it gets.
     struct Forward;
@@ -698,7 +556,7 @@ mod tests {
             batch: RecordBatch,
             _input: usize,
             out: &mut Collector,
-        ) -> Result<(), DataflowError> {
+        ) -> Result<(), TaskError> {
             out.collect(batch).await
         }
     }

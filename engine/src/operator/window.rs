@@ -36,9 +36,9 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use tracing::debug;
 
-use super::{Operator, OperatorFactory, TaskInfo};
-use crate::dataflow::{Collector, DataflowError, Message, Watermark};
-use crate::state::{RestoredState, TaskState};
+use crate::task::{Collector, Message, TaskError, Watermark};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, TaskState};
 
 /// State table of a window aggregate: one row per group of an open pane (see [`Pane::snapshot`]).
 const PANES: &str = "panes";
@@ -116,7 +116,7 @@ pub struct WindowAggregate {
 }
 
 impl OperatorFactory for WindowAggregate {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         if let WindowKind::Session { gap } = self.window {
             return Ok(Box::new(SessionOp {
                 plan: self.clone(),
@@ -127,7 +127,7 @@ impl OperatorFactory for WindowAggregate {
             }));
         }
         let state_widths = state_widths(&self.aggregates)
-            .map_err(|e| DataflowError::Setup(format!("{}: {e}", self.label)))?;
+            .map_err(|e| TaskError::Setup(format!("{}: {e}", self.label)))?;
         Ok(Box::new(WindowAggregateOp {
             plan: self.clone(),
             info: info.clone(),
@@ -179,9 +179,9 @@ pub(crate) fn state_batch(names: Vec<String>, columns: Vec<ArrayRef>) -> Result<
 }
 
 /// Wraps a failure to snapshot or restore the state of node `node`.
-pub(crate) fn state_error(node: &str) -> impl FnOnce(DataFusionError) -> DataflowError + use<> {
+pub(crate) fn state_error(node: &str) -> impl FnOnce(DataFusionError) -> TaskError + use<> {
     let node = node.to_string();
-    move |e| DataflowError::State(format!("{node}: {e}"))
+    move |e| TaskError::State(format!("{node}: {e}"))
 }
 
 /// A state table that does not have the expected columns.
@@ -494,16 +494,12 @@ impl Operator for WindowAggregateOp {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         self.update(&batch)
-            .map_err(DataflowError::expression(&self.plan.label))
+            .map_err(TaskError::expression(&self.plan.label))
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.watermark = Some(watermark);
         let open = match watermark.checked_add(1) {
             Some(w) => self.panes.split_off(&w),
@@ -513,7 +509,7 @@ impl Operator for WindowAggregateOp {
         for (end, pane) in closed {
             let batch = self
                 .emit(end, pane)
-                .map_err(DataflowError::expression(&self.plan.label))?;
+                .map_err(TaskError::expression(&self.plan.label))?;
             if let Some(batch) = batch {
                 out.collect(batch).await?;
             }
@@ -522,7 +518,7 @@ impl Operator for WindowAggregateOp {
             .await
     }
 
-    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), TaskError> {
         if self.late > 0 {
             debug!(node = %self.plan.label, late = self.late, "late rows dropped");
         }
@@ -531,7 +527,7 @@ impl Operator for WindowAggregateOp {
 
     /// The open panes (table [`PANES`]) and the late-row count (table [`LATE`]); the
     /// watermark that decides lateness is the subtask's, which the runtime saves.
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         let mut batches = Vec::with_capacity(self.panes.len());
         for (&end, pane) in &mut self.panes {
@@ -546,7 +542,7 @@ impl Operator for WindowAggregateOp {
     }
 
     /// Takes the groups whose keys hash to this subtask, from every old subtask's panes.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         self.watermark = state.watermark;
         self.late = restored_late(state, &self.info)?;
         let keys = state_keys(&self.plan.keys, &self.plan.key_schema);
@@ -559,7 +555,7 @@ impl Operator for WindowAggregateOp {
 
 /// The late-row count of a restored subtask: old subtask `j`'s count goes to new subtask
 /// `j mod parallelism`, which keeps the total (and, at the same parallelism, each count).
-fn restored_late(state: &RestoredState, info: &TaskInfo) -> Result<u64, DataflowError> {
+fn restored_late(state: &RestoredState, info: &TaskInfo) -> Result<u64, TaskError> {
     let counts: Vec<Vec<u64>> = state.json(LATE)?;
     Ok(counts
         .iter()
@@ -723,14 +719,14 @@ impl Operator for SessionOp {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         // A row whose whole session would already be closed is late.
         let batch = match self.watermark {
             Some(w) => {
                 let ts = timestamps(&batch);
                 let keep: BooleanArray = ts.iter().map(|t| Some(t + self.gap > w)).collect();
                 datafusion::arrow::compute::filter_record_batch(&batch, &keep)
-                    .map_err(|e| DataflowError::expression(&self.plan.label)(e.into()))?
+                    .map_err(|e| TaskError::expression(&self.plan.label)(e.into()))?
             }
             None => batch,
         };
@@ -740,15 +736,11 @@ impl Operator for SessionOp {
         Ok(())
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.watermark = Some(watermark);
         let closed = self
             .close(watermark)
-            .map_err(DataflowError::expression(&self.plan.label))?;
+            .map_err(TaskError::expression(&self.plan.label))?;
         if let Some(batch) = closed {
             out.collect(batch).await?;
         }
@@ -758,7 +750,7 @@ impl Operator for SessionOp {
 
     /// The buffered rows of open sessions (table [`SESSION_ROWS`]); sessions are only formed
     /// when the watermark closes them, so the rows are the whole state.
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         state.put(SESSION_ROWS, self.buffer.iter().cloned());
         Ok(state)
@@ -766,7 +758,7 @@ impl Operator for SessionOp {
 
     /// Takes the buffered rows whose keys hash to this subtask: the stored rows are input
     /// rows, so the shuffle's own key expressions pick them.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         self.watermark = state.watermark;
         self.buffer = state.owned_rows(SESSION_ROWS, &self.plan.keys, &self.info)?;
         Ok(())
@@ -776,7 +768,7 @@ impl Operator for SessionOp {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::operator::partition_by_hash;
+    use crate::task::partition_by_hash;
     use datafusion::arrow::array::StringArray;
     use datafusion::arrow::util::display::array_value_to_string;
     use datafusion::functions_aggregate::average::avg_udaf;

@@ -41,12 +41,13 @@ fn is_window_struct(t: &DataType) -> bool {
         _ => false,
     }
 }
-use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp, with_updating};
+use crate::connector::{ConnectorConfig, ConnectorTable};
 use crate::dataflow::{EdgeKind, NodeKind, Program};
+use crate::operator::Transform;
 use crate::operator::join::TtlJoin;
 use crate::operator::transform::Step;
 use crate::operator::updating::UpdatingAggregate;
-use crate::operator::{OperatorFactory, Transform};
+use crate::task::{OperatorFactory, with_timestamp, with_updating};
 
 /// A stream under construction: the node that produces it and stateless steps still to apply.
 struct Stream {

@@ -21,8 +21,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
+use super::context::TaskInfo;
+use super::error::TaskError;
+use super::hash::partition_by_hash;
 
 /// One subtask's state at a checkpoint: tables of batches by name.
 #[derive(Debug, Default, Clone)]
@@ -42,13 +43,13 @@ impl TaskState {
     }
 
     /// Stores `value` as a one-row JSON table `name`.
-    pub fn put_json(&mut self, name: &str, value: &impl Serialize) -> Result<(), DataflowError> {
+    pub fn put_json(&mut self, name: &str, value: &impl Serialize) -> Result<(), TaskError> {
         let text = serde_json::to_string(value)
-            .map_err(|e| DataflowError::State(format!("encoding state '{name}': {e}")))?;
+            .map_err(|e| TaskError::State(format!("encoding state '{name}': {e}")))?;
         let schema = Arc::new(Schema::new(vec![Field::new("json", DataType::Utf8, false)]));
         let column: ArrayRef = Arc::new(StringArray::from(vec![text]));
         let batch = RecordBatch::try_new(schema, vec![column])
-            .map_err(|e| DataflowError::State(e.to_string()))?;
+            .map_err(|e| TaskError::State(e.to_string()))?;
         self.put(name, [batch]);
         Ok(())
     }
@@ -59,19 +60,18 @@ impl TaskState {
     }
 
     /// The JSON documents of table `name`, one per row.
-    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, DataflowError> {
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, TaskError> {
         let mut out = Vec::new();
         for batch in self.table(name) {
             let column = batch
                 .column(0)
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .ok_or_else(|| DataflowError::State(format!("state '{name}' is not JSON")))?;
+                .ok_or_else(|| TaskError::State(format!("state '{name}' is not JSON")))?;
             for text in column.iter().flatten() {
                 out.push(
-                    serde_json::from_str(text).map_err(|e| {
-                        DataflowError::State(format!("decoding state '{name}': {e}"))
-                    })?,
+                    serde_json::from_str(text)
+                        .map_err(|e| TaskError::State(format!("decoding state '{name}': {e}")))?,
                 );
             }
         }
@@ -83,7 +83,7 @@ impl TaskState {
     }
 
     /// Every table with at least one row, as (name, Arrow IPC file bytes).
-    pub fn encode(&self) -> Result<Vec<(String, Vec<u8>)>, DataflowError> {
+    pub fn encode(&self) -> Result<Vec<(String, Vec<u8>)>, TaskError> {
         let mut files = Vec::new();
         for (name, batches) in &self.tables {
             let Some(first) = batches.first() else {
@@ -97,16 +97,16 @@ impl TaskState {
                 }
                 writer.finish()
             })();
-            encoded.map_err(|e| DataflowError::State(format!("encoding state '{name}': {e}")))?;
+            encoded.map_err(|e| TaskError::State(format!("encoding state '{name}': {e}")))?;
             files.push((name.clone(), buf));
         }
         Ok(files)
     }
 
     /// Adds the table `name` from Arrow IPC file bytes made by [`TaskState::encode`].
-    pub fn decode_into(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DataflowError> {
+    pub fn decode_into(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), TaskError> {
         let fail = |e: datafusion::arrow::error::ArrowError| {
-            DataflowError::State(format!("decoding state '{name}': {e}"))
+            TaskError::State(format!("decoding state '{name}': {e}"))
         };
         let reader = FileReader::try_new(Cursor::new(bytes), None).map_err(fail)?;
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(fail)?;
@@ -145,7 +145,7 @@ impl RestoredState {
         name: &str,
         keys: &[Arc<dyn PhysicalExpr>],
         info: &TaskInfo,
-    ) -> Result<Vec<RecordBatch>, DataflowError> {
+    ) -> Result<Vec<RecordBatch>, TaskError> {
         let all = self.all(name);
         if info.parallelism <= 1 {
             return Ok(all);
@@ -155,8 +155,8 @@ impl RestoredState {
         }
         let mut out = Vec::new();
         for batch in all {
-            let parts = crate::operator::partition_by_hash(&batch, keys, info.parallelism)
-                .map_err(|e| DataflowError::State(format!("re-partitioning '{name}': {e}")))?;
+            let parts = partition_by_hash(&batch, keys, info.parallelism)
+                .map_err(|e| TaskError::State(format!("re-partitioning '{name}': {e}")))?;
             if let Some(Some(mine)) = parts.into_iter().nth(info.subtask) {
                 out.push(mine);
             }
@@ -165,7 +165,7 @@ impl RestoredState {
     }
 
     /// The JSON documents of table `name` per old subtask.
-    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<Vec<T>>, DataflowError> {
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<Vec<T>>, TaskError> {
         self.subtasks.iter().map(|s| s.json(name)).collect()
     }
 }
@@ -174,11 +174,11 @@ impl RestoredState {
 pub fn retain(
     batch: &RecordBatch,
     mask: &datafusion::arrow::array::BooleanArray,
-) -> Result<RecordBatch, DataflowError> {
+) -> Result<RecordBatch, TaskError> {
     if mask.true_count() == mask.len() {
         return Ok(batch.clone());
     }
-    filter_record_batch(batch, mask).map_err(|e| DataflowError::State(e.to_string()))
+    filter_record_batch(batch, mask).map_err(|e| TaskError::State(e.to_string()))
 }
 
 #[cfg(test)]
