@@ -154,8 +154,7 @@ impl Arroyod for Api {
             .map_err(status)?;
         // Which epochs still have their files (garbage collection keeps the newest few).
         let state_url = p.row().state_url;
-        let retained: Vec<u64> = match arroyod_engine::checkpoint::CheckpointStore::open(&state_url)
-        {
+        let retained: Vec<u64> = match arroyod_engine::storage::CheckpointStore::open(&state_url) {
             Ok(store) => store
                 .list()
                 .await

@@ -25,11 +25,10 @@
 //! damaged it falls back to the newest older one that passes `PRAGMA integrity_check`.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::Arc;
 
-use arroyod_engine::checkpoint::fnv1a64;
-use arroyod_engine::connector::{ConnectorError, Location};
+use arroyod_engine::storage::checksum::fnv1a64;
+use arroyod_engine::storage::{Location, StorageError, durable};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -56,7 +55,7 @@ pub enum BackupError {
     Url {
         url: String,
         #[source]
-        source: ConnectorError,
+        source: StorageError,
     },
     /// The object store of `backup_url` cannot be set up (credentials, region).
     #[error("{0}")]
@@ -215,7 +214,9 @@ impl Backup {
             url: url.to_string(),
             source,
         })?;
-        let store = location.store().map_err(BackupError::Setup)?;
+        let store = location
+            .store()
+            .map_err(|e| BackupError::Setup(error_chain(&e)))?;
         let dir = location.prefix().clone().join(SNAPSHOTS);
         Ok(Backup {
             location,
@@ -448,11 +449,7 @@ fn write_database(dest: &std::path::Path, bytes: &[u8]) -> Result<(), BackupErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "arroyod.db".into());
-    let tmp = dir.join(format!(".{file_name}.restoring"));
-    let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    file.write_all(bytes).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    drop(file);
+    let staged = durable::stage(dest, bytes).map_err(io("writing a copy beside", dest))?;
     for suffix in ["-wal", "-shm"] {
         let stale = dir.join(format!("{file_name}{suffix}"));
         match std::fs::remove_file(&stale) {
@@ -462,10 +459,7 @@ fn write_database(dest: &std::path::Path, bytes: &[u8]) -> Result<(), BackupErro
             _ => {}
         }
     }
-    std::fs::rename(&tmp, dest).map_err(io("renaming into", dest))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", &dir))
+    staged.commit().map_err(io("renaming into", dest))
 }
 
 async fn remove_if_exists(path: &std::path::Path) -> Result<(), BackupError> {

@@ -37,7 +37,7 @@ pub enum ConfigError {
     StateUrl {
         url: String,
         #[source]
-        source: arroyod_engine::connector::ConnectorError,
+        source: arroyod_engine::storage::StorageError,
     },
     /// `checkpoint_interval` is not a duration such as `10s` or `500ms`.
     #[error("checkpoint_interval '{value}': {reason}")]
@@ -47,7 +47,7 @@ pub enum ConfigError {
     BackupUrl {
         url: String,
         #[source]
-        source: arroyod_engine::connector::ConnectorError,
+        source: arroyod_engine::storage::StorageError,
     },
 }
 
@@ -160,7 +160,7 @@ impl Config {
             .filter(|u| !u.is_empty())
             .or(file.backup_url);
         if let Some(url) = &backup_url {
-            arroyod_engine::connector::Location::parse(url, vec![]).map_err(|source| {
+            arroyod_engine::storage::Location::parse(url, vec![]).map_err(|source| {
                 ConfigError::BackupUrl {
                     url: url.clone(),
                     source,
@@ -174,7 +174,7 @@ impl Config {
             .filter(|u| !u.is_empty())
             .or(file.state_url)
             .unwrap_or_else(|| data_dir.join("state").display().to_string());
-        arroyod_engine::connector::Location::parse(&state_url, vec![]).map_err(|source| {
+        arroyod_engine::storage::Location::parse(&state_url, vec![]).map_err(|source| {
             ConfigError::StateUrl {
                 url: state_url.clone(),
                 source,

@@ -80,7 +80,7 @@ fn place(state: Option<&str>) -> StatePlace {
     let temp = std::env::temp_dir().join("arroyod");
     match state {
         Some(url) if url.contains("://") && !url.starts_with("file://") => {
-            let hash = arroyod_engine::checkpoint::fnv1a64(url.as_bytes());
+            let hash = arroyod_engine::storage::checksum::fnv1a64(url.as_bytes());
             StatePlace {
                 data_dir: temp.join(format!("remote-{hash:016x}")),
                 state_root: url.trim_end_matches('/').to_string(),

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arroyod_engine::checkpoint::CheckpointStore;
 use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
+use arroyod_engine::storage::CheckpointStore;
 
 use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
 use arroyod_engine::task::JobContext;
@@ -305,7 +305,7 @@ async fn checkpointing(
     if start.state_url.is_empty() {
         return Ok(None);
     }
-    let failed = |e: arroyod_engine::checkpoint::CheckpointError| {
+    let failed = |e: arroyod_engine::storage::StorageError| {
         format!(
             "checkpoints at {}: {}",
             start.state_url,

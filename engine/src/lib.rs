@@ -19,11 +19,11 @@
 //! The engine never blocks the runtime: file I/O in connectors is small buffered writes or goes
 //! through `spawn_blocking`, and expressions are evaluated on whole batches.
 
-pub mod checkpoint;
 pub mod connector;
 pub mod dataflow;
 pub mod operator;
 pub mod sql;
+pub mod storage;
 pub mod task;
 
 pub use task::{TIMESTAMP_FIELD, error_chain};

@@ -74,10 +74,6 @@ use datafusion::parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, P
 use datafusion::parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, GetResult, GetResultPayload, MultipartUpload, ObjectMeta, ObjectStore,
@@ -93,6 +89,7 @@ use super::file::{
     self, BadData, FilePosition, FileSource, FileSourceConfig, FileSourceFactory, LineFormat,
 };
 use super::{ConnectorError, ConnectorTable, EventTimeSpec, Options, parse_duration};
+use crate::storage::{Location, StorageError, durable};
 use crate::task::{
     Collector, Message, Operator, OperatorFactory, RestoredState, Source, SourceContext, SourceEnd,
     SourceFactory, TaskError, TaskInfo, TaskState, Watermark,
@@ -137,27 +134,6 @@ impl FileFormat {
     }
 }
 
-/// Which kind of object store a location is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    Local,
-    S3,
-    Gcs,
-    Azure,
-}
-
-/// Where a table's files are: a store and a directory (prefix) in it.
-#[derive(Debug, Clone)]
-pub struct Location {
-    scheme: Scheme,
-    /// `scheme://bucket` for an object store; empty for a local path.
-    base: String,
-    /// The directory inside the store.
-    prefix: Path,
-    /// `storage.*` options, without the `storage.` (checked against the store's keys).
-    storage: Vec<(String, String)>,
-}
-
 fn invalid(option: &str, value: &str, reason: impl Into<String>) -> ConnectorError {
     ConnectorError::InvalidOption {
         option: option.into(),
@@ -166,146 +142,14 @@ fn invalid(option: &str, value: &str, reason: impl Into<String>) -> ConnectorErr
     }
 }
 
-/// `path` made absolute (against the working directory) and free of `.` and `..`.
-fn absolute_local(path: &str) -> std::path::PathBuf {
-    use std::path::Component;
-    let given = std::path::Path::new(path);
-    let joined = if given.is_absolute() {
-        given.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(given)
-    };
-    let mut out = std::path::PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+/// A location's error as the error of the option that gave it.
+fn location_error(path: &str, e: StorageError) -> ConnectorError {
+    match e {
+        StorageError::BadOption { key, value, reason } => {
+            invalid(&format!("storage.{key}"), &value, reason)
         }
-    }
-    out
-}
-
-impl Location {
-    /// Parses `path` (a local path, `file://`, `s3://`, `s3a://`, `gs://`, `az://`, `azure://`,
-    /// `adl://`, `abfs://`, `abfss://`) and checks the storage options against its store.
-    pub fn parse(path: &str, storage: Vec<(String, String)>) -> Result<Location, ConnectorError> {
-        let bad = |reason: String| invalid("path", path, reason);
-        let (scheme, base, key) = match path.split_once("://") {
-            None => (Scheme::Local, String::new(), None),
-            Some((s, rest)) => {
-                let scheme = match s.to_ascii_lowercase().as_str() {
-                    "file" => Scheme::Local,
-                    "s3" | "s3a" => Scheme::S3,
-                    "gs" => Scheme::Gcs,
-                    "az" | "azure" | "adl" | "abfs" | "abfss" => Scheme::Azure,
-                    other => {
-                        return Err(bad(format!(
-                            "unsupported scheme '{other}': use a local path or a file://, s3://, gs:// or az:// URL"
-                        )));
-                    }
-                };
-                if scheme == Scheme::Local {
-                    if !rest.starts_with('/') {
-                        return Err(bad("a file:// URL needs an absolute path".into()));
-                    }
-                    (scheme, String::new(), Some(rest.to_string()))
-                } else {
-                    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-                    if bucket.is_empty() {
-                        return Err(bad("the URL names no bucket or container".into()));
-                    }
-                    (scheme, format!("{s}://{bucket}"), Some(key.to_string()))
-                }
-            }
-        };
-        let prefix = match (scheme, key) {
-            (Scheme::Local, key) => {
-                let local = absolute_local(key.as_deref().unwrap_or(path));
-                Path::from_absolute_path(&local).map_err(|e| bad(e.to_string()))?
-            }
-            (_, key) => Path::parse(key.unwrap_or_default().trim_matches('/'))
-                .map_err(|e| bad(e.to_string()))?,
-        };
-        for (key, value) in &storage {
-            let option = format!("storage.{key}");
-            let known = match scheme {
-                Scheme::Local => Err("a local path takes no storage options".to_string()),
-                Scheme::S3 => key
-                    .parse::<AmazonS3ConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Scheme::Gcs => key
-                    .parse::<GoogleConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Scheme::Azure => key
-                    .parse::<AzureConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-            };
-            known.map_err(|reason| invalid(&option, value, reason))?;
-        }
-        let location = Location {
-            scheme,
-            base,
-            prefix,
-            storage,
-        };
-        // Building a store reads the environment but does no I/O: its errors (no region, no
-        // account) are the table's.
-        location.store().map_err(bad)?;
-        Ok(location)
-    }
-
-    /// Builds the store: from the environment, then the `storage.*` options.
-    pub fn store(&self) -> Result<Arc<dyn ObjectStore>, String> {
-        let failed =
-            |e: object_store::Error| format!("cannot set up the store of {}: {e}", self.base);
-        Ok(match self.scheme {
-            Scheme::Local => Arc::new(LocalFileSystem::new()),
-            Scheme::S3 => {
-                let mut b = AmazonS3Builder::from_env().with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
-            Scheme::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
-            Scheme::Azure => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
-        })
-    }
-
-    /// True for a path on the local filesystem (`/{prefix}` is then the directory).
-    pub fn is_local(&self) -> bool {
-        matches!(self.scheme, Scheme::Local)
-    }
-
-    /// The directory (prefix) inside the store.
-    pub fn prefix(&self) -> &Path {
-        &self.prefix
-    }
-
-    /// How an object of this store is named in messages: a local path, or a URL.
-    pub fn display(&self, object: &Path) -> String {
-        match self.scheme {
-            Scheme::Local => format!("/{object}"),
-            _ => format!("{}/{object}", self.base),
-        }
+        StorageError::BadLocation { reason, .. } => invalid("path", path, reason),
+        other => invalid("path", path, crate::task::error_chain(&other)),
     }
 }
 
@@ -326,7 +170,7 @@ fn take_location_and_format(
             (k["storage.".len()..].to_string(), value)
         })
         .collect();
-    let location = Location::parse(&path, storage)?;
+    let location = Location::parse(&path, storage).map_err(|e| location_error(&path, e))?;
     let format = match options.require(CONNECTOR, "format")?.as_str() {
         "json" => FileFormat::Json,
         "parquet" => FileFormat::Parquet,
@@ -494,7 +338,7 @@ impl FileSystemSourceFactory {
         projection: Option<Vec<usize>>,
     ) -> Self {
         let rows = FileSourceConfig::new(
-            config.location.display(&config.location.prefix),
+            config.location.display(&config.location.prefix()),
             LineFormat::Json,
             config.bad_data,
         );
@@ -605,7 +449,7 @@ impl FileSystemSource {
 
     /// Every file to read, sorted by path.
     async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<ObjectMeta>, TaskError> {
-        let prefix = &self.config.location.prefix;
+        let prefix = &self.config.location.prefix();
         let shown = self.config.location.display(prefix);
         let mut files: Vec<ObjectMeta> = store
             .list(Some(prefix))
@@ -823,13 +667,17 @@ fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String>
 #[async_trait]
 impl Source for FileSystemSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
-        let store = self.config.location.store().map_err(|e| self.fail(e))?;
+        let store = self
+            .config
+            .location
+            .store()
+            .map_err(|e| self.fail(crate::task::error_chain(&e)))?;
         let files = self.list(&store).await?;
         let total = files.len();
         let (me, parallelism) = (self.info.subtask, self.info.parallelism.max(1));
         if total == 0 && me == 0 {
             warn!(
-                path = %self.config.location.display(&self.config.location.prefix),
+                path = %self.config.location.display(&self.config.location.prefix()),
                 "no files to read"
             );
         }
@@ -1324,8 +1172,6 @@ struct Recovery {
 struct SinkState {
     node: String,
     store: Arc<dyn ObjectStore>,
-    /// Set for a local path: closed files are fsynced through it.
-    local: Option<LocalFileSystem>,
     config: Arc<FileSystemSinkConfig>,
     subtask: usize,
     parallelism: usize,
@@ -1353,8 +1199,10 @@ impl SinkState {
     ) -> Result<Self, String> {
         Ok(SinkState {
             node,
-            store: config.location.store()?,
-            local: config.location.is_local().then(LocalFileSystem::new),
+            store: config
+                .location
+                .store()
+                .map_err(|e| crate::task::error_chain(&e))?,
             config,
             subtask,
             parallelism: parallelism.max(1),
@@ -1376,7 +1224,7 @@ impl SinkState {
     fn staging_dir(&self, token: &str) -> Path {
         self.config
             .location
-            .prefix
+            .prefix()
             .clone()
             .join(STAGING_DIR)
             .join(token)
@@ -1397,7 +1245,7 @@ impl SinkState {
 
     fn open_file(&mut self, schema: &Schema, now: Instant) -> Result<OpenFile, String> {
         let name = self.file_name();
-        let target = self.config.location.prefix.clone().join(name.as_str());
+        let target = self.config.location.prefix().clone().join(name.as_str());
         let location = self.staging_dir(&self.token).join(name.as_str());
         self.next_index += 1;
         let encoder = match self.config.format {
@@ -1496,26 +1344,12 @@ impl SinkState {
     /// For a local path: fsyncs `object` and the `dirs` directories above it (its own
     /// first), so that a file and its name survive a crash.
     async fn sync_local(&mut self, object: &Path, dirs: usize) -> Result<(), String> {
-        let Some(local) = &self.local else {
-            return Ok(());
-        };
-        let shown = self.display(object);
-        let path = local
-            .path_to_filesystem(object)
-            .map_err(|e| format!("syncing {shown}: {e}"))?;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::File::open(&path)?.sync_all()?;
-            let mut dir = path.parent();
-            for _ in 0..dirs {
-                let Some(d) = dir else { break };
-                std::fs::File::open(d)?.sync_all()?;
-                dir = d.parent();
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| format!("syncing {shown}: {e}"))?
-        .map_err(|e| format!("syncing {shown}: {e}"))
+        match self.config.location.local_path(object) {
+            Some(path) => durable::sync(path, dirs)
+                .await
+                .map_err(|e| crate::task::error_chain(&e)),
+            None => Ok(()),
+        }
     }
 
     /// At a barrier: closes the open file (everything before the barrier is then in staged
@@ -1586,7 +1420,7 @@ impl SinkState {
                 if doc.token.is_empty() || doc.token.contains('/') || doc.token.starts_with('.') {
                     return Err(format!(
                         "the checkpoint of the sink at {} names an invalid staging directory '{}'",
-                        self.display(&self.config.location.prefix),
+                        self.display(&self.config.location.prefix()),
                         doc.token
                     ));
                 }
@@ -1668,11 +1502,7 @@ impl SinkState {
     /// For a local path, removes directory `dir` if it is empty (object stores have no
     /// directories to remove).
     async fn remove_empty_dir(&mut self, dir: &Path) {
-        if let Some(path) = self
-            .local
-            .as_ref()
-            .and_then(|l| l.path_to_filesystem(dir).ok())
-        {
+        if let Some(path) = self.config.location.local_path(dir) {
             // Not empty, or already gone: nothing to do either way.
             let _ = tokio::fs::remove_dir(path).await;
         }
@@ -2151,54 +1981,6 @@ mod tests {
             (DEFAULT_PART_SIZE, DEFAULT_MAX_PARTS)
         );
         assert_eq!(c.tick(), None);
-    }
-
-    #[test]
-    fn paths_and_urls_resolve_to_stores() {
-        let local = Location::parse("/var/data/in/", vec![]).unwrap();
-        assert_eq!(local.scheme, Scheme::Local);
-        assert_eq!(local.prefix.as_ref(), "var/data/in");
-        assert_eq!(
-            local.display(&local.prefix.clone().join("a.json")),
-            "/var/data/in/a.json"
-        );
-        let url = Location::parse("file:///var/data/../in", vec![]).unwrap();
-        assert_eq!((url.scheme, url.prefix.as_ref()), (Scheme::Local, "var/in"));
-        let relative = Location::parse("out/files", vec![]).unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(
-            relative.display(&relative.prefix),
-            cwd.join("out/files").to_str().unwrap()
-        );
-
-        let s3 = Location::parse(
-            "s3://bucket/some/prefix/",
-            vec![
-                ("aws_region".into(), "eu-west-1".into()),
-                ("aws_endpoint".into(), "http://127.0.0.1:9000".into()),
-                ("aws_allow_http".into(), "true".into()),
-            ],
-        )
-        .unwrap();
-        assert_eq!((s3.scheme, s3.base.as_str()), (Scheme::S3, "s3://bucket"));
-        assert_eq!(s3.prefix.as_ref(), "some/prefix");
-        assert_eq!(
-            s3.display(&s3.prefix.clone().join("x.parquet")),
-            "s3://bucket/some/prefix/x.parquet"
-        );
-        assert!(s3.store().unwrap().to_string().contains("bucket"));
-        let root = Location::parse("s3a://bucket", vec![]).unwrap();
-        assert_eq!((root.scheme, root.prefix.as_ref()), (Scheme::S3, ""));
-
-        let gs = Location::parse("gs://bucket/p", vec![]).unwrap();
-        assert_eq!((gs.scheme, gs.prefix.as_ref()), (Scheme::Gcs, "p"));
-        let az = Location::parse(
-            "az://container/p/q",
-            vec![("azure_storage_account_name".into(), "acct".into())],
-        )
-        .unwrap();
-        assert_eq!((az.scheme, az.prefix.as_ref()), (Scheme::Azure, "p/q"));
-        assert!(Location::parse("http://host/x", vec![]).is_err());
     }
 
     #[test]

@@ -16,7 +16,6 @@ mod nexmark;
 mod options;
 mod sink;
 
-pub use filesystem::Location;
 pub use options::{Options, parse_duration};
 pub use sink::PREVIEW_SINK;
 

@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use tokio::sync::mpsc;
 
 use super::{ConnectorConfig, ConnectorTable};
+use crate::storage::durable;
 use crate::task::{Collector, TaskError};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
 use crate::task::{RestoredState, TaskState};
@@ -104,19 +105,9 @@ impl OutputFile {
         if self.writer.is_none() {
             let path = &self.path;
             let file = match self.restored {
-                None => {
-                    let file =
-                        File::create(path).map_err(|e| format!("cannot create '{path}': {e}"))?;
-                    // The new file's name must survive a crash as its checkpointed length does.
-                    let dir = std::path::Path::new(path)
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| format!("syncing the directory of '{path}': {e}"))?;
-                    file
-                }
+                // The new file's name must survive a crash as its checkpointed length does.
+                None => durable::create(std::path::Path::new(path))
+                    .map_err(|e| format!("cannot create '{path}': {e}"))?,
                 Some(length) => {
                     let mut file = std::fs::OpenOptions::new()
                         .write(true)
@@ -134,9 +125,7 @@ impl OutputFile {
                         ));
                     }
                     // Rows after the checkpoint are written again by this run.
-                    file.set_len(length)
-                        .and_then(|_| file.seek(SeekFrom::Start(length)))
-                        .and_then(|_| file.sync_all())
+                    durable::truncate(&mut file, length)
                         .map_err(|e| format!("truncating '{path}' to {length} bytes: {e}"))?;
                     file
                 }
@@ -150,11 +139,7 @@ impl OutputFile {
     /// Writes what is buffered and makes it durable; the file's length.
     fn sync(&mut self) -> Result<u64, String> {
         let path = self.path.clone();
-        let writer = self.writer()?;
-        writer
-            .flush()
-            .and_then(|_| writer.get_ref().sync_data())
-            .map_err(|e| format!("flushing '{path}': {e}"))?;
+        durable::flush(self.writer()?).map_err(|e| format!("flushing '{path}': {e}"))?;
         Ok(self.length)
     }
 }

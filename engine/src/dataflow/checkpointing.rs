@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::Program;
-use crate::checkpoint::{CheckpointStore, Manifest};
+use crate::storage::{CheckpointStore, Manifest, StorageError};
 use crate::task::protocol::{Pending, RUNTIME_TABLE, Report, RuntimeState, TaskId};
 use crate::task::{Barrier, RestoredState, StopMode, TaskError, TaskState};
 
@@ -96,8 +96,7 @@ pub(crate) async fn load(
     manifest: &Manifest,
     program: &Program,
 ) -> Result<Vec<RestoredState>, TaskError> {
-    let failed =
-        |e: crate::checkpoint::CheckpointError| TaskError::State(crate::task::error_chain(&e));
+    let failed = |e: StorageError| TaskError::State(crate::task::error_chain(&e));
     let topology: Topology =
         serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
             .map_err(|e| TaskError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;

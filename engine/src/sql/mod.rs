@@ -113,7 +113,7 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
     let sinks = builder.sinks().to_vec();
     let fingerprint = format!(
         "{:016x}",
-        crate::checkpoint::fnv1a64(prints.join("\n;\n").as_bytes())
+        crate::storage::checksum::fnv1a64(prints.join("\n;\n").as_bytes())
     );
     Ok(PlannedQuery {
         program: builder.finish(),

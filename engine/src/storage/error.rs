@@ -1,0 +1,68 @@
+//! The one error of the storage floor.
+
+use std::path::PathBuf;
+
+/// Errors of locations, durable writes and checkpoint storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A path or URL that names no usable store (the caller names the location).
+    #[error("{reason}")]
+    BadLocation { location: String, reason: String },
+    /// A store setting (`storage.<key>`) that the location's store does not know.
+    #[error("invalid value '{value}' for store setting '{key}': {reason}")]
+    BadOption {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// The store cannot be set up (credentials, region, account).
+    #[error("cannot set up the store of {base}")]
+    Setup {
+        base: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The store failed an operation on `path`.
+    #[error("{what} {path}")]
+    Store {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A local file operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint file's length or checksum differs from its MANIFEST: it is never loaded.
+    #[error("checkpoint file {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    /// A checkpoint written by a newer arroyod, in a format this one cannot read.
+    #[error("{path} has checkpoint format {format}; this arroyod reads formats up to {known}")]
+    NewerFormat {
+        path: String,
+        format: u32,
+        known: u32,
+    },
+    /// A checkpoint's MANIFEST lists no such file.
+    #[error("checkpoint {epoch} has no file {name}")]
+    NoSuchFile { epoch: u64, name: String },
+    /// A blocking file task panicked or was cancelled.
+    #[error("a blocking file task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl StorageError {
+    /// Wraps a failed local file operation: `.map_err(StorageError::io("syncing", &path))`.
+    pub fn io(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { what, path, source }
+    }
+}
