@@ -12,6 +12,7 @@ pub(crate) mod debezium;
 mod file;
 mod filesystem;
 mod impulse;
+mod lines;
 mod nexmark;
 mod options;
 mod sink;

@@ -1,19 +1,22 @@
 //! Runs a [`Program`]: one tokio task per subtask, bounded channels between them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::checkpointing::{self, CheckpointConfig, CompletedCheckpoint};
 use super::{EdgeKind, NodeKind, Program};
 use crate::task::protocol::{Completions, Link, Report};
 use crate::task::{
-    Barrier, Collector, JobContext, Message, Operator, RestoredState, Route, Rx, Source,
-    SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
+    Background, Barrier, Collector, JobContext, Message, Operator, RestoredState, Route, Rx,
+    Source, SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
 };
 
+/// How long a run that ended waits for what its subtasks left behind.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
 /// Messages a subtask's input channels hold in all before its senders wait.
 const CHANNEL_CAPACITY: usize = 16;
 /// Messages each input slot's channel holds at least.
@@ -30,6 +33,8 @@ pub enum RunOutcome {
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
     tasks: JoinSet<Result<(), TaskError>>,
+    /// What subtasks left behind (see [`TaskInfo::background`]).
+    background: Background,
     checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
     restored: Option<u64>,
 }
@@ -55,8 +60,23 @@ impl RunHandle {
         self.stop.clone()
     }
 
-    /// Waits for every subtask; the first error aborts the rest and is returned.
+    /// Waits for every subtask; the first error aborts the rest and is returned. Then waits
+    /// (a while) for what the subtasks left behind.
     pub async fn wait(mut self) -> Result<RunOutcome, TaskError> {
+        let outcome = self.join().await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let left = self.background.wait(BACKGROUND_GRACE).await;
+        if left > 0 {
+            warn!(
+                tasks = left,
+                "tasks the run left behind did not end in time"
+            );
+        }
+        outcome
+    }
+
+    async fn join(&mut self) -> Result<RunOutcome, TaskError> {
         let mut stop_rx = self.stop.subscribe();
         loop {
             tokio::select! {
@@ -174,6 +194,7 @@ pub async fn run(
     let (trigger, _) = watch::channel(None::<Barrier>);
     let (published_tx, published) = watch::channel(None);
     let mut tasks = JoinSet::new();
+    let background = Background::default();
     let mut restored_epoch = None;
     let mut restored: Vec<Option<RestoredState>> = vec![None; n];
     let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
@@ -228,6 +249,7 @@ pub async fn run(
                 parallelism: par[node_id],
                 job: job.clone(),
                 checkpointing: links.is_some(),
+                background: background.clone(),
             };
             let out = Collector::new(
                 node.label.clone(),
@@ -285,6 +307,7 @@ pub async fn run(
         tasks,
         checkpoints: published,
         restored: restored_epoch,
+        background,
     })
 }
 
@@ -574,13 +597,7 @@ mod tests {
         let (out, mut forwarded) = Collector::for_test(64);
         let task = OperatorTask {
             op: Box::new(Forward),
-            info: TaskInfo {
-                node: "test".into(),
-                subtask: 0,
-                parallelism: 1,
-                job: Arc::default(),
-                checkpointing: false,
-            },
+            info: TaskInfo::for_test(0, 1),
             slot_inputs: vec![0, 1],
             out,
             link: None,

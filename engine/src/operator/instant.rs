@@ -487,13 +487,7 @@ pub(crate) mod tests {
     }
 
     fn info(subtask: usize, parallelism: usize) -> TaskInfo {
-        TaskInfo {
-            node: "test".into(),
-            subtask,
-            parallelism,
-            job: Default::default(),
-            checkpointing: false,
-        }
+        TaskInfo::for_test(subtask, parallelism)
     }
 
     pub(crate) fn column(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {

@@ -881,13 +881,7 @@ pub(crate) mod tests {
 
     impl Task {
         fn new(factory: &dyn OperatorFactory, subtask: usize, parallelism: usize) -> Task {
-            let info = TaskInfo {
-                node: "test".to_string(),
-                subtask,
-                parallelism,
-                job: Arc::default(),
-                checkpointing: false,
-            };
+            let info = TaskInfo::for_test(subtask, parallelism);
             let (out, rx) = Collector::for_test(64);
             Task {
                 op: factory.create(&info).unwrap(),

@@ -30,7 +30,7 @@ mod state;
 
 pub use collector::Collector;
 pub(crate) use collector::{Route, Rx, Tx};
-pub use context::{JobContext, StopMode, TaskInfo};
+pub use context::{Background, JobContext, StopMode, TaskInfo};
 pub use error::{TaskError, error_chain};
 pub use hash::partition_by_hash;
 pub use message::{Barrier, Message, Watermark};
