@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::lines::{BadData, FilePosition, Generated, LineFormat, LineReader, Rows, take_bad_data};
 use super::{ConnectorError, EventTimeSpec, Options};
+use crate::storage::StorageError;
 use crate::task::{
     RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
 };
@@ -131,13 +132,13 @@ impl Source for FileSource {
         let path = self.path.clone();
         let mut file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| self.reader.fail(format!("cannot open '{path}': {e}")))?;
+            .map_err(|e| self.reader.fail(StorageError::io("opening", &path)(e)))?;
         let offset = self.reader.position().offset;
         if offset > 0 {
             use tokio::io::AsyncSeekExt;
             file.seek(std::io::SeekFrom::Start(offset))
                 .await
-                .map_err(|e| self.reader.fail(format!("seeking in '{path}': {e}")))?;
+                .map_err(|e| self.reader.fail(StorageError::io("seeking in", &path)(e)))?;
         }
         self.reader
             .read_lines(ctx, file, |r: &LineReader| position_state(r.position()))
@@ -171,4 +172,49 @@ fn position_state(position: FilePosition) -> Result<TaskState, TaskError> {
     let mut state = TaskState::new();
     state.put_json(POSITION, &position)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::dataflow::run;
+    use crate::task::{ErrorKind, JobContext, UserFault, error_chain};
+
+    /// Runs `sql` to its end without checkpoints; the error it fails with.
+    async fn failure(sql: &str) -> crate::dataflow::DataflowError {
+        let program = crate::sql::plan(sql).expect("plans").program;
+        let handle = run(&program, 1, Arc::new(JobContext::default()), None)
+            .await
+            .unwrap();
+        handle.wait().await.expect_err("the run fails")
+    }
+
+    fn source_of(path: &std::path::Path) -> String {
+        format!(
+            "CREATE TABLE t (n BIGINT) WITH (connector = 'single_file', path = '{}', type = 'source');
+             SELECT n FROM t;",
+            path.display()
+        )
+    }
+
+    #[tokio::test]
+    async fn errors_say_whose_fault_and_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{\"n\": 1}\n{\"n\": \"one\"}\n").unwrap();
+        let err = failure(&source_of(&bad)).await;
+        assert_eq!(err.kind(), ErrorKind::User(UserFault::BadRecord));
+        let message = error_chain(&err);
+        assert!(message.contains("bad.json at line 2"), "{message}");
+
+        let missing = dir.path().join("missing.json");
+        let err = failure(&source_of(&missing)).await;
+        assert_eq!(err.kind(), ErrorKind::User(UserFault::Storage));
+        let message = error_chain(&err);
+        assert!(
+            message.contains("opening") && message.contains("missing.json"),
+            "{message}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, TimestampNanosecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
@@ -121,7 +122,7 @@ impl Impulse {
             .collect()
     }
 
-    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, TaskError> {
+    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, ArrowError> {
         let counters = self.counters(first, rows);
         let rows = counters.len() as u64;
         let times: Vec<i64> = match self.config.event_time_interval {
@@ -139,10 +140,7 @@ impl Impulse {
         ];
         let mut columns: Vec<ArrayRef> = self.projection.iter().map(|&i| all[i].clone()).collect();
         columns.push(times);
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| TaskError::Connector {
-            node: "impulse".into(),
-            message: e.to_string(),
-        })
+        RecordBatch::try_new(self.schema.clone(), columns)
     }
 }
 
@@ -178,7 +176,9 @@ impl Source for Impulse {
                 }
                 continue;
             }
-            let batch = self.batch(self.pos.next, rows, start_time)?;
+            let batch = self
+                .batch(self.pos.next, rows, start_time)
+                .map_err(TaskError::batch(&ctx.info().node))?;
             self.pos.next += rows;
             produced += rows;
             if batch.num_rows() == 0 {

@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{info, warn};
 
 use super::debezium;
-use super::{ConnectorError, EventTimeSpec, Options};
+use super::{ConnectorError, EventTimeSpec, Options, RunError};
+use crate::storage::StorageError;
 use crate::task::{
     SourceContext, SourceEnd, TaskError, TaskState, timestamp_type, with_timestamp, with_updating,
 };
@@ -181,12 +182,21 @@ impl LineReader {
         &self.rows.stored
     }
 
-    /// An error of this reader's node.
-    pub(super) fn fail(&self, message: String) -> TaskError {
-        TaskError::Connector {
-            node: self.node.clone(),
-            message,
-        }
+    /// A connector error of this reader's node.
+    pub(super) fn fail(&self, e: impl Into<RunError>) -> TaskError {
+        TaskError::connector(&self.node, e.into())
+    }
+
+    /// Bad data in this reader's file (`line`: where in it, when known).
+    fn bad_data(&self, line: Option<u64>, reason: impl ToString) -> TaskError {
+        let at = match line {
+            Some(n) => format!("{} at line {n}", self.path),
+            None => self.path.clone(),
+        };
+        self.fail(RunError::BadData {
+            at,
+            reason: reason.to_string(),
+        })
     }
 
     fn decoder(&self) -> Result<Decoder, TaskError> {
@@ -198,7 +208,7 @@ impl LineReader {
             .with_batch_size(BATCH_ROWS)
             .with_strict_mode(false)
             .build_decoder()
-            .map_err(|e| self.fail(e.to_string()))
+            .map_err(TaskError::batch(&self.node))
     }
 
     /// Decodes complete lines; `first_line` is the 1-based number of the first.
@@ -212,7 +222,7 @@ impl LineReader {
                     .map(|chunk| {
                         let column: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
                         RecordBatch::try_new(self.rows.stored.clone(), vec![column])
-                            .map_err(|e| self.fail(e.to_string()))
+                            .map_err(TaskError::batch(&self.node))
                     })
                     .collect()
             }
@@ -265,12 +275,7 @@ impl LineReader {
                 Err(e) => {
                     let line_no = first_line + i as u64;
                     match self.rows.bad_data {
-                        BadData::Fail => {
-                            return Err(self.fail(format!(
-                                "bad data in {} at line {line_no}: {e}",
-                                self.path
-                            )));
-                        }
+                        BadData::Fail => return Err(self.bad_data(Some(line_no), e)),
                         BadData::Drop => {
                             self.dropped += 1;
                             warn!(file = %self.path, line = line_no, error = %e, "dropped a bad line");
@@ -282,7 +287,7 @@ impl LineReader {
         if good.is_empty() {
             return Ok(vec![]);
         }
-        let all = concat_batches(&good[0].schema(), &good).map_err(|e| self.fail(e.to_string()))?;
+        let all = concat_batches(&good[0].schema(), &good).map_err(TaskError::batch(&self.node))?;
         Ok(vec![all])
     }
 
@@ -300,26 +305,32 @@ impl LineReader {
                     let value = expr
                         .evaluate(&stored)
                         .and_then(|v| v.into_array(rows))
-                        .map_err(|e| {
-                            self.fail(format!("computing column '{}': {e}", field.name()))
+                        .map_err(|source| {
+                            self.fail(RunError::Expression {
+                                what: format!("column '{}'", field.name()),
+                                source,
+                            })
                         })?;
-                    columns.push(
-                        cast(&value, field.data_type()).map_err(|e| self.fail(e.to_string()))?,
-                    );
+                    let value = cast(&value, field.data_type()).map_err(|e| {
+                        self.bad_data(None, format!("column '{}': {e}", field.name()))
+                    })?;
+                    columns.push(value);
                 }
                 None => columns.push(stored_columns.next().expect("a stored column").clone()),
             }
         }
         RecordBatch::try_new(self.rows.schema.clone(), columns)
-            .map_err(|e| self.fail(e.to_string()))
+            .map_err(TaskError::batch(&self.node))
     }
 
     /// The event time of each row of a (full) batch; nulls when the column has them.
     fn event_times(&self, batch: &RecordBatch) -> Result<TimestampNanosecondArray, TaskError> {
         match self.rows.event_time.field {
             Some(i) => {
-                let column = cast(batch.column(i), &timestamp_type())
-                    .map_err(|e| self.fail(e.to_string()))?;
+                let column = cast(batch.column(i), &timestamp_type()).map_err(|e| {
+                    let name = self.rows.schema.field(i).name();
+                    self.bad_data(None, format!("event time column '{name}': {e}"))
+                })?;
                 Ok(column
                     .as_any()
                     .downcast_ref::<TimestampNanosecondArray>()
@@ -349,19 +360,19 @@ impl LineReader {
                 .field(self.rows.event_time.field.unwrap_or_default())
                 .name();
             if self.rows.bad_data == BadData::Fail {
-                return Err(self.fail(format!(
-                    "bad data in {}: a row has no event time (column '{field}' is null)",
-                    self.path
-                )));
+                return Err(self.bad_data(
+                    None,
+                    format!("a row has no event time (column '{field}' is null)"),
+                ));
             }
             let keep = datafusion::arrow::compute::is_not_null(&times)
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(TaskError::batch(&self.node))?;
             self.dropped += (batch.num_rows() - keep.true_count()) as u64;
             batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(TaskError::batch(&self.node))?;
             if let Some(r) = &retract {
                 let kept = datafusion::arrow::compute::filter(r, &keep)
-                    .map_err(|e| self.fail(e.to_string()))?;
+                    .map_err(TaskError::batch(&self.node))?;
                 retract = kept.as_any().downcast_ref::<BooleanArray>().cloned();
             }
             if batch.num_rows() == 0 {
@@ -376,9 +387,14 @@ impl LineReader {
                 let value = expr
                     .evaluate(&batch)
                     .and_then(|v| v.into_array(rows))
-                    .map_err(|e| self.fail(format!("evaluating the watermark: {e}")))?;
-                let value =
-                    cast(&value, &timestamp_type()).map_err(|e| self.fail(e.to_string()))?;
+                    .map_err(|source| {
+                        self.fail(RunError::Expression {
+                            what: "the watermark".into(),
+                            source,
+                        })
+                    })?;
+                let value = cast(&value, &timestamp_type())
+                    .map_err(|e| self.bad_data(None, format!("the watermark: {e}")))?;
                 max(value
                     .as_any()
                     .downcast_ref::<TimestampNanosecondArray>()
@@ -396,7 +412,7 @@ impl LineReader {
         }
         columns.push(Arc::new(times));
         let out = RecordBatch::try_new(self.rows.out_schema.clone(), columns)
-            .map_err(|e| self.fail(e.to_string()))?;
+            .map_err(TaskError::batch(&self.node))?;
         Ok(Some((out, watermark)))
     }
 
@@ -410,7 +426,7 @@ impl LineReader {
             let (batch, retract) = match self.rows.format {
                 LineFormat::Debezium => {
                     let (b, r) = debezium::changes(&batch, &self.rows.stored)
-                        .map_err(|e| self.fail(format!("reading Debezium changes: {e}")))?;
+                        .map_err(|e| self.bad_data(None, format!("Debezium changes: {e}")))?;
                     (b, Some(r))
                 }
                 _ => (batch, None),
@@ -525,7 +541,7 @@ impl LineReader {
             let n = reader
                 .read(&mut pending[start..])
                 .await
-                .map_err(|e| self.fail(format!("reading '{path}': {e}")))?;
+                .map_err(|e| self.fail(StorageError::io("reading", &path)(e)))?;
             pending.truncate(start + n);
             eof = n == 0;
         }

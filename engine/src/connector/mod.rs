@@ -15,9 +15,11 @@ mod impulse;
 mod lines;
 mod nexmark;
 mod options;
+mod run;
 mod sink;
 
-pub use options::{Options, parse_duration};
+pub use options::{Options, ValueError, parse_data_size, parse_duration};
+pub use run::RunError;
 pub use sink::PREVIEW_SINK;
 
 use std::sync::Arc;

@@ -142,10 +142,10 @@ impl NexmarkConfig {
                 parse_duration(&v)
                     // The nudge keeps 1.003s at 1000/s from flooring to 1002 events.
                     .map(|d| (d.as_secs_f64() * event_rate + 1e-6).floor() as u64)
-                    .map_err(|reason| ConnectorError::InvalidOption {
+                    .map_err(|e| ConnectorError::InvalidOption {
                         option: "runtime".into(),
                         value: v.clone(),
-                        reason,
+                        reason: e.to_string(),
                     })
             })
             .transpose()?;
@@ -929,10 +929,7 @@ impl Source for Nexmark {
             }
             let batch = self
                 .batch(self.pos.next, rows)
-                .map_err(|e| TaskError::Connector {
-                    node: ctx.info().node.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(TaskError::batch(&ctx.info().node))?;
             self.pos.next += rows;
             let newest = self.generator.time(self.event_number(self.pos.next - 1));
             last_batch = Some(Instant::now());

@@ -29,9 +29,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::Program;
-use crate::storage::{CheckpointStore, Manifest, StorageError};
+use super::error::DataflowError;
+use crate::storage::{CheckpointStore, Manifest};
 use crate::task::protocol::{Pending, RUNTIME_TABLE, Report, RuntimeState, TaskId};
-use crate::task::{Barrier, RestoredState, StopMode, TaskError, TaskState};
+use crate::task::{Barrier, RestoredState, StateError, StopMode, TaskState};
 
 /// Decides whether this run may still commit an epoch (false: a newer generation of the
 /// pipeline exists).
@@ -71,7 +72,7 @@ type Ended = BTreeMap<TaskId, (Pending, bool)>;
 
 /// The checkpoint files of a subtask's snapshot: one Arrow IPC file per table, named
 /// `<node>/<subtask>/<table>`.
-fn encode(pending: &Pending) -> Result<Vec<File>, TaskError> {
+fn encode(pending: &Pending) -> Result<Vec<File>, StateError> {
     let (node, subtask) = pending.task;
     Ok(pending
         .state
@@ -95,21 +96,27 @@ pub(crate) async fn load(
     store: &CheckpointStore,
     manifest: &Manifest,
     program: &Program,
-) -> Result<Vec<RestoredState>, TaskError> {
-    let failed = |e: StorageError| TaskError::State(crate::task::error_chain(&e));
+) -> Result<Vec<RestoredState>, DataflowError> {
+    let epoch = manifest.epoch;
+    let failed = |source| DataflowError::Checkpoint {
+        what: format!("reading checkpoint {epoch} under {}", store.display()),
+        source,
+    };
     let topology: Topology =
         serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
-            .map_err(|e| TaskError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
+            .map_err(|source| DataflowError::Topology { epoch, source })?;
     let labels: Vec<&str> = program.nodes.iter().map(|n| n.label.as_str()).collect();
     let taken: Vec<&str> = topology.nodes.iter().map(|(l, _)| l.as_str()).collect();
     if labels != taken {
-        return Err(TaskError::State(format!(
-            "checkpoint {} under {} was taken of another dataflow ({} nodes, this one has {})",
-            manifest.epoch,
-            store.display(),
-            taken.len(),
-            labels.len()
-        )));
+        return Err(DataflowError::Incompatible {
+            epoch,
+            location: store.display().to_string(),
+            reason: format!(
+                "was taken of another dataflow ({} nodes, this one has {})",
+                taken.len(),
+                labels.len()
+            ),
+        });
     }
     let mut restored: Vec<RestoredState> = topology
         .nodes
@@ -134,17 +141,20 @@ pub(crate) async fn load(
             .get_mut(node)
             .and_then(|n| n.subtasks.get_mut(subtask))
         else {
-            return Err(TaskError::State(format!(
-                "checkpoint {}: file {} names no subtask of the dataflow",
-                manifest.epoch, entry.name
-            )));
+            return Err(DataflowError::Incompatible {
+                epoch,
+                location: store.display().to_string(),
+                reason: format!("has a file {} of no subtask of this dataflow", entry.name),
+            });
         };
         let bytes = store.read(manifest, &entry.name).await.map_err(failed)?;
-        slot.decode_into(table, bytes)?;
+        slot.decode_into(table, bytes)
+            .map_err(|source| DataflowError::State { epoch, source })?;
     }
     for node in &mut restored {
         let marks: Vec<Option<i64>> = node
-            .json::<RuntimeState>(RUNTIME_TABLE)?
+            .json::<RuntimeState>(RUNTIME_TABLE)
+            .map_err(|source| DataflowError::State { epoch, source })?
             .into_iter()
             .map(|s| s.first().and_then(|r| r.watermark))
             .collect();
@@ -165,9 +175,9 @@ const TOLERATED_FAILURES: u32 = 3;
 /// Why an epoch was not committed.
 enum Commit {
     /// A newer generation exists: this run must end.
-    Fenced(TaskError),
+    Fenced(DataflowError),
     /// Writing it failed.
-    Write(TaskError),
+    Write(DataflowError),
 }
 
 /// The coordinator's side of a run.
@@ -192,7 +202,7 @@ struct InFlight {
 }
 
 impl Coordinator {
-    pub async fn run(mut self) -> Result<(), TaskError> {
+    pub async fn run(mut self) -> Result<(), DataflowError> {
         let mut next = self.first_epoch;
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.interval,
@@ -294,7 +304,7 @@ impl Coordinator {
 
     /// Every subtask ended: when every source read to its end (and no stop asked for a
     /// checkpoint), the final state becomes the last epoch.
-    async fn finish(self, epoch: u64, ended: Ended, stopping: bool) -> Result<(), TaskError> {
+    async fn finish(self, epoch: u64, ended: Ended, stopping: bool) -> Result<(), DataflowError> {
         let complete = self.tasks.iter().all(|t| ended.contains_key(t))
             && self
                 .sources
@@ -324,9 +334,7 @@ impl Coordinator {
         if let Some(gate) = &self.config.gate
             && !gate.may_commit(epoch).await
         {
-            return Err(Commit::Fenced(TaskError::State(format!(
-                "checkpoint {epoch} may not be committed: a newer run of this pipeline exists"
-            ))));
+            return Err(Commit::Fenced(DataflowError::Fenced { epoch }));
         }
         let mut files = flight.files;
         for (task, (f, _)) in ended {
@@ -340,24 +348,28 @@ impl Coordinator {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Commit::Write(TaskError::State(e.to_string())))?
-        .map_err(Commit::Write)?;
+        .map_err(|e| {
+            Commit::Write(DataflowError::Panic(format!(
+                "encoding checkpoint {epoch}: {e}"
+            )))
+        })?
+        .map_err(|source| Commit::Write(DataflowError::State { epoch, source }))?;
         let mut all: Vec<File> = encoded.into_iter().flatten().collect();
         let topology = serde_json::to_vec(&Topology {
             nodes: self.topology.clone(),
         })
-        .map_err(|e| Commit::Write(TaskError::State(e.to_string())))?;
+        .map_err(|source| Commit::Write(DataflowError::Topology { epoch, source }))?;
         all.push((TOPOLOGY.to_string(), topology));
         let bytes = all.iter().map(|(_, b)| b.len() as u64).sum();
         self.config
             .store
             .write_epoch(epoch, all)
             .await
-            .map_err(|e| {
-                let chain = crate::task::error_chain(&e);
-                Commit::Write(TaskError::State(format!(
-                    "writing checkpoint {epoch}: {chain}"
-                )))
+            .map_err(|source| {
+                Commit::Write(DataflowError::Checkpoint {
+                    what: format!("writing checkpoint {epoch}"),
+                    source,
+                })
             })?;
         let done = CompletedCheckpoint {
             epoch,
@@ -515,7 +527,12 @@ mod tests {
             .await
             .expect("the run fails")
             .unwrap_err();
-        let message = err.to_string();
+        // A store that fails is the user's to fix, and the message says which.
+        assert_eq!(
+            err.kind(),
+            crate::task::ErrorKind::User(crate::task::UserFault::Storage)
+        );
+        let message = crate::task::error_chain(&err);
         assert!(message.contains("writing checkpoint"), "{message}");
         assert!(message.contains("checkpoints"), "{message}");
     }
@@ -545,6 +562,7 @@ mod tests {
             .expect("the run fails")
             .unwrap_err();
         assert!(err.to_string().contains("may not be committed"), "{err}");
+        assert_eq!(err.kind(), crate::task::ErrorKind::Superseded);
         assert_eq!(store.latest().await.unwrap(), None);
     }
 

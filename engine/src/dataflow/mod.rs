@@ -15,10 +15,12 @@
 //! The runtime never does row-at-a-time work: operators see whole batches.
 
 mod checkpointing;
+mod error;
 mod graph;
 mod runtime;
 
-pub use crate::task::{StopMode, TaskError as DataflowError};
+pub use crate::task::StopMode;
 pub use checkpointing::{CheckpointConfig, CommitGate, CompletedCheckpoint};
+pub use error::DataflowError;
 pub use graph::{Edge, EdgeKind, Node, NodeKind, Program};
 pub use runtime::{RunHandle, RunOutcome, run};

@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::checkpointing::{self, CheckpointConfig, CompletedCheckpoint};
+use super::error::DataflowError;
 use super::{EdgeKind, NodeKind, Program};
 use crate::task::protocol::{Completions, Link, Report};
 use crate::task::{
@@ -32,7 +33,7 @@ pub enum RunOutcome {
 /// A running dataflow.
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
-    tasks: JoinSet<Result<(), TaskError>>,
+    tasks: JoinSet<Result<(), DataflowError>>,
     /// What subtasks left behind (see [`TaskInfo::background`]).
     background: Background,
     checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
@@ -62,7 +63,7 @@ impl RunHandle {
 
     /// Waits for every subtask; the first error aborts the rest and is returned. Then waits
     /// (a while) for what the subtasks left behind.
-    pub async fn wait(mut self) -> Result<RunOutcome, TaskError> {
+    pub async fn wait(mut self) -> Result<RunOutcome, DataflowError> {
         let outcome = self.join().await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
@@ -76,7 +77,7 @@ impl RunHandle {
         outcome
     }
 
-    async fn join(&mut self) -> Result<RunOutcome, TaskError> {
+    async fn join(&mut self) -> Result<RunOutcome, DataflowError> {
         let mut stop_rx = self.stop.subscribe();
         loop {
             tokio::select! {
@@ -92,7 +93,7 @@ impl RunHandle {
                         if join.is_cancelled() {
                             return Ok(RunOutcome::Stopped);
                         }
-                        return Err(TaskError::Panic(join.to_string()));
+                        return Err(DataflowError::Panic(join.to_string()));
                     }
                 },
                 changed = stop_rx.changed() => {
@@ -119,7 +120,7 @@ pub async fn run(
     parallelism: usize,
     job: Arc<JobContext>,
     checkpoints: Option<CheckpointConfig>,
-) -> Result<RunHandle, TaskError> {
+) -> Result<RunHandle, DataflowError> {
     let parallelism = parallelism.max(1);
     let n = program.nodes.len();
     let par: Vec<usize> = program
@@ -205,11 +206,15 @@ pub async fn run(
             restored_epoch = Some(manifest.epoch);
             info!(epoch = manifest.epoch, state = %config.store.display(), "restoring checkpoint");
         }
-        let first_epoch = config
-            .store
-            .next_epoch()
-            .await
-            .map_err(|e| TaskError::State(crate::task::error_chain(&e)))?;
+        let first_epoch =
+            config
+                .store
+                .next_epoch()
+                .await
+                .map_err(|source| DataflowError::Checkpoint {
+                    what: format!("listing the checkpoints under {}", config.store.display()),
+                    source,
+                })?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (completed, completed_rx) = watch::channel((0u64, false));
         let all: Vec<(usize, usize)> = (0..n)
@@ -278,7 +283,8 @@ pub async fn run(
                         link,
                         watermark,
                     );
-                    tasks.spawn(run_source(source, ctx).instrument(info_span!("task", %name)));
+                    let task = async move { Ok(run_source(source, ctx).await?) };
+                    tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
                 NodeKind::Operator(factory) => {
                     let mut op = factory.create(&info)?;
@@ -297,7 +303,8 @@ pub async fn run(
                         link,
                         current: watermark,
                     };
-                    tasks.spawn(task.run(rx).instrument(info_span!("task", %name)));
+                    let task = async move { Ok(task.run(rx).await?) };
+                    tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
             }
         }

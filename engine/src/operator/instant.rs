@@ -27,7 +27,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
-use crate::task::{RestoredState, TaskState};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// Batches held per instant (event time), per input.
 #[derive(Default)]
@@ -462,9 +462,9 @@ impl Operator for InstantOp {
         let inputs = tables.len();
         for (input, (table, keys)) in tables.into_iter().enumerate() {
             for batch in state.owned_rows(table, keys, &self.info)? {
-                self.instants.add(batch, input, inputs).map_err(|e| {
-                    TaskError::State(format!("{}: restoring '{table}': {e}", self.info.node))
-                })?;
+                self.instants
+                    .add(batch, input, inputs)
+                    .map_err(StateError::operator(&self.info.node, table))?;
             }
         }
         Ok(())

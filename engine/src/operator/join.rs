@@ -25,7 +25,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
-use crate::task::{RestoredState, TaskState};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// The state tables of the kept rows, by input.
 const TABLES: [&str; 2] = ["left", "right"];
@@ -91,7 +91,7 @@ impl OperatorFactory for TtlJoin {
                 .map(|t| SortField::new(t.clone()))
                 .collect(),
         )
-        .map_err(|e| TaskError::Setup(e.to_string()))?;
+        .map_err(|e| TaskError::setup(&self.label)(e.into()))?;
         Ok(Box::new(TtlJoinOp {
             plan: self.clone(),
             info: info.clone(),
@@ -282,9 +282,6 @@ impl Operator for TtlJoinOp {
     /// Keeps the rows whose join key hashes to this subtask.
     fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         for (input, table) in TABLES.into_iter().enumerate() {
-            let fail = |e: DataFusionError| {
-                TaskError::State(format!("{}: restoring '{table}': {e}", self.plan.label))
-            };
             for batch in state.owned_rows(table, self.key_exprs(input), &self.info)? {
                 if !batch
                     .schema()
@@ -295,11 +292,14 @@ impl Operator for TtlJoinOp {
                         None,
                     ))
                 {
-                    return Err(TaskError::State(format!(
-                        "state table '{table}' has an unknown layout"
-                    )));
+                    return Err(StateError::Layout {
+                        table: table.to_string(),
+                    }
+                    .into());
                 }
-                let (keys, key_rows) = self.keys(&batch, input).map_err(fail)?;
+                let (keys, key_rows) = self
+                    .keys(&batch, input)
+                    .map_err(StateError::operator(&self.plan.label, table))?;
                 self.sides[input].keep(batch, &keys, &key_rows);
             }
         }

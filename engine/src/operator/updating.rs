@@ -26,10 +26,10 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::window::{AggregateSpec, bad_state, state_batch, state_error, state_keys, state_widths};
+use super::window::{AggregateSpec, bad_state, state_batch, state_keys, state_widths};
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
-use crate::task::{RestoredState, TaskState};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// State table: one row per group (see [`UpdatingOp::snapshot_groups`]).
 const GROUPS: &str = "groups";
@@ -77,9 +77,8 @@ impl OperatorFactory for UpdatingAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )
-        .map_err(|e| TaskError::Setup(e.to_string()))?;
-        let state_widths = state_widths(&self.aggregates)
-            .map_err(|e| TaskError::Setup(format!("{}: {e}", self.label)))?;
+        .map_err(|e| TaskError::setup(&self.label)(e.into()))?;
+        let state_widths = state_widths(&self.aggregates).map_err(TaskError::setup(&self.label))?;
         Ok(Box::new(UpdatingOp {
             plan: self.clone(),
             info: info.clone(),
@@ -448,7 +447,7 @@ impl Operator for UpdatingOp {
         let mut state = TaskState::new();
         let groups = self
             .snapshot_groups()
-            .map_err(state_error(&self.plan.label))?;
+            .map_err(StateError::operator(&self.plan.label, GROUPS))?;
         state.put(GROUPS, groups);
         state.put_json(NEWEST, &self.newest)?;
         Ok(state)
@@ -460,7 +459,8 @@ impl Operator for UpdatingOp {
     fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let keys = state_keys(&self.plan.keys, &self.plan.key_schema);
         for batch in state.owned_rows(GROUPS, &keys, &self.info)? {
-            self.load(&batch).map_err(state_error(&self.plan.label))?;
+            self.load(&batch)
+                .map_err(StateError::operator(&self.plan.label, GROUPS))?;
         }
         let newest: Vec<Vec<i64>> = state.json(NEWEST)?;
         let newest = if state.parallelism == self.info.parallelism {

@@ -38,7 +38,7 @@ use tracing::debug;
 
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
-use crate::task::{RestoredState, TaskState};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// State table of a window aggregate: one row per group of an open pane (see [`Pane::snapshot`]).
 const PANES: &str = "panes";
@@ -126,8 +126,7 @@ impl OperatorFactory for WindowAggregate {
                 watermark: None,
             }));
         }
-        let state_widths = state_widths(&self.aggregates)
-            .map_err(|e| TaskError::Setup(format!("{}: {e}", self.label)))?;
+        let state_widths = state_widths(&self.aggregates).map_err(TaskError::setup(&self.label))?;
         Ok(Box::new(WindowAggregateOp {
             plan: self.clone(),
             info: info.clone(),
@@ -176,12 +175,6 @@ pub(crate) fn state_batch(names: Vec<String>, columns: Vec<ArrayRef>) -> Result<
         Arc::new(Schema::new(fields)),
         columns,
     )?)
-}
-
-/// Wraps a failure to snapshot or restore the state of node `node`.
-pub(crate) fn state_error(node: &str) -> impl FnOnce(DataFusionError) -> TaskError + use<> {
-    let node = node.to_string();
-    move |e| TaskError::State(format!("{node}: {e}"))
 }
 
 /// A state table that does not have the expected columns.
@@ -533,7 +526,7 @@ impl Operator for WindowAggregateOp {
         for (&end, pane) in &mut self.panes {
             let batch = pane
                 .snapshot(&self.plan, end, &self.state_widths)
-                .map_err(state_error(&self.plan.label))?;
+                .map_err(StateError::operator(&self.plan.label, PANES))?;
             batches.extend(batch);
         }
         state.put(PANES, batches);
@@ -547,7 +540,8 @@ impl Operator for WindowAggregateOp {
         self.late = restored_late(state, &self.info)?;
         let keys = state_keys(&self.plan.keys, &self.plan.key_schema);
         for batch in state.owned_rows(PANES, &keys, &self.info)? {
-            self.load(&batch).map_err(state_error(&self.plan.label))?;
+            self.load(&batch)
+                .map_err(StateError::operator(&self.plan.label, PANES))?;
         }
         Ok(())
     }

@@ -124,7 +124,7 @@ pub async fn sync(path: PathBuf, dirs: usize) -> Result<(), StorageError> {
     let shown = path.clone();
     tokio::task::spawn_blocking(move || sync_path(&path, dirs))
         .await?
-        .map_err(StorageError::io("syncing", &shown))
+        .map_err(StorageError::io("syncing", shown.display()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The one error of the storage floor.
 
-use std::path::PathBuf;
+use std::fmt::Display;
+
+use crate::task::{ErrorKind, Fault, UserFault};
 
 /// Errors of locations, durable writes and checkpoint storage.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +32,11 @@ pub enum StorageError {
         #[source]
         source: object_store::Error,
     },
-    /// A local file operation failed.
-    #[error("{what} {}", path.display())]
+    /// A file operation failed (a local file, or a stream of an object read as one).
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
-        path: PathBuf,
+        path: String,
         #[source]
         source: std::io::Error,
     },
@@ -57,12 +59,43 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Wraps a failed local file operation: `.map_err(StorageError::io("syncing", &path))`.
-    pub fn io(
+    /// Wraps a failed file operation: `.map_err(StorageError::io("syncing", path.display()))`.
+    pub fn io<P: Display>(
         what: &'static str,
-        path: &std::path::Path,
-    ) -> impl FnOnce(std::io::Error) -> StorageError + use<> {
-        let path = path.to_path_buf();
+        path: P,
+    ) -> impl FnOnce(std::io::Error) -> StorageError + use<P> {
+        let path = path.to_string();
         move |source| StorageError::Io { what, path, source }
+    }
+
+    /// Wraps a failed object-store operation on `path` (as messages name it).
+    pub fn store<P: Display>(
+        what: &'static str,
+        path: P,
+    ) -> impl FnOnce(object_store::Error) -> StorageError + use<P> {
+        let path = path.to_string();
+        move |source| StorageError::Store { what, path, source }
+    }
+
+    /// Whose fault it is: a location or setting that cannot work, a store that fails or
+    /// holds something unexpected are the user's; a file the MANIFEST does not list, or a
+    /// failed blocking task, is a bug.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::BadLocation { .. }
+            | StorageError::BadOption { .. }
+            | StorageError::Setup { .. } => ErrorKind::User(UserFault::BadOption),
+            StorageError::Store { .. }
+            | StorageError::Io { .. }
+            | StorageError::Corrupt { .. }
+            | StorageError::NewerFormat { .. } => ErrorKind::User(UserFault::Storage),
+            StorageError::NoSuchFile { .. } | StorageError::Join(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Fault for StorageError {
+    fn kind(&self) -> ErrorKind {
+        StorageError::kind(self)
     }
 }

@@ -31,10 +31,13 @@ mod state;
 pub use collector::Collector;
 pub(crate) use collector::{Route, Rx, Tx};
 pub use context::{Background, JobContext, StopMode, TaskInfo};
-pub use error::{TaskError, error_chain};
+pub use error::{
+    ConnectorFailure, ErrorKind, Fault, StateError, TaskError, UserFault, datafusion_kind,
+    error_chain,
+};
 pub use hash::partition_by_hash;
 pub use message::{Barrier, Message, Watermark};
 pub use operator::{Operator, OperatorFactory};
 pub use schema::{RETRACT_FIELD, TIMESTAMP_FIELD, timestamp_type, with_timestamp, with_updating};
 pub use source::{Source, SourceContext, SourceEnd, SourceFactory};
-pub use state::{RestoredState, TaskState, retain};
+pub use state::{RestoredState, TaskState};

@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::names;
-use crate::storage::{Location, durable};
+use crate::connector::RunError;
+use crate::storage::{Location, StorageError, durable};
 
 /// The sink's state table: one [`SinkCheckpoint`] document per subtask.
 pub(super) const SINK_TABLE: &str = "files";
@@ -131,7 +132,7 @@ impl Staging {
 
     /// Step 1: the file at `staged` was written whole; it is made durable and waits for a
     /// barrier, then for its checkpoint, to appear as `target`.
-    pub async fn stage(&mut self, staged: &Path, target: &Path) -> Result<(), String> {
+    pub async fn stage(&mut self, staged: &Path, target: &Path) -> Result<(), RunError> {
         // The file, its staging directory, `.staging` and the sink's directory: the last two
         // may just have been made.
         self.sync_local(staged, 3).await?;
@@ -144,11 +145,9 @@ impl Staging {
 
     /// For a local path: fsyncs `object` and the `dirs` directories above it (its own
     /// first), so that a file and its name survive a crash.
-    async fn sync_local(&self, object: &Path, dirs: usize) -> Result<(), String> {
+    async fn sync_local(&self, object: &Path, dirs: usize) -> Result<(), RunError> {
         match self.location.local_path(object) {
-            Some(path) => durable::sync(path, dirs)
-                .await
-                .map_err(|e| crate::task::error_chain(&e)),
+            Some(path) => Ok(durable::sync(path, dirs).await?),
             None => Ok(()),
         }
     }
@@ -170,7 +169,7 @@ impl Staging {
     /// delivers the completion of an epoch before the barrier of the next one (the coordinator
     /// triggers one epoch at a time), so all of them belong to the completed checkpoint or an
     /// earlier one.
-    pub async fn commit_pending(&mut self) -> Result<(), String> {
+    pub async fn commit_pending(&mut self) -> Result<(), RunError> {
         let files = std::mem::take(&mut self.pending);
         for (i, file) in files.iter().enumerate() {
             if let Err(e) = self.commit(file).await {
@@ -186,24 +185,27 @@ impl Staging {
 
     /// Moves a staged file to its final name, where it appears whole. Idempotent: when the
     /// staged file is gone and the final one exists, an earlier commit did it.
-    pub async fn commit(&mut self, file: &StagedFile) -> Result<(), String> {
+    pub async fn commit(&mut self, file: &StagedFile) -> Result<(), RunError> {
         let parse = |p: &str| {
-            Path::parse(p).map_err(|e| format!("the checkpoint names an invalid path '{p}': {e}"))
+            Path::parse(p)
+                .map_err(|e| RunError::BadCheckpoint(format!("names an invalid path '{p}': {e}")))
         };
         let (staged, target) = (parse(&file.staged)?, parse(&file.target)?);
         let (from, to) = (self.display(&staged), self.display(&target));
+        let failed = |e| StorageError::store("committing", format!("{from} as {to}"))(e).into();
         match self.store.rename(&staged, &target).await {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => match self.store.head(&target).await {
                 Ok(_) => {}
                 Err(object_store::Error::NotFound { .. }) => {
-                    return Err(format!(
-                        "cannot commit {to}: neither it nor its staged file {from} exists (were they deleted?)"
-                    ));
+                    return Err(RunError::Missing {
+                        target: to,
+                        staged: from,
+                    });
                 }
-                Err(e) => return Err(format!("committing {from} as {to}: {e}")),
+                Err(e) => return Err(failed(e)),
             },
-            Err(e) => return Err(format!("committing {from} as {to}: {e}")),
+            Err(e) => return Err(failed(e)),
         }
         // The new name in the sink's directory.
         self.sync_local(&target, 1).await
@@ -213,17 +215,17 @@ impl Staging {
     /// staging directory of the same subtask is inherited, and the pending files and staging
     /// directories of old subtasks `i` with `i % parallelism == subtask` become this
     /// subtask's to commit and to clear. Returns the highest next file index recorded.
-    pub fn restore(&mut self, docs: Vec<Vec<SinkCheckpoint>>) -> Result<u64, String> {
+    pub fn restore(&mut self, docs: Vec<Vec<SinkCheckpoint>>) -> Result<u64, RunError> {
         let mut recovery = Recovery::default();
         let mut next_index = 0;
         for (old, docs) in docs.into_iter().enumerate() {
             for doc in docs {
                 if doc.token.is_empty() || doc.token.contains('/') || doc.token.starts_with('.') {
-                    return Err(format!(
-                        "the checkpoint of the sink at {} names an invalid staging directory '{}'",
+                    return Err(RunError::BadCheckpoint(format!(
+                        "of the sink at {} names an invalid staging directory '{}'",
                         self.display(self.location.prefix()),
                         doc.token
-                    ));
+                    )));
                 }
                 next_index = next_index.max(doc.next_index);
                 if old == self.subtask {
@@ -242,7 +244,7 @@ impl Staging {
     /// Step 4, second half, after a restore and before anything else: commits the restored
     /// checkpoint's files, then deletes whatever else is in the staging directories this
     /// subtask took over.
-    pub async fn recover(&mut self) -> Result<(), String> {
+    pub async fn recover(&mut self) -> Result<(), RunError> {
         let Some(recovery) = self.recovery.take() else {
             return Ok(());
         };
@@ -256,16 +258,14 @@ impl Staging {
             let listed: Vec<ObjectMeta> = match self.store.list(Some(&dir)).try_collect().await {
                 Ok(l) => l,
                 Err(object_store::Error::NotFound { .. }) => Vec::new(),
-                Err(e) => return Err(format!("cannot list {shown}: {e}")),
+                Err(e) => return Err(StorageError::store("listing", shown)(e).into()),
             };
             for meta in listed {
                 match self.store.delete(&meta.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => cleared += 1,
                     Err(e) => {
-                        return Err(format!(
-                            "cannot delete {}: {e}",
-                            self.display(&meta.location)
-                        ));
+                        let shown = self.display(&meta.location);
+                        return Err(StorageError::store("deleting", shown)(e).into());
                     }
                 }
             }
@@ -284,7 +284,7 @@ impl Staging {
     }
 
     /// Step 5 without checkpoints: commits every file staged (no checkpoint follows).
-    pub async fn commit_all(&mut self) -> Result<(), String> {
+    pub async fn commit_all(&mut self) -> Result<(), RunError> {
         self.pending.append(&mut self.staged);
         self.commit_pending().await?;
         self.tidy().await;

@@ -28,7 +28,7 @@ use super::{
     FileFormat, invalid, take_data_size, take_duration, take_either, take_location_and_format,
     take_positive, take_seconds,
 };
-use crate::connector::{ConnectorError, ConnectorTable, Options};
+use crate::connector::{ConnectorError, ConnectorTable, Options, RunError};
 use crate::storage::Location;
 use crate::task::{
     Background, Collector, Message, Operator, OperatorFactory, RestoredState, TaskError, TaskInfo,
@@ -219,7 +219,6 @@ impl FileSystemSinkConfig {
 }
 
 pub struct FileSystemSinkFactory {
-    table: String,
     config: Arc<FileSystemSinkConfig>,
 }
 
@@ -237,7 +236,6 @@ impl FileSystemSinkFactory {
             )));
         }
         Ok(FileSystemSinkFactory {
-            table: table.name.clone(),
             config: Arc::new(config.clone()),
         })
     }
@@ -245,11 +243,8 @@ impl FileSystemSinkFactory {
 
 impl OperatorFactory for FileSystemSinkFactory {
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
-        let state =
-            SinkState::new(info, self.config.clone()).map_err(|message| TaskError::Connector {
-                node: info.node.clone(),
-                message: format!("{}: {message}", self.table),
-            })?;
+        let state = SinkState::new(info, self.config.clone())
+            .map_err(|e| TaskError::connector(&info.node, e))?;
         Ok(Box::new(FileSystemSink::new(
             info,
             state,
@@ -276,11 +271,8 @@ pub(super) struct SinkState {
 
 impl SinkState {
     /// The writer of subtask `info`, with a new staging directory.
-    pub fn new(info: &TaskInfo, config: Arc<FileSystemSinkConfig>) -> Result<Self, String> {
-        let store = config
-            .location
-            .store()
-            .map_err(|e| crate::task::error_chain(&e))?;
+    pub fn new(info: &TaskInfo, config: Arc<FileSystemSinkConfig>) -> Result<Self, RunError> {
+        let store = config.location.store()?;
         let staging = Staging::new(
             info.node.clone(),
             store.clone(),
@@ -301,7 +293,7 @@ impl SinkState {
         })
     }
 
-    fn open_file(&mut self, batch: &RecordBatch) -> Result<OpenFile, String> {
+    fn open_file(&mut self, batch: &RecordBatch) -> Result<OpenFile, RunError> {
         let config = &self.config;
         let name = names::file_name(
             config.strategy,
@@ -312,9 +304,10 @@ impl SinkState {
         );
         let target = config.location.prefix().clone().join(name.as_str());
         let location = self.staging.staged_name(&name);
+        let shown = config.location.display(&location);
         self.next_index += 1;
         OpenFile::new(
-            location,
+            (location, shown),
             target,
             config.format,
             config.compression,
@@ -335,7 +328,7 @@ impl SinkState {
         })
     }
 
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), RunError> {
         let now = Instant::now();
         if self.due_on_time(now) {
             self.close().await?;
@@ -347,10 +340,8 @@ impl SinkState {
         let file = self.open.as_mut().expect("a file is open");
         file.encode(batch, config.row_group_bytes)?;
         file.last_write = now;
-        let shown = config.location.display(&file.location);
         file.upload_parts(&self.store, config.part_size, config.max_parts)
-            .await
-            .map_err(|e| format!("writing {shown}: {e}"))?;
+            .await?;
         let full = file.parts + 1 >= config.max_parts
             || config.file_size.is_some_and(|limit| file.size() >= limit);
         if full {
@@ -361,15 +352,12 @@ impl SinkState {
 
     /// Closes the open file, if any: it is finished under its staged name and waits for the
     /// next barrier.
-    pub async fn close(&mut self) -> Result<(), String> {
+    pub async fn close(&mut self) -> Result<(), RunError> {
         let Some(mut file) = self.open.take() else {
             return Ok(());
         };
-        let shown = self.config.location.display(&file.location);
-        let size = file
-            .finish(&self.store)
-            .await
-            .map_err(|e| format!("writing {shown}: {e}"))?;
+        let size = file.finish(&self.store).await?;
+        let shown = file.shown.clone();
         self.staging.stage(&file.location, &file.target).await?;
         self.written += 1;
         info!(node = %self.node, file = %shown, bytes = size, "file staged");
@@ -378,21 +366,21 @@ impl SinkState {
 
     /// At a barrier: closes the open file (everything before the barrier is then in staged
     /// files) and returns the state, with every file not committed yet.
-    pub async fn barrier(&mut self) -> Result<SinkCheckpoint, String> {
+    pub async fn barrier(&mut self) -> Result<SinkCheckpoint, RunError> {
         self.close().await?;
         Ok(self.staging.barrier(self.next_index))
     }
 
     /// Takes the state of every old subtask: serial names go on from the highest index, and
     /// the staging takes over (see [`Staging::restore`]).
-    pub fn restore(&mut self, docs: Vec<Vec<SinkCheckpoint>>) -> Result<(), String> {
+    pub fn restore(&mut self, docs: Vec<Vec<SinkCheckpoint>>) -> Result<(), RunError> {
         let next = self.staging.restore(docs)?;
         self.next_index = self.next_index.max(next);
         Ok(())
     }
 
     /// The end of input: closes the open file and commits every file (no checkpoint follows).
-    pub async fn finish_all(&mut self) -> Result<(), String> {
+    pub async fn finish_all(&mut self) -> Result<(), RunError> {
         self.close().await?;
         self.staging.commit_all().await
     }
@@ -406,7 +394,7 @@ pub(super) struct FileSystemSink {
     /// Closes files on time while no input comes; started with the first batch.
     timer: Option<JoinHandle<()>>,
     /// What the timer failed with: the next call fails with it.
-    failure: Arc<StdMutex<Option<String>>>,
+    failure: Arc<StdMutex<Option<RunError>>>,
     /// The run takes checkpoints: files are committed only when one completes.
     checkpointing: bool,
     /// The input ended: the last commit also removes the staging directories.
@@ -441,16 +429,13 @@ impl FileSystemSink {
         }
     }
 
-    fn fail(&self, message: String) -> TaskError {
-        TaskError::Connector {
-            node: self.node.clone(),
-            message,
-        }
+    fn fail(&self, e: RunError) -> TaskError {
+        TaskError::connector(&self.node, e)
     }
 
     fn check_timer(&self) -> Result<(), TaskError> {
         match self.failure.lock().expect("not poisoned").take() {
-            Some(message) => Err(self.fail(message)),
+            Some(e) => Err(self.fail(e)),
             None => Ok(()),
         }
     }
@@ -506,7 +491,7 @@ impl Operator for FileSystemSink {
         let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
         let batch = batch
             .project(&visible)
-            .map_err(|e| self.fail(e.to_string()))?;
+            .map_err(TaskError::batch(&self.node))?;
         let result = self.state.lock().await.write(&batch).await;
         result.map_err(|e| self.fail(e))
     }
@@ -562,14 +547,13 @@ impl Operator for FileSystemSink {
     /// Commits the files of the restored checkpoint: see [`SinkState::restore`].
     fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let docs = state.json::<SinkCheckpoint>(SINK_TABLE)?;
-        let result = match self.state.try_lock() {
-            Ok(mut sink) => sink.restore(docs),
-            Err(_) => Err("restored while writing".to_string()),
-        };
-        result.map_err(|e| self.fail(e))
+        // A restore comes before any input: nothing else holds the state yet.
+        let mut sink = self.state.try_lock().expect("restored before any input");
+        sink.restore(docs)
+            .map_err(|e| TaskError::connector(&self.node, e))
     }
 
-    async fn on_checkpoint_complete(&mut self, epoch: u64) -> Result<(), TaskError> {
+    async fn on_checkpoint_complete(&mut self, _epoch: u64) -> Result<(), TaskError> {
         self.check_timer()?;
         let result = {
             let mut state = self.state.lock().await;
@@ -578,7 +562,7 @@ impl Operator for FileSystemSink {
                 Err(e) => Err(e),
             }
         };
-        result.map_err(|e| self.fail(format!("committing checkpoint {epoch}: {e}")))?;
+        result.map_err(|e| self.fail(e))?;
         if self.closed {
             self.state.lock().await.staging.tidy().await;
         }
@@ -973,6 +957,7 @@ mod tests {
         // Both gone: an error naming both.
         std::fs::remove_file(dir.path().join(name)).unwrap();
         let e = s.staging.commit(file).await.unwrap_err();
+        let e = e.to_string();
         assert!(e.contains(name) && e.contains(STAGING_DIR), "{e}");
     }
 }

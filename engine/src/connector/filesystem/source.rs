@@ -40,8 +40,8 @@ use super::{FileFormat, invalid, take_either, take_location_and_format};
 use crate::connector::lines::{
     BATCH_ROWS, BadData, FilePosition, Generated, LineFormat, LineReader, Rows, take_bad_data,
 };
-use crate::connector::{ConnectorError, EventTimeSpec, Options};
-use crate::storage::Location;
+use crate::connector::{ConnectorError, EventTimeSpec, Options, RunError};
+use crate::storage::{Location, StorageError};
 use crate::task::{
     RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
 };
@@ -203,11 +203,8 @@ fn visible(prefix: &Path, object: &Path) -> bool {
 }
 
 impl FileSystemSource {
-    fn fail(&self, message: String) -> TaskError {
-        TaskError::Connector {
-            node: self.info.node.clone(),
-            message,
-        }
+    fn fail(&self, e: impl Into<RunError>) -> TaskError {
+        TaskError::connector(&self.info.node, e.into())
     }
 
     /// The subtask's state: its progress, with `current` (the file being read and how far)
@@ -230,7 +227,7 @@ impl FileSystemSource {
             .list(Some(prefix))
             .try_collect()
             .await
-            .map_err(|e| self.fail(format!("cannot list {shown}: {e}")))?;
+            .map_err(|e| self.fail(StorageError::store("listing", &shown)(e)))?;
         files.retain(|f| visible(prefix, &f.location));
         if files.is_empty() {
             // `path` may name a single file.
@@ -241,7 +238,7 @@ impl FileSystemSource {
         if let Some(pattern) = &self.config.regex {
             let names = StringArray::from_iter_values(files.iter().map(|f| f.location.as_ref()));
             let keep = regexp_is_match_scalar(&names, pattern, None)
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(TaskError::batch(&self.info.node))?;
             let mut i = 0;
             files.retain(|_| {
                 i += 1;
@@ -295,10 +292,11 @@ impl FileSystemSource {
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
         };
-        let GetResult { payload, range, .. } = store
-            .get_opts(&meta.location, options)
-            .await
-            .map_err(|e| self.fail(format!("cannot open {shown} at byte {offset}: {e}")))?;
+        let GetResult { payload, range, .. } =
+            store.get_opts(&meta.location, options).await.map_err(|e| {
+                let at = format!("{shown} at byte {offset}");
+                self.fail(StorageError::store("opening", at)(e))
+            })?;
         let snapshot = |r: &LineReader| {
             let p = r.position();
             self.snapshot_with(Some((
@@ -318,7 +316,8 @@ impl FileSystemSource {
                     file.seek(std::io::SeekFrom::Start(range.start))
                         .await
                         .map_err(|e| {
-                            self.fail(format!("seeking to byte {} of {shown}: {e}", range.start))
+                            let at = format!("byte {} of {shown}", range.start);
+                            self.fail(StorageError::io("seeking to", at)(e))
                         })?;
                 }
                 rows.read_lines(ctx, file, snapshot).await?
@@ -366,9 +365,11 @@ impl FileSystemSource {
         {
             Ok(b) => b,
             Err(e) => {
-                let message = format!("bad data in {shown}: not a Parquet file: {e}");
                 return match self.config.bad_data {
-                    BadData::Fail => Err(self.fail(message)),
+                    BadData::Fail => Err(self.fail(RunError::BadData {
+                        at: shown.to_string(),
+                        reason: format!("not a Parquet file: {e}"),
+                    })),
                     BadData::Drop => {
                         warn!(file = %shown, error = %e, "bad_data = 'drop': skipped a file");
                         Ok((SourceEnd::Finished, Resume::Rows(0)))
@@ -384,14 +385,22 @@ impl FileSystemSource {
             .filter_map(|f| file_schema.index_of(f.name()).ok())
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-        let skip_rows = usize::try_from(skip)
-            .map_err(|_| self.fail(format!("{shown}: cannot skip {skip} rows")))?;
+        let skip_rows = usize::try_from(skip).map_err(|_| {
+            self.fail(RunError::BadCheckpoint(format!(
+                "resumes {shown} after {skip} rows, more than this machine can skip"
+            )))
+        })?;
         let mut batches = builder
             .with_batch_size(BATCH_ROWS)
             .with_projection(mask)
             .with_offset(skip_rows)
             .build()
-            .map_err(|e| self.fail(format!("reading {shown}: {e}")))?;
+            .map_err(|source| {
+                self.fail(RunError::ParquetRead {
+                    path: shown.to_string(),
+                    source,
+                })
+            })?;
         let mut read = skip;
         loop {
             if ctx.should_stop() {
@@ -406,17 +415,27 @@ impl FileSystemSource {
             let Some(batch) = batches.next().await else {
                 break;
             };
-            let batch = batch.map_err(|e| self.fail(format!("reading {shown}: {e}")))?;
+            let batch = batch.map_err(|source| {
+                self.fail(RunError::ParquetRead {
+                    path: shown.to_string(),
+                    source,
+                })
+            })?;
             read += batch.num_rows() as u64;
-            let batch = align(&batch, &stored).map_err(|e| self.fail(format!("{shown}: {e}")))?;
+            let batch = align(&batch, &stored, shown).map_err(|e| self.fail(e))?;
             rows.emit_decoded(ctx, batch).await?;
         }
         Ok((SourceEnd::Finished, Resume::Rows(read)))
     }
 }
 
-/// `batch`'s columns by name, cast to `schema`'s types; a column the file lacks is null.
-fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+/// `batch`'s columns by name, cast to `schema`'s types; a column the file lacks is null. A
+/// column that does not convert is bad data in `path`.
+fn align(batch: &RecordBatch, schema: &SchemaRef, path: &str) -> Result<RecordBatch, RunError> {
+    let bad = |reason: String| RunError::BadData {
+        at: path.to_string(),
+        reason,
+    };
     let strict = CastOptions {
         safe: false,
         ..Default::default()
@@ -427,28 +446,24 @@ fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String>
         .map(|field| match batch.column_by_name(field.name()) {
             Some(c) if c.data_type() == field.data_type() => Ok(c.clone()),
             Some(c) => cast_with_options(c, field.data_type(), &strict).map_err(|e| {
-                format!(
+                bad(format!(
                     "column '{}' ({}) does not convert to {}: {e}",
                     field.name(),
                     c.data_type(),
                     field.data_type()
-                )
+                ))
             }),
             None if field.is_nullable() => Ok(new_null_array(field.data_type(), batch.num_rows())),
-            None => Err(format!("the file has no column '{}'", field.name())),
+            None => Err(bad(format!("the file has no column '{}'", field.name()))),
         })
-        .collect::<Result<Vec<ArrayRef>, String>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+        .collect::<Result<Vec<ArrayRef>, RunError>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(RunError::Encode)
 }
 
 #[async_trait]
 impl Source for FileSystemSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
-        let store = self
-            .config
-            .location
-            .store()
-            .map_err(|e| self.fail(crate::task::error_chain(&e)))?;
+        let store = self.config.location.store().map_err(|e| self.fail(e))?;
         let files = self.list(&store).await?;
         let total = files.len();
         let (me, parallelism) = (self.info.subtask, self.info.parallelism.max(1));
@@ -571,7 +586,7 @@ mod tests {
             Field::new("counter", DataType::Int64, false),
             Field::new("missing", DataType::Utf8, true),
         ]));
-        let out = align(&file, &table).unwrap();
+        let out = align(&file, &table, "f.parquet").unwrap();
         assert_eq!(
             out.column(0)
                 .as_any()
@@ -582,7 +597,8 @@ mod tests {
         );
         assert_eq!(out.column(1).null_count(), 2);
         let strict = Arc::new(Schema::new(vec![Field::new("gone", DataType::Utf8, false)]));
-        assert!(align(&file, &strict).unwrap_err().contains("'gone'"));
+        let err = align(&file, &strict, "f.parquet").unwrap_err().to_string();
+        assert!(err.contains("f.parquet") && err.contains("'gone'"), "{err}");
     }
 
     /// The `n` column of a batch.

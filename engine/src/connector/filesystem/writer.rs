@@ -23,6 +23,8 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 use tokio::time::Instant;
 
 use super::FileFormat;
+use crate::connector::RunError;
+use crate::storage::StorageError;
 use crate::task::Background;
 
 /// Encoded rows of the open file not yet uploaded.
@@ -40,6 +42,8 @@ enum Encoder {
 pub(super) struct OpenFile {
     /// Where it is written: its staged name.
     pub location: Path,
+    /// Its staged name as messages show it.
+    pub shown: String,
     /// The name it takes once committed.
     pub target: Path,
     encoder: Encoder,
@@ -57,13 +61,13 @@ impl OpenFile {
     /// A new file at `location` (its staged name), to be committed as `target`, for batches of
     /// `schema`.
     pub fn new(
-        location: Path,
+        (location, shown): (Path, String),
         target: Path,
         format: FileFormat,
         compression: Compression,
         schema: &Schema,
         background: Background,
-    ) -> Result<OpenFile, String> {
+    ) -> Result<OpenFile, RunError> {
         let encoder = match format {
             FileFormat::Json => Encoder::Json(Vec::new()),
             FileFormat::Parquet => {
@@ -79,7 +83,10 @@ impl OpenFile {
                     .set_compression(compression)
                     .build();
                 let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|source| RunError::ParquetWrite {
+                        path: shown.clone(),
+                        source,
+                    })?;
                 Encoder::Parquet {
                     writer: Box::new(writer),
                     schema,
@@ -89,6 +96,7 @@ impl OpenFile {
         let now = Instant::now();
         Ok(OpenFile {
             location,
+            shown,
             target,
             encoder,
             upload: None,
@@ -120,17 +128,21 @@ impl OpenFile {
 
     /// Encodes `batch` (visible columns only); a Parquet row group is cut once
     /// `row_group_bytes` are in progress.
-    pub fn encode(&mut self, batch: &RecordBatch, row_group_bytes: u64) -> Result<(), String> {
+    pub fn encode(&mut self, batch: &RecordBatch, row_group_bytes: u64) -> Result<(), RunError> {
+        let failed = |source| RunError::ParquetWrite {
+            path: self.shown.clone(),
+            source,
+        };
         match &mut self.encoder {
             Encoder::Json(buf) => {
                 buf.extend_from_slice(&crate::connector::sink::encode_json_lines(batch, 0)?);
             }
             Encoder::Parquet { writer, schema } => {
                 let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                    .map_err(|e| format!("a batch does not fit the file's schema: {e}"))?;
-                writer.write(&batch).map_err(|e| e.to_string())?;
+                    .map_err(RunError::Encode)?;
+                writer.write(&batch).map_err(failed)?;
                 if writer.in_progress_size() as u64 >= row_group_bytes {
-                    writer.flush().map_err(|e| e.to_string())?;
+                    writer.flush().map_err(failed)?;
                 }
             }
         }
@@ -143,14 +155,14 @@ impl OpenFile {
         store: &Arc<dyn ObjectStore>,
         part_size: u64,
         max_parts: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunError> {
         let part_size = part_size as usize;
         while self.buffer().len() >= part_size && self.parts + 1 < max_parts {
             if self.upload.is_none() {
                 let upload = store
                     .put_multipart(&self.location)
                     .await
-                    .map_err(|e| format!("starting an upload: {e}"))?;
+                    .map_err(StorageError::store("starting an upload of", &self.shown))?;
                 self.upload = Some(upload);
             }
             let buffer = self.buffer();
@@ -160,7 +172,7 @@ impl OpenFile {
             upload
                 .put_part(part.into())
                 .await
-                .map_err(|e| format!("uploading a part: {e}"))?;
+                .map_err(StorageError::store("uploading a part of", &self.shown))?;
             self.parts += 1;
             self.uploaded += part_size as u64;
         }
@@ -169,10 +181,17 @@ impl OpenFile {
 
     /// Writes the rest and makes the file appear under its (staged) location; returns its
     /// size.
-    pub async fn finish(&mut self, store: &Arc<dyn ObjectStore>) -> Result<u64, String> {
+    pub async fn finish(&mut self, store: &Arc<dyn ObjectStore>) -> Result<u64, RunError> {
         let rest = match std::mem::replace(&mut self.encoder, Encoder::Json(Vec::new())) {
             Encoder::Json(buf) => buf,
-            Encoder::Parquet { writer, .. } => writer.into_inner().map_err(|e| e.to_string())?,
+            Encoder::Parquet { writer, .. } => {
+                writer
+                    .into_inner()
+                    .map_err(|source| RunError::ParquetWrite {
+                        path: self.shown.clone(),
+                        source,
+                    })?
+            }
         };
         let size = self.uploaded + rest.len() as u64;
         match self.upload.take() {
@@ -180,7 +199,7 @@ impl OpenFile {
                 store
                     .put(&self.location, rest.into())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(StorageError::store("writing", &self.shown))?;
             }
             Some(mut upload) => {
                 let done = async {
@@ -192,7 +211,9 @@ impl OpenFile {
                 .await;
                 if let Err(e) = done {
                     let _ = upload.abort().await;
-                    return Err(e.to_string());
+                    return Err(
+                        StorageError::store("completing the upload of", &self.shown)(e).into(),
+                    );
                 }
             }
         }
