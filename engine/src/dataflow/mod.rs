@@ -17,10 +17,11 @@
 mod checkpointing;
 mod error;
 mod graph;
+mod layout;
 mod runtime;
 
 pub use crate::task::StopMode;
 pub use checkpointing::{CheckpointConfig, CommitGate, CompletedCheckpoint};
 pub use error::DataflowError;
-pub use graph::{Edge, EdgeKind, Node, NodeKind, Program};
+pub use graph::{Edge, EdgeKind, Node, NodeKind, Program, node_id};
 pub use runtime::{RunHandle, RunOutcome, run};

@@ -9,6 +9,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::checkpointing::{self, CheckpointConfig, CompletedCheckpoint};
 use super::error::DataflowError;
+use super::layout::{self, TopologyNode};
 use super::{EdgeKind, NodeKind, Program};
 use crate::task::protocol::{Completions, Link, Report};
 use crate::task::{
@@ -201,8 +202,7 @@ pub async fn run(
     let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
     if let Some(config) = checkpoints {
         if let Some(manifest) = &config.restore {
-            let state = checkpointing::load(&config.store, manifest, program).await?;
-            restored = state.into_iter().map(Some).collect();
+            restored = layout::load(&config.store, manifest, program).await?;
             restored_epoch = Some(manifest.epoch);
             info!(epoch = manifest.epoch, state = %config.store.display(), "restoring checkpoint");
         }
@@ -233,7 +233,11 @@ pub async fn run(
                 .nodes
                 .iter()
                 .zip(&par)
-                .map(|(node, p)| (node.label.clone(), *p))
+                .map(|(node, p)| TopologyNode {
+                    id: node.id.clone(),
+                    label: node.label.clone(),
+                    parallelism: *p,
+                })
                 .collect(),
             first_epoch,
             reports,
