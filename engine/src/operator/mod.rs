@@ -4,8 +4,11 @@
 //! An operator never blocks the runtime and never works row-at-a-time on the hot path: it
 //! evaluates DataFusion physical expressions on whole batches.
 
+pub mod aggregate;
 pub mod instant;
 pub mod join;
+#[cfg(test)]
+mod testing;
 pub mod transform;
 pub mod updating;
 pub mod window;

@@ -26,7 +26,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::window::{AggregateSpec, bad_state, state_batch, state_keys, state_widths};
+use super::aggregate::{AggregateSpec, bad_state, state_batch, state_keys, state_widths};
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
 use crate::task::{RestoredState, StateError, TaskState};
@@ -479,8 +479,8 @@ impl Operator for UpdatingOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::window::key_schema;
-    use crate::operator::window::tests::{
+    use crate::operator::aggregate::key_schema;
+    use crate::operator::testing::{
         Step, aggregate, aggregate_fields, aggregates, check_checkpoints, input_schema, rows,
     };
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};

@@ -19,8 +19,9 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::provider::TableEntry;
 use super::window_fn::{WindowSpec, window_spec};
+use crate::operator::aggregate::{AggregateSpec, key_schema};
 use crate::operator::instant::{InstantJoin, JoinKind, RankSpec, Ranking, WindowFunctions};
-use crate::operator::window::{AggregateSpec, WindowAggregate, WindowKind, key_schema};
+use crate::operator::window::{WindowAggregate, WindowKind};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;

@@ -469,7 +469,7 @@ impl Source for FileSystemSource {
         let (me, parallelism) = (self.info.subtask, self.info.parallelism.max(1));
         if total == 0 && me == 0 {
             warn!(
-                path = %self.config.location.display(&self.config.location.prefix()),
+                path = %self.config.location.display(self.config.location.prefix()),
                 "no files to read"
             );
         }
