@@ -32,11 +32,19 @@ use crate::task::{OperatorFactory, SourceFactory};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectorError {
     /// `connector = '...'` names no connector this engine has.
-    #[error("unknown connector '{0}' (known: {known})", known = KNOWN_CONNECTORS.join(", "))]
+    #[error("unknown connector '{name}'{hint} (known: {known})", name = .0, hint = did_you_mean(&options::closest(.0, KNOWN_CONNECTORS.iter().copied())), known = KNOWN_CONNECTORS.join(", "))]
     UnknownConnector(String),
-    /// An option no part of the table definition uses.
-    #[error("unknown option '{option}' for connector '{connector}'")]
-    UnknownOption { connector: String, option: String },
+    /// An option no part of the table definition uses (with the known option it is closest
+    /// to, if one is close).
+    #[error(
+        "unknown option '{option}' for connector '{connector}'{}",
+        did_you_mean(suggestion)
+    )]
+    UnknownOption {
+        connector: String,
+        option: String,
+        suggestion: Option<String>,
+    },
     /// A required option is missing.
     #[error("connector '{connector}' needs the option '{option}'")]
     MissingOption { connector: String, option: String },
@@ -50,6 +58,13 @@ pub enum ConnectorError {
     /// The table is used the wrong way round (reading from a sink, writing to a source).
     #[error("{0}")]
     Usage(String),
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
 }
 
 /// Connectors this engine knows.
@@ -255,6 +270,7 @@ impl ConnectorTable {
             return Err(ConnectorError::UnknownOption {
                 connector: connector.to_string(),
                 option: option.to_string(),
+                suggestion: options.suggestion(option),
             });
         }
         Ok(ConnectorTable {
