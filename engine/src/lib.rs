@@ -21,6 +21,7 @@
 
 pub mod connector;
 pub mod dataflow;
+pub mod failpoint;
 pub mod operator;
 pub mod sql;
 pub mod storage;
