@@ -168,6 +168,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
     let job = Arc::new(JobContext {
+        pipeline: pipeline_id.clone(),
         preview: Some(preview_tx),
     });
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();

@@ -61,7 +61,10 @@ async fn rows(
 ) -> Vec<String> {
     let planned = arroyod_engine::sql::plan(sql).expect("the fixture's query plans");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let job = Arc::new(JobContext { preview: Some(tx) });
+    let job = Arc::new(JobContext {
+        preview: Some(tx),
+        ..JobContext::default()
+    });
     let handle = run(&planned.program, p, job, checkpoints).await.unwrap();
     let collect = async {
         let mut all = Vec::new();
