@@ -154,14 +154,9 @@ impl Arroyod for Api {
             .map_err(status)?;
         // Which epochs still have their files (garbage collection keeps the newest few).
         let state_url = p.row().state_url;
-        let retained: Vec<u64> = match arroyod_engine::storage::CheckpointStore::open(&state_url) {
-            Ok(store) => store
-                .list()
-                .await
-                .map(|m| m.iter().map(|m| m.epoch).collect())
-                .unwrap_or_default(),
-            Err(_) => vec![],
-        };
+        let retained: Vec<u64> = arroyod_engine::job::checkpoints(&state_url)
+            .await
+            .unwrap_or_default();
         let checkpoints = rows
             .into_iter()
             .map(|c| CheckpointMsg {

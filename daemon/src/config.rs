@@ -92,7 +92,7 @@ pub fn parse_interval(value: &str) -> Result<std::time::Duration, ConfigError> {
         value: value.to_string(),
         reason,
     };
-    let d = arroyod_engine::connector::parse_duration(value).map_err(|e| bad(e.to_string()))?;
+    let d = arroyod_engine::parse_duration(value).map_err(|e| bad(e.to_string()))?;
     if d.is_zero() {
         return Err(bad("must be above zero".into()));
     }

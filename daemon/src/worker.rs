@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
-use arroyod_engine::storage::CheckpointStore;
-
-use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
-use arroyod_engine::task::JobContext;
+use arroyod_engine::job::{
+    self, Checkpointing, CommitGate, JobSpec, Outcome as RunOutcome, StopMode as EngineStop,
+};
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
 use hyper_util::rt::TokioIo;
@@ -50,7 +48,7 @@ pub enum WorkerError {
     ReportsClosed,
     /// The dataflow could not start.
     #[error("starting the dataflow")]
-    Dataflow(#[from] arroyod_engine::dataflow::DataflowError),
+    Dataflow(#[from] arroyod_engine::job::DataflowError),
 }
 
 /// How long the daemon has to answer a CommitRequest.
@@ -166,29 +164,13 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         }
     };
     let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
-    let job = Arc::new(JobContext {
-        preview: Some(preview_tx),
-    });
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();
-    let checkpoints = match checkpointing(&start, &events, &pending).await {
-        Ok(c) => c,
-        Err(message) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
-            return finish(events, commands).await;
-        }
+    let spec = JobSpec {
+        parallelism: start.parallelism as usize,
+        checkpointing: checkpointing(&start, &events, &pending),
+        preview: Some(preview_tx),
     };
-    let handle = match dataflow::run(
-        &planned.program,
-        start.parallelism as usize,
-        job,
-        checkpoints,
-    )
-    .await
-    {
+    let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,
         Err(e) => {
             events
@@ -239,7 +221,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             }
         })
     };
-    let stop = handle.stop_sender();
+    let stop = handle.stopper();
     let mut wait = std::pin::pin!(handle.wait());
     let outcome = loop {
         tokio::select! {
@@ -253,19 +235,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                     };
                     info!(pipeline = %pipeline_id, ?mode, "stop requested");
                     // A stop never weakens one under way (a checkpoint stop may escalate).
-                    stop.send_if_modified(|current| {
-                        let stronger = match (*current, mode) {
-                            (None, _) => true,
-                            (Some(EngineStop::Immediate), _) => false,
-                            (_, EngineStop::Immediate) => true,
-                            (Some(EngineStop::Checkpoint), EngineStop::Graceful) => true,
-                            _ => false,
-                        };
-                        if stronger {
-                            *current = Some(mode);
-                        }
-                        stronger
-                    });
+                    stop.request(mode);
                 }
                 Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Commit(c)) })) => {
                     if let Some(tx) = pending.lock().expect("pending lock").remove(&c.epoch) {
@@ -295,34 +265,24 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     finish(events, commands).await
 }
 
-/// The checkpointing of this run: the store under the pipeline's state URL, its newest
-/// checkpoint to restore, and the daemon as commit gate.
-async fn checkpointing(
+/// The checkpointing of this run: under the pipeline's state URL (the job restores its
+/// newest checkpoint), with the daemon as commit gate.
+fn checkpointing(
     start: &arroyod_proto::Start,
     events: &mpsc::Sender<WorkerEvent>,
     pending: &Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
-) -> Result<Option<CheckpointConfig>, String> {
+) -> Option<Checkpointing> {
     if start.state_url.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let failed = |e: arroyod_engine::storage::StorageError| {
-        format!(
-            "checkpoints at {}: {}",
-            start.state_url,
-            crate::api::error_chain(&e)
-        )
-    };
-    let store = CheckpointStore::open(&start.state_url).map_err(failed)?;
-    let restore = store.latest().await.map_err(failed)?;
-    Ok(Some(CheckpointConfig {
-        store: Arc::new(store),
+    Some(Checkpointing {
+        state: start.state_url.clone(),
         interval: Duration::from_millis(start.checkpoint_interval_ms.max(1)),
-        restore,
         gate: Some(Arc::new(DaemonGate {
             events: events.clone(),
             pending: pending.clone(),
         })),
-    }))
+    })
 }
 
 /// Closes the report stream and waits (briefly) for the daemon to close its side.
