@@ -733,9 +733,13 @@ impl Gen<'_> {
         let right_table = if two_tables { "t2" } else { "t1" };
         let mut streaming_sides = Vec::new();
         let mut oracle_sides = Vec::new();
-        for table in ["t1", right_table] {
+        for (side, table) in [("left", "t1"), ("right", right_table)] {
             let filter = self.predicate();
             let aggregates = self.aggregates(false, 2);
+            if aggregates.iter().any(|a| a.starts_with("count(")) {
+                // A count is never null: an outer join must make it nullable.
+                self.tag(format!("join:{side}-count"));
+            }
             streaming_sides.push(self.streaming_aggregate(
                 window,
                 keys,

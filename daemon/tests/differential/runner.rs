@@ -14,7 +14,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{self, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -23,9 +24,7 @@ use super::compare::{self, Row};
 use super::data;
 use super::oracle::Expected;
 use super::query::{Case, Output};
-use crate::harness::{
-    DEADLINE, arroyod_bin, path_str, signal, try_run_query, wait_exit, wait_until,
-};
+use crate::harness::{DEADLINE, arroyod_bin, path_str, signal, wait_exit, wait_until};
 
 /// At most this many steps (one per checkpoint) read a file in the first run of a restored run.
 const PACED_STEPS: usize = 40;
@@ -35,8 +34,11 @@ const STDERR_TAIL: usize = 15;
 /// How a case runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    /// Straight through at this parallelism.
+    /// Straight through at this parallelism, each file read at once (one batch).
     Straight(u32),
+    /// Straight through at this parallelism, each file read this many lines at a time (many
+    /// batches, so watermarks, window closes and updates interleave with the data).
+    Paced(u32, usize),
     /// Checkpointed at the first parallelism, stopped after the checkpoint of the given epoch,
     /// restored at the second.
     Restored(u32, u32, u64),
@@ -46,6 +48,7 @@ impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Mode::Straight(p) => write!(f, "-p {p}"),
+            Mode::Paced(p, lines) => write!(f, "-p {p}, read {lines} lines at a time"),
             Mode::Restored(a, b, epoch) => {
                 write!(
                     f,
@@ -60,17 +63,26 @@ impl Mode {
     fn file_tag(self) -> String {
         match self {
             Mode::Straight(p) => format!("p{p}"),
+            Mode::Paced(p, _) => format!("p{p}-paced"),
             Mode::Restored(a, b, _) => format!("p{a}-p{b}"),
         }
     }
 }
 
-/// The modes every case runs in: parallelism 1 and 3, and its stop and restore.
+/// The modes every case runs in: parallelism 1 reading each file at once, parallelism 3
+/// reading it in 1 to 100 steps, and its stop and restore.
 pub fn modes(case: &Case) -> [Mode; 3] {
     let (a, b) = case.restore;
+    let lines = case
+        .tables
+        .iter()
+        .map(|t| t.events.len())
+        .max()
+        .unwrap_or(1);
+    let steps = [1, 7, 30, 100][(case.seed / 4 % 4) as usize];
     [
         Mode::Straight(1),
-        Mode::Straight(3),
+        Mode::Paced(3, lines.div_ceil(steps).max(1)),
         Mode::Restored(a, b, 1 + case.seed % 4),
     ]
 }
@@ -168,8 +180,13 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
         detail,
     };
     let mut stderr = String::new();
+    let mut envs = Vec::new();
     let parallelism = match mode {
         Mode::Straight(p) => p,
+        Mode::Paced(p, lines) => {
+            envs.push(("ARROYO_TEST_FILE_PACE", format!("{lines}:0")));
+            p
+        }
         Mode::Restored(first, second, epoch) => {
             let log = ws.path().join(format!("first-run-{tag}.log"));
             let lines = case
@@ -188,7 +205,7 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
     };
     let p = parallelism.to_string();
     let args = ["-p", p.as_str(), "-s", path_str(&state), path_str(&query)];
-    let out = match try_run_query(&args, DEADLINE) {
+    let out = match run_arroyod(&args, &envs) {
         Ok(out) => out,
         Err(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -236,6 +253,52 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
             ))
         }
     }
+}
+
+/// `arroyod run ARGS` with `envs` added, to its end; `Err` when it was still running at
+/// [`DEADLINE`] and had to be killed. Only stderr is kept (the sink writes a file).
+fn run_arroyod(args: &[&str], envs: &[(&str, String)]) -> Result<process::Output, process::Output> {
+    let mut child = Command::new(arroyod_bin())
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting arroyod run");
+    // The reader hands stderr over a channel: a worker that outlives a killed run and still
+    // holds the pipe cannot block the test.
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut pipe, &mut text);
+        let _ = tx.send(text);
+    });
+    let started = Instant::now();
+    let mut killed = false;
+    let mut exited = || {
+        if let Some(status) = child.try_wait().expect("waiting for arroyod run") {
+            return Some(status);
+        }
+        if started.elapsed() > DEADLINE {
+            killed = true;
+            let _ = child.kill();
+            return Some(child.wait().expect("reaping arroyod run"));
+        }
+        None
+    };
+    let status = wait_until(DEADLINE * 2, "arroyod run to end or be killed", &mut exited);
+    let out = process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| b"<stderr stayed open after the exit>".to_vec()),
+    };
+    if killed { Err(out) } else { Ok(out) }
 }
 
 /// The newest epoch with a complete checkpoint (a MANIFEST) in the state dir `state`.
