@@ -167,11 +167,10 @@ fn report(case: &Case, dir: &Path, failure: &runner::Failure) -> String {
             step.input
         ));
     }
-    text.push_str(&format!(
-        "  input: {}\n  {}",
-        inputs.join(", "),
-        failure.detail
-    ));
+    text.push_str(&format!("  input: {}", inputs.join(", ")));
+    for line in failure.detail.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str(&format!("\n    {}", line.trim_start()));
+    }
     text
 }
 

@@ -365,22 +365,16 @@ pub fn diff(expected: &[Row], got: &[Row], unit: &str) -> Option<String> {
     expected_left.sort();
     got_left.sort();
     let mut report = format!(
-        "expected {} {unit}, got {}; {} missing, {} unexpected",
+        "expected {} {unit}, got {}; {} missing (-), {} unexpected (+)",
         expected.len(),
         got.len(),
         expected_left.len(),
         got_left.len()
     );
-    for (title, rows) in [
-        ("missing (expected, not in the output)", &expected_left),
-        ("unexpected (in the output, not expected)", &got_left),
-    ] {
-        if !rows.is_empty() {
-            report.push_str(&format!("\n  first {title}:"));
-            for row in rows.iter().take(SHOWN) {
-                report.push_str(&format!("\n    {}", RowDisplay(row)));
-            }
-        }
+    let minus = expected_left.iter().take(SHOWN).map(|row| ('-', row));
+    let plus = got_left.iter().take(SHOWN).map(|row| ('+', row));
+    for (sign, row) in minus.chain(plus) {
+        report.push_str(&format!("\n    {sign} {}", RowDisplay(row)));
     }
     Some(report)
 }
@@ -438,10 +432,10 @@ mod tests {
         let far = json("{\"x\":0.1}\n{\"x\":0.1000001}\n{\"x\":1e300}\n{\"x\":2}");
         let report = diff(&expected, &far, "rows").unwrap();
         assert!(
-            report.starts_with("expected 4 rows, got 4; 1 missing, 1 unexpected"),
+            report.starts_with("expected 4 rows, got 4; 1 missing (-), 1 unexpected (+)"),
             "{report}"
         );
-        assert!(report.contains("x: 0.1000001"), "{report}");
+        assert!(report.contains("\n    + {x: 0.1000001}"), "{report}");
         // One duplicate more is a difference.
         let more = json("{\"x\":0.1}\n{\"x\":0.1}\n{\"x\":0.1}\n{\"x\":1e300}\n{\"x\":2}");
         assert!(

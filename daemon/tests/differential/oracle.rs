@@ -37,19 +37,13 @@ pub fn expected(case: &Case) -> Result<Expected, String> {
             register(&ctx, &table.name, data::schema(), vec![data::batch(table)])?;
         }
         for step in &case.oracle.sessions {
-            let input = run(&ctx, &step.input).await?;
+            let (schema, batches) = run(&ctx, &step.input).await?;
+            let input =
+                concat_batches(&schema, &batches).map_err(|e| format!("concatenating: {e}"))?;
             let sessioned = sessions(&input, step)?;
             register(&ctx, &step.name, sessioned.schema(), vec![sessioned])?;
         }
-        let df = ctx
-            .sql(&case.oracle.sql)
-            .await
-            .map_err(|e| format!("planning the oracle query: {e}"))?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df
-            .collect()
-            .await
-            .map_err(|e| format!("running the oracle query: {e}"))?;
+        let (schema, batches) = run(&ctx, &case.oracle.sql).await?;
         Ok(Expected { schema, batches })
     })
 }
@@ -67,8 +61,8 @@ fn register(
     Ok(())
 }
 
-/// Runs `sql`; its rows as one batch.
-async fn run(ctx: &SessionContext, sql: &str) -> Result<RecordBatch, String> {
+/// Runs `sql`; its schema and rows.
+async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
     let df = ctx
         .sql(sql)
         .await
@@ -78,7 +72,7 @@ async fn run(ctx: &SessionContext, sql: &str) -> Result<RecordBatch, String> {
         .collect()
         .await
         .map_err(|e| format!("running {sql}: {e}"))?;
-    concat_batches(&schema, &batches).map_err(|e| format!("concatenating: {e}"))
+    Ok((schema, batches))
 }
 
 /// `input` with the columns `ws` and `we`: the start and end of each row's session.

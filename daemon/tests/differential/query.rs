@@ -207,8 +207,18 @@ pub struct Case {
 }
 
 impl Case {
+    /// Rows of all inputs.
     pub fn rows(&self) -> usize {
         self.tables.iter().map(|t| t.events.len()).sum()
+    }
+
+    /// Rows of the longest input.
+    pub fn longest_input(&self) -> usize {
+        self.tables
+            .iter()
+            .map(|t| t.events.len())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -284,6 +294,8 @@ const DISTINCT_AGGREGATES: &[&str] = &[
 
 /// The key sets of GROUP BY.
 const KEY_SETS: &[&[&str]] = &[&[], &["k"], &["g"], &["k", "g"]];
+/// The key sets of the two sides of a join.
+const JOIN_KEY_SETS: &[&[&str]] = &[&[], &["k"], &["g"]];
 
 struct Gen<'a> {
     rng: &'a mut StdRng,
@@ -528,7 +540,7 @@ impl Gen<'_> {
         format!(
             "SELECT {} FROM {from}{} GROUP BY {}{}",
             select.join(", "),
-            filter.map_or(String::new(), |f| format!(" WHERE {f}")),
+            where_clause(filter),
             group.join(", "),
             having.map_or(String::new(), |h| format!(" HAVING {h}"))
         )
@@ -563,10 +575,7 @@ impl Gen<'_> {
         } else {
             self.projection().join(", ")
         };
-        let query = format!(
-            "SELECT {select} FROM t1{}",
-            filter.map_or(String::new(), |f| format!(" WHERE {f}"))
-        );
+        let query = format!("SELECT {select} FROM t1{}", where_clause(filter.as_deref()));
         Built {
             tables,
             oracle: query.clone(),
@@ -591,12 +600,7 @@ impl Gen<'_> {
             filter.as_deref(),
             having.as_deref(),
         );
-        let source = format!(
-            "SELECT * FROM t1{}",
-            filter
-                .as_ref()
-                .map_or(String::new(), |f| format!(" WHERE {f}"))
-        );
+        let source = filtered("t1", filter.as_deref());
         let relation = self.window_relation(window, &source, keys);
         let aggregate = Gen::oracle_aggregate(&relation, keys, &aggregates, having.as_deref());
         let (query, oracle) = if extra == Extra::None && self.rng.random_bool(0.25) {
@@ -690,12 +694,7 @@ impl Gen<'_> {
             "SELECT ws, we, {key}, a0, rn FROM (SELECT window.start AS ws, window.end AS we, {key}, a0, \
              ROW_NUMBER() OVER (PARTITION BY window ORDER BY {order}) AS rn FROM ({inner})) WHERE rn <= {n}"
         );
-        let source = format!(
-            "SELECT * FROM t1{}",
-            filter
-                .as_ref()
-                .map_or(String::new(), |f| format!(" WHERE {f}"))
-        );
+        let source = filtered("t1", filter.as_deref());
         let relation = self.window_relation(window, &source, keys);
         let agg = Gen::oracle_aggregate(&relation, keys, std::slice::from_ref(&aggregate), None);
         let oracle = format!(
@@ -713,7 +712,7 @@ impl Gen<'_> {
     /// Two windowed aggregates joined on the window and the keys.
     fn join(&mut self) -> Built {
         let window = self.window(JOINABLE_WINDOW);
-        let keys: &'static [&'static str] = *self.pick(&[&[][..], &["k"], &["g"]]);
+        let keys = *self.pick(JOIN_KEY_SETS);
         self.tag(if keys.is_empty() {
             "keys:none".to_string()
         } else {
@@ -748,12 +747,7 @@ impl Gen<'_> {
                 filter.as_deref(),
                 None,
             ));
-            let source = format!(
-                "SELECT * FROM {table}{}",
-                filter
-                    .as_ref()
-                    .map_or(String::new(), |f| format!(" WHERE {f}"))
-            );
+            let source = filtered(table, filter.as_deref());
             let relation = self.window_relation(window, &source, keys);
             oracle_sides.push((
                 Gen::oracle_aggregate(&relation, keys, &aggregates, None),
@@ -813,8 +807,7 @@ impl Gen<'_> {
         let tables = self.tables(if two_tables { 2 } else { 1 }, Gen::shape(window, keys));
         let second = if two_tables { "t2" } else { "t1" };
         let (f1, f2) = (self.predicate(), self.predicate());
-        let where_ =
-            |f: &Option<String>| f.as_ref().map_or(String::new(), |f| format!(" WHERE {f}"));
+        let where_ = |f: &Option<String>| where_clause(f.as_deref());
         let Some(window) = window else {
             self.tag("union:rows");
             let columns = self.projection().join(", ");
@@ -868,9 +861,7 @@ impl Gen<'_> {
         let base = format!(
             "SELECT {} FROM t1{}{group}",
             select.join(", "),
-            filter
-                .as_ref()
-                .map_or(String::new(), |f| format!(" WHERE {f}"))
+            where_clause(filter.as_deref())
         );
         let query = format!(
             "{base}{}",
@@ -897,6 +888,16 @@ impl Gen<'_> {
             output: Output::Updating,
         }
     }
+}
+
+/// ` WHERE <filter>`, or nothing.
+fn where_clause(filter: Option<&str>) -> String {
+    filter.map_or(String::new(), |f| format!(" WHERE {f}"))
+}
+
+/// `SELECT * FROM <table> [WHERE <filter>]`.
+fn filtered(table: &str, filter: Option<&str>) -> String {
+    format!("SELECT * FROM {table}{}", where_clause(filter))
 }
 
 /// `text` as a SQL string literal.

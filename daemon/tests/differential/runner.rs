@@ -28,8 +28,6 @@ use crate::harness::{DEADLINE, arroyod_bin, path_str, signal, wait_exit, wait_un
 
 /// At most this many steps (one per checkpoint) read a file in the first run of a restored run.
 const PACED_STEPS: usize = 40;
-/// Lines of stderr a failure shows.
-const STDERR_TAIL: usize = 15;
 
 /// How a case runs.
 #[derive(Debug, Clone, Copy)]
@@ -73,12 +71,7 @@ impl Mode {
 /// reading it in 1 to 100 steps, and its stop and restore.
 pub fn modes(case: &Case) -> [Mode; 3] {
     let (a, b) = case.restore;
-    let lines = case
-        .tables
-        .iter()
-        .map(|t| t.events.len())
-        .max()
-        .unwrap_or(1);
+    let lines = case.longest_input();
     let steps = [1, 7, 30, 100][(case.seed / 4 % 4) as usize];
     [
         Mode::Straight(1),
@@ -143,28 +136,18 @@ pub struct Failure {
     pub detail: String,
 }
 
-fn stderr_tail(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().collect();
-    let from = lines.len().saturating_sub(STDERR_TAIL);
-    let mut tail = format!("arroyod stderr (last {} lines):", lines.len() - from);
-    for line in &lines[from..] {
-        tail.push_str(&format!("\n    {line}"));
-    }
-    tail
-}
-
-/// The stderr line that best says why a run failed.
-fn first_error(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
+/// The last `error` line of a run's stderr (or its last line): why the run failed.
+fn error_line(stderr: &str) -> &str {
+    let mut lines = stderr
         .lines()
+        .rev()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+        .filter(|l| !l.is_empty());
+    let last = lines.clone().next();
     lines
-        .iter()
-        .find(|l| l.starts_with("error") || l.contains("panicked"))
-        .or(lines.last())
-        .map_or_else(|| "no stderr".to_string(), |l| l.to_string())
+        .find(|l| l.starts_with("error"))
+        .or(last)
+        .unwrap_or("no stderr")
 }
 
 /// Runs `case` in `mode` in `ws` and compares its output with `expected`.
@@ -179,6 +162,12 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
         reason,
         detail,
     };
+    let first_log = ws.path().join(format!("first-run-{tag}.log"));
+    let log = ws.path().join(format!("run-{tag}.log"));
+    let logs = match mode {
+        Mode::Restored(..) => format!("logs: {} {}", first_log.display(), log.display()),
+        _ => format!("log: {}", log.display()),
+    };
     let mut stderr = String::new();
     let mut envs = Vec::new();
     let parallelism = match mode {
@@ -188,44 +177,31 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
             p
         }
         Mode::Restored(first, second, epoch) => {
-            let log = ws.path().join(format!("first-run-{tag}.log"));
-            let lines = case
-                .tables
-                .iter()
-                .map(|t| t.events.len())
-                .max()
-                .unwrap_or(1);
-            stopped_part_way(first, &state, &query, &log, lines, epoch).map_err(|reason| {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                fail(reason, stderr_tail(&log))
-            })?;
-            stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines = case.longest_input();
+            stopped_part_way(first, &state, &query, &first_log, lines, epoch)
+                .map_err(|reason| fail(reason, logs.clone()))?;
+            stderr = std::fs::read_to_string(&first_log).unwrap_or_default();
             second
         }
     };
     let p = parallelism.to_string();
     let args = ["-p", p.as_str(), "-s", path_str(&state), path_str(&query)];
-    let out = match run_arroyod(&args, &envs) {
-        Ok(out) => out,
-        Err(out) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(fail(
-                format!("did not end within {DEADLINE:?}"),
-                stderr_tail(&stderr),
-            ));
-        }
-    };
-    stderr.push_str(&String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        return Err(fail(
-            format!("{}: {}", out.status, first_error(&stderr)),
-            stderr_tail(&stderr),
-        ));
+    let run = run_arroyod(&args, &envs);
+    let (Ok(out) | Err(out)) = &run;
+    std::fs::write(&log, &out.stderr).expect("writing the log");
+    let run_stderr = String::from_utf8_lossy(&out.stderr);
+    if run.is_err() {
+        return Err(fail(format!("did not end within {DEADLINE:?}"), logs));
     }
+    if !out.status.success() {
+        let why = format!("{}: {}", out.status, error_line(&run_stderr));
+        return Err(fail(why, logs));
+    }
+    stderr.push_str(&run_stderr);
     if matches!(mode, Mode::Restored(..)) && !stderr.contains("resuming it") {
         return Err(fail(
             "the second run did not resume the pipeline".into(),
-            stderr_tail(&stderr),
+            logs,
         ));
     }
     let text = std::fs::read_to_string(&output).unwrap_or_default();
@@ -237,7 +213,7 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
             "final rows after replaying the changes",
         ),
     };
-    let got = got.map_err(|e| fail(e, stderr_tail(&stderr)))?;
+    let got = got.map_err(|e| fail(e, logs.clone()))?;
     let want = compare::rows_of_batches(&expected.batches);
     match compare::diff(&want, &got, unit) {
         None => Ok(()),
@@ -246,7 +222,7 @@ pub fn run(case: &Case, ws: &Workspace, expected: &Expected, mode: Mode) -> Resu
             Err(fail(
                 format!("output differs: {reason}"),
                 format!(
-                    "{}\n  output: {}",
+                    "{}\n  output: {}\n  {logs}",
                     rows.trim_start_matches('\n'),
                     output.display()
                 ),
@@ -355,8 +331,8 @@ fn stopped_part_way(
     let stderr = std::fs::read_to_string(log).unwrap_or_default();
     if !status.success() {
         return Err(format!(
-            "the first run exited {status}: {}",
-            first_error(&stderr)
+            "the first run failed ({status}): {}",
+            error_line(&stderr)
         ));
     }
     if ended || !stderr.contains("state=Stopped") {
