@@ -1,7 +1,8 @@
 //! A seeded differential test: random event streams and random queries from templates run
 //! through the real `arroyod run`, and the sink output must equal what DataFusion's batch
-//! engine computes over the complete input (`differential/oracle.rs`), at parallelism 1 and 3
-//! and when stopped part-way and restored at another parallelism (`differential/runner.rs`).
+//! engine computes over the complete input (`differential/oracle.rs`), at parallelism 1 (each
+//! file read at once) and 3 (read in steps), and when stopped part-way and restored at another
+//! parallelism (`differential/runner.rs`).
 //!
 //! 1. Seed `s` picks template `s % 10` (`differential/query.rs`: project, tumble, hop,
 //!    session, having, distinct, topn, join, union, updating) and everything else: the data
@@ -83,6 +84,13 @@ const KNOWN_BUGS: &[KnownBug] = &[
     KnownBug {
         class: "updating-distinct",
         tags: &["template:updating", "distinct"],
+    },
+    // A filter that DataFusion's optimizer proves always false (`k = 'a' AND k = 'b'`,
+    // `1 = 0`): the query is refused with "This feature is not implemented: EmptyRelation:
+    // rows=0 is not supported in a streaming query yet" instead of giving no rows.
+    KnownBug {
+        class: "always-false-filter",
+        tags: &["filter:k-twice"],
     },
     KnownBug {
         class: "session-distinct",

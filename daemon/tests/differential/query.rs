@@ -377,6 +377,14 @@ impl Gen<'_> {
             }
         }
         self.tag("filter");
+        let on_k = ["k = ", "k <> ", "k IN "]
+            .iter()
+            .map(|a| out.matches(a).count())
+            .sum::<usize>();
+        if on_k >= 2 && out.contains(" AND ") {
+            // DataFusion may prove it always false (`k = 'a' AND k = 'b'`).
+            self.tag("filter:k-twice");
+        }
         Some(out)
     }
 

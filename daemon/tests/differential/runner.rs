@@ -1,9 +1,12 @@
 //! Runs a case through the real `arroyod run` in each [`Mode`] and compares the sink file with
 //! the oracle.
 //!
-//! A case lives in its own temp dir: `t1.json` (and `t2.json`), `case.sql` per mode (the source
-//! tables, a `single_file` sink writing `out-<mode>.json`, and the INSERT), and a state dir per
-//! mode. A restored run is two runs on one state dir:
+//! Every case runs in three modes ([`modes`]): `-p 1` reading each file at once, `-p 3`
+//! reading each file in 1 to 100 steps, and stopped and restored. A case lives in its own temp
+//! dir (kept when it fails): `t1.json` (and `t2.json`), and per mode `case-<mode>.sql` (the
+//! source tables, a `single_file` sink writing `out-<mode>.json`, and the INSERT), a state dir
+//! and the runs' stderr (`run-<mode>.log`, `first-run-<mode>.log`). A restored run is two
+//! runs on one state dir:
 //!
 //! 1. `arroyod run -p A` with checkpoints every 20 ms and its file sources paced
 //!    (`ARROYO_TEST_FILE_PACE`: at most 40 steps a file, one per checkpoint), stopped with
