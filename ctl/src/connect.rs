@@ -40,6 +40,15 @@ pub enum ConnectError {
         /// The I/O error, or the message of the gRPC status.
         reason: String,
     },
+    /// The connection broke during a call: the daemon went away (killed, crashed) after it
+    /// may have received the request.
+    #[error("lost arroyod at {} during the call: {reason}", socket.display())]
+    Lost {
+        /// The socket of the call.
+        socket: PathBuf,
+        /// What the transport said.
+        reason: String,
+    },
 }
 
 impl ConnectError {
@@ -59,6 +68,11 @@ impl ConnectError {
                 }
                 hints
             }
+            Self::Lost { .. } => vec![
+                "the daemon may have received the request before it went away: check                  'arroyoctl list' (or 'status') before retrying a submit, stop or resume"
+                    .to_owned(),
+                "is arroyod running? start it with 'arroyod' or pass --socket".to_owned(),
+            ],
         }
     }
 }
