@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arroyod_engine::checkpoint::CheckpointStore;
-use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
-
-use arroyod_engine::connector::JobContext;
-use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
+use crate::engine::{
+    CheckpointConfig, CheckpointError, CheckpointStore, CommitGate, DataflowError, EngineStop,
+    JobContext, RunOutcome, dataflow, error_chain,
+};
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
 use hyper_util::rt::TokioIo;
@@ -50,7 +49,7 @@ pub enum WorkerError {
     ReportsClosed,
     /// The dataflow could not start.
     #[error("starting the dataflow")]
-    Dataflow(#[from] arroyod_engine::dataflow::DataflowError),
+    Dataflow(#[from] DataflowError),
 }
 
 /// How long the daemon has to answer a CommitRequest.
@@ -149,7 +148,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
-    let planned = match arroyod_engine::sql::plan(&start.query) {
+    let planned = match crate::engine::plan(start.query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
             let message = errors
@@ -193,7 +192,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         Err(e) => {
             events
                 .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message: crate::api::error_chain(&e),
+                    message: error_chain(&e),
                 })))
                 .await?;
             return finish(events, commands).await;
@@ -288,7 +287,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
         Err(e) => worker_event::Event::Failed(arroyod_proto::Failed {
-            message: crate::api::error_chain(&e),
+            message: error_chain(&e),
         }),
     };
     events.send(event(last)).await?;
@@ -305,15 +304,24 @@ async fn checkpointing(
     if start.state_url.is_empty() {
         return Ok(None);
     }
-    let failed = |e: arroyod_engine::checkpoint::CheckpointError| {
-        format!(
-            "checkpoints at {}: {}",
-            start.state_url,
-            crate::api::error_chain(&e)
-        )
-    };
+    let failed =
+        |e: CheckpointError| format!("checkpoints at {}: {}", start.state_url, error_chain(&e));
     let store = CheckpointStore::open(&start.state_url).map_err(failed)?;
     let restore = store.latest().await.map_err(failed)?;
+    // The metadata says this epoch completed: starting from an older one (or from nothing)
+    // would silently repeat or lose what the sinks committed since.
+    let found = restore.as_ref().map_or(0, |m| m.epoch);
+    if found < start.expected_epoch {
+        let held = match found {
+            0 => "no complete checkpoint".to_string(),
+            n => format!("only checkpoints up to {n}"),
+        };
+        return Err(format!(
+            "checkpoint {} completed (the metadata says so), but {} holds {held}: refusing to start over. Was the state moved or deleted?",
+            start.expected_epoch,
+            store.display()
+        ));
+    }
     Ok(Some(CheckpointConfig {
         store: Arc::new(store),
         interval: Duration::from_millis(start.checkpoint_interval_ms.max(1)),
