@@ -5,7 +5,7 @@
 //! them without the daemon noticing beyond this file. It owns no state and never blocks the
 //! runtime: planning goes through `spawn_blocking`, storage through object_store's async API.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use object_store::ObjectStore;
 
@@ -30,6 +30,23 @@ pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
         })
 }
 
+/// `path` made absolute against the working directory, with `.` and `..` resolved lexically
+/// (as object_store's local paths are): done once, when settings are built.
+pub fn absolute_path(path: &Path) -> PathBuf {
+    let joined = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 /// A storage location as given at start, made absolute once: a local path (resolved against
 /// the working directory when the settings are built, never later) or a `file://`, `s3://`,
 /// `gs://` or `az://` URL. Locations stored relative to it are resolved with [`StorageUrl::join`].
@@ -42,12 +59,7 @@ impl StorageUrl {
         let normal = if text.contains("://") {
             text.trim_end_matches('/').to_string()
         } else {
-            let absolute = std::path::absolute(text).unwrap_or_else(|_| PathBuf::from(text));
-            let shown = absolute.display().to_string();
-            match shown.trim_end_matches('/') {
-                "" => "/".to_string(),
-                trimmed => trimmed.to_string(),
-            }
+            absolute_path(Path::new(text)).display().to_string()
         };
         Location::parse(&normal, vec![])?;
         Ok(StorageUrl(normal))
@@ -139,7 +151,7 @@ mod tests {
     #[test]
     fn local_paths_are_made_absolute_once_and_urls_kept() {
         let cwd = std::env::current_dir().unwrap();
-        let url = StorageUrl::parse("st/state/").unwrap();
+        let url = StorageUrl::parse("st/./x/../state/").unwrap();
         assert_eq!(url.as_str(), cwd.join("st/state").display().to_string());
         assert_eq!(url.local_path(), Some(cwd.join("st/state")));
         assert_eq!(

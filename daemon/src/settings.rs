@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{LocationError, StorageUrl, fnv1a64};
+use crate::engine::{LocationError, StorageUrl, absolute_path, fnv1a64};
 
 /// The default config file, read when it exists and no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/arroyod/arroyod.toml";
@@ -207,7 +207,7 @@ fn default_data_dir() -> Option<PathBuf> {
 }
 
 fn absolute(path: PathBuf) -> PathBuf {
-    std::path::absolute(&path).unwrap_or(path)
+    absolute_path(&path)
 }
 
 /// Parses a duration key: humantime syntax, above zero.

@@ -220,7 +220,10 @@ fn metadata_is_snapshotted_at_shutdown_and_restores() {
     let failure = s["failure"].as_str().unwrap();
     assert!(
         failure.contains("(the metadata says so)")
-            && failure.contains(&format!("{}/{id}", fresh.data_dir().join("state").display())),
+            && failure.contains(&format!(
+                "{}/{id}",
+                fresh.data_dir().join("state").display()
+            )),
         "{failure}"
     );
     // Given the state root where its checkpoints are, it resumes from them.
