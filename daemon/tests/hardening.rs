@@ -105,3 +105,104 @@ fn racing_resumes_and_stops_start_one_generation_and_stop_still_works() {
         });
     }
 }
+
+/// Runs `script` with `sh` in a private mount namespace (a user namespace mapping us to root,
+/// so it works unprivileged too) where `DIR` is a fresh tmpfs of `size`; returns its output.
+/// The script's own waits are bounded with `timeout`.
+fn on_small_tmpfs(size: &str, script: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let full = format!(
+        "set -u\nDIR={dir}\nBIN={bin}\nmount -t tmpfs -o size={size} tmpfs \"$DIR\" || exit 90\n{script}",
+        dir = dir.path().display(),
+        bin = harness::arroyod_bin().display(),
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--map-root-user", "--mount", "sh", "-c", &full])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) is missing");
+    let status = harness::wait_exit(&mut child, DEADLINE * 3);
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(
+        status.code(),
+        Some(90),
+        "cannot mount a tmpfs in a private namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Issue 9.6: `arroyod run` hung on a full disk, SIGINT and SIGTERM ignored. It now fails
+/// naming the path and the reason, and exits non-zero, whether the disk is full at start,
+/// fills under its sink, or fills under its state while it waits for a signal.
+#[test]
+fn a_run_on_a_full_disk_fails_naming_the_path_and_honours_signals() {
+    // Full at start.
+    let out = on_small_tmpfs(
+        "64k",
+        "dd if=/dev/zero of=\"$DIR/fill\" bs=4k 2>/dev/null\n\
+         echo \"CREATE TABLE i WITH (connector='impulse', event_rate='10'); SELECT counter FROM i;\" \
+           | \"$BIN\" run -s \"$DIR/st\" -\n\
+         echo \"exit=$?\"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("/st") && (stderr.contains("No space left") || stderr.contains("full")),
+        "{stderr}"
+    );
+
+    // Filled by its own sink.
+    let sink_fills = "cat > \"$DIR/q.sql\" <<SQL
+CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '200000');
+CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '$DIR/out.json', type = 'sink');
+INSERT INTO out SELECT counter FROM impulse;
+SQL
+ARROYO_CHECKPOINT_INTERVAL=200ms timeout -s KILL 60 \"$BIN\" run -s \"$DIR/st\" \"$DIR/q.sql\"
+echo \"exit=$?\"";
+    let out = on_small_tmpfs("3m", sink_fills);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("out.json") && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+
+    // Filled by someone else while it runs; then SIGINT or SIGTERM.
+    for signal in ["INT", "TERM"] {
+        let script = format!(
+            "cat > \"$DIR/q.sql\" <<SQL
+CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '100');
+SELECT counter FROM impulse;
+SQL
+ARROYO_CHECKPOINT_INTERVAL=1h \"$BIN\" run -s \"$DIR/st\" \"$DIR/q.sql\" >/dev/null 2>\"$DIR/log\" &
+pid=$!
+timeout 30 sh -c \"until grep -q 'pipeline running' '$DIR/log'; do sleep 0.05; done\" || echo never-ran
+dd if=/dev/zero of=\"$DIR/fill\" bs=4k 2>/dev/null
+kill -{signal} $pid
+timeout 30 sh -c \"while kill -0 $pid 2>/dev/null; do sleep 0.05; done\" || echo hung
+wait $pid
+echo \"exit=$?\"
+cat \"$DIR/log\" >&2"
+        );
+        let out = on_small_tmpfs("8m", &script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stdout.contains("hung") && !stdout.contains("never-ran"),
+            "{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("exit=1"), "SIG{signal}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("error:")
+                && stderr.contains("arroyod.db")
+                && stderr.contains("disk is full"),
+            "SIG{signal}: {stderr}"
+        );
+    }
+}
