@@ -206,3 +206,65 @@ cat \"$DIR/log\" >&2"
         );
     }
 }
+
+/// Issue 9.7: `-p 3000` ran the box out of memory, and 800 rows of 1 MB held 842 MB in the
+/// daemon. Parallelism has a configurable bound with a clear error, and the tail buffer a
+/// configurable size in bytes.
+#[test]
+fn parallelism_and_the_tail_buffer_are_bounded() {
+    let mut d = TestDaemon::unstarted(&[]);
+    d.envs = vec![
+        ("ARROYO_MAX_PARALLELISM".into(), "4".into()),
+        ("ARROYO_TAIL_BUFFER_BYTES".into(), "100000".into()),
+    ];
+    d.restart();
+    let file = d.dir.path().join("q.sql");
+    std::fs::write(&file, UNBOUNDED).unwrap();
+    let q = file.to_str().unwrap();
+    let out = d.ctl(&["submit", q, "--parallelism", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("parallelism 5 is above max_parallelism 4"),
+        "{stderr}"
+    );
+    assert_eq!(d.ctl_ok(&["--json", "list"]).trim(), "[]");
+
+    // 100 rows of 10 kB: the buffer keeps the newest that fit in 100 kB.
+    let id = d.submit(
+        "wide",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='100');
+         SELECT counter, repeat('x', 10000) AS pad FROM impulse;",
+    );
+    let s = d.wait_state(&id, "Finished");
+    assert_eq!(s["rows"], 100);
+    let rows = d.ctl_ok(&["tail", &id]);
+    let counters: Vec<u64> = rows
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        (5..10).contains(&counters.len()),
+        "{} rows kept",
+        counters.len()
+    );
+    assert_eq!(counters.last(), Some(&99));
+    assert!(rows.len() <= 100_000, "{} bytes kept", rows.len());
+
+    // `arroyod run` has the same bound.
+    let state = d.dir.path().join("run-state");
+    let out = harness::run_query(
+        &["-p", "3000", "-s", state.to_str().unwrap(), "-"],
+        UNBOUNDED,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("parallelism 3000 is above max_parallelism 64"),
+        "{stderr}"
+    );
+}

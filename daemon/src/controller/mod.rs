@@ -60,7 +60,10 @@ pub enum ControllerError {
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// The parallelism is above the daemon's bound (the user's).
-    #[error("parallelism {given} is above the daemon's max_parallelism {max}")]
+    #[error(
+        "parallelism {given} is above max_parallelism {max} (set by the config file's \
+         max_parallelism or ARROYO_MAX_PARALLELISM)"
+    )]
     Parallelism { given: u32, max: u32 },
     /// No pipeline has this id, name or id prefix.
     #[error("no pipeline with id or name '{0}'")]
