@@ -268,3 +268,61 @@ fn parallelism_and_the_tail_buffer_are_bounded() {
         "{stderr}"
     );
 }
+
+/// Issue 9.12: names were not validated: escape codes and newlines reached `list`, and a name
+/// equal to another pipeline's id shadowed it. Names are `[A-Za-z0-9_.-]{1,64}`, never shaped
+/// like an id; `arroyod run` makes its default name (the file stem) valid.
+#[test]
+fn pipeline_names_are_validated_and_run_makes_its_default_name_valid() {
+    let d = TestDaemon::start();
+    let id = d.submit("first", UNBOUNDED);
+    let file = d.dir.path().join("q.sql");
+    std::fs::write(&file, UNBOUNDED).unwrap();
+    let q = file.to_str().unwrap();
+    for (name, why) in [
+        ("red\u{1b}[31m", "may only hold letters, digits"),
+        ("two\nlines", "may only hold letters, digits"),
+        ("with space", "may only hold letters, digits"),
+        (&"x".repeat(65), "longer than 64"),
+        (id.as_str(), "looks like a pipeline id"),
+        ("0123456789ab", "looks like a pipeline id"),
+    ] {
+        let out = d.ctl(&["submit", q, "--name", name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name:?}: {stderr}");
+        assert!(stderr.contains(why), "{name:?}: {stderr}");
+    }
+    let list = d.ctl_ok(&["--json", "list"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(all.len(), 1, "{list}");
+    // A unique id prefix finds the pipeline too.
+    assert_eq!(d.status(&id[..5])["id"], id.as_str());
+
+    // `arroyod run`'s default name is the file stem made valid.
+    let dir = tempfile::tempdir().unwrap();
+    for (stem, name) in [
+        ("my query (v2)", "my_query__v2_"),
+        ("deadbeef0123", "query-deadbeef0123"),
+    ] {
+        let file = dir.path().join(format!("{stem}.sql"));
+        std::fs::write(
+            &file,
+            "CREATE TABLE i WITH (connector='impulse', event_rate='1000', message_count='3'); SELECT counter FROM i;",
+        )
+        .unwrap();
+        let state = dir.path().join(format!("{name}-state"));
+        let out = std::process::Command::new(harness::arroyod_bin())
+            .args(["run", "-s", state.to_str().unwrap(), file.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stem}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+        assert!(
+            stderr.contains(&format!("name={name} ")),
+            "{stem}: {stderr}"
+        );
+    }
+}
