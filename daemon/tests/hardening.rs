@@ -326,3 +326,33 @@ fn pipeline_names_are_validated_and_run_makes_its_default_name_valid() {
         );
     }
 }
+
+/// Issue 9.15: a daemon killed during a call left the client with "transport error", exit 1,
+/// although the request may have been applied. It is exit 3, with a hint to check `list`.
+#[test]
+fn a_daemon_killed_during_a_call_is_exit_3_with_a_hint() {
+    let mut d = TestDaemon::start();
+    let id = d.submit("frozen", UNBOUNDED);
+    let worker = d.wait_state(&id, "Running")["worker_pid"].as_u64().unwrap() as u32;
+    // A frozen worker never answers the stop: the call waits.
+    harness::signal(worker, "STOP");
+    let stop = d
+        .ctl_command(&["stop", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.wait_state(&id, "Stopping");
+    d.kill9();
+    let out = stop.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("during the call"), "{stderr}");
+    assert!(
+        stderr.contains("hint:") && stderr.contains("arroyoctl list"),
+        "{stderr}"
+    );
+    wait_until(DEADLINE, "the worker to die with its daemon", || {
+        (!alive(worker)).then_some(())
+    });
+}
