@@ -356,3 +356,67 @@ fn a_daemon_killed_during_a_call_is_exit_3_with_a_hint() {
         (!alive(worker)).then_some(())
     });
 }
+
+/// Issue 9.16: a removed data dir, or an empty or missing `arroyod.db` beside a state root
+/// holding checkpoints, started silently (and redid the pipelines' work from nothing). The
+/// daemon refuses and says why, or restores the metadata from its snapshots.
+#[test]
+fn lost_metadata_is_refused_or_restored_from_snapshots() {
+    let state = tempfile::tempdir().unwrap();
+    let state_url = state.path().join("root");
+    let backups = tempfile::tempdir().unwrap();
+    let mut d = TestDaemon::start_with(&[
+        "--state-url",
+        state_url.to_str().unwrap(),
+        "--checkpoint-interval",
+        "200ms",
+    ]);
+    let id = d.submit("kept", UNBOUNDED);
+    d.wait_state(&id, "Running");
+    wait_until(DEADLINE, "a checkpoint", || {
+        (d.status(&id)["last_checkpoint"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    assert!(d.term().success());
+    let db = d.data_dir().join("arroyod.db");
+    let refused = |d: &TestDaemon| {
+        let out = d.command().output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("knows no pipeline")
+                && stderr.contains(&id)
+                && stderr.contains(state_url.to_str().unwrap()),
+            "{stderr}"
+        );
+    };
+    // An empty database file, then none at all.
+    let saved = std::fs::read(&db).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(d.data_dir().join(format!("arroyod.db{suffix}")));
+    }
+    refused(&d);
+    std::fs::remove_file(&db).unwrap();
+    refused(&d);
+    std::fs::write(&db, saved).unwrap();
+
+    // With snapshots: start once to take one, then remove the whole data dir.
+    d.extra_args
+        .extend(["--backup-url".into(), backups.path().display().to_string()]);
+    d.restart();
+    d.wait_state(&id, "Running");
+    assert!(d.term().success());
+    std::fs::remove_dir_all(d.data_dir()).unwrap();
+    d.restart();
+    let s = d.wait_state(&id, "Running");
+    assert!(s["generation"].as_u64().unwrap() >= 3, "{s}");
+    assert!(
+        d.log()
+            .contains("metadata restored from the newest snapshot")
+    );
+    // Without them it is refused again.
+    assert!(d.term().success());
+    std::fs::remove_dir_all(d.data_dir()).unwrap();
+    d.extra_args.truncate(4);
+    refused(&d);
+}
