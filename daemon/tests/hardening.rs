@@ -420,3 +420,36 @@ fn lost_metadata_is_refused_or_restored_from_snapshots() {
     d.extra_args.truncate(4);
     refused(&d);
 }
+
+/// The restart budget is a setting (the fault suite raises it): after `restart_budget`
+/// restarts within `restart_window` a crashing pipeline fails, saying so.
+#[test]
+fn the_restart_budget_window_and_backoff_are_settings() {
+    let mut d = TestDaemon::unstarted(&[]);
+    d.envs = vec![
+        ("ARROYO_RESTART_BUDGET".into(), "2".into()),
+        ("ARROYO_RESTART_WINDOW".into(), "1h".into()),
+        ("ARROYO_RESTART_BACKOFF".into(), "10ms".into()),
+    ];
+    d.restart();
+    let config = d.command().arg("config").output().unwrap();
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(
+        config.contains("restart_budget = 2") && config.contains("restart_backoff = \"10ms\""),
+        "{config}"
+    );
+    let id = d.submit("crashy", UNBOUNDED);
+    for generation in 1..=3 {
+        let s = wait_until(DEADLINE, &format!("generation {generation} to run"), || {
+            let s = d.status(&id);
+            (s["state"] == "Running" && s["generation"] == generation).then_some(s)
+        });
+        harness::signal(s["worker_pid"].as_u64().unwrap() as u32, "KILL");
+    }
+    let s = d.wait_state(&id, "Failed");
+    let failure = s["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("worker exited unexpectedly") && failure.contains("2 restarts within 1h"),
+        "{failure}"
+    );
+}
