@@ -12,7 +12,8 @@ use object_store::ObjectStore;
 pub use arroyod_engine::checkpoint::{CheckpointError, CheckpointStore, fnv1a64};
 pub use arroyod_engine::connector::{ConnectorError as LocationError, JobContext, Location};
 pub use arroyod_engine::dataflow::{
-    self, CheckpointConfig, CommitGate, DataflowError, RunOutcome, StopMode as EngineStop,
+    self, CheckpointConfig, CommitGate, CompletedCheckpoint, DataflowError, RunOutcome,
+    StopMode as EngineStop,
 };
 pub use arroyod_engine::error_chain;
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{
-    CheckpointConfig, CheckpointError, CheckpointStore, CommitGate, DataflowError, EngineStop,
-    JobContext, RunOutcome, dataflow, error_chain,
+    CheckpointConfig, CheckpointError, CheckpointStore, CommitGate, CompletedCheckpoint,
+    DataflowError, EngineStop, JobContext, RunOutcome, dataflow, error_chain,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -201,6 +201,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     if let Some(epoch) = handle.restored() {
         info!(pipeline = %pipeline_id, epoch, "restored from checkpoint");
     }
+    let completed_at_end = handle.checkpoints();
     let reporter = {
         let events = events.clone();
         let mut completed = handle.checkpoints();
@@ -209,14 +210,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                 let Some(c) = *completed.borrow_and_update() else {
                     continue;
                 };
-                let done = event(worker_event::Event::CheckpointCompleted(
-                    arroyod_proto::CheckpointCompleted {
-                        epoch: c.epoch,
-                        bytes: c.bytes,
-                        duration_ms: c.duration.as_millis() as u64,
-                    },
-                ));
-                if events.send(done).await.is_err() {
+                if events.send(completed_event(&c)).await.is_err() {
                     break;
                 }
             }
@@ -283,6 +277,12 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let _ = forward.await;
     reporter.abort();
     let _ = reporter.await;
+    // The last checkpoint (the one a stop takes) may have completed after the reporter's last
+    // look: report it again (the daemon records a checkpoint idempotently).
+    let newest = *completed_at_end.borrow();
+    if let Some(c) = newest {
+        events.send(completed_event(&c)).await?;
+    }
     let last = match outcome {
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
@@ -292,6 +292,16 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events.send(event(last)).await?;
     finish(events, commands).await
+}
+
+fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {
+    event(worker_event::Event::CheckpointCompleted(
+        arroyod_proto::CheckpointCompleted {
+            epoch: c.epoch,
+            bytes: c.bytes,
+            duration_ms: c.duration.as_millis() as u64,
+        },
+    ))
 }
 
 /// The checkpointing of this run: the store under the pipeline's state URL, its newest

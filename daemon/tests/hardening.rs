@@ -389,16 +389,22 @@ fn lost_metadata_is_refused_or_restored_from_snapshots() {
             "{stderr}"
         );
     };
-    // An empty database file, then none at all.
-    let saved = std::fs::read(&db).unwrap();
-    std::fs::write(&db, b"").unwrap();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(d.data_dir().join(format!("arroyod.db{suffix}")));
+    // An empty database file, then none at all. (The database with its WAL is kept aside.)
+    let files = ["", "-wal", "-shm"].map(|s| d.data_dir().join(format!("arroyod.db{s}")));
+    let saved: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    for f in &files {
+        let _ = std::fs::remove_file(f);
     }
+    std::fs::write(&db, b"").unwrap();
     refused(&d);
     std::fs::remove_file(&db).unwrap();
     refused(&d);
-    std::fs::write(&db, saved).unwrap();
+    for (f, bytes) in files.iter().zip(saved) {
+        let _ = std::fs::remove_file(f);
+        if let Some(bytes) = bytes {
+            std::fs::write(f, bytes).unwrap();
+        }
+    }
 
     // With snapshots: start once to take one, then remove the whole data dir.
     d.extra_args
