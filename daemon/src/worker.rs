@@ -26,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// Errors that end a worker process.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +205,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let reporter = {
         let events = events.clone();
         let mut completed = handle.checkpoints();
-        tokio::spawn(async move {
+        let reporting = async move {
             while completed.changed().await.is_ok() {
                 let Some(c) = *completed.borrow_and_update() else {
                     continue;
@@ -214,7 +214,8 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(reporting.instrument(info_span!("checkpoint_reporter")))
     };
     events
         .send(event(worker_event::Event::Running(
@@ -223,14 +224,15 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         .await?;
     let forward = {
         let events = events.clone();
-        tokio::spawn(async move {
+        let forwarding = async move {
             while let Some(json) = preview_rx.recv().await {
                 let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
                 if events.send(rows).await.is_err() {
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
     let stop = handle.stop_sender();
     let mut wait = std::pin::pin!(handle.wait());
