@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use harness::{
-    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, parent_of, path_str, signal, signal_group,
-    wait_exit, wait_until,
+    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, parent_of, path_str, signal,
+    signal_group, wait_exit, wait_until,
 };
 
 /// Checkpoints are taken this often in these tests.
@@ -30,15 +30,7 @@ fn query(out: &Path) -> String {
 
 /// The counters of the complete lines of the output file.
 fn counters(out: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.ends_with('}'))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    counters_in(&std::fs::read_to_string(out).unwrap_or_default())
 }
 
 /// Asserts the file holds 0..K-1, each once; returns K.
@@ -120,6 +112,18 @@ fn interrupt(mut run: Child, log: &Path) {
         "exit {status}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// Starts the (killed) daemon again: its pipeline `id` resumes, writes more rows to `out`, and
+/// after a stop every counter is there once.
+fn restarts_exactly_once(daemon: &mut TestDaemon, id: &str, out: &Path) {
+    daemon.restart();
+    daemon.wait_state(id, "Running");
+    let now = counters(out).len();
+    wait_rows(out, now + STEP);
+    daemon.ctl_ok(&["stop", id]);
+    let n = exactly_once(out);
+    assert!(n > now, "{n} rows after {now}");
 }
 
 /// The worker process a run (or daemon) with pid `parent` started.
@@ -287,13 +291,7 @@ fn a_daemon_with_a_relative_data_dir_resumes_from_another_working_directory() {
     });
     daemon.kill9();
     daemon.cwd = Some(b);
-    daemon.restart();
-    daemon.wait_state(&id, "Running");
-    let now = counters(&s.out).len();
-    wait_rows(&s.out, now + STEP);
-    daemon.ctl_ok(&["stop", &id]);
-    let n = exactly_once(&s.out);
-    assert!(n > now, "{n} rows after {now}");
+    restarts_exactly_once(&mut daemon, &id, &s.out);
     assert_eq!(
         daemon.status(&id)["state_url"],
         format!("{}/state/{id}", daemon.data_dir().display())
@@ -492,11 +490,5 @@ fn a_daemon_with_its_state_on_s3_resumes_after_kill_9_exactly_once() {
     );
     assert!(listing.contains("MANIFEST"), "{listing}");
     daemon.kill9();
-    daemon.restart();
-    daemon.wait_state(&id, "Running");
-    let now = counters(&s.out).len();
-    wait_rows(&s.out, now + STEP);
-    daemon.ctl_ok(&["stop", &id]);
-    let n = exactly_once(&s.out);
-    assert!(n > now, "{n} rows after {now}");
+    restarts_exactly_once(&mut daemon, &id, &s.out);
 }

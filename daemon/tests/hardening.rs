@@ -239,14 +239,7 @@ fn parallelism_and_the_tail_buffer_are_bounded() {
     let s = d.wait_state(&id, "Finished");
     assert_eq!(s["rows"], 100);
     let rows = d.ctl_ok(&["tail", &id]);
-    let counters: Vec<u64> = rows
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let counters = harness::counters_in(&rows);
     assert!(
         (5..10).contains(&counters.len()),
         "{} rows kept",

@@ -378,6 +378,18 @@ pub fn run_query(args: &[&str], stdin: &str) -> Output {
     }
 }
 
+/// The `counter` field of each JSON line of `text` that is complete (ends with `}`).
+pub fn counters_in(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
