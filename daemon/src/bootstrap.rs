@@ -71,6 +71,15 @@ pub enum BootstrapError {
     /// The metadata store could not be opened.
     #[error("opening the metadata store")]
     Store(#[source] StoreError),
+    /// A process answers at the socket: it is live, not stale.
+    #[error(
+        "another process listens at {}: a live socket is never replaced (is another arroyod running with another data dir?)",
+        path.display()
+    )]
+    SocketInUse { path: PathBuf },
+    /// The socket path names a file that is not a socket.
+    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
     /// The database knows no pipeline, but the state root holds their checkpoints.
     #[error(
         "{} knows no pipeline, but the state root {state_root} holds checkpoints of {pipelines}: \
@@ -137,19 +146,47 @@ impl DataDirLock {
     }
 }
 
-/// Removes a stale socket at `path` and binds a new one with `mode`.
+/// Binds a socket at `path` with `mode`. A missing parent directory is created with mode 0700;
+/// the fallback directory `/tmp/arroyod-$UID` must be private and ours (see
+/// [`arroyod_proto::socket::check_fallback_dir`]). What is at `path` already is replaced only
+/// when it is a socket nobody answers on: a live socket belongs to another daemon, and any
+/// other file is not ours to delete.
 pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, BootstrapError> {
-    if let Some(parent) = path.parent()
-        && !parent.exists()
-    {
-        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("setting the mode of", parent))?;
+    use arroyod_proto::socket;
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io("creating", parent))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("setting the mode of", parent))?;
+        }
+        if let Ok(uid) = socket::real_uid()
+            && parent == socket::fallback_dir(uid)
+        {
+            socket::check_fallback_dir(parent, uid).map_err(io("using the directory", parent))?;
+        }
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => info!(socket = %path.display(), "removed a stale socket"),
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("removing", path)(e)),
+        Err(e) => return Err(io("inspecting", path)(e)),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BootstrapError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(BootstrapError::SocketInUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io("removing", path))?;
+            info!(socket = %path.display(), "removed a stale socket");
+        }
     }
     let listener = UnixListener::bind(path).map_err(io("binding", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

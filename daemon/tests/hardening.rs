@@ -111,14 +111,24 @@ fn racing_resumes_and_stops_start_one_generation_and_stop_still_works() {
 /// The script's own waits are bounded with `timeout`.
 fn on_small_tmpfs(size: &str, script: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
+    in_private_tmpfs(dir.path(), size, script)
+}
+
+/// Runs `script` like [`on_small_tmpfs`], with the tmpfs mounted at `dir` (`/tmp` hides the
+/// host's); `$CTL` is arroyoctl, and no variable names a socket.
+fn in_private_tmpfs(dir: &std::path::Path, size: &str, script: &str) -> Output {
     let full = format!(
-        "set -u\nDIR={dir}\nBIN={bin}\nmount -t tmpfs -o size={size} tmpfs \"$DIR\" || exit 90\n{script}",
-        dir = dir.path().display(),
+        "set -u\nDIR={dir}\nBIN={bin}\nCTL={ctl}\nmount -t tmpfs -o size={size} tmpfs \"$DIR\" || exit 90\n{script}",
+        dir = dir.display(),
         bin = harness::arroyod_bin().display(),
+        ctl = harness::arroyoctl_bin().display(),
     );
     let mut child = std::process::Command::new("unshare")
         .args(["--map-root-user", "--mount", "sh", "-c", &full])
         .env_remove("RUST_LOG")
+        .env_remove("ARROYO_SOCKET")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("XDG_RUNTIME_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -451,4 +461,83 @@ fn the_restart_budget_window_and_backoff_are_settings() {
         failure.contains("worker exited unexpectedly") && failure.contains("2 restarts within 1h"),
         "{failure}"
     );
+}
+
+/// Issue 9.9: a live socket was deleted as "stale" (a second daemon with another data dir took
+/// the path over), and `--socket notes.txt` deleted an ordinary file. Only a socket nobody
+/// answers on is replaced.
+#[test]
+fn only_a_socket_nobody_answers_on_is_replaced() {
+    let d = TestDaemon::start();
+    let other = tempfile::tempdir().unwrap();
+    let second = |socket: &std::path::Path| {
+        std::process::Command::new(harness::arroyod_bin())
+            .arg("--socket")
+            .arg(socket)
+            .arg("--data-dir")
+            .arg(other.path().join("data"))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = second(&d.socket());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another process listens at"), "{stderr}");
+    d.ctl_ok(&["list"]);
+
+    let notes = other.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    let out = second(&notes);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+}
+
+/// Issue 9.8: another user who creates `/tmp/arroyod-$UID` first received the victim's
+/// traffic. The daemon creates that fallback directory 0700, and daemon and client refuse one
+/// open to others (or not theirs). Run in a private mount namespace with its own `/tmp`.
+#[test]
+fn the_fallback_socket_directory_must_be_private() {
+    let script = r#"
+D=/tmp/arroyod-$(id -u)
+# A directory someone else could use: refused by both.
+mkdir -m 777 "$D"
+chmod 777 "$D"
+"$BIN" --data-dir /tmp/data1 >/dev/null 2>/tmp/serve.err
+echo "serve-open=$?"
+cat /tmp/serve.err
+"$CTL" list >/dev/null 2>/tmp/ctl.err
+echo "ctl-open=$?"
+cat /tmp/ctl.err
+rmdir "$D"
+# None: the daemon creates it 0700 and the client finds it.
+"$BIN" --data-dir /tmp/data2 >/dev/null 2>/tmp/serve2.err &
+pid=$!
+timeout 30 sh -c "until [ -S '$D/arroyod.sock' ]; do sleep 0.05; done" || echo never-bound
+echo "mode=$(stat -c %a "$D")"
+"$CTL" list >/dev/null
+echo "ctl-private=$?"
+kill -TERM $pid
+wait $pid
+echo "serve-private=$?"
+"#;
+    let out = in_private_tmpfs(std::path::Path::new("/tmp"), "16m", script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "serve-open=1",
+        "has mode 777",
+        "ctl-open=1",
+        "refusing the default socket's directory",
+        "mode=700",
+        "ctl-private=0",
+        "serve-private=0",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "no {expected:?} in:\n{stdout}\n{stderr}"
+        );
+    }
 }
