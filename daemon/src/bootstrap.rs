@@ -3,7 +3,8 @@
 //!
 //! Start, in order:
 //!
-//! 1. Create the data dir and take its lock (a second daemon on the same dir exits naming the
+//! 1. Create the data dir (mode 0700, as a local state root; the database and lock are 0600,
+//!    whatever the umask) and take its lock (a second daemon on the same dir exits naming the
 //!    holder's pid).
 //! 2. Restore the metadata from `backup_url` when the settings say so: always for
 //!    `arroyod run -s URL`, only when the database is missing or empty for the daemon.
@@ -21,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +119,7 @@ impl DataDirLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io("opening", &path))?;
         if file.try_lock().is_err() {
@@ -144,6 +146,25 @@ impl DataDirLock {
         write_pid(&mut file).map_err(io("writing", &path))?;
         Ok(DataDirLock { _file: file })
     }
+}
+
+/// Creates `dir` (and its parents) with mode 0700, or takes group and other access away from
+/// one of ours that has it: the data dir and a local state root hold stored queries (which may
+/// carry `storage.*` credentials) and pipelines' state, whatever the umask.
+fn private_dir(dir: &Path) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    let meta = std::fs::metadata(dir).map_err(io("inspecting", dir))?;
+    let ours = arroyod_proto::socket::real_uid().is_ok_and(|uid| uid == meta.uid());
+    if ours && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("setting the mode of", dir))?;
+    }
+    Ok(())
 }
 
 /// Binds a socket at `path` with `mode`. A missing parent directory is created with mode 0700;
@@ -324,8 +345,11 @@ impl Daemon {
         options: StartOptions,
     ) -> Result<Daemon, BootstrapError> {
         let data_dir = &settings.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(io("creating data dir", data_dir))?;
+        private_dir(data_dir)?;
         let lock = DataDirLock::acquire(data_dir)?;
+        if let Some(local) = settings.controller.state_root.local_path() {
+            private_dir(&local)?;
+        }
         let db = data_dir.join("arroyod.db");
         if let Some(url) = &settings.backup_url {
             restore_metadata(url.as_str(), settings.restore, &db).await?;

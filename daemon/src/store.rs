@@ -29,6 +29,13 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// The database file could not be made private (mode 0600).
+    #[error("making {} private", path.display())]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A pipeline with this name exists.
     #[error("a pipeline named '{0}' already exists")]
     NameTaken(String),
@@ -86,6 +93,28 @@ pub fn test_row(id: &str) -> PipelineRow {
         plan_hash: "0123456789abcdef".into(),
         state_url: "/tmp/state".into(),
     }
+}
+
+/// Creates the database file `path` with mode 0600 when missing, or sets that mode: SQLite
+/// gives its WAL and shared-memory files the database's mode, whatever the umask. Stored
+/// queries may hold `storage.*` credentials.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = path.with_file_name(format!("arroyod.db{suffix}"));
+        match std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -148,6 +177,10 @@ impl Store {
     /// Opens (creating if needed) `dir/arroyod.db` and migrates it.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("arroyod.db");
+        private_file(&path).map_err(|source| StoreError::Mode {
+            path: path.clone(),
+            source,
+        })?;
         let failed = |source| StoreError::Sqlx {
             path: path.clone(),
             source,

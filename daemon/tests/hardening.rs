@@ -541,3 +541,57 @@ echo "serve-private=$?"
         );
     }
 }
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Issue 9.11: with umask 022 the data dir was 0755 and the database 0644, so stored queries
+/// (with any `storage.*` secrets) were readable by all. The data dir and a local state root
+/// are 0700, the database, its WAL and the lock 0600, whatever the umask.
+#[test]
+fn the_data_dir_and_database_are_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("st");
+    let script = format!(
+        "umask 022; echo \"CREATE TABLE i WITH (connector='impulse', event_rate='1000', message_count='3'); SELECT counter FROM i;\" | exec {} run -s {} -",
+        harness::arroyod_bin().display(),
+        state.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("state")), 0o700);
+    assert_eq!(mode(&state.join("arroyod.db")), 0o600);
+    assert_eq!(mode(&state.join("arroyod.lock")), 0o600);
+
+    // The daemon: an existing data dir open to others is made private too.
+    let mut d = TestDaemon::unstarted(&[]);
+    std::fs::create_dir_all(d.data_dir()).unwrap();
+    std::fs::set_permissions(
+        d.data_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    d.restart();
+    let id = d.submit("private", UNBOUNDED);
+    d.wait_state(&id, "Running");
+    assert_eq!(mode(&d.data_dir()), 0o700);
+    for file in ["arroyod.db", "arroyod.db-wal", "arroyod.lock"] {
+        assert_eq!(mode(&d.data_dir().join(file)), 0o600, "{file}");
+    }
+}
