@@ -9,6 +9,8 @@ use std::path::{Component, Path, PathBuf};
 
 use object_store::ObjectStore;
 
+use crate::secrets;
+
 pub use arroyod_engine::checkpoint::{CheckpointError, CheckpointStore, fnv1a64};
 pub use arroyod_engine::connector::{ConnectorError as LocationError, JobContext, Location};
 pub use arroyod_engine::dataflow::{
@@ -18,9 +20,22 @@ pub use arroyod_engine::dataflow::{
 pub use arroyod_engine::error_chain;
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
 
-/// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing).
+/// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing), once
+/// its `{{ VAR }}`s are substituted from this process's environment. Errors never show the
+/// values of secret options.
 pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
-    tokio::task::spawn_blocking(move || arroyod_engine::sql::plan(&query))
+    let query = secrets::substitute(&query, |name| std::env::var(name).ok()).map_err(|unset| {
+        unset
+            .into_iter()
+            .map(|u| SqlError {
+                message: u.to_string(),
+                line: u.line,
+                column: u.column,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let hidden = secrets::secret_values(&query);
+    let planned = tokio::task::spawn_blocking(move || arroyod_engine::sql::plan(&query))
         .await
         .unwrap_or_else(|e| {
             Err(vec![SqlError {
@@ -28,7 +43,16 @@ pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
                 line: 0,
                 column: 0,
             }])
-        })
+        });
+    planned.map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| SqlError {
+                message: secrets::redact(&e.message, &hidden),
+                ..e
+            })
+            .collect()
+    })
 }
 
 /// `path` made absolute against the working directory, with `.` and `..` resolved lexically

@@ -14,6 +14,7 @@ mod bootstrap;
 mod controller;
 mod engine;
 mod run;
+mod secrets;
 mod serve;
 mod settings;
 mod snapshots;

@@ -148,6 +148,13 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
+    // Failure messages never carry the values of secret options.
+    let hidden = crate::secrets::secrets_of(&start.query);
+    let failed = |message: String| {
+        event(worker_event::Event::Failed(arroyod_proto::Failed {
+            message: crate::secrets::redact(&message, &hidden),
+        }))
+    };
     let planned = match crate::engine::plan(start.query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
@@ -156,11 +163,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
+            events.send(failed(message)).await?;
             return finish(events, commands).await;
         }
     };
@@ -172,11 +175,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let checkpoints = match checkpointing(&start, &events, &pending).await {
         Ok(c) => c,
         Err(message) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
+            events.send(failed(message)).await?;
             return finish(events, commands).await;
         }
     };
@@ -190,11 +189,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     {
         Ok(handle) => handle,
         Err(e) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message: error_chain(&e),
-                })))
-                .await?;
+            events.send(failed(error_chain(&e))).await?;
             return finish(events, commands).await;
         }
     };
@@ -288,9 +283,10 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let last = match outcome {
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
-        Err(e) => worker_event::Event::Failed(arroyod_proto::Failed {
-            message: error_chain(&e),
-        }),
+        Err(e) => {
+            events.send(failed(error_chain(&e))).await?;
+            return finish(events, commands).await;
+        }
     };
     events.send(event(last)).await?;
     finish(events, commands).await

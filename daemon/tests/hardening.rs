@@ -595,3 +595,96 @@ fn the_data_dir_and_database_are_private_whatever_the_umask() {
         assert_eq!(mode(&d.data_dir().join(file)), 0o600, "{file}");
     }
 }
+
+/// Issue 9.17: `status` printed the query with the credentials in its options to every caller.
+/// Arroyo's `{{ VAR }}` takes values from the daemon's environment (so they are never stored),
+/// and option values named like secrets are shown as `'****'` in `status`, `list` and errors.
+#[test]
+fn secrets_come_from_the_environment_and_are_never_shown() {
+    let s3 = harness::S3Server::start();
+    s3.create_bucket("secrets");
+    let out = tempfile::tempdir().unwrap();
+    let mut d = TestDaemon::unstarted(&[]);
+    d.envs = vec![
+        ("TEST_OUT_DIR".into(), out.path().display().to_string()),
+        ("TEST_S3_KEY_ID".into(), "key-id-from-env".into()),
+    ];
+    d.restart();
+
+    // A sink path from the environment: the value is used, the placeholder stored.
+    let id = d.submit(
+        "envpath",
+        "CREATE TABLE i WITH (connector='impulse', event_rate='1000', message_count='5');
+         CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector='single_file', type='sink',
+           path='{{ TEST_OUT_DIR }}/out.json');
+         INSERT INTO o SELECT counter FROM i;",
+    );
+    let s = d.wait_state(&id, "Finished");
+    assert!(
+        s["query"].as_str().unwrap().contains("{{ TEST_OUT_DIR }}"),
+        "{s}"
+    );
+    let rows = std::fs::read_to_string(out.path().join("out.json")).unwrap();
+    assert_eq!(harness::counters_in(&rows), vec![0, 1, 2, 3, 4]);
+
+    // An unset variable is refused at its position.
+    let file = d.dir.path().join("unset.sql");
+    std::fs::write(&file, "CREATE TABLE i WITH (connector='impulse',\n  event_rate='{{ NOT_SET_ANYWHERE }}');\nSELECT counter FROM i;").unwrap();
+    let refused = d.ctl(&["submit", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unset.sql:2:15: error: environment variable NOT_SET_ANYWHERE is not set"),
+        "{stderr}"
+    );
+
+    // A secret written into the query: status and list show '****', errors too.
+    let secret = "do-not-show-me-42";
+    let options = format!(
+        "'storage.aws_endpoint' = '{}', 'storage.aws_allow_http' = 'true', \
+         'storage.aws_access_key_id' = '{{{{ TEST_S3_KEY_ID }}}}', \
+         'storage.aws_secret_access_key' = '{secret}', 'storage.aws_region' = 'us-east-1'",
+        s3.endpoint()
+    );
+    let id = d.submit(
+        "s3sink",
+        &format!(
+            "CREATE TABLE i WITH (connector='impulse', event_rate='1000', message_count='5');
+             CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector='filesystem', type='sink',
+               path='s3://secrets/out', format='json', {options});
+             INSERT INTO o SELECT counter FROM i;"
+        ),
+    );
+    d.wait_state(&id, "Finished");
+    for shown in [
+        d.ctl_ok(&["--json", "status", &id]),
+        d.ctl_ok(&["status", &id]),
+        d.ctl_ok(&["--json", "list"]),
+    ] {
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(
+            shown.contains("'storage.aws_secret_access_key' = '****'"),
+            "{shown}"
+        );
+    }
+    let local = d.dir.path().join("local.sql");
+    std::fs::write(
+        &local,
+        format!(
+            "CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector='filesystem', type='sink',
+               path='/tmp/x', format='json', 'storage.aws_secret_access_key' = '{secret}');
+             CREATE TABLE i WITH (connector='impulse', event_rate='10');
+             INSERT INTO o SELECT counter FROM i;"
+        ),
+    )
+    .unwrap();
+    for command in ["validate", "submit"] {
+        let refused = d.ctl(&[command, local.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(
+            !stderr.contains(secret) && stderr.contains("****"),
+            "{stderr}"
+        );
+    }
+}

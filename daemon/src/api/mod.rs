@@ -89,7 +89,7 @@ pub fn pipeline_msg(p: &Pipeline) -> PipelineMsg {
         updated_at: v.updated_at,
         failure: v.failure,
         parallelism: v.spec.parallelism,
-        query: v.spec.query,
+        query: crate::secrets::redact_query(&v.spec.query),
         generation: v.generation,
         rows: p.tail().next_offset(),
         desired: v.desired.as_str().to_string(),
