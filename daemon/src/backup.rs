@@ -28,15 +28,13 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
-use arroyod_engine::checkpoint::fnv1a64;
-use arroyod_engine::connector::{ConnectorError, Location};
+use crate::engine::{Location, LocationError as ConnectorError, error_chain, fnv1a64};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tracing::warn;
 
-use crate::api::error_chain;
 use crate::store::{Store, StoreError, now_rfc3339};
 
 /// How many snapshots are kept.
