@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arroyod_engine::job::{
-    self, Checkpointing, CommitGate, JobSpec, Outcome as RunOutcome, StopMode as EngineStop,
+use crate::engine::{
+    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec, RunOutcome,
+    error_chain, job,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -25,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// Errors that end a worker process.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +49,7 @@ pub enum WorkerError {
     ReportsClosed,
     /// The dataflow could not start.
     #[error("starting the dataflow")]
-    Dataflow(#[from] arroyod_engine::job::DataflowError),
+    Dataflow(#[from] DataflowError),
 }
 
 /// How long the daemon has to answer a CommitRequest.
@@ -147,7 +148,14 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
-    let planned = match arroyod_engine::sql::plan(&start.query) {
+    // Failure messages never carry the values of secret options.
+    let hidden = crate::secrets::secrets_of(&start.query);
+    let failed = |message: String| {
+        event(worker_event::Event::Failed(arroyod_proto::Failed {
+            message: crate::secrets::redact(&message, &hidden),
+        }))
+    };
+    let planned = match crate::engine::plan(start.query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
             let message = errors
@@ -155,11 +163,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
+            events.send(failed(message)).await?;
             return finish(events, commands).await;
         }
     };
@@ -173,37 +177,28 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,
         Err(e) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message: crate::api::error_chain(&e),
-                })))
-                .await?;
+            events.send(failed(error_chain(&e))).await?;
             return finish(events, commands).await;
         }
     };
     if let Some(epoch) = handle.restored() {
         info!(pipeline = %pipeline_id, epoch, "restored from checkpoint");
     }
+    let completed_at_end = handle.checkpoints();
     let reporter = {
         let events = events.clone();
         let mut completed = handle.checkpoints();
-        tokio::spawn(async move {
+        let reporting = async move {
             while completed.changed().await.is_ok() {
                 let Some(c) = *completed.borrow_and_update() else {
                     continue;
                 };
-                let done = event(worker_event::Event::CheckpointCompleted(
-                    arroyod_proto::CheckpointCompleted {
-                        epoch: c.epoch,
-                        bytes: c.bytes,
-                        duration_ms: c.duration.as_millis() as u64,
-                    },
-                ));
-                if events.send(done).await.is_err() {
+                if events.send(completed_event(&c)).await.is_err() {
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(reporting.instrument(info_span!("checkpoint_reporter")))
     };
     events
         .send(event(worker_event::Event::Running(
@@ -212,14 +207,15 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         .await?;
     let forward = {
         let events = events.clone();
-        tokio::spawn(async move {
+        let forwarding = async move {
             while let Some(json) = preview_rx.recv().await {
                 let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
                 if events.send(rows).await.is_err() {
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
     let stop = handle.stopper();
     let mut wait = std::pin::pin!(handle.wait());
@@ -254,19 +250,37 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let _ = forward.await;
     reporter.abort();
     let _ = reporter.await;
+    // The last checkpoint (the one a stop takes) may have completed after the reporter's last
+    // look: report it again (the daemon records a checkpoint idempotently).
+    let newest = *completed_at_end.borrow();
+    if let Some(c) = newest {
+        events.send(completed_event(&c)).await?;
+    }
     let last = match outcome {
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
-        Err(e) => worker_event::Event::Failed(arroyod_proto::Failed {
-            message: crate::api::error_chain(&e),
-        }),
+        Err(e) => {
+            events.send(failed(error_chain(&e))).await?;
+            return finish(events, commands).await;
+        }
     };
     events.send(event(last)).await?;
     finish(events, commands).await
 }
 
-/// The checkpointing of this run: under the pipeline's state URL (the job restores its
-/// newest checkpoint), with the daemon as commit gate.
+fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {
+    event(worker_event::Event::CheckpointCompleted(
+        arroyod_proto::CheckpointCompleted {
+            epoch: c.epoch,
+            bytes: c.bytes,
+            duration_ms: c.duration.as_millis() as u64,
+        },
+    ))
+}
+
+/// The checkpointing of this run: under the pipeline's state URL (the job restores its newest
+/// checkpoint, and refuses to start over when the metadata says a newer one completed), with
+/// the daemon as commit gate.
 fn checkpointing(
     start: &arroyod_proto::Start,
     events: &mpsc::Sender<WorkerEvent>,
@@ -282,6 +296,7 @@ fn checkpointing(
             events: events.clone(),
             pending: pending.clone(),
         })),
+        expected_epoch: start.expected_epoch,
     })
 }
 

@@ -47,6 +47,10 @@ pub struct Checkpointing {
     pub interval: Duration,
     /// Asked before every MANIFEST; None: every checkpoint may be written.
     pub gate: Option<Arc<dyn CommitGate>>,
+    /// The newest epoch the embedding process knows completed (0: none). A state location
+    /// whose newest complete checkpoint is older is refused ([`DataflowError::Missing`]):
+    /// starting from it would repeat or lose what sinks committed since.
+    pub expected_epoch: u64,
 }
 
 /// A running job.
@@ -65,6 +69,17 @@ pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowE
             };
             let store = CheckpointStore::open(&c.state).map_err(failed)?;
             let restore = store.latest().await.map_err(failed)?;
+            let found = restore.as_ref().map_or(0, |m| m.epoch);
+            if found < c.expected_epoch {
+                return Err(DataflowError::Missing {
+                    expected: c.expected_epoch,
+                    location: store.display().to_string(),
+                    held: match found {
+                        0 => "no complete checkpoint".to_string(),
+                        n => format!("only checkpoints up to {n}"),
+                    },
+                });
+            }
             Some(CheckpointConfig {
                 store: Arc::new(store),
                 interval: c.interval,
@@ -137,6 +152,7 @@ mod tests {
                 state: state.clone(),
                 interval: Duration::from_millis(20),
                 gate: None,
+                expected_epoch: 0,
             }),
             preview: Some(preview),
         };
@@ -155,5 +171,35 @@ mod tests {
         assert_eq!(job.wait().await.unwrap(), Outcome::Finished);
         // The default sink's rows after a stop with a checkpoint: each once.
         assert_eq!(before.await.unwrap() + after.await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_location_without_the_checkpoint_known_to_have_completed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let query = crate::sql::plan(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10', message_count = '10');
+             SELECT counter FROM impulse;",
+        )
+        .expect("plans");
+        let spec = JobSpec {
+            parallelism: 1,
+            checkpointing: Some(Checkpointing {
+                state: dir.path().display().to_string(),
+                interval: Duration::from_secs(1),
+                gate: None,
+                expected_epoch: 4,
+            }),
+            preview: None,
+        };
+        let err = match start(&query, spec).await {
+            Ok(_) => panic!("a job started over"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.kind(),
+            crate::task::ErrorKind::User(crate::task::UserFault::Storage)
+        );
+        assert!(err.to_string().contains("(the metadata says so)"), "{err}");
+        assert!(err.to_string().contains("no complete checkpoint"), "{err}");
     }
 }

@@ -42,6 +42,7 @@ fn checkpointing(state: &Path) -> Checkpointing {
         state: state.display().to_string(),
         interval: Duration::from_millis(100),
         gate: None,
+        expected_epoch: 0,
     }
 }
 
