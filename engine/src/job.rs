@@ -143,7 +143,8 @@ mod tests {
     async fn a_job_checkpoints_under_its_state_location_and_restores_from_it() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state").display().to_string();
-        let sql = "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '2000', message_count = '1000');
+        // Slow enough (2 s) that a checkpoint completes before the source ends, even on a busy box.
+        let sql = "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '500', message_count = '1000');
                    SELECT counter FROM impulse;";
         let query = crate::sql::plan(sql).expect("plans");
         let spec = |preview| JobSpec {
@@ -159,7 +160,14 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let (job, before) = (start(&query, spec(tx)).await.unwrap(), count(rx));
         assert_eq!(job.restored(), None);
-        job.checkpoints().wait_for(Option::is_some).await.unwrap();
+        // A deadline, so a job that ends without a checkpoint fails the test instead of hanging it.
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            job.checkpoints().wait_for(Option::is_some),
+        )
+        .await
+        .expect("a checkpoint completes within a minute")
+        .unwrap();
         job.stopper().request(StopMode::Checkpoint);
         assert_eq!(job.wait().await.unwrap(), Outcome::Stopped);
         let listed = checkpoints(&state).await.unwrap();
