@@ -19,12 +19,12 @@ mod options;
 mod run;
 mod sink;
 
-pub use kafka::KafkaError;
 pub use options::{Options, ValueError, parse_data_size, parse_duration};
 pub use run::RunError;
 pub use sink::PREVIEW_SINK;
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 
@@ -66,6 +66,14 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
     suggestion
         .as_ref()
         .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
+}
+
+/// The wall clock as an event time: nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
 }
 
