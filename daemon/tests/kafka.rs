@@ -282,6 +282,60 @@ fn numbers_once(log: &TxnLog) -> Vec<i64> {
     n
 }
 
+/// An at-least-once sink through kill -9 of the worker after a completed checkpoint: every
+/// row is in the output (rows after the checkpoint may be there twice), none is lost.
+#[test]
+fn the_at_least_once_sink_loses_nothing_through_kill_9_of_the_worker() {
+    let broker = Tansu::start();
+    broker.create_topic("in", PARTITIONS as u32);
+    broker.create_topic("out", 1);
+    broker.produce("in", &rows(0..100));
+    let d = TestDaemon::start();
+    let sql = passthrough(
+        &broker,
+        "in",
+        "out",
+        ", 'sink.commit_mode' = 'at_least_once'",
+    );
+    let id = submit(&d, "alo", &sql, 2);
+    wait_output(
+        || d.log(),
+        &broker,
+        "out",
+        1,
+        "the first 100 rows",
+        |l| l.committed.len() >= 100,
+    );
+    let checkpointed = wait_until(DEADLINE, "a completed checkpoint", || {
+        d.status(&id)["last_checkpoint"].as_u64().filter(|&e| e > 0)
+    });
+    let pid = d.status(&id)["worker_pid"].as_u64().unwrap() as u32;
+    signal(pid, "KILL");
+    broker.produce("in", &rows(100..200));
+    let log = wait_output(
+        || d.log(),
+        &broker,
+        "out",
+        1,
+        "all 200 rows",
+        |l| {
+            let seen: std::collections::BTreeSet<i64> = l
+                .values()
+                .iter()
+                .map(|v| v["n"].as_i64().unwrap())
+                .collect();
+            seen.len() == 200
+        },
+    );
+    assert!(log.aborted.is_empty() && log.open.is_empty(), "{log:?}");
+    assert!(checkpointed > 0);
+    wait_until(DEADLINE, "the restarted worker", || {
+        (d.status(&id)["worker_pid"].as_u64() != Some(pid as u64)
+            && d.status(&id)["state"] == "Running")
+            .then_some(())
+    });
+}
+
 /// A crash at each step of the exactly-once sink's commit (the `fail` crate's points, armed
 /// for one crash across restarts): the restarted worker aborts or re-sends what it must, and
 /// every row is committed exactly once.

@@ -19,6 +19,7 @@ mod options;
 mod run;
 mod sink;
 
+pub use kafka::host_settings as kafka_host_settings;
 pub use options::{Options, ValueError, parse_data_size, parse_duration};
 pub use run::RunError;
 pub use sink::PREVIEW_SINK;
