@@ -4,7 +4,9 @@
 //! 1. choose the socket (`connect` documents the chain);
 //! 2. read the query file, if any, before connecting: a bad path needs no daemon to be reported;
 //! 3. connect (an unreachable daemon ends here, with exit status 3);
-//! 4. make one RPC; a status `Unavailable` also means the daemon cannot be reached;
+//! 4. make one RPC; a status `Unavailable` also means the daemon cannot be reached, and a
+//!    connection that breaks during the call means the daemon went away (exit 3 too, with a
+//!    hint to check `list` before retrying: the request may have taken effect);
 //! 5. write the answer to stdout, as text or with `--json` as JSON, and flush it.
 //!
 //! Nothing here decides anything about queries or pipelines: the daemon does.
@@ -14,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use arroyod_proto::{ListRequest, PipelineRef, StopRequest, SubmitRequest, TailRequest};
-use arroyod_proto::{Pipeline, ValidateRequest};
+use arroyod_proto::{Pipeline, QueryErrors, SqlError, ValidateRequest};
+use prost::Message as _;
 use tonic::{Code, Status};
 
 use crate::cli::{Cli, Command, StopMode};
@@ -55,7 +58,9 @@ impl CommandError {
     /// The exit status this error maps to.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Connect(ConnectError::Unreachable { .. }) => EXIT_UNREACHABLE,
+            Self::Connect(ConnectError::Unreachable { .. } | ConnectError::Lost { .. }) => {
+                EXIT_UNREACHABLE
+            }
             _ => EXIT_ERROR,
         }
     }
@@ -100,9 +105,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             parallelism,
             checkpoint_interval_ms,
         } => {
-            session
+            return session
                 .submit(&file, name, parallelism, checkpoint_interval_ms)
-                .await?
+                .await;
         }
         Command::Validate { file } => return session.validate(&file).await,
         Command::List => session.list().await?,
@@ -139,13 +144,14 @@ impl Session {
         rpc_error(&self.socket, status)
     }
 
+    /// A query the daemon refuses exits 1, its errors printed as `validate` prints them.
     async fn submit(
         &self,
         file: &Path,
         name: Option<String>,
         parallelism: Option<u32>,
         checkpoint_interval_ms: Option<u64>,
-    ) -> Result<(), CommandError> {
+    ) -> Result<ExitCode, CommandError> {
         let query = read_query(file)?;
         let request = SubmitRequest {
             query,
@@ -154,19 +160,33 @@ impl Session {
             parallelism: parallelism.unwrap_or(0),
             checkpoint_interval_ms: checkpoint_interval_ms.unwrap_or(0),
         };
-        let pipeline = self
-            .client()
-            .await?
-            .submit(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner()
-            .pipeline
-            .ok_or(CommandError::Incomplete("the pipeline"))?;
+        let answer = self.client().await?.submit(request).await;
+        let pipeline = match answer {
+            Ok(response) => response
+                .into_inner()
+                .pipeline
+                .ok_or(CommandError::Incomplete("the pipeline"))?,
+            Err(status) => {
+                return match query_errors(&status) {
+                    Some(errors) => {
+                        if self.json {
+                            write_stdout(|w| {
+                                render::write_json(w, &render::submit_errors_json(&errors))
+                            })?;
+                        } else {
+                            print_diagnostics(file, &errors);
+                        }
+                        Ok(ExitCode::from(EXIT_ERROR))
+                    }
+                    None => Err(self.rpc_error(status)),
+                };
+            }
+        };
         // The id is the last word, for scripts: `arroyoctl submit q.sql | awk '{print $NF}'`.
         self.write_pipeline(&pipeline, |w, p| {
             writeln!(w, "submitted pipeline {}", render::pipeline_label(p))
-        })
+        })?;
+        Ok(ExitCode::SUCCESS)
     }
 
     /// Exits 1 when the query has errors, which go to stderr as diagnostics (or to stdout in
@@ -188,12 +208,7 @@ impl Session {
                 writeln!(w, "{}", render::sinks_line(&response.sinks))
             })?;
         } else {
-            let label = query_label(file);
-            let mut stderr = io::stderr().lock();
-            for error in &response.errors {
-                // A closed stderr leaves nowhere to report to; the exit status still tells.
-                let _ = writeln!(stderr, "{}", render::diagnostic(&label, error));
-            }
+            print_diagnostics(file, &response.errors);
         }
         Ok(if response.errors.is_empty() {
             ExitCode::SUCCESS
@@ -327,8 +342,16 @@ impl Session {
     }
 }
 
-/// `status` as an error: `Unavailable` means nothing answers at `socket`.
+/// `status` as an error: `Unavailable` means nothing answers at `socket`; a status the
+/// transport made (the connection broke during the call) means the daemon went away.
 fn rpc_error(socket: &Path, status: Status) -> CommandError {
+    if let Some(reason) = broken_connection(&status) {
+        return ConnectError::Lost {
+            socket: socket.to_path_buf(),
+            reason,
+        }
+        .into();
+    }
     if status.code() == Code::Unavailable {
         ConnectError::Unreachable {
             socket: socket.to_path_buf(),
@@ -337,6 +360,42 @@ fn rpc_error(socket: &Path, status: Status) -> CommandError {
         .into()
     } else {
         CommandError::Rpc(status)
+    }
+}
+
+/// What broke, when `status` was made by the transport rather than sent by the daemon: its
+/// source chain holds the transport's or an I/O error.
+fn broken_connection(status: &Status) -> Option<String> {
+    let mut source = std::error::Error::source(status);
+    let mut found = None;
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<io::Error>() {
+            found = Some(e.to_string());
+        } else if found.is_some() {
+            // The innermost cause says the most ("connection reset", "broken pipe").
+            found = Some(e.to_string());
+        }
+        source = e.source();
+    }
+    found
+}
+
+/// The query errors a refused `submit` carries in its status details.
+fn query_errors(status: &Status) -> Option<Vec<SqlError>> {
+    if status.code() != Code::InvalidArgument {
+        return None;
+    }
+    let errors = QueryErrors::decode(status.details()).ok()?.errors;
+    (!errors.is_empty()).then_some(errors)
+}
+
+/// Writes query errors to stderr as `FILE:LINE:COL: error: message` lines.
+fn print_diagnostics(file: &Path, errors: &[SqlError]) {
+    let label = query_label(file);
+    let mut stderr = io::stderr().lock();
+    for error in errors {
+        // A closed stderr leaves nowhere to report to; the exit status still tells.
+        let _ = writeln!(stderr, "{}", render::diagnostic(&label, error));
     }
 }
 
@@ -387,6 +446,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot reach arroyod at /s.sock: connection reset"
+        );
+    }
+
+    #[test]
+    fn a_connection_broken_during_the_call_means_the_daemon_went_away() {
+        let broken = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let err = rpc_error(Path::new("/s.sock"), Status::from_error(Box::new(broken)));
+        assert_eq!(err.exit_code(), EXIT_UNREACHABLE);
+        assert_eq!(
+            err.to_string(),
+            "lost arroyod at /s.sock during the call: connection reset by peer"
+        );
+        assert!(
+            err.hints()[0].contains("arroyoctl list"),
+            "{:?}",
+            err.hints()
         );
     }
 

@@ -40,13 +40,27 @@ pub enum ConnectError {
         /// The I/O error, or the message of the gRPC status.
         reason: String,
     },
+    /// The fallback directory of the default socket could be another user's.
+    #[error("refusing the default socket's directory")]
+    UnsafeDirectory(#[source] io::Error),
+    /// The connection broke during a call: the daemon went away (killed, crashed) after it
+    /// may have received the request.
+    #[error("lost arroyod at {} during the call: {reason}", socket.display())]
+    Lost {
+        /// The socket of the call.
+        socket: PathBuf,
+        /// What the transport said.
+        reason: String,
+    },
 }
 
 impl ConnectError {
     /// What the user could do about it.
     pub fn hints(&self) -> Vec<String> {
         match self {
-            Self::NoDefault(_) => vec!["pass --socket or set ARROYO_SOCKET".to_owned()],
+            Self::NoDefault(_) | Self::UnsafeDirectory(_) => {
+                vec!["pass --socket or set ARROYO_SOCKET".to_owned()]
+            }
             Self::Unreachable { socket, .. } => {
                 let mut hints =
                     vec!["is arroyod running? start it with 'arroyod' or pass --socket".to_owned()];
@@ -59,15 +73,27 @@ impl ConnectError {
                 }
                 hints
             }
+            Self::Lost { .. } => vec![
+                "the daemon may have received the request before it went away: check                  'arroyoctl list' (or 'status') before retrying a submit, stop or resume"
+                    .to_owned(),
+                "is arroyod running? start it with 'arroyod' or pass --socket".to_owned(),
+            ],
         }
     }
 }
 
 /// The socket to use when `--socket` is not given: the default socket of
-/// [`arroyod_proto::socket`], with the variables and the real uid of this process.
+/// [`arroyod_proto::socket`], with the variables and the real uid of this process. The
+/// fallback directory `/tmp/arroyod-$UID` is refused unless it is private and ours.
 pub fn default_socket() -> Result<PathBuf, ConnectError> {
-    socket::default_socket_from(&SocketEnv::from_process(), socket::real_uid)
-        .map_err(ConnectError::NoDefault)
+    let path = socket::default_socket_from(&SocketEnv::from_process(), socket::real_uid)
+        .map_err(ConnectError::NoDefault)?;
+    if let (Some(dir), Ok(uid)) = (path.parent(), socket::real_uid())
+        && dir == socket::fallback_dir(uid)
+    {
+        socket::check_fallback_dir(dir, uid).map_err(ConnectError::UnsafeDirectory)?;
+    }
+    Ok(path)
 }
 
 /// Opens a channel to the daemon at `socket` and checks that something accepts the connection.

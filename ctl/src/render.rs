@@ -64,14 +64,22 @@ pub fn pipeline_label(p: &Pipeline) -> String {
     }
 }
 
-/// The answer of `validate` as `{"errors": [{message, line, column}], "sinks": [..]}`.
-pub fn validate_json(response: &ValidateResponse) -> Value {
-    let errors: Vec<Value> = response
-        .errors
+/// Query errors as `[{message, line, column}]`.
+fn errors_json(errors: &[SqlError]) -> Value {
+    errors
         .iter()
         .map(|e| json!({ "message": e.message, "line": e.line, "column": e.column }))
-        .collect();
-    json!({ "errors": errors, "sinks": response.sinks })
+        .collect()
+}
+
+/// The answer of `validate` as `{"errors": [{message, line, column}], "sinks": [..]}`.
+pub fn validate_json(response: &ValidateResponse) -> Value {
+    json!({ "errors": errors_json(&response.errors), "sinks": response.sinks })
+}
+
+/// The errors of a refused `submit` as `{"errors": [{message, line, column}]}`.
+pub fn submit_errors_json(errors: &[SqlError]) -> Value {
+    json!({ "errors": errors_json(errors) })
 }
 
 /// Writes `value` pretty-printed, then a newline.

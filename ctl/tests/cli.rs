@@ -317,6 +317,14 @@ fn a_bad_checkpoint_interval_exits_2_without_a_request() {
     assert!(daemon.last_submit().is_none());
 }
 
+/// The errors the fake daemon gives a query mentioning `nope`, as `--json` prints them.
+fn nope_errors() -> serde_json::Value {
+    serde_json::json!([
+        {"message": "table nope not found", "line": 1, "column": 15},
+        {"message": "no sink for the query", "line": 0, "column": 0},
+    ])
+}
+
 #[test]
 fn submit_prints_every_error_of_a_rejected_query() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -326,9 +334,16 @@ fn submit_prints_every_error_of_a_rejected_query() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "error: 1:15: table nope not found\nerror: 0:0: no sink for the query\n"
+        format!("{file}:1:15: error: table nope not found\n{file}: error: no sink for the query\n")
     );
     assert!(output.stdout.is_empty());
+
+    let output = run(&daemon, &["--json", "submit", &file]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        json(&output),
+        serde_json::json!({ "errors": nope_errors() })
+    );
 }
 
 #[test]
@@ -357,13 +372,7 @@ fn validate_prints_positioned_errors_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         json(&output),
-        serde_json::json!({
-            "errors": [
-                {"message": "table nope not found", "line": 1, "column": 15},
-                {"message": "no sink for the query", "line": 0, "column": 0},
-            ],
-            "sinks": [],
-        })
+        serde_json::json!({ "errors": nope_errors(), "sinks": [] })
     );
 }
 

@@ -27,15 +27,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arroyod_engine::storage::checksum::fnv1a64;
-use arroyod_engine::storage::{Location, StorageError, durable};
+use crate::engine::{Location, LocationError as ConnectorError, durable, error_chain, fnv1a64};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tracing::warn;
 
-use crate::api::error_chain;
 use crate::store::{Store, StoreError, now_rfc3339};
 
 /// How many snapshots are kept.
@@ -55,7 +53,7 @@ pub enum BackupError {
     Url {
         url: String,
         #[source]
-        source: StorageError,
+        source: ConnectorError,
     },
     /// The object store of `backup_url` cannot be set up (credentials, region).
     #[error("{0}")]

@@ -10,10 +10,14 @@
 
 mod api;
 mod backup;
-mod config;
+mod bootstrap;
 mod controller;
-mod local_run;
+mod engine;
+mod run;
+mod secrets;
 mod serve;
+mod settings;
+mod snapshots;
 mod store;
 mod tail;
 mod worker;
@@ -64,7 +68,7 @@ enum Command {
     /// Run the daemon in the foreground (the default).
     Serve(ServeArgs),
     /// Run one query end to end, printing the rows of a bare SELECT to stdout.
-    Run(local_run::RunArgs),
+    Run(run::RunArgs),
     /// Print the effective configuration.
     Config(ServeArgs),
     /// Download the newest metadata snapshot of a backup URL and write it to PATH (for
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = |args: &ServeArgs| {
         // Flags after the subcommand win over flags before it.
-        config::Overrides {
+        settings::Overrides {
             config: args.config.clone().or(cli.serve.config.clone()),
             socket: args.socket.clone().or(cli.serve.socket.clone()),
             data_dir: args.data_dir.clone().or(cli.serve.data_dir.clone()),
@@ -136,20 +140,20 @@ fn main() -> ExitCode {
                 Some(Command::Serve(args)) => overrides(args),
                 _ => overrides(&ServeArgs::default()),
             };
-            let config = match config::Config::load(&overrides) {
-                Ok(c) => c,
+            let settings = match settings::Settings::load(&overrides) {
+                Ok(s) => s,
                 Err(e) => {
                     print_error(&e.into());
                     return ExitCode::from(1);
                 }
             };
-            init_logging(&config.log);
+            init_logging(&settings.log);
             runtime()
-                .block_on(serve::serve(config))
+                .block_on(serve::serve(settings))
                 .map(|()| 0)
                 .map_err(anyhow::Error::from)
         }
-        Some(Command::Config(ref args)) => match config::Config::load(&overrides(args)) {
+        Some(Command::Config(ref args)) => match settings::Settings::load(&overrides(args)) {
             Ok(c) => {
                 print!("{}", c.to_toml());
                 Ok(0)
@@ -165,14 +169,14 @@ fn main() -> ExitCode {
                 || cli.serve.checkpoint_interval.is_some() =>
         {
             eprintln!(
-                "error: --socket, --data-dir, --config, --backup-url, --state-url and --checkpoint-interval belong to the daemon; `arroyod run` takes -s STATE_DIR (and $ARROYO_CHECKPOINT_INTERVAL)"
+                "error: --socket, --data-dir, --config, --backup-url, --state-url and --checkpoint-interval belong to the daemon; `arroyod run` takes -s STATE_DIR and its own --checkpoint-interval"
             );
             return ExitCode::from(2);
         }
         Some(Command::Run(args)) => {
-            init_logging("warn,arroyod::local_run=info");
+            init_logging("warn,arroyod::run=info,arroyod::bootstrap=info");
             runtime()
-                .block_on(local_run::run(args))
+                .block_on(run::run(args))
                 .map_err(anyhow::Error::from)
         }
         Some(Command::RestoreDb { backup_url, to }) => {

@@ -4,22 +4,38 @@
 //! It owns the rows of pipelines and their events; it never holds a transaction across an
 //! await on anything but SQLite itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-/// Errors of the metadata store.
+/// Errors of the metadata store; each names the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or a statement failed.
-    #[error("metadata database")]
-    Sqlx(#[from] sqlx::Error),
+    #[error("metadata database {}", path.display())]
+    Sqlx {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
     /// A migration failed: the database is from a newer arroyod or damaged.
-    #[error("migrating the metadata database")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("migrating the metadata database {}", path.display())]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// The database file could not be made private (mode 0600).
+    #[error("making {} private", path.display())]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A pipeline with this name exists.
     #[error("a pipeline named '{0}' already exists")]
     NameTaken(String),
@@ -79,9 +95,33 @@ pub fn test_row(id: &str) -> PipelineRow {
     }
 }
 
+/// Creates the database file `path` with mode 0600 when missing, or sets that mode: SQLite
+/// gives its WAL and shared-memory files the database's mode, whatever the umask. Stored
+/// queries may hold `storage.*` credentials.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm"] {
+        let side = path.with_file_name(format!("arroyod.db{suffix}"));
+        match std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database file, for messages.
+    path: Arc<PathBuf>,
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -136,8 +176,18 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> PipelineRow {
 impl Store {
     /// Opens (creating if needed) `dir/arroyod.db` and migrates it.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
-        let url = format!("sqlite://{}", dir.join("arroyod.db").display());
-        let options = SqliteConnectOptions::from_str(&url)?
+        let path = dir.join("arroyod.db");
+        private_file(&path).map_err(|source| StoreError::Mode {
+            path: path.clone(),
+            source,
+        })?;
+        let failed = |source| StoreError::Sqlx {
+            path: path.clone(),
+            source,
+        };
+        let url = format!("sqlite://{}", path.display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(failed)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -146,9 +196,31 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
-            .await?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Store { pool })
+            .await
+            .map_err(failed)?;
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            pool,
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn failed(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Sqlx {
+            path: self.path.to_path_buf(),
+            source,
+        }
     }
 
     pub async fn insert(&self, p: &PipelineRow) -> Result<(), StoreError> {
@@ -175,16 +247,21 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::NameTaken(p.name.clone()))
             }
-            other => other.map(|_| ()).map_err(StoreError::from),
+            other => other.map(|_| ()).map_err(|e| self.failed(e)),
         }
     }
 
-    /// Writes what changes of `p` (state, failure, desired state, generation, query and
-    /// parallelism on a resume, state URL), and logs an event.
+    /// Writes what changes of `p` (state, failure, desired state, generation, query,
+    /// parallelism and checkpoint interval on a resume or update, state location), and logs
+    /// an event.
     pub async fn update(&self, p: &PipelineRow, message: &str) -> Result<(), StoreError> {
+        self.update_in(p, message).await.map_err(|e| self.failed(e))
+    }
+
+    async fn update_in(&self, p: &PipelineRow, message: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ?, state_url = ? WHERE id = ?",
+            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ?, state_url = ?, checkpoint_interval_ms = ? WHERE id = ?",
         )
         .bind(&p.desired)
         .bind(&p.state)
@@ -195,6 +272,7 @@ impl Store {
         .bind(&p.query)
         .bind(&p.plan_hash)
         .bind(&p.state_url)
+        .bind(p.checkpoint_interval_ms as i64)
         .bind(&p.id)
         .execute(&mut *tx)
         .await?;
@@ -211,8 +289,12 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a pipeline and its events.
+    /// Deletes a pipeline, its events and its checkpoint rows.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.delete_in(id).await.map_err(|e| self.failed(e))
+    }
+
+    async fn delete_in(&self, id: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM pipeline_events WHERE pipeline_id = ?")
             .bind(id)
@@ -233,13 +315,30 @@ impl Store {
     pub async fn list(&self) -> Result<Vec<PipelineRow>, StoreError> {
         let rows = sqlx::query("SELECT * FROM pipelines ORDER BY created_at, id")
             .fetch_all(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(rows.iter().map(row).collect())
+    }
+
+    /// Forgets the checkpoint rows of pipeline `id` (its state was dropped).
+    pub async fn delete_checkpoints(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM checkpoints WHERE pipeline_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(())
     }
 
     /// Records a completed checkpoint of pipeline `id`, keeping its newest
     /// [`CHECKPOINTS_KEPT`] rows (one every 10 s would otherwise grow without end).
     pub async fn insert_checkpoint(&self, id: &str, c: &CheckpointRow) -> Result<(), StoreError> {
+        self.insert_checkpoint_in(id, c)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    async fn insert_checkpoint_in(&self, id: &str, c: &CheckpointRow) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT OR REPLACE INTO checkpoints (pipeline_id, epoch, generation, bytes, duration_ms, completed_at)
@@ -274,7 +373,8 @@ impl Store {
         )
         .bind(id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(rows
             .iter()
             .map(|r| CheckpointRow {
@@ -293,7 +393,8 @@ impl Store {
         sqlx::query("VACUUM INTO ?")
             .bind(path.to_string_lossy().into_owned())
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 

@@ -1,35 +1,45 @@
 //! The tail buffer: per pipeline, the rows of its default sink, append-only with offsets, bounded
-//! by dropping the oldest rows. Readers follow it from any offset. At-least-once: a worker
-//! restarted from a checkpoint may append rows again.
+//! in bytes (`tail_buffer_bytes`) by dropping the oldest rows. Readers follow it from any
+//! offset. At-least-once: a worker restarted from a checkpoint may append rows again. When the
+//! pipeline ends its rows stay (within the bound) for `tail`, and its spare capacity is freed.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-/// Rows a buffer keeps.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+/// What a row costs beyond its text: the `String` and its slot.
+const ROW_OVERHEAD: u64 = 32;
 
 struct Inner {
     /// Offset of `rows[0]`.
     first: u64,
     rows: VecDeque<String>,
+    /// What `rows` costs, by [`cost`].
+    bytes: u64,
+}
+
+fn cost(row: &str) -> u64 {
+    row.len() as u64 + ROW_OVERHEAD
 }
 
 pub struct TailBuffer {
-    capacity: usize,
+    /// The most bytes of rows kept.
+    capacity: u64,
     inner: Mutex<Inner>,
     /// Next offset, and whether the buffer is closed (no row will follow).
     end: watch::Sender<(u64, bool)>,
 }
 
 impl TailBuffer {
-    pub fn new(capacity: usize) -> Self {
+    /// A buffer of at most `capacity` bytes of rows.
+    pub fn new(capacity: u64) -> Self {
         TailBuffer {
-            capacity: capacity.max(1),
+            capacity,
             inner: Mutex::new(Inner {
                 first: 0,
                 rows: VecDeque::new(),
+                bytes: 0,
             }),
             end: watch::channel((0, false)).0,
         }
@@ -38,20 +48,35 @@ impl TailBuffer {
     pub fn append(&self, rows: Vec<String>) {
         let mut inner = self.inner.lock().expect("tail buffer lock");
         for row in rows {
-            if inner.rows.len() == self.capacity {
-                inner.rows.pop_front();
+            inner.bytes += cost(&row);
+            inner.rows.push_back(row);
+            while inner.bytes > self.capacity {
+                let Some(old) = inner.rows.pop_front() else {
+                    break;
+                };
+                inner.bytes -= cost(&old);
                 inner.first += 1;
             }
-            inner.rows.push_back(row);
         }
         let next = inner.first + inner.rows.len() as u64;
         drop(inner);
         self.end.send_modify(|e| e.0 = next);
     }
 
-    /// Marks the end: followers stop once they have read everything.
+    /// Marks the end: followers stop once they have read everything. Spare capacity is freed.
     pub fn close(&self) {
+        self.inner
+            .lock()
+            .expect("tail buffer lock")
+            .rows
+            .shrink_to_fit();
         self.end.send_modify(|e| e.1 = true);
+    }
+
+    /// Bytes of rows held.
+    #[cfg(test)]
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().expect("tail buffer lock").bytes
     }
 
     /// Reopens the buffer for a new run of the pipeline.
@@ -91,18 +116,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_newest_rows_and_their_offsets() {
-        let b = TailBuffer::new(3);
+    fn keeps_the_newest_rows_within_its_bytes_and_their_offsets() {
+        let b = TailBuffer::new(3 * (1 + ROW_OVERHEAD));
         b.append((0..5).map(|i| i.to_string()).collect());
+        assert_eq!(b.bytes(), 3 * (1 + ROW_OVERHEAD));
         assert_eq!(b.next_offset(), 5);
         assert_eq!(b.read(0, 10), (2, vec!["2".into(), "3".into(), "4".into()]));
         assert_eq!(b.read(4, 10), (4, vec!["4".into()]));
         assert_eq!(b.read(5, 10), (5, vec![]));
+        // A row larger than the whole buffer is dropped at once.
+        b.append(vec!["x".repeat(1000)]);
+        assert_eq!(b.read(0, 10), (6, vec![]));
+        assert_eq!(b.bytes(), 0);
     }
 
     #[tokio::test]
     async fn followers_wake_on_rows_and_on_close() {
-        let b = std::sync::Arc::new(TailBuffer::new(10));
+        let b = std::sync::Arc::new(TailBuffer::new(1 << 20));
         let f = {
             let b = b.clone();
             tokio::spawn(async move { b.wait_for(0).await })

@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arroyod_engine::dataflow::{CheckpointConfig, CommitGate};
-use arroyod_engine::storage::CheckpointStore;
-
-use arroyod_engine::dataflow::{self, RunOutcome, StopMode as EngineStop};
-use arroyod_engine::task::JobContext;
+use crate::engine::{
+    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec, RunOutcome,
+    error_chain, job,
+};
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
 use hyper_util::rt::TokioIo;
@@ -27,7 +26,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 /// Errors that end a worker process.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +49,7 @@ pub enum WorkerError {
     ReportsClosed,
     /// The dataflow could not start.
     #[error("starting the dataflow")]
-    Dataflow(#[from] arroyod_engine::dataflow::DataflowError),
+    Dataflow(#[from] DataflowError),
 }
 
 /// How long the daemon has to answer a CommitRequest.
@@ -149,7 +148,14 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
-    let planned = match arroyod_engine::sql::plan(&start.query) {
+    // Failure messages never carry the values of secret options.
+    let hidden = crate::secrets::secrets_of(&start.query);
+    let failed = |message: String| {
+        event(worker_event::Event::Failed(arroyod_proto::Failed {
+            message: crate::secrets::redact(&message, &hidden),
+        }))
+    };
+    let planned = match crate::engine::plan(start.query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
             let message = errors
@@ -157,71 +163,42 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ");
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
+            events.send(failed(message)).await?;
             return finish(events, commands).await;
         }
     };
     let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
-    let job = Arc::new(JobContext {
-        preview: Some(preview_tx),
-    });
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();
-    let checkpoints = match checkpointing(&start, &events, &pending).await {
-        Ok(c) => c,
-        Err(message) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message,
-                })))
-                .await?;
-            return finish(events, commands).await;
-        }
+    let spec = JobSpec {
+        parallelism: start.parallelism as usize,
+        checkpointing: checkpointing(&start, &events, &pending),
+        preview: Some(preview_tx),
     };
-    let handle = match dataflow::run(
-        &planned.program,
-        start.parallelism as usize,
-        job,
-        checkpoints,
-    )
-    .await
-    {
+    let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,
         Err(e) => {
-            events
-                .send(event(worker_event::Event::Failed(arroyod_proto::Failed {
-                    message: crate::api::error_chain(&e),
-                })))
-                .await?;
+            events.send(failed(error_chain(&e))).await?;
             return finish(events, commands).await;
         }
     };
     if let Some(epoch) = handle.restored() {
         info!(pipeline = %pipeline_id, epoch, "restored from checkpoint");
     }
+    let completed_at_end = handle.checkpoints();
     let reporter = {
         let events = events.clone();
         let mut completed = handle.checkpoints();
-        tokio::spawn(async move {
+        let reporting = async move {
             while completed.changed().await.is_ok() {
                 let Some(c) = *completed.borrow_and_update() else {
                     continue;
                 };
-                let done = event(worker_event::Event::CheckpointCompleted(
-                    arroyod_proto::CheckpointCompleted {
-                        epoch: c.epoch,
-                        bytes: c.bytes,
-                        duration_ms: c.duration.as_millis() as u64,
-                    },
-                ));
-                if events.send(done).await.is_err() {
+                if events.send(completed_event(&c)).await.is_err() {
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(reporting.instrument(info_span!("checkpoint_reporter")))
     };
     events
         .send(event(worker_event::Event::Running(
@@ -230,16 +207,17 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         .await?;
     let forward = {
         let events = events.clone();
-        tokio::spawn(async move {
+        let forwarding = async move {
             while let Some(json) = preview_rx.recv().await {
                 let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
                 if events.send(rows).await.is_err() {
                     break;
                 }
             }
-        })
+        };
+        tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
-    let stop = handle.stop_sender();
+    let stop = handle.stopper();
     let mut wait = std::pin::pin!(handle.wait());
     let outcome = loop {
         tokio::select! {
@@ -253,19 +231,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                     };
                     info!(pipeline = %pipeline_id, ?mode, "stop requested");
                     // A stop never weakens one under way (a checkpoint stop may escalate).
-                    stop.send_if_modified(|current| {
-                        let stronger = match (*current, mode) {
-                            (None, _) => true,
-                            (Some(EngineStop::Immediate), _) => false,
-                            (_, EngineStop::Immediate) => true,
-                            (Some(EngineStop::Checkpoint), EngineStop::Graceful) => true,
-                            _ => false,
-                        };
-                        if stronger {
-                            *current = Some(mode);
-                        }
-                        stronger
-                    });
+                    stop.request(mode);
                 }
                 Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Commit(c)) })) => {
                     if let Some(tx) = pending.lock().expect("pending lock").remove(&c.epoch) {
@@ -284,45 +250,54 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     let _ = forward.await;
     reporter.abort();
     let _ = reporter.await;
+    // The last checkpoint (the one a stop takes) may have completed after the reporter's last
+    // look: report it again (the daemon records a checkpoint idempotently).
+    let newest = *completed_at_end.borrow();
+    if let Some(c) = newest {
+        events.send(completed_event(&c)).await?;
+    }
     let last = match outcome {
         Ok(RunOutcome::Finished) => worker_event::Event::Finished(arroyod_proto::Finished {}),
         Ok(RunOutcome::Stopped) => worker_event::Event::Stopped(arroyod_proto::Stopped {}),
-        Err(e) => worker_event::Event::Failed(arroyod_proto::Failed {
-            message: crate::api::error_chain(&e),
-        }),
+        Err(e) => {
+            events.send(failed(error_chain(&e))).await?;
+            return finish(events, commands).await;
+        }
     };
     events.send(event(last)).await?;
     finish(events, commands).await
 }
 
-/// The checkpointing of this run: the store under the pipeline's state URL, its newest
-/// checkpoint to restore, and the daemon as commit gate.
-async fn checkpointing(
+fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {
+    event(worker_event::Event::CheckpointCompleted(
+        arroyod_proto::CheckpointCompleted {
+            epoch: c.epoch,
+            bytes: c.bytes,
+            duration_ms: c.duration.as_millis() as u64,
+        },
+    ))
+}
+
+/// The checkpointing of this run: under the pipeline's state URL (the job restores its newest
+/// checkpoint, and refuses to start over when the metadata says a newer one completed), with
+/// the daemon as commit gate.
+fn checkpointing(
     start: &arroyod_proto::Start,
     events: &mpsc::Sender<WorkerEvent>,
     pending: &Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
-) -> Result<Option<CheckpointConfig>, String> {
+) -> Option<Checkpointing> {
     if start.state_url.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let failed = |e: arroyod_engine::storage::StorageError| {
-        format!(
-            "checkpoints at {}: {}",
-            start.state_url,
-            crate::api::error_chain(&e)
-        )
-    };
-    let store = CheckpointStore::open(&start.state_url).map_err(failed)?;
-    let restore = store.latest().await.map_err(failed)?;
-    Ok(Some(CheckpointConfig {
-        store: Arc::new(store),
+    Some(Checkpointing {
+        state: start.state_url.clone(),
         interval: Duration::from_millis(start.checkpoint_interval_ms.max(1)),
-        restore,
         gate: Some(Arc::new(DaemonGate {
             events: events.clone(),
             pending: pending.clone(),
         })),
-    }))
+        expected_epoch: start.expected_epoch,
+    })
 }
 
 /// Closes the report stream and waits (briefly) for the daemon to close its side.

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use harness::{
-    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, parent_of, path_str, signal, signal_group,
-    wait_exit, wait_until,
+    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, parent_of, path_str, signal,
+    signal_group, wait_exit, wait_until,
 };
 
 /// Checkpoints are taken this often in these tests.
@@ -30,15 +30,7 @@ fn query(out: &Path) -> String {
 
 /// The counters of the complete lines of the output file.
 fn counters(out: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.ends_with('}'))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
+    counters_in(&std::fs::read_to_string(out).unwrap_or_default())
 }
 
 /// Asserts the file holds 0..K-1, each once; returns K.
@@ -81,8 +73,16 @@ fn start_run(state: &str, query_file: &Path, envs: &[(&str, String)], log: &Path
 
 /// `arroyod run ARGS` in its own process group.
 fn start_run_with(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
+    start_run_in(None, args, envs, log)
+}
+
+/// `arroyod run ARGS` in its own process group, in working directory `cwd` when given.
+fn start_run_in(cwd: Option<&Path>, args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(arroyod_bin());
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     cmd.arg("run")
         .args(args)
         .env_remove("RUST_LOG")
@@ -112,6 +112,18 @@ fn interrupt(mut run: Child, log: &Path) {
         "exit {status}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// Starts the (killed) daemon again: its pipeline `id` resumes, writes more rows to `out`, and
+/// after a stop every counter is there once.
+fn restarts_exactly_once(daemon: &mut TestDaemon, id: &str, out: &Path) {
+    daemon.restart();
+    daemon.wait_state(id, "Running");
+    let now = counters(out).len();
+    wait_rows(out, now + STEP);
+    daemon.ctl_ok(&["stop", id]);
+    let n = exactly_once(out);
+    assert!(n > now, "{n} rows after {now}");
 }
 
 /// The worker process a run (or daemon) with pid `parent` started.
@@ -213,6 +225,77 @@ fn a_run_state_dir_survives_sigint_and_kill_9_with_every_counter_once() {
     interrupt(forced, &s.log);
     let doubled = counters(&other_out);
     assert!(doubled.iter().all(|c| c % 2 == 0), "{doubled:?}");
+}
+
+/// Issue 9.1: a relative state dir stored its checkpoints' location relative to the working
+/// directory; a rerun from elsewhere restored nothing and the sink repeated rows. Locations
+/// are now relative to the state root given at start, and a restore that finds no checkpoint
+/// where the metadata says one completed fails rather than start over.
+#[test]
+fn a_relative_state_dir_resumes_from_another_working_directory() {
+    let s = setup();
+    let top = s.out.parent().unwrap();
+    let (a, b) = (top.join("a"), top.join("b/c"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let query = path_str(&s.query);
+
+    let run = start_run_in(Some(&a), &["-s", "st", query], &[], &s.log);
+    wait_rows(&s.out, STEP);
+    interrupt(run, &s.log);
+    let first = exactly_once(&s.out);
+
+    let run = start_run_in(Some(&b), &["-s", "../../a/st", query], &[], &s.log);
+    wait_rows(&s.out, first + STEP);
+    interrupt(run, &s.log);
+    let last = exactly_once(&s.out);
+    assert_grew(first, last);
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("resuming it"), "{log}");
+
+    // The checkpoints are gone but the metadata remembers them: the run fails, saying why,
+    // and the sink's output is left alone.
+    std::fs::remove_dir_all(a.join("st/state")).unwrap();
+    let out = Command::new(arroyod_bin())
+        .current_dir(&b)
+        .args(["run", "-s", "../../a/st", query])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(the metadata says so)")
+            && stderr.contains(&a.join("st/state").display().to_string()),
+        "{stderr}"
+    );
+    assert_eq!(exactly_once(&s.out), last);
+}
+
+/// Issue 9.1, the daemon's side: started with a relative `--data-dir` from one directory, then
+/// from another, it resumes its pipeline from the same checkpoints.
+#[test]
+fn a_daemon_with_a_relative_data_dir_resumes_from_another_working_directory() {
+    let mut daemon = TestDaemon::unstarted(&["--checkpoint-interval", INTERVAL]);
+    let (a, b) = (daemon.dir.path().join("a"), daemon.dir.path().join("b/c"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    daemon.cwd = Some(a);
+    daemon.restart();
+    let s = setup();
+    let id = daemon.submit("counters", &query(&s.out));
+    wait_rows(&s.out, STEP);
+    wait_until(DEADLINE, "a checkpoint", || {
+        (daemon.status(&id)["last_checkpoint"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    daemon.kill9();
+    daemon.cwd = Some(b);
+    restarts_exactly_once(&mut daemon, &id, &s.out);
+    assert_eq!(
+        daemon.status(&id)["state_url"],
+        format!("{}/state/{id}", daemon.data_dir().display())
+    );
 }
 
 /// A plain HTTP GET against the loopback S3 server; the body.
@@ -407,11 +490,5 @@ fn a_daemon_with_its_state_on_s3_resumes_after_kill_9_exactly_once() {
     );
     assert!(listing.contains("MANIFEST"), "{listing}");
     daemon.kill9();
-    daemon.restart();
-    daemon.wait_state(&id, "Running");
-    let now = counters(&s.out).len();
-    wait_rows(&s.out, now + STEP);
-    daemon.ctl_ok(&["stop", &id]);
-    let n = exactly_once(&s.out);
-    assert!(n > now, "{n} rows after {now}");
+    restarts_exactly_once(&mut daemon, &id, &s.out);
 }

@@ -160,9 +160,14 @@ fn bad_queries_are_refused_with_positions() {
     assert_eq!(v.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&v.stderr);
     assert!(stderr.contains("bad.sql:2:8:"), "{stderr}");
+    // Submit refuses it with the same positioned errors.
     let s = d.ctl(&["submit", file.to_str().unwrap()]);
     assert_eq!(s.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&s.stderr).contains("nope"));
+    let stderr = String::from_utf8_lossy(&s.stderr);
+    assert!(
+        stderr.contains("bad.sql:2:8: error:") && stderr.contains("nope"),
+        "{stderr}"
+    );
     // Nothing was stored.
     assert_eq!(d.ctl_ok(&["--json", "list"]).trim(), "[]");
     // A missing pipeline is an error too.
@@ -207,7 +212,26 @@ fn metadata_is_snapshotted_at_shutdown_and_restores() {
         String::from_utf8_lossy(&out.stderr)
     );
     fresh.restart();
-    // It was running when the daemon stopped: the daemon on the restored DB resumes it.
+    // It was running when the daemon stopped: the daemon on the restored DB resumes it. Its
+    // state location is relative to the state root, which is now the fresh data dir's: it
+    // holds none of the checkpoints the metadata says completed, and the pipeline fails
+    // saying so rather than start over.
+    let s = fresh.wait_state("kept", "Failed");
+    let failure = s["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("(the metadata says so)")
+            && failure.contains(&format!(
+                "{}/{id}",
+                fresh.data_dir().join("state").display()
+            )),
+        "{failure}"
+    );
+    // Given the state root where its checkpoints are, it resumes from them.
+    assert!(fresh.term().success());
+    let old_state = d.data_dir().join("state");
+    fresh.extra_args = vec!["--state-url".into(), old_state.display().to_string()];
+    fresh.restart();
+    fresh.ctl_ok(&["resume", "kept"]);
     let s = fresh.wait_state("kept", "Running");
     assert_eq!(s["id"], id.as_str());
 

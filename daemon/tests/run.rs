@@ -69,15 +69,7 @@ fn parallel_run_gives_the_same_rows() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut counters: Vec<u64> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let mut counters = harness::counters_in(&String::from_utf8(out.stdout).unwrap());
     counters.sort();
     assert_eq!(counters, (0..200).step_by(2).collect::<Vec<_>>());
 }

@@ -9,8 +9,12 @@
 //! 4. `/tmp/arroyod-$UID/arroyod.sock`, with the real uid of the process.
 //!
 //! Empty variables count as unset. Flags and configuration files come before this chain and are
-//! each binary's own. This module only computes a path: it never creates, checks or connects to
-//! anything, and needs nothing but `std`.
+//! each binary's own. This module computes paths and checks the last step's directory
+//! ([`check_fallback_dir`]): `/tmp` is shared, so another user could create `/tmp/arroyod-$UID`
+//! first and receive the traffic meant for the daemon. That directory must be a real directory
+//! owned by the uid with no group or other access, as ssh-agent and tmux require of theirs;
+//! directories systemd creates for the unit (`RuntimeDirectory=`, group-readable by design) are
+//! trusted. It never creates or connects to anything, and needs nothing but `std`.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -80,7 +84,47 @@ pub fn default_socket_from(
         return Ok(Path::new(dir).join(SOCKET_FILE));
     }
     let uid = uid()?;
-    Ok(PathBuf::from(format!("/tmp/arroyod-{uid}")).join(SOCKET_FILE))
+    Ok(fallback_dir(uid).join(SOCKET_FILE))
+}
+
+/// The last step's directory for `uid`: `/tmp/arroyod-$UID`.
+pub fn fallback_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/arroyod-{uid}"))
+}
+
+/// Checks the fallback directory `dir` of `uid`, when it exists: it must be a directory (not a
+/// symlink), owned by `uid`, with no group or other access. The error (`PermissionDenied`)
+/// says which and what to do.
+pub fn check_fallback_dir(dir: &Path, uid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} {why}: another user could receive arroyod's traffic through it; remove it, or \
+                 pass --socket or set ARROYO_SOCKET",
+                dir.display()
+            ),
+        ))
+    };
+    if !meta.file_type().is_dir() {
+        return refuse("is not a directory".into());
+    }
+    if meta.uid() != uid {
+        return refuse(format!("is owned by uid {}, not {uid}", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return refuse(format!(
+            "has mode {:o}, open to its group or others (it must be 700)",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 /// The real uid of this process, from the first field of `Uid:` in `/proc/self/status` (the
@@ -259,5 +303,31 @@ mod tests {
                 default_socket_from(&SocketEnv::from_process(), real_uid).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn the_fallback_dir_must_be_private_and_ours() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = std::env::temp_dir().join(format!("arroyod-socket-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let uid = std::fs::metadata(&tmp).unwrap().uid();
+        let missing = tmp.join("missing");
+        assert!(check_fallback_dir(&missing, uid).is_ok());
+        let dir = tmp.join("dir");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(check_fallback_dir(&dir, uid).is_ok());
+        let err = check_fallback_dir(&dir, uid + 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("is owned by uid"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = check_fallback_dir(&dir, uid).unwrap_err();
+        assert!(err.to_string().contains("mode 750"), "{err}");
+        let link = tmp.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = check_fallback_dir(&link, uid).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

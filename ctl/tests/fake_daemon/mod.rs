@@ -2,7 +2,8 @@
 //! temporary directory, with canned answers instead of an engine.
 //!
 //! What it answers:
-//! - `submit` and `validate` reject any query mentioning `nope` (two errors, with positions);
+//! - `submit` and `validate` reject any query mentioning `nope` (two errors, with positions;
+//!   `submit` as `InvalidArgument` with the errors as `QueryErrors` in its details);
 //! - `submit` records its request and stores the pipeline as given, in state `Running`, with ids
 //!   `p-1`, `p-2`, ..., a checkpoint interval of 10s unless the request sets one, and a state URL
 //!   `file:///var/lib/arroyod/state/<id>`;
@@ -23,10 +24,11 @@ use std::sync::{Arc, Mutex};
 
 use arroyod_proto::arroyod_server::{Arroyod, ArroyodServer};
 use arroyod_proto::{
-    Checkpoint, CheckpointsResponse, ListRequest, ListResponse, Pipeline, PipelineRef, SqlError,
-    StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest,
+    Checkpoint, CheckpointsResponse, ListRequest, ListResponse, Pipeline, PipelineRef, QueryErrors,
+    SqlError, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest,
     ValidateResponse,
 };
+use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
@@ -196,7 +198,12 @@ impl Arroyod for Service {
                 .iter()
                 .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
                 .collect();
-            return Err(Status::invalid_argument(lines.join("\n")));
+            let details = QueryErrors { errors }.encode_to_vec();
+            return Err(Status::with_details(
+                tonic::Code::InvalidArgument,
+                lines.join("\n"),
+                details.into(),
+            ));
         }
         let mut pipelines = self.pipelines.lock().expect("lock");
         let id = format!("p-{}", pipelines.len() + 1);

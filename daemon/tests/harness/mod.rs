@@ -144,6 +144,24 @@ pub struct TestDaemon {
     pub extra_args: Vec<String>,
     /// Environment of every start of the daemon (its workers inherit it).
     pub envs: Vec<(String, String)>,
+    /// When set, the daemon starts in this working directory and is given its data dir as a
+    /// path relative to it.
+    pub cwd: Option<PathBuf>,
+}
+
+/// `to` as a path relative to `from` (both absolute).
+pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    rel
 }
 
 impl TestDaemon {
@@ -166,6 +184,7 @@ impl TestDaemon {
             child: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             envs: Vec::new(),
+            cwd: None,
         }
     }
 
@@ -188,10 +207,17 @@ impl TestDaemon {
     /// A daemon command on this data dir and socket, not started.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(arroyod_bin());
+        let data_dir = match &self.cwd {
+            Some(cwd) => {
+                cmd.current_dir(cwd);
+                relative_path(cwd, &self.data_dir())
+            }
+            None => self.data_dir(),
+        };
         cmd.arg("--socket")
             .arg(self.socket())
             .arg("--data-dir")
-            .arg(self.data_dir())
+            .arg(data_dir)
             .args(&self.extra_args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env_remove("ARROYO_SOCKET")
@@ -350,6 +376,18 @@ pub fn run_query(args: &[&str], stdin: &str) -> Output {
         stdout: stdout.join().unwrap(),
         stderr: stderr.join().unwrap(),
     }
+}
+
+/// The `counter` field of each JSON line of `text` that is complete (ends with `}`).
+pub fn counters_in(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
 }
 
 pub fn path_str(p: &Path) -> &str {

@@ -7,7 +7,7 @@
 //! parallelism.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, TimestampNanosecondArray, UInt64Array};
@@ -17,7 +17,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{ConnectorError, Options};
+use super::{ConnectorError, Options, now_nanos};
 use crate::task::{
     RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
     timestamp_type, with_timestamp,
@@ -95,13 +95,6 @@ struct Impulse {
     /// Where it is: the next counter, and (with `event_time_interval`) the event time of
     /// counter 0, set at the first start.
     pos: CounterState,
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 impl Impulse {

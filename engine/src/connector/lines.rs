@@ -13,7 +13,6 @@
 //! what a checkpoint records and where a restore resumes.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampNanosecondArray,
@@ -26,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{info, warn};
 
 use super::debezium;
-use super::{ConnectorError, EventTimeSpec, Options, RunError};
+use super::{ConnectorError, EventTimeSpec, Options, RunError, now_nanos};
 use crate::storage::StorageError;
 use crate::task::{
     SourceContext, SourceEnd, TaskError, TaskState, timestamp_type, with_timestamp, with_updating,
@@ -154,13 +153,6 @@ fn pace() -> Option<(usize, std::time::Duration)> {
         lines.trim().parse().ok().filter(|n| *n > 0)?,
         std::time::Duration::from_millis(millis.trim().parse().ok()?),
     ))
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 impl LineReader {

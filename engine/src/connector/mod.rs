@@ -23,6 +23,7 @@ pub use run::RunError;
 pub use sink::PREVIEW_SINK;
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 
@@ -50,6 +51,14 @@ pub enum ConnectorError {
     /// The table is used the wrong way round (reading from a sink, writing to a source).
     #[error("{0}")]
     Usage(String),
+}
+
+/// The wall clock as an event time: nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
 }
 
 /// Connectors this engine knows.

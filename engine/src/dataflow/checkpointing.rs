@@ -360,7 +360,7 @@ mod tests {
         done.wait_for(|c| c.is_some_and(|c| c.epoch >= first + epochs))
             .await
             .unwrap();
-        handle.stop(StopMode::Checkpoint);
+        handle.stopper().request(StopMode::Checkpoint);
         assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
     }
 
@@ -513,7 +513,7 @@ mod tests {
         done.wait_for(|c| c.is_some_and(|c| c.epoch >= 2))
             .await
             .unwrap();
-        handle.stop(StopMode::Graceful);
+        handle.stopper().request(StopMode::Graceful);
         assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
         let first = no_duplicates(committed(&files));
         assert!((first.len() as u64) < COUNT, "{} rows", first.len());

@@ -26,6 +26,17 @@ pub enum DataflowError {
         location: String,
         reason: String,
     },
+    /// The newest complete checkpoint is older than one the embedding process knows completed:
+    /// starting from it would repeat or lose what sinks committed since.
+    #[error(
+        "checkpoint {expected} completed (the metadata says so), but {location} holds {held}: refusing to start over. Was the state moved or deleted?"
+    )]
+    Missing {
+        expected: u64,
+        location: String,
+        /// What there is instead (`no complete checkpoint`, `only checkpoints up to 7`).
+        held: String,
+    },
     /// A checkpoint's topology could not be written or read back.
     #[error("checkpoint {epoch}: its topology")]
     Topology {
@@ -51,7 +62,9 @@ impl DataflowError {
         match self {
             DataflowError::Task(e) => e.kind(),
             DataflowError::Checkpoint { source, .. } => source.kind(),
-            DataflowError::Incompatible { .. } => ErrorKind::User(UserFault::Storage),
+            DataflowError::Incompatible { .. } | DataflowError::Missing { .. } => {
+                ErrorKind::User(UserFault::Storage)
+            }
             DataflowError::Fenced { .. } => ErrorKind::Superseded,
             DataflowError::Panic(_)
             | DataflowError::Topology { .. }

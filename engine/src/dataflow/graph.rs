@@ -70,10 +70,9 @@ pub struct Edge {
 
 #[derive(Clone)]
 pub enum EdgeKind {
-    /// Subtask i feeds subtask i; becomes [`EdgeKind::Rebalance`] when the parallelisms differ.
+    /// Subtask i feeds subtask i; when the parallelisms differ, batches go round-robin to
+    /// the downstream subtasks (a rebalance).
     Forward,
-    /// Batches go round-robin to the downstream subtasks.
-    Rebalance,
     /// Rows go to the subtask their key hashes to; the expressions evaluate on the upstream
     /// node's output batches.
     Shuffle(Vec<Arc<dyn PhysicalExpr>>),
@@ -83,7 +82,6 @@ impl fmt::Debug for EdgeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EdgeKind::Forward => f.write_str("Forward"),
-            EdgeKind::Rebalance => f.write_str("Rebalance"),
             EdgeKind::Shuffle(keys) => write!(f, "Shuffle({} keys)", keys.len()),
         }
     }

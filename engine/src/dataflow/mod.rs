@@ -23,5 +23,5 @@ mod runtime;
 pub use crate::task::StopMode;
 pub use checkpointing::{CheckpointConfig, CommitGate, CompletedCheckpoint};
 pub use error::DataflowError;
-pub use graph::{Edge, EdgeKind, Node, NodeKind, Program, node_id};
-pub use runtime::{RunHandle, RunOutcome, run};
+pub use graph::{EdgeKind, NodeKind, Program, node_id};
+pub use runtime::{RunHandle, RunOutcome, Stopper, run};

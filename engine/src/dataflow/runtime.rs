@@ -24,6 +24,30 @@ const CHANNEL_CAPACITY: usize = 16;
 /// Messages each input slot's channel holds at least.
 const MIN_SLOT_CAPACITY: usize = 2;
 
+/// Asks a run to stop.
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<Option<StopMode>>);
+
+impl Stopper {
+    /// Asks the run to stop in `mode`, unless a stronger stop is under way (immediate over
+    /// graceful over checkpoint: a stop may escalate, never weaken). True if it took effect.
+    pub fn request(&self, mode: StopMode) -> bool {
+        self.0.send_if_modified(|current| {
+            let stronger = match (*current, mode) {
+                (None, _) => true,
+                (Some(StopMode::Immediate), _) => false,
+                (_, StopMode::Immediate) => true,
+                (Some(StopMode::Checkpoint), StopMode::Graceful) => true,
+                _ => false,
+            };
+            if stronger {
+                *current = Some(mode);
+            }
+            stronger
+        })
+    }
+}
+
 /// The outcome of a run: every source reached its end, or a stop was requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -52,14 +76,10 @@ impl RunHandle {
         self.restored
     }
 
-    /// Asks the run to stop; [`RunHandle::wait`] then returns [`RunOutcome::Stopped`].
-    pub fn stop(&self, mode: StopMode) {
-        let _ = self.stop.send(Some(mode));
-    }
-
-    /// A receiver that sees the stop request, for callers that wait elsewhere.
-    pub fn stop_sender(&self) -> watch::Sender<Option<StopMode>> {
-        self.stop.clone()
+    /// What asks the run to stop, from anywhere; [`RunHandle::wait`] then returns
+    /// [`RunOutcome::Stopped`].
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
     }
 
     /// Waits for every subtask; the first error aborts the rest and is returned. Then waits

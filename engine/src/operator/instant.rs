@@ -110,7 +110,6 @@ pub struct RankSpec {
 #[derive(Clone)]
 pub struct WindowFunctions {
     pub label: String,
-    pub input_schema: SchemaRef,
     pub functions: Vec<RankSpec>,
     /// Input columns, then one UInt64 per function, then the event time.
     pub schema: SchemaRef,
@@ -546,7 +545,8 @@ pub(crate) mod tests {
         for step in steps {
             match step {
                 Step::Data(input, batch) => {
-                    let parts = crate::task::partition_by_hash(batch, &keys[*input], ops.len());
+                    let parts =
+                        crate::task::hash::partition_by_hash(batch, &keys[*input], ops.len());
                     for (op, part) in ops.iter_mut().zip(parts.unwrap()) {
                         if let Some(part) = part {
                             op.process_batch(part, *input, &mut out).await.unwrap();
@@ -697,7 +697,6 @@ pub(crate) mod tests {
         };
         let factory = WindowFunctions {
             label: "window_functions".into(),
-            input_schema: input.clone(),
             functions: vec![
                 spec(Ranking::RowNumber),
                 spec(Ranking::Rank),

@@ -9,7 +9,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::aggregate::AggregateSpec;
-use crate::task::partition_by_hash;
+use crate::task::hash::partition_by_hash;
 use crate::task::{
     Collector, Message, Operator, OperatorFactory, RestoredState, TaskInfo, TaskState,
 };

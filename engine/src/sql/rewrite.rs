@@ -304,7 +304,6 @@ impl Builder {
         let input = self.materialize(stream);
         let op = WindowFunctions {
             label: self.label("window_functions"),
-            input_schema: with_timestamp(input_schema.as_arrow()),
             functions,
             schema: with_timestamp(w.schema.as_arrow()),
         };

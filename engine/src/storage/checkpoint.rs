@@ -198,7 +198,7 @@ impl CheckpointStore {
                 .unwrap_or(path.as_ref())
                 .trim_start_matches('/')
         );
-        move |source| StorageError::Store { what, path, source }
+        StorageError::store(what, path)
     }
 
     /// Writes the files of `epoch`, then its MANIFEST, then collects old epochs.

@@ -22,7 +22,7 @@ pub enum StorageError {
     Setup {
         base: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The store failed an operation on `path`.
     #[error("{what} {path}")]
@@ -30,7 +30,7 @@ pub enum StorageError {
         what: &'static str,
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A file operation failed (a local file, or a stream of an object read as one).
     #[error("{what} {path}")]
@@ -74,7 +74,11 @@ impl StorageError {
         path: P,
     ) -> impl FnOnce(object_store::Error) -> StorageError + use<P> {
         let path = path.to_string();
-        move |source| StorageError::Store { what, path, source }
+        move |source| StorageError::Store {
+            what,
+            path,
+            source: Box::new(source),
+        }
     }
 
     /// Whose fault it is: a location or setting that cannot work, a store that fails or

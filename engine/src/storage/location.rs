@@ -142,7 +142,7 @@ impl Location {
     pub fn store(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
         let failed = |source: object_store::Error| StorageError::Setup {
             base: self.base.clone(),
-            source,
+            source: Box::new(source),
         };
         Ok(match self.scheme {
             Scheme::Local => Arc::new(LocalFileSystem::new()),

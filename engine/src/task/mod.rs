@@ -5,7 +5,7 @@
 //!
 //! - what travels on an edge ([`Message`]: batches with the hidden columns of [`schema`],
 //!   [`Watermark`]s, checkpoint [`Barrier`]s, end of data) and the output side of a subtask
-//!   ([`Collector`], which routes batches by key hash with [`partition_by_hash`]);
+//!   ([`Collector`], which routes batches by key hash with [`hash::partition_by_hash`]);
 //! - what runs in a subtask: the [`Operator`] and [`Source`] traits and their factories, the
 //!   [`SourceContext`] a source emits through, and [`TaskInfo`] / [`JobContext`];
 //! - the state a subtask snapshots and restores ([`TaskState`], [`RestoredState`]) and the
@@ -20,7 +20,7 @@
 mod collector;
 mod context;
 mod error;
-mod hash;
+pub(crate) mod hash;
 mod message;
 mod operator;
 pub(crate) mod protocol;
@@ -31,13 +31,9 @@ mod state;
 pub use collector::Collector;
 pub(crate) use collector::{Route, Rx, Tx};
 pub use context::{Background, JobContext, StopMode, TaskInfo};
-pub use error::{
-    ConnectorFailure, ErrorKind, Fault, StateError, TaskError, UserFault, datafusion_kind,
-    error_chain,
-};
-pub use hash::partition_by_hash;
+pub use error::{ErrorKind, Fault, StateError, TaskError, UserFault, datafusion_kind, error_chain};
 pub use message::{Barrier, Message, Watermark};
 pub use operator::{Operator, OperatorFactory};
-pub use schema::{RETRACT_FIELD, TIMESTAMP_FIELD, timestamp_type, with_timestamp, with_updating};
+pub use schema::{TIMESTAMP_FIELD, timestamp_type, with_timestamp, with_updating};
 pub use source::{Source, SourceContext, SourceEnd, SourceFactory};
 pub use state::{RestoredState, TaskState};

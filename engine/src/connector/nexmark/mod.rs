@@ -29,7 +29,7 @@ mod columns;
 mod model;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, TimestampNanosecondArray};
@@ -40,7 +40,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{ConnectorError, Options, parse_duration};
+use super::{ConnectorError, Options, now_nanos, parse_duration};
 use crate::task::{
     RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
     timestamp_type, with_timestamp,
@@ -202,13 +202,6 @@ impl SourceFactory for NexmarkFactory {
             info.parallelism as u64,
         )))
     }
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 struct Nexmark {

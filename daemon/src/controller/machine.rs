@@ -1,0 +1,904 @@
+//! The pipeline state machine: one pipeline's actual state ([`State`]), what its user wants
+//! ([`Desired`]), its generation and its current worker, and the one transition function
+//! [`Machine::apply`] that takes an [`Event`] to a new machine and a list of [`Effect`]s.
+//!
+//! It is pure: no I/O, no clock (the caller passes `now`), no randomness; the same machine and
+//! event always give the same machine and effects, and a refused command leaves the machine as
+//! it was. The pipeline's task (the `pipeline` module) carries the effects out in order.
+//!
+//! States (Arroyo's spelling) and what moves them:
+//!
+//! ```text
+//!  Created ──Start──▶ Scheduling ──worker Running──▶ Running ──worker Finished──▶ Finished
+//!                        ▲   │                          │
+//!            Timer(Restart)  └──────── Stop ────────────┴──▶ Stopping ──worker Stopped / exit──▶ Stopped
+//!                        │                                      (Kill after the stop timeout)
+//!                   Recovering ◀── worker exited unexpectedly (budget left; else Failed)
+//!  Stopped / Finished / Failed ──Resume / Restart / Update──▶ Scheduling
+//!  Stopped / Finished / Failed ──Delete──▶ (gone)
+//! ```
+//!
+//! Invariants it keeps (checked by the seeded random tests below):
+//!
+//! 1. At most one worker process lives: a new generation is spawned only once the previous
+//!    one has exited (a resume while it exits kills it and waits).
+//! 2. Every spawn is preceded by a [`Effect::Persist`] of its generation, and only the current,
+//!    attached, unkilled generation is allowed to commit; reports of other generations are
+//!    ignored.
+//! 3. A terminal state (Stopped, Finished, Failed) is left only by a command: Resume, Restart
+//!    (and Update) or Delete. Worker events and timers never move it.
+//! 4. A pipeline its user stopped stays stopped: after a Stop, nothing but a Resume or Restart
+//!    schedules a worker.
+
+use std::time::Duration;
+
+use crate::settings::RestartPolicy;
+
+/// A pipeline's actual state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Stored, never scheduled.
+    Created,
+    /// A worker of the current generation is starting (or waits for the previous one to exit).
+    Scheduling,
+    Running,
+    /// A stop was sent; the worker has not ended yet.
+    Stopping,
+    Stopped,
+    /// Every source ended and the worker drained.
+    Finished,
+    Failed,
+    /// The worker crashed; a new generation starts after a backoff.
+    Recovering,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Created,
+        State::Scheduling,
+        State::Running,
+        State::Stopping,
+        State::Stopped,
+        State::Finished,
+        State::Failed,
+        State::Recovering,
+    ];
+
+    /// Arroyo's spelling, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "Created",
+            State::Scheduling => "Scheduling",
+            State::Running => "Running",
+            State::Stopping => "Stopping",
+            State::Stopped => "Stopped",
+            State::Finished => "Finished",
+            State::Failed => "Failed",
+            State::Recovering => "Recovering",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// True for states a pipeline never leaves on its own.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Stopped | State::Finished | State::Failed)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the pipeline's user wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "Running",
+            Desired::Stopped => "Stopped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Desired> {
+        [Desired::Running, Desired::Stopped]
+            .into_iter()
+            .find(|d| d.as_str() == text)
+    }
+}
+
+/// How to stop a pipeline, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopMode {
+    /// A final checkpoint, then end (sinks commit it).
+    Checkpoint,
+    /// The sources end; the data in flight drains.
+    Graceful,
+    /// Kill the worker now; the pipeline resumes from its last completed checkpoint.
+    Immediate,
+}
+
+impl StopMode {
+    /// As users spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopMode::Checkpoint => "checkpoint",
+            StopMode::Graceful => "graceful",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// What a worker runs: the persisted part of a pipeline that a restart may change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub query: String,
+    /// The plan's fingerprint.
+    pub plan_hash: String,
+    pub parallelism: u32,
+    pub checkpoint_interval: Duration,
+    /// Where its checkpoints are, relative to the daemon's state root (or, for pipelines
+    /// stored before relative locations, a full URL).
+    pub state_location: String,
+}
+
+/// Changes a resume, restart or update makes to the [`Spec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// A new query and its plan fingerprint.
+    pub query: Option<(String, String)>,
+    pub parallelism: Option<u32>,
+    pub checkpoint_interval: Option<Duration>,
+    /// Start without state: checkpoints go to this new location and none is restored.
+    pub fresh_state: Option<String>,
+}
+
+/// A completed checkpoint as its worker reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    pub epoch: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+}
+
+/// What a worker tells the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Running,
+    /// Rows of the default sink, as JSON objects.
+    Rows(Vec<String>),
+    Finished,
+    Stopped,
+    Failed(String),
+    /// May the worker write the MANIFEST of this epoch?
+    CommitRequest(u64),
+    CheckpointCompleted(CheckpointInfo),
+}
+
+/// What the daemon tells an attached worker after Start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Stop(StopMode),
+    /// The answer to a [`Report::CommitRequest`].
+    Commit {
+        epoch: u64,
+        allowed: bool,
+    },
+    /// Take a checkpoint now.
+    Checkpoint,
+}
+
+/// Timers the machine arms; each names the generation it was armed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Start the next generation after a crash.
+    Restart { generation: u64 },
+    /// Kill a worker whose stop takes too long.
+    StopDeadline { generation: u64 },
+    /// Stop waiting for the last reports of a worker that exited.
+    ReportGrace { generation: u64 },
+}
+
+/// Everything that can happen to a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Schedule a pipeline just submitted.
+    Start,
+    /// Start a terminal pipeline again from its newest checkpoint, with changes.
+    Resume(Changes),
+    /// Stop (with a checkpoint when it runs), then start again with changes: `restart` (with
+    /// `fresh_state` for `--no-state`) and `update`.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the restart and update RPCs of issue 12 send it")
+    )]
+    Restart(Changes),
+    Stop(StopMode),
+    /// The daemon shuts down: stop with a checkpoint, keep what the user wants.
+    Shutdown,
+    /// The daemon started and found the pipeline as it was left.
+    DaemonRestarted,
+    /// Forget a terminal pipeline.
+    Delete,
+    /// Take a checkpoint now.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "needs a trigger in the engine's checkpoint coordinator first"
+        )
+    )]
+    CheckpointNow,
+    /// A worker said Hello.
+    Attached {
+        generation: u64,
+    },
+    Reported {
+        generation: u64,
+        report: Report,
+    },
+    /// A worker's report stream ended.
+    ReportsEnded {
+        generation: u64,
+    },
+    /// A worker process exited.
+    Exited {
+        generation: u64,
+        status: String,
+    },
+    /// A worker process could not be started.
+    SpawnFailed {
+        generation: u64,
+        error: String,
+    },
+    /// Recording the pipeline in the metadata store failed; `unspawned` is the generation whose
+    /// spawn was then skipped.
+    StoreFailed {
+        error: String,
+        unspawned: Option<u64>,
+    },
+    Fired(Timer),
+}
+
+/// What the pipeline's task must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write the machine's persisted fields, and an event with this message. Must succeed
+    /// before the effects after it.
+    Persist {
+        message: String,
+    },
+    /// Start a worker process for `generation`.
+    Spawn {
+        generation: u64,
+    },
+    /// Answer the Hello of `generation` with Start, then `then_stop` if given.
+    Accept {
+        generation: u64,
+        then_stop: Option<StopMode>,
+    },
+    /// Refuse the Hello of `generation`.
+    Refuse {
+        generation: u64,
+    },
+    Send {
+        generation: u64,
+        command: Command,
+    },
+    Kill {
+        generation: u64,
+    },
+    /// End the command stream of `generation`, so that it exits.
+    CloseCommands {
+        generation: u64,
+    },
+    Arm {
+        timer: Timer,
+        after: Duration,
+    },
+    AppendRows(Vec<String>),
+    /// A new run appends to the tail buffer; followers wait for its rows.
+    OpenTail,
+    /// No row follows: followers end.
+    CloseTail,
+    RecordCheckpoint(CheckpointInfo),
+    /// The recorded checkpoints belong to a state that was dropped.
+    ForgetCheckpoints,
+    /// Remove the pipeline.
+    Forget,
+    /// Something went wrong but was handled; log it as a warning.
+    Warn(String),
+}
+
+/// Why a command was refused; the machine is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Resume and Delete need a stopped, finished or failed pipeline.
+    #[error("it is {0}: only a stopped, failed or finished pipeline can be resumed or deleted")]
+    NotStopped(State),
+    /// A checkpoint or restart needs a running pipeline (or a stop is under way).
+    #[error("it is {0}")]
+    NotRunning(State),
+    /// Its previous worker has not exited yet.
+    #[error("its previous worker is still exiting")]
+    WorkerExiting,
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("it was deleted")]
+    Deleted,
+}
+
+/// The current generation's worker process, from spawn to exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSlot {
+    pub generation: u64,
+    pub attached: bool,
+    pub reports_ended: bool,
+    /// Its exit status, once it exited.
+    pub exited: Option<String>,
+    pub killed: bool,
+    /// A stop deadline is armed.
+    deadline: bool,
+}
+
+impl WorkerSlot {
+    fn new(generation: u64) -> WorkerSlot {
+        WorkerSlot {
+            generation,
+            attached: false,
+            reports_ended: false,
+            exited: None,
+            killed: false,
+            deadline: false,
+        }
+    }
+}
+
+/// Timeouts the machine arms timers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub stop: Duration,
+    /// How long to wait, after a worker exited, for its last reports.
+    pub report_grace: Duration,
+}
+
+/// One pipeline's state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub state: State,
+    pub desired: Desired,
+    /// Bumped (and persisted) before each worker is spawned.
+    pub generation: u64,
+    /// Why it failed; empty unless Failed.
+    pub failure: String,
+    pub spec: Spec,
+    /// The newest completed checkpoint (0: none): the epoch its next worker must find.
+    pub last_checkpoint: u64,
+    pub worker: Option<WorkerSlot>,
+    /// The strongest stop sent to the current worker.
+    stop: Option<StopMode>,
+    /// When crashed workers were restarted (the caller's clock).
+    restarts: Vec<Duration>,
+    /// A generation waits for the previous worker to exit.
+    pending_spawn: bool,
+    /// A restart under way: once stopped, start again with these changes.
+    then: Option<Changes>,
+    shutting_down: bool,
+    deleted: bool,
+    policy: RestartPolicy,
+    timeouts: Timeouts,
+}
+
+impl Machine {
+    /// A pipeline as stored: `state`, `desired`, `generation` as persisted.
+    pub fn new(
+        spec: Spec,
+        state: State,
+        desired: Desired,
+        generation: u64,
+        policy: RestartPolicy,
+        timeouts: Timeouts,
+    ) -> Machine {
+        Machine {
+            state,
+            desired,
+            generation,
+            failure: String::new(),
+            spec,
+            last_checkpoint: 0,
+            worker: None,
+            stop: None,
+            restarts: Vec::new(),
+            pending_spawn: false,
+            then: None,
+            shutting_down: false,
+            deleted: false,
+            policy,
+            timeouts,
+        }
+    }
+
+    /// True once a Delete was applied: the pipeline is gone.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Applies `event` at time `now` (any monotonic clock); returns the effects, or why a
+    /// command was refused (then nothing changed).
+    pub fn apply(&mut self, event: Event, now: Duration) -> Result<Vec<Effect>, Refusal> {
+        if self.deleted {
+            return Err(Refusal::Deleted);
+        }
+        let mut fx = Vec::new();
+        match event {
+            Event::Start => {
+                self.check_not_shutting_down()?;
+                if self.state != State::Created {
+                    return Err(Refusal::NotStopped(self.state));
+                }
+                self.desired = Desired::Running;
+                self.schedule(&mut fx, "scheduling the first worker");
+            }
+            Event::Resume(changes) => {
+                self.check_not_shutting_down()?;
+                if !self.state.is_terminal() {
+                    return Err(Refusal::NotStopped(self.state));
+                }
+                self.resume(changes, &mut fx, "resuming from the newest checkpoint");
+            }
+            Event::Restart(changes) => {
+                self.check_not_shutting_down()?;
+                self.restart(changes, &mut fx)?;
+            }
+            Event::Stop(mode) => self.stop_requested(mode, &mut fx),
+            Event::Shutdown => {
+                self.shutting_down = true;
+                self.then = None;
+                if !self.state.is_terminal() {
+                    self.begin_stop(StopMode::Checkpoint, &mut fx, "stopping at daemon shutdown");
+                }
+            }
+            Event::DaemonRestarted => {
+                if !self.state.is_terminal() {
+                    self.state = State::Stopped;
+                    self.worker = None;
+                    fx.push(persist("the daemon restarted while the pipeline ran"));
+                    fx.push(Effect::CloseTail);
+                }
+            }
+            Event::Delete => {
+                if !self.state.is_terminal() {
+                    return Err(Refusal::NotStopped(self.state));
+                }
+                if self.worker.is_some() {
+                    return Err(Refusal::WorkerExiting);
+                }
+                self.deleted = true;
+                fx.push(Effect::Forget);
+            }
+            Event::CheckpointNow => match self.attached_worker() {
+                Some(generation) if self.state == State::Running => fx.push(Effect::Send {
+                    generation,
+                    command: Command::Checkpoint,
+                }),
+                _ => return Err(Refusal::NotRunning(self.state)),
+            },
+            Event::Attached { generation } => self.attached(generation, &mut fx),
+            Event::Reported { generation, report } => {
+                if self.attached_worker() == Some(generation) {
+                    self.report(generation, report, &mut fx);
+                }
+            }
+            Event::ReportsEnded { generation } => {
+                if let Some(w) = self.worker_of(generation) {
+                    w.reports_ended = true;
+                    let exited = w.exited.is_some();
+                    fx.push(Effect::CloseCommands { generation });
+                    if exited {
+                        self.finish_exit(now, &mut fx);
+                    }
+                }
+            }
+            Event::Exited { generation, status } => {
+                if let Some(w) = self.worker_of(generation) {
+                    w.exited = Some(status);
+                    if w.reports_ended || !w.attached {
+                        self.finish_exit(now, &mut fx);
+                    } else {
+                        fx.push(Effect::Arm {
+                            timer: Timer::ReportGrace { generation },
+                            after: self.timeouts.report_grace,
+                        });
+                    }
+                }
+            }
+            Event::SpawnFailed { generation, error } => {
+                if self.worker_of(generation).is_some() {
+                    self.worker = None;
+                    if !self.state.is_terminal() {
+                        self.pending_spawn = false;
+                        self.fail(format!("starting a worker process: {error}"), &mut fx);
+                    }
+                }
+            }
+            Event::StoreFailed { error, unspawned } => {
+                match &mut self.worker {
+                    Some(w) if Some(w.generation) == unspawned => self.worker = None,
+                    Some(w) if w.exited.is_none() && !w.killed => {
+                        w.killed = true;
+                        fx.push(Effect::Kill {
+                            generation: w.generation,
+                        });
+                    }
+                    _ => {}
+                }
+                self.pending_spawn = false;
+                let failure = format!("recording the pipeline failed: {error}");
+                if self.state.is_terminal() {
+                    fx.push(Effect::Warn(failure));
+                } else {
+                    self.fail(failure, &mut fx);
+                }
+            }
+            Event::Fired(timer) => self.fired(timer, now, &mut fx),
+        }
+        Ok(fx)
+    }
+
+    fn check_not_shutting_down(&self) -> Result<(), Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// The live worker of `generation`.
+    fn worker_of(&mut self, generation: u64) -> Option<&mut WorkerSlot> {
+        self.worker.as_mut().filter(|w| w.generation == generation)
+    }
+
+    /// The generation of the worker that may report: attached and current (not the previous
+    /// run's, which a pending spawn waits for).
+    fn attached_worker(&self) -> Option<u64> {
+        self.worker
+            .as_ref()
+            .filter(|w| w.attached && w.generation == self.generation && !self.pending_spawn)
+            .map(|w| w.generation)
+    }
+
+    fn apply_changes(&mut self, changes: Changes, fx: &mut Vec<Effect>) {
+        if let Some((query, plan_hash)) = changes.query {
+            self.spec.query = query;
+            self.spec.plan_hash = plan_hash;
+        }
+        if let Some(p) = changes.parallelism {
+            self.spec.parallelism = p;
+        }
+        if let Some(i) = changes.checkpoint_interval {
+            self.spec.checkpoint_interval = i;
+        }
+        if let Some(location) = changes.fresh_state {
+            self.spec.state_location = location;
+            self.last_checkpoint = 0;
+            fx.push(Effect::ForgetCheckpoints);
+        }
+    }
+
+    fn resume(&mut self, changes: Changes, fx: &mut Vec<Effect>, message: &str) {
+        self.desired = Desired::Running;
+        self.then = None;
+        self.restarts.clear();
+        self.apply_changes(changes, fx);
+        self.schedule(fx, message);
+    }
+
+    fn restart(&mut self, changes: Changes, fx: &mut Vec<Effect>) -> Result<(), Refusal> {
+        match self.state {
+            s if s.is_terminal() => self.resume(changes, fx, "restarting"),
+            State::Created | State::Recovering if self.worker.is_none() => {
+                self.resume(changes, fx, "restarting")
+            }
+            State::Stopping if self.desired == Desired::Stopped => {
+                return Err(Refusal::NotRunning(self.state));
+            }
+            _ => {
+                self.then = Some(changes);
+                self.begin_stop(
+                    StopMode::Checkpoint,
+                    fx,
+                    "stopping with a checkpoint to restart",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the next generation, or (while the previous worker still exits) kills that one
+    /// and starts once it has exited.
+    fn schedule(&mut self, fx: &mut Vec<Effect>, message: &str) {
+        self.state = State::Scheduling;
+        self.failure.clear();
+        if let Some(w) = &mut self.worker {
+            self.pending_spawn = true;
+            if !w.killed {
+                w.killed = true;
+                fx.push(Effect::Kill {
+                    generation: w.generation,
+                });
+            }
+            fx.push(persist(&format!(
+                "{message}, once the previous worker has exited"
+            )));
+            return;
+        }
+        self.pending_spawn = false;
+        self.generation += 1;
+        self.stop = None;
+        self.worker = Some(WorkerSlot::new(self.generation));
+        fx.push(Effect::OpenTail);
+        fx.push(persist(&format!(
+            "{message} (generation {})",
+            self.generation
+        )));
+        fx.push(Effect::Spawn {
+            generation: self.generation,
+        });
+    }
+
+    fn stop_requested(&mut self, mode: StopMode, fx: &mut Vec<Effect>) {
+        self.then = None;
+        if self.state.is_terminal() {
+            if self.desired != Desired::Stopped {
+                self.desired = Desired::Stopped;
+                fx.push(persist(&format!("stop requested; it was {}", self.state)));
+            }
+            return;
+        }
+        self.desired = Desired::Stopped;
+        self.begin_stop(mode, fx, &format!("stop requested ({})", mode.name()));
+    }
+
+    fn begin_stop(&mut self, mode: StopMode, fx: &mut Vec<Effect>, message: &str) {
+        let no_worker = match &self.worker {
+            None => true,
+            // Scheduling waits for the previous worker to exit: nothing of this run started.
+            Some(_) => self.pending_spawn,
+        };
+        if no_worker {
+            self.pending_spawn = false;
+            self.state = State::Stopped;
+            fx.push(persist(&format!(
+                "{message}: stopped, no worker was running"
+            )));
+            fx.push(Effect::CloseTail);
+            return;
+        }
+        self.state = State::Stopping;
+        let timeout = self.timeouts.stop;
+        let w = self.worker.as_mut().expect("a worker, checked above");
+        if mode == StopMode::Immediate || !w.attached {
+            if !w.killed {
+                w.killed = true;
+                fx.push(Effect::Kill {
+                    generation: w.generation,
+                });
+            }
+        } else if self.stop.is_none_or(|sent| mode > sent) {
+            self.stop = Some(mode);
+            fx.push(Effect::Send {
+                generation: w.generation,
+                command: Command::Stop(mode),
+            });
+        }
+        if !w.deadline && !w.killed {
+            w.deadline = true;
+            fx.push(Effect::Arm {
+                timer: Timer::StopDeadline {
+                    generation: w.generation,
+                },
+                after: timeout,
+            });
+        }
+        fx.push(persist(message));
+    }
+
+    fn attached(&mut self, generation: u64, fx: &mut Vec<Effect>) {
+        let current = generation == self.generation;
+        let stop = self.stop;
+        match self.worker_of(generation) {
+            Some(w) if current && !w.attached && !w.killed && w.exited.is_none() => {
+                w.attached = true;
+                fx.push(Effect::Accept {
+                    generation,
+                    then_stop: stop,
+                });
+            }
+            _ => fx.push(Effect::Refuse { generation }),
+        }
+    }
+
+    fn report(&mut self, generation: u64, report: Report, fx: &mut Vec<Effect>) {
+        let terminal = self.state.is_terminal();
+        match report {
+            Report::Running => {
+                if self.state == State::Scheduling {
+                    self.state = State::Running;
+                    fx.push(persist("worker running"));
+                }
+            }
+            Report::Rows(rows) => {
+                if !terminal {
+                    fx.push(Effect::AppendRows(rows));
+                }
+            }
+            Report::Finished if !terminal => {
+                self.state = State::Finished;
+                self.then = None;
+                fx.push(persist("every source finished"));
+                fx.push(Effect::CloseTail);
+            }
+            Report::Stopped if !terminal => match self.then.take() {
+                Some(changes) => self.resume(changes, fx, "stopped; restarting"),
+                None => {
+                    self.state = State::Stopped;
+                    fx.push(persist("stopped"));
+                    fx.push(Effect::CloseTail);
+                }
+            },
+            Report::Failed(message) if !terminal => self.fail(message, fx),
+            Report::Finished | Report::Stopped | Report::Failed(_) => {}
+            Report::CommitRequest(epoch) => {
+                // A worker being killed, or one whose exit was seen, commits nothing more.
+                let live = self
+                    .worker
+                    .as_ref()
+                    .is_some_and(|w| !w.killed && w.exited.is_none());
+                fx.push(Effect::Send {
+                    generation,
+                    command: Command::Commit {
+                        epoch,
+                        allowed: live,
+                    },
+                });
+            }
+            Report::CheckpointCompleted(info) => {
+                self.last_checkpoint = self.last_checkpoint.max(info.epoch);
+                fx.push(Effect::RecordCheckpoint(info));
+            }
+        }
+    }
+
+    fn fail(&mut self, failure: String, fx: &mut Vec<Effect>) {
+        self.state = State::Failed;
+        self.then = None;
+        fx.push(persist(&failure));
+        fx.push(Effect::Warn(format!("pipeline failed: {failure}")));
+        self.failure = failure;
+        fx.push(Effect::CloseTail);
+    }
+
+    /// The current worker exited and its reports are in (or their grace is over).
+    fn finish_exit(&mut self, now: Duration, fx: &mut Vec<Effect>) {
+        let Some(w) = self.worker.take() else { return };
+        let status = w.exited.unwrap_or_default();
+        let pending = std::mem::take(&mut self.pending_spawn);
+        if pending && !self.shutting_down {
+            self.schedule(fx, "starting the next worker");
+        } else if self.state.is_terminal() {
+        } else if self.shutting_down {
+            self.state = State::Stopped;
+            fx.push(persist("stopped at daemon shutdown"));
+            fx.push(Effect::CloseTail);
+        } else if self.state == State::Stopping {
+            if let Some(changes) = self.then.take() {
+                self.resume(changes, fx, "stopped; restarting");
+                return;
+            }
+            self.state = State::Stopped;
+            let message = if w.killed {
+                format!(
+                    "worker killed to stop the pipeline; it resumes from checkpoint {} (the last completed)",
+                    self.last_checkpoint
+                )
+            } else {
+                format!("worker exited while stopping ({status})")
+            };
+            fx.push(persist(&message));
+            fx.push(Effect::CloseTail);
+        } else {
+            self.crashed(&status, now, fx);
+        }
+    }
+
+    /// A worker exited while it should run: restart it with backoff, or fail once the budget
+    /// is used up.
+    fn crashed(&mut self, status: &str, now: Duration, fx: &mut Vec<Effect>) {
+        let failure = format!("worker exited unexpectedly ({status})");
+        let policy = self.policy;
+        self.restarts
+            .retain(|t| now.saturating_sub(*t) < policy.window);
+        let used = self.restarts.len() as u32;
+        if used >= policy.budget {
+            self.fail(
+                format!(
+                    "{failure}; {} restarts within {} used up",
+                    policy.budget,
+                    humantime::format_duration(policy.window)
+                ),
+                fx,
+            );
+            return;
+        }
+        let delay = policy
+            .backoff
+            .saturating_mul(1 << used.min(20))
+            .min(policy.backoff_max);
+        self.restarts.push(now);
+        self.state = State::Recovering;
+        fx.push(Effect::Warn(failure.clone()));
+        fx.push(persist(&format!("{failure}; restarting in {delay:?}")));
+        fx.push(Effect::Arm {
+            timer: Timer::Restart {
+                generation: self.generation,
+            },
+            after: delay,
+        });
+    }
+
+    fn fired(&mut self, timer: Timer, now: Duration, fx: &mut Vec<Effect>) {
+        match timer {
+            Timer::Restart { generation } => {
+                if generation == self.generation
+                    && self.state == State::Recovering
+                    && self.desired == Desired::Running
+                    && !self.shutting_down
+                    && self.worker.is_none()
+                {
+                    self.schedule(fx, "restarting after a crash");
+                }
+            }
+            Timer::StopDeadline { generation } => {
+                let last = self.last_checkpoint;
+                if self.state != State::Stopping {
+                    return;
+                }
+                if let Some(w) = self.worker_of(generation)
+                    && !w.killed
+                {
+                    w.killed = true;
+                    fx.push(Effect::Warn(format!(
+                        "the stop is taking too long; killing the worker (no final checkpoint: it resumes from checkpoint {last}, the last completed)"
+                    )));
+                    fx.push(Effect::Kill { generation });
+                }
+            }
+            Timer::ReportGrace { generation } => {
+                if self
+                    .worker
+                    .as_ref()
+                    .is_some_and(|w| w.generation == generation && w.exited.is_some())
+                {
+                    self.finish_exit(now, fx);
+                }
+            }
+        }
+    }
+}
+
+fn persist(message: &str) -> Effect {
+    Effect::Persist {
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

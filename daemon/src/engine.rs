@@ -1,0 +1,194 @@
+//! The daemon's one door into the engine: planning, storage locations, the checkpoints under a
+//! state URL, and (for `arroyod worker`) running a job.
+//!
+//! Every other daemon module names engine items through this one, so that the engine can move
+//! them without the daemon noticing beyond this file. It owns no state and never blocks the
+//! runtime: planning goes through `spawn_blocking`, storage through object_store's async API.
+
+use std::path::{Component, Path, PathBuf};
+
+use object_store::ObjectStore;
+
+use crate::secrets;
+
+pub use arroyod_engine::error_chain;
+pub use arroyod_engine::job::{
+    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec,
+    Outcome as RunOutcome, StopMode as EngineStop,
+};
+pub use arroyod_engine::sql::{PlannedQuery, SqlError};
+pub use arroyod_engine::storage::checksum::fnv1a64;
+pub use arroyod_engine::storage::{
+    CheckpointStore, Location, StorageError as CheckpointError, StorageError as LocationError,
+    durable,
+};
+
+/// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing), once
+/// its `{{ VAR }}`s are substituted from this process's environment. Errors never show the
+/// values of secret options.
+pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
+    let query = secrets::substitute(&query, |name| std::env::var(name).ok()).map_err(|unset| {
+        unset
+            .into_iter()
+            .map(|u| SqlError {
+                message: u.to_string(),
+                line: u.line,
+                column: u.column,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let hidden = secrets::secret_values(&query);
+    let planned = tokio::task::spawn_blocking(move || arroyod_engine::sql::plan(&query))
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![SqlError {
+                message: format!("planning panicked: {e}"),
+                line: 0,
+                column: 0,
+            }])
+        });
+    planned.map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| SqlError {
+                message: secrets::redact(&e.message, &hidden),
+                ..e
+            })
+            .collect()
+    })
+}
+
+/// `path` made absolute against the working directory, with `.` and `..` resolved lexically
+/// (as object_store's local paths are): done once, when settings are built.
+pub fn absolute_path(path: &Path) -> PathBuf {
+    let joined = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+/// A storage location as given at start, made absolute once: a local path (resolved against
+/// the working directory when the settings are built, never later) or a `file://`, `s3://`,
+/// `gs://` or `az://` URL. Locations stored relative to it are resolved with [`StorageUrl::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageUrl(String);
+
+impl StorageUrl {
+    /// Checks `text` against the supported stores; a relative local path is made absolute.
+    pub fn parse(text: &str) -> Result<StorageUrl, LocationError> {
+        let normal = if text.contains("://") {
+            text.trim_end_matches('/').to_string()
+        } else {
+            absolute_path(Path::new(text)).display().to_string()
+        };
+        Location::parse(&normal, vec![])?;
+        Ok(StorageUrl(normal))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The local directory, for a local path or `file://` URL.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        match self.0.split_once("://") {
+            None => Some(PathBuf::from(&self.0)),
+            Some(("file", rest)) => Some(PathBuf::from(rest)),
+            Some(_) => None,
+        }
+    }
+
+    /// `relative` (a path under this location, without a leading `/`) as a full location.
+    pub fn join(&self, relative: &str) -> String {
+        format!("{}/{}", self.0.trim_end_matches('/'), relative)
+    }
+
+    /// The names of the directories right under this location whose checkpoints (a complete
+    /// one at least) are there: the pipelines whose state lives here.
+    pub async fn pipelines_with_checkpoints(&self) -> Result<Vec<String>, StateRootError> {
+        let failed = |reason: String| StateRootError {
+            url: self.0.clone(),
+            reason,
+        };
+        let location = Location::parse(&self.0, vec![]).map_err(|e| failed(error_chain(&e)))?;
+        if let Some(dir) = self.local_path()
+            && !dir.exists()
+        {
+            return Ok(vec![]);
+        }
+        let store = location.store().map_err(|e| failed(error_chain(&e)))?;
+        let listed = match store.list_with_delimiter(Some(location.prefix())).await {
+            Ok(listed) => listed,
+            Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
+            Err(e) => return Err(failed(error_chain(&e))),
+        };
+        let mut found = Vec::new();
+        for dir in listed.common_prefixes {
+            let Some(name) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            let checkpoints =
+                CheckpointStore::open(&self.join(&name)).map_err(|e| failed(error_chain(&e)))?;
+            if checkpoints
+                .latest()
+                .await
+                .map_err(|e| failed(error_chain(&e)))?
+                .is_some()
+            {
+                found.push(name);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+impl std::fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A state root that cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("listing the state root {url}: {reason}")]
+pub struct StateRootError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// The epochs whose complete checkpoints are still under `state_url` (garbage collection
+/// keeps the newest few), newest first.
+pub async fn retained_epochs(state_url: &str) -> Result<Vec<u64>, CheckpointError> {
+    job::checkpoints(state_url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_are_made_absolute_once_and_urls_kept() {
+        let cwd = std::env::current_dir().unwrap();
+        let url = StorageUrl::parse("st/./x/../state/").unwrap();
+        assert_eq!(url.as_str(), cwd.join("st/state").display().to_string());
+        assert_eq!(url.local_path(), Some(cwd.join("st/state")));
+        assert_eq!(
+            url.join("abc"),
+            cwd.join("st/state/abc").display().to_string()
+        );
+        let s3 = StorageUrl::parse("s3://bucket/root/").unwrap();
+        assert_eq!(s3.as_str(), "s3://bucket/root");
+        assert_eq!(s3.local_path(), None);
+        assert_eq!(s3.join("p1"), "s3://bucket/root/p1");
+        assert!(StorageUrl::parse("ftp://host/x").is_err());
+    }
+}

@@ -1,0 +1,641 @@
+//! Typed settings, loaded once. `arroyod serve` reads them in layers, lowest first: built-in
+//! defaults, the config file (`/etc/arroyod/arroyod.toml` when it exists, or `--config FILE`),
+//! `ARROYO_*` environment variables, command-line flags. `arroyod run` reads the same minus the
+//! file, its state dir standing for the data dir. Unknown keys are errors; every value is
+//! parsed and checked here, once: durations become [`Duration`]s (humantime syntax: `10s`,
+//! `500ms`, `2m`), locations absolute [`StorageUrl`]s, so nothing downstream parses again or
+//! falls back silently.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{LocationError, StorageUrl, absolute_path, fnv1a64};
+
+/// The default config file, read when it exists and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/arroyod/arroyod.toml";
+
+/// Errors of loading the settings: each names the key and the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file named by `--config` could not be read.
+    #[error("reading config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// No data dir can be chosen: no flag, variable, file entry, nor HOME.
+    #[error("no data dir: pass --data-dir, set ARROYO_DATA_DIR or HOME")]
+    NoDataDir,
+    /// No socket can be chosen.
+    #[error("choosing the default socket")]
+    Socket(#[source] std::io::Error),
+    /// A location key (`state_url`, `backup_url`) is not a local path nor a supported URL.
+    #[error("{key} '{value}'")]
+    Location {
+        key: &'static str,
+        value: String,
+        #[source]
+        source: LocationError,
+    },
+    /// A duration key is not a duration such as `10s` or `500ms`, or is zero.
+    #[error("{key} '{value}': {reason}")]
+    Duration {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A number key is not a whole number in its range.
+    #[error("{key} '{value}': {reason}")]
+    Number {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// When a crashed worker is restarted, and how often before its pipeline fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window`; one more fails the pipeline.
+    pub budget: u32,
+    pub window: Duration,
+    /// The first restart's delay; each further restart in the window doubles it.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            budget: 5,
+            window: Duration::from_secs(600),
+            backoff: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the controller gives every pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerSettings {
+    /// Pipelines' checkpoints go under it; each pipeline's location is stored relative to it.
+    pub state_root: StorageUrl,
+    /// The default time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// The largest parallelism a pipeline may ask for.
+    pub max_parallelism: u32,
+    /// Bytes of rows the tail buffer of one pipeline holds; the oldest go first.
+    pub tail_buffer_bytes: u64,
+    pub restarts: RestartPolicy,
+    /// How long a stop may take before the worker is killed.
+    pub stop_timeout: Duration,
+}
+
+/// Where the metadata comes from at start when `backup_url` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataRestore {
+    /// Only when the data dir has no database (the daemon: its local database is the truth).
+    WhenMissing,
+    /// Always, the newest snapshot replacing the local copy (`arroyod run -s URL`: the remote
+    /// state dir is the truth, the local database a cache).
+    Always,
+}
+
+/// The settings of one `arroyod serve` or `arroyod run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The public API's socket; none for `arroyod run`.
+    pub socket: Option<PathBuf>,
+    /// SQLite database, worker socket and (by default) state; absolute.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
+    pub log: String,
+    /// Where snapshots of the metadata database go.
+    pub backup_url: Option<StorageUrl>,
+    pub restore: MetadataRestore,
+    pub controller: ControllerSettings,
+}
+
+/// The default time between checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// The default largest parallelism.
+pub const DEFAULT_MAX_PARALLELISM: u32 = 64;
+/// The default bytes of a tail buffer.
+pub const DEFAULT_TAIL_BUFFER_BYTES: u64 = 64 << 20;
+/// The default time a stop may take.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The file's keys; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    log: Option<String>,
+    backup_url: Option<String>,
+    state_url: Option<String>,
+    checkpoint_interval: Option<String>,
+    max_parallelism: Option<Scalar>,
+    tail_buffer_bytes: Option<Scalar>,
+    restart_budget: Option<Scalar>,
+    restart_window: Option<String>,
+    restart_backoff: Option<String>,
+    stop_timeout: Option<String>,
+}
+
+/// A number key as the file gives it: `64` or `"64"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(i64),
+    Text(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// What the command line of `arroyod serve` gives.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub backup_url: Option<String>,
+    pub state_url: Option<String>,
+    pub checkpoint_interval: Option<String>,
+}
+
+/// What the command line of `arroyod run` gives.
+#[derive(Debug, Default, Clone)]
+pub struct RunOverrides {
+    /// The state dir or URL; none: a new directory under `$TMPDIR/arroyod`.
+    pub state: Option<String>,
+    pub checkpoint_interval: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The default data dir: `$XDG_STATE_HOME/arroyod`, else `$HOME/.local/state/arroyod`.
+fn default_data_dir() -> Option<PathBuf> {
+    env_path("XDG_STATE_HOME")
+        .map(|d| d.join("arroyod"))
+        .or_else(|| env_path("HOME").map(|h| h.join(".local/state/arroyod")))
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    absolute_path(&path)
+}
+
+/// Parses a duration key: humantime syntax, above zero.
+pub fn parse_duration(key: &'static str, value: &str) -> Result<Duration, SettingsError> {
+    let bad = |reason: String| SettingsError::Duration {
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| bad(format!("{e} (a duration such as '10s' or '500ms')")))?;
+    if d.is_zero() {
+        return Err(bad("must be above zero".into()));
+    }
+    Ok(d)
+}
+
+fn parse_number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: &str,
+    min: T,
+) -> Result<T, SettingsError> {
+    let bad = |reason: String| SettingsError::Number {
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let n: T = value
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a whole number".into()))?;
+    if n < min {
+        return Err(bad(format!("must be at least {min}")));
+    }
+    Ok(n)
+}
+
+fn location(key: &'static str, value: &str) -> Result<StorageUrl, SettingsError> {
+    StorageUrl::parse(value).map_err(|source| SettingsError::Location {
+        key,
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// The controller's keys, each from the first layer that has it.
+struct ControllerKeys {
+    checkpoint_interval: Option<String>,
+    max_parallelism: Option<String>,
+    tail_buffer_bytes: Option<String>,
+    restart_budget: Option<String>,
+    restart_window: Option<String>,
+    restart_backoff: Option<String>,
+    stop_timeout: Option<String>,
+}
+
+impl ControllerKeys {
+    /// The environment over `file`; a flag given for the interval wins over both.
+    fn layered(file: &FileConfig, interval_flag: Option<String>) -> ControllerKeys {
+        let pick = |var: &str, from_file: &Option<String>| env(var).or(from_file.clone());
+        let number = |var: &str, from_file: &Option<Scalar>| {
+            env(var).or(from_file.as_ref().map(Scalar::text))
+        };
+        ControllerKeys {
+            checkpoint_interval: interval_flag
+                .or_else(|| pick("ARROYO_CHECKPOINT_INTERVAL", &file.checkpoint_interval)),
+            max_parallelism: number("ARROYO_MAX_PARALLELISM", &file.max_parallelism),
+            tail_buffer_bytes: number("ARROYO_TAIL_BUFFER_BYTES", &file.tail_buffer_bytes),
+            restart_budget: number("ARROYO_RESTART_BUDGET", &file.restart_budget),
+            restart_window: pick("ARROYO_RESTART_WINDOW", &file.restart_window),
+            restart_backoff: pick("ARROYO_RESTART_BACKOFF", &file.restart_backoff),
+            stop_timeout: pick("ARROYO_STOP_TIMEOUT", &file.stop_timeout),
+        }
+    }
+
+    fn build(self, state_root: StorageUrl) -> Result<ControllerSettings, SettingsError> {
+        let duration = |key, value: Option<String>, default| match value {
+            Some(v) => parse_duration(key, &v),
+            None => Ok(default),
+        };
+        let defaults = RestartPolicy::default();
+        let backoff = duration("restart_backoff", self.restart_backoff, defaults.backoff)?;
+        Ok(ControllerSettings {
+            state_root,
+            checkpoint_interval: duration(
+                "checkpoint_interval",
+                self.checkpoint_interval,
+                DEFAULT_CHECKPOINT_INTERVAL,
+            )?,
+            max_parallelism: match self.max_parallelism {
+                Some(v) => parse_number("max_parallelism", &v, 1)?,
+                None => DEFAULT_MAX_PARALLELISM,
+            },
+            tail_buffer_bytes: match self.tail_buffer_bytes {
+                Some(v) => parse_number("tail_buffer_bytes", &v, 1024)?,
+                None => DEFAULT_TAIL_BUFFER_BYTES,
+            },
+            restarts: RestartPolicy {
+                budget: match self.restart_budget {
+                    Some(v) => parse_number("restart_budget", &v, 0)?,
+                    None => defaults.budget,
+                },
+                window: duration("restart_window", self.restart_window, defaults.window)?,
+                backoff,
+                backoff_max: defaults.backoff_max.max(backoff),
+            },
+            stop_timeout: duration("stop_timeout", self.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
+        })
+    }
+}
+
+impl Settings {
+    /// The settings of `arroyod serve`.
+    pub fn load(flags: &Overrides) -> Result<Settings, SettingsError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileConfig::default(),
+        };
+        let socket = flags
+            .socket
+            .clone()
+            .or_else(|| env_path("ARROYO_SOCKET"))
+            .or(file.socket.clone());
+        let socket = match socket {
+            Some(s) => absolute(s),
+            None => arroyod_proto::socket::default_socket().map_err(SettingsError::Socket)?,
+        };
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or_else(|| env_path("ARROYO_DATA_DIR"))
+            .or(file.data_dir.clone())
+            .or_else(default_data_dir)
+            .map(absolute)
+            .ok_or(SettingsError::NoDataDir)?;
+        let log = env("ARROYO_LOG")
+            .or(file.log.clone())
+            .unwrap_or_else(|| "info".to_string());
+        let backup_url = flags
+            .backup_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| env("ARROYO_BACKUP_URL"))
+            .or(file.backup_url.clone())
+            .map(|u| location("backup_url", &u))
+            .transpose()?;
+        let state_root = match flags
+            .state_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| env("ARROYO_STATE_URL"))
+            .or(file.state_url.clone())
+        {
+            Some(url) => location("state_url", &url)?,
+            None => location("state_url", &data_dir.join("state").display().to_string())?,
+        };
+        let controller =
+            ControllerKeys::layered(&file, flags.checkpoint_interval.clone()).build(state_root)?;
+        Ok(Settings {
+            socket: Some(socket),
+            data_dir,
+            log,
+            backup_url,
+            restore: MetadataRestore::WhenMissing,
+            controller,
+        })
+    }
+
+    /// The settings of `arroyod run`: the state dir is the data dir (its checkpoints under
+    /// `state/`); a remote state URL keeps checkpoints and metadata snapshots there, with the
+    /// database in a local cache dir named after the URL.
+    pub fn for_run(flags: &RunOverrides) -> Result<Settings, SettingsError> {
+        let temp = std::env::temp_dir().join("arroyod");
+        let (data_dir, state_root, backup_url) = match flags.state.as_deref() {
+            Some(url) if url.contains("://") && !url.starts_with("file://") => {
+                let remote = location("state_dir", url)?;
+                let hash = fnv1a64(remote.as_str().as_bytes());
+                let cache = temp.join(format!("remote-{hash:016x}"));
+                (cache, remote.clone(), Some(remote))
+            }
+            Some(dir) => {
+                let dir = absolute(PathBuf::from(dir.strip_prefix("file://").unwrap_or(dir)));
+                let root = location("state_dir", &dir.join("state").display().to_string())?;
+                (dir, root, None)
+            }
+            None => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                let dir = temp.join(format!("run-{stamp}"));
+                let root = location("state_dir", &dir.join("state").display().to_string())?;
+                (dir, root, None)
+            }
+        };
+        let controller =
+            ControllerKeys::layered(&FileConfig::default(), flags.checkpoint_interval.clone())
+                .build(state_root)?;
+        Ok(Settings {
+            socket: None,
+            data_dir,
+            log: "warn".to_string(),
+            backup_url,
+            restore: MetadataRestore::Always,
+            controller,
+        })
+    }
+
+    /// The effective settings as TOML, for `arroyod config`.
+    pub fn to_toml(&self) -> String {
+        let c = &self.controller;
+        let shown = Shown {
+            socket: self.socket.as_ref().map(|s| s.display().to_string()),
+            data_dir: self.data_dir.display().to_string(),
+            log: self.log.clone(),
+            backup_url: self.backup_url.as_ref().map(|u| u.to_string()),
+            state_url: c.state_root.to_string(),
+            checkpoint_interval: humantime::format_duration(c.checkpoint_interval).to_string(),
+            max_parallelism: c.max_parallelism,
+            tail_buffer_bytes: c.tail_buffer_bytes,
+            restart_budget: c.restarts.budget,
+            restart_window: humantime::format_duration(c.restarts.window).to_string(),
+            restart_backoff: humantime::format_duration(c.restarts.backoff).to_string(),
+            stop_timeout: humantime::format_duration(c.stop_timeout).to_string(),
+        };
+        toml::to_string(&shown).unwrap_or_default()
+    }
+}
+
+/// The settings as `arroyod config` prints them, in the config file's keys.
+#[derive(Serialize)]
+struct Shown {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<String>,
+    data_dir: String,
+    log: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_url: Option<String>,
+    state_url: String,
+    checkpoint_interval: String,
+    max_parallelism: u32,
+    tail_buffer_bytes: u64,
+    restart_budget: u32,
+    restart_window: String,
+    restart_backoff: String,
+    stop_timeout: String,
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| SettingsError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::error_chain;
+
+    /// True when none of `vars` is set around the test (then defaults can be asserted).
+    fn unset(vars: &[&str]) -> bool {
+        vars.iter().all(|v| std::env::var_os(v).is_none())
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "data_dir = \"/x\"\ncolour = \"red\"\n").unwrap();
+        let err = Settings::load(&Overrides {
+            config: Some(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            error_chain(&err).contains("colour"),
+            "{}",
+            error_chain(&err)
+        );
+
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "data_dir = \"/from-file\"\nsocket = \"/s.sock\"\n").unwrap();
+        let s = Settings::load(&Overrides {
+            config: Some(good),
+            data_dir: Some("/from-flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/from-flag"));
+        if unset(&["ARROYO_BACKUP_URL"]) {
+            assert_eq!(s.backup_url, None);
+            assert!(!s.to_toml().contains("backup_url"));
+        }
+    }
+
+    #[test]
+    fn backup_url_is_layered_validated_and_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/d\"\nsocket = \"/s.sock\"\nbackup_url = \"file:///from-file\"\n",
+        )
+        .unwrap();
+        let load = |flag: Option<&str>| {
+            Settings::load(&Overrides {
+                config: Some(file.clone()),
+                backup_url: flag.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        if unset(&["ARROYO_BACKUP_URL"]) {
+            let from_file = load(None).unwrap();
+            assert_eq!(
+                from_file.backup_url.as_ref().map(StorageUrl::as_str),
+                Some("file:///from-file")
+            );
+            assert!(
+                from_file
+                    .to_toml()
+                    .contains("backup_url = \"file:///from-file\""),
+                "{}",
+                from_file.to_toml()
+            );
+        }
+        let from_flag = load(Some("/from-flag")).unwrap();
+        assert_eq!(
+            from_flag.backup_url.as_ref().map(StorageUrl::as_str),
+            Some("/from-flag")
+        );
+        let err = load(Some("ftp://host/x")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SettingsError::Location {
+                    key: "backup_url",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(error_chain(&err).contains("unsupported scheme 'ftp'"));
+    }
+
+    #[test]
+    fn state_url_and_durations_are_layered_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/d\"\nsocket = \"/s.sock\"\nrestart_budget = 40\nrestart_backoff = \"10ms\"\n",
+        )
+        .unwrap();
+        let load = |state_url: Option<&str>, interval: Option<&str>| {
+            Settings::load(&Overrides {
+                config: Some(file.clone()),
+                state_url: state_url.map(str::to_string),
+                checkpoint_interval: interval.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        if unset(&[
+            "ARROYO_STATE_URL",
+            "ARROYO_CHECKPOINT_INTERVAL",
+            "ARROYO_RESTART_BUDGET",
+            "ARROYO_RESTART_BACKOFF",
+            "ARROYO_MAX_PARALLELISM",
+        ]) {
+            let s = load(None, None).unwrap();
+            assert_eq!(s.controller.state_root.as_str(), "/d/state");
+            assert_eq!(s.controller.checkpoint_interval, Duration::from_secs(10));
+            assert_eq!(s.controller.restarts.budget, 40);
+            assert_eq!(s.controller.restarts.backoff, Duration::from_millis(10));
+            assert_eq!(s.controller.max_parallelism, DEFAULT_MAX_PARALLELISM);
+        }
+        let s = load(Some("s3://bucket/state"), Some("500ms")).unwrap();
+        assert_eq!(s.controller.state_root.as_str(), "s3://bucket/state");
+        assert_eq!(s.controller.checkpoint_interval, Duration::from_millis(500));
+        assert!(s.to_toml().contains("checkpoint_interval = \"500ms\""));
+        for bad in ["0s", "soon", "10"] {
+            let err = load(None, Some(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SettingsError::Duration {
+                        key: "checkpoint_interval",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        let err = load(Some("ftp://host/x"), None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SettingsError::Location {
+                    key: "state_url",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_relative_run_state_dir_is_made_absolute_once() {
+        let s = Settings::for_run(&RunOverrides {
+            state: Some("st".into()),
+            checkpoint_interval: Some("1s".into()),
+        })
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(s.data_dir, cwd.join("st"));
+        assert_eq!(
+            s.controller.state_root.as_str(),
+            cwd.join("st/state").display().to_string()
+        );
+        assert_eq!(s.socket, None);
+        assert_eq!(s.backup_url, None);
+        assert_eq!(s.controller.checkpoint_interval, Duration::from_secs(1));
+    }
+}
