@@ -886,7 +886,7 @@ mod tests {
     fn change_steps(schema: &SchemaRef) -> Vec<Step> {
         vec![
             rows(
-                &schema,
+                schema,
                 &[
                     ("a", 1, 1, false),
                     ("b", 2, 2, false),
@@ -897,28 +897,28 @@ mod tests {
             Step::Watermark(5),
             // b is withdrawn; a changes.
             rows(
-                &schema,
+                schema,
                 &[("a", 1, 6, true), ("d", 5, 7, false), ("b", 2, 8, true)],
             ),
-            rows(&schema, &[("c", 6, 9, false)]),
+            rows(schema, &[("c", 6, 9, false)]),
             Step::Watermark(10),
             // b comes back.
             rows(
-                &schema,
+                schema,
                 &[("b", 7, 11, false), ("c", 3, 12, true), ("a", 8, 13, false)],
             ),
             Step::Watermark(15),
             // d is withdrawn before it is emitted again; e is new.
-            rows(&schema, &[("d", 5, 16, true), ("e", 1, 17, false)]),
+            rows(schema, &[("d", 5, 16, true), ("e", 1, 17, false)]),
             Step::Watermark(20),
-            rows(&schema, &[("e", 2, 21, false), ("e", 2, 22, true)]),
+            rows(schema, &[("e", 2, 21, false), ("e", 2, 22, true)]),
             // The first of two equal values of a is withdrawn, then its smallest.
             rows(
-                &schema,
+                schema,
                 &[("a", 4, 23, false), ("a", 4, 24, true), ("a", 8, 25, true)],
             ),
             Step::Watermark(30),
-            rows(&schema, &[("a", 0, 31, false), ("c", 6, 32, true)]),
+            rows(schema, &[("a", 0, 31, false), ("c", 6, 32, true)]),
         ]
     }
 

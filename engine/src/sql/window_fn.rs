@@ -62,7 +62,6 @@ pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
     WINDOW_FUNCTIONS
         .into_iter()
         .zip([1, 2, 1])
-        .into_iter()
         .map(|(name, args)| {
             Arc::new(ScalarUDF::new_from_impl(WindowFunction {
                 name,
