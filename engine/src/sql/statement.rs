@@ -6,6 +6,7 @@
 //! 2. A quoted option key in `WITH ('json.unstructured' = 'true')` becomes a quoted identifier.
 //! 3. `METADATA FROM 'key'` after a column's type is cut out and kept as a
 //!    [`MetadataClause`].
+//! 4. A lone `?` is the JSON operator `json ? key`, not a placeholder.
 
 use datafusion::sql::sqlparser::dialect::Dialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -58,7 +59,12 @@ pub fn split(sql: &str, dialect: &dyn Dialect) -> Result<Vec<RawStatement>, SqlE
     let mut statements = Vec::new();
     let mut current = Vec::new();
     let mut depth = 0i32;
-    for t in tokens {
+    for mut t in tokens {
+        // `json ? 'key'` (JSON member test): sqlparser's generic dialect reads a lone `?` as
+        // a placeholder, which a streaming query has no use for.
+        if matches!(&t.token, Token::Placeholder(p) if p == "?") {
+            t.token = Token::Question;
+        }
         match t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
