@@ -11,6 +11,7 @@ mod counters;
 pub(crate) mod debezium;
 mod file;
 mod filesystem;
+mod http;
 mod impulse;
 mod lines;
 mod nexmark;
@@ -69,6 +70,10 @@ pub const KNOWN_CONNECTORS: &[&str] = &[
     "filesystem",
     "stdout",
     "blackhole",
+    "sse",
+    "websocket",
+    "polling_http",
+    "webhook",
 ];
 
 /// Whether a table is read or written.
@@ -130,6 +135,8 @@ pub enum ConnectorConfig {
     FileSystemSource(filesystem::FileSystemSourceConfig),
     /// Part files written under a directory or object-store prefix.
     FileSystemSink(filesystem::FileSystemSinkConfig),
+    /// An HTTP source (`sse`, `websocket`, `polling_http`) or the `webhook` sink.
+    Http(http::HttpConfig),
 }
 
 impl ConnectorTable {
@@ -232,6 +239,10 @@ impl ConnectorTable {
                 };
                 (config, schema, TableKind::Sink)
             }
+            "sse" | "websocket" | "polling_http" | "webhook" => {
+                let (config, schema, kind) = http::from_options(connector, columns, options)?;
+                (ConnectorConfig::Http(config), schema, kind)
+            }
             other => return Err(ConnectorError::UnknownConnector(other.to_string())),
         };
         if let Some(t) = declared_type {
@@ -324,6 +335,7 @@ impl ConnectorTable {
                     projection,
                 )))
             }
+            ConnectorConfig::Http(config) => config.source_factory(self, projection),
             _ if !self.generated.is_empty() => Err(ConnectorError::Usage(format!(
                 "table '{}' cannot have virtual columns",
                 self.name
@@ -347,6 +359,9 @@ impl ConnectorTable {
             return Ok(Arc::new(filesystem::FileSystemSinkFactory::new(
                 self, config, updating,
             )?));
+        }
+        if let ConnectorConfig::Http(config) = &self.config {
+            return config.sink_factory(self, updating);
         }
         let debezium = match &self.config {
             ConnectorConfig::SingleFile { debezium, .. } | ConnectorConfig::Stdout { debezium } => {
