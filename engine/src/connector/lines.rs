@@ -19,6 +19,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, concat_batches, max};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::json::reader::Decoder;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -209,71 +210,90 @@ impl LineReader {
             LineFormat::Raw => {
                 let text = String::from_utf8_lossy(part);
                 let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-                lines
-                    .chunks(BATCH_ROWS)
-                    .map(|chunk| {
-                        let column: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
-                        RecordBatch::try_new(self.rows.stored.clone(), vec![column])
-                            .map_err(TaskError::batch(&self.node))
-                    })
-                    .collect()
+                self.raw_batches(&lines)
             }
-            LineFormat::Json | LineFormat::Debezium => {
-                let mut decoder = self.decoder()?;
-                let mut batches = Vec::new();
-                let mut offset = 0;
-                let whole = (|| {
-                    while offset < part.len() {
-                        let n = decoder.decode(&part[offset..])?;
-                        offset += n;
-                        if (n == 0 || decoder.len() >= BATCH_ROWS)
-                            && let Some(b) = decoder.flush()?
-                        {
-                            batches.push(b);
-                        }
-                    }
-                    if let Some(b) = decoder.flush()? {
-                        batches.push(b);
-                    }
-                    Ok::<_, datafusion::arrow::error::ArrowError>(())
-                })();
-                match whole {
-                    Ok(()) => Ok(batches),
-                    Err(_) => self.decode_lines(part, first_line),
+            LineFormat::Json | LineFormat::Debezium => match self.decode_json(part)? {
+                Ok(batches) => Ok(batches),
+                Err(_) => {
+                    let path = self.path.clone();
+                    let lines = part
+                        .split(|b| *b == b'\n')
+                        .enumerate()
+                        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+                        .map(|(i, line)| {
+                            (format!("{path} at line {}", first_line + i as u64), line)
+                        });
+                    self.decode_one_by_one(lines)
                 }
-            }
+            },
         }
     }
 
-    /// The slow path: decodes line by line to find (and drop, or fail on) the bad ones.
-    fn decode_lines(
+    /// Texts as batches of the single text column of a `raw_string` table.
+    fn raw_batches<T: AsRef<str>>(&self, texts: &[T]) -> Result<Vec<RecordBatch>, TaskError> {
+        texts
+            .chunks(BATCH_ROWS)
+            .map(|chunk| {
+                let column: ArrayRef = Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(AsRef::as_ref),
+                ));
+                RecordBatch::try_new(self.rows.stored.clone(), vec![column])
+                    .map_err(TaskError::batch(&self.node))
+            })
+            .collect()
+    }
+
+    /// The fast path: decodes JSON records in one pass. The inner error: some record is bad.
+    fn decode_json(&self, bytes: &[u8]) -> Result<Result<Vec<RecordBatch>, ArrowError>, TaskError> {
+        let mut decoder = self.decoder()?;
+        let mut batches = Vec::new();
+        let mut offset = 0;
+        let whole = (|| {
+            while offset < bytes.len() {
+                let n = decoder.decode(&bytes[offset..])?;
+                offset += n;
+                if (n == 0 || decoder.len() >= BATCH_ROWS)
+                    && let Some(b) = decoder.flush()?
+                {
+                    batches.push(b);
+                }
+            }
+            if let Some(b) = decoder.flush()? {
+                batches.push(b);
+            }
+            Ok::<_, ArrowError>(())
+        })();
+        Ok(whole.map(|()| batches))
+    }
+
+    /// The slow path: decodes JSON records one by one, each named by where it is, to find
+    /// (and drop, or fail on) the bad ones.
+    fn decode_one_by_one<'a>(
         &mut self,
-        part: &[u8],
-        first_line: u64,
+        records: impl Iterator<Item = (String, &'a [u8])>,
     ) -> Result<Vec<RecordBatch>, TaskError> {
         let mut good = Vec::new();
-        for (i, line) in part.split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for (at, record) in records {
             let mut decoder = self.decoder()?;
             let row = decoder
-                .decode(line)
+                .decode(record)
                 .and_then(|_| decoder.decode(b"\n"))
                 .and_then(|_| decoder.flush());
             match row {
                 Ok(Some(b)) => good.push(b),
                 Ok(None) => {}
-                Err(e) => {
-                    let line_no = first_line + i as u64;
-                    match self.rows.bad_data {
-                        BadData::Fail => return Err(self.bad_data(Some(line_no), e)),
-                        BadData::Drop => {
-                            self.dropped += 1;
-                            warn!(file = %self.path, line = line_no, error = %e, "dropped a bad line");
-                        }
+                Err(e) => match self.rows.bad_data {
+                    BadData::Fail => {
+                        return Err(self.fail(RunError::BadData {
+                            at,
+                            reason: e.to_string(),
+                        }));
                     }
-                }
+                    BadData::Drop => {
+                        self.dropped += 1;
+                        warn!(at = %at, error = %e, "dropped a bad record");
+                    }
+                },
             }
         }
         if good.is_empty() {
@@ -281,6 +301,38 @@ impl LineReader {
         }
         let all = concat_batches(&good[0].schema(), &good).map_err(TaskError::batch(&self.node))?;
         Ok(vec![all])
+    }
+
+    /// Decodes whole messages (each one record: a JSON object, or a text for `raw_string`).
+    /// Bad data is named by the message's number, counted from 1 over the reader's life in
+    /// [`FilePosition::lines`].
+    fn decode_messages<M: AsRef<[u8]>>(
+        &mut self,
+        messages: &[M],
+    ) -> Result<Vec<RecordBatch>, TaskError> {
+        if self.rows.format == LineFormat::Raw {
+            let texts: Vec<_> = messages
+                .iter()
+                .map(|m| String::from_utf8_lossy(m.as_ref()))
+                .collect();
+            return self.raw_batches(&texts);
+        }
+        let mut joined = Vec::with_capacity(messages.iter().map(|m| m.as_ref().len() + 1).sum());
+        for m in messages {
+            joined.extend_from_slice(m.as_ref());
+            joined.push(b'\n');
+        }
+        match self.decode_json(&joined)? {
+            Ok(batches) => Ok(batches),
+            Err(_) => {
+                let (path, first) = (self.path.clone(), self.position.lines + 1);
+                let records = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (format!("{path}, message {}", first + i as u64), m.as_ref()));
+                self.decode_one_by_one(records)
+            }
+        }
     }
 
     /// Computes the virtual columns: the stored columns become the table's.
@@ -414,7 +466,37 @@ impl LineReader {
         part: &[u8],
         first_line: u64,
     ) -> Result<(), TaskError> {
-        for batch in self.decode(part, first_line)? {
+        let batches = self.decode(part, first_line)?;
+        self.emit_batches(ctx, batches).await
+    }
+
+    /// Decodes whole messages (each one record: a JSON object, or a text for `raw_string`)
+    /// and emits them. Bad data is named by the message's number (counted from 1 over the
+    /// reader's life, in [`FilePosition::lines`]).
+    pub(super) async fn emit_messages<M: AsRef<[u8]>>(
+        &mut self,
+        ctx: &mut SourceContext,
+        messages: &[M],
+    ) -> Result<(), TaskError> {
+        let batches = self.decode_messages(messages)?;
+        self.position.lines += messages.len() as u64;
+        self.emit_batches(ctx, batches).await
+    }
+
+    /// The watermark a source whose event time is the arrival time may emit while no data
+    /// comes: everything it reads later arrives later. None when the event time is read
+    /// from the data.
+    pub(super) fn arrival_watermark(&self) -> Option<i64> {
+        let spec = &self.rows.event_time;
+        (spec.field.is_none() && spec.watermark.is_none()).then(|| now_nanos() - DEFAULT_DELAY)
+    }
+
+    async fn emit_batches(
+        &mut self,
+        ctx: &mut SourceContext,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), TaskError> {
+        for batch in batches {
             let (batch, retract) = match self.rows.format {
                 LineFormat::Debezium => {
                     let (b, r) = debezium::changes(&batch, &self.rows.stored)

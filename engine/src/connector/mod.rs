@@ -11,6 +11,7 @@ mod counters;
 pub(crate) mod debezium;
 mod file;
 mod filesystem;
+mod http;
 mod impulse;
 mod kafka;
 mod lines;
@@ -86,6 +87,10 @@ pub const KNOWN_CONNECTORS: &[&str] = &[
     "filesystem",
     "stdout",
     "blackhole",
+    "sse",
+    "websocket",
+    "polling_http",
+    "webhook",
     "kafka",
 ];
 
@@ -184,6 +189,8 @@ pub enum ConnectorConfig {
     FileSystemSource(filesystem::FileSystemSourceConfig),
     /// Part files written under a directory or object-store prefix.
     FileSystemSink(filesystem::FileSystemSinkConfig),
+    /// An HTTP source (`sse`, `websocket`, `polling_http`) or the `webhook` sink.
+    Http(http::HttpConfig),
     /// A topic of a Kafka-protocol broker, read or written.
     Kafka(kafka::KafkaConfig),
 }
@@ -314,6 +321,10 @@ impl ConnectorTable {
                     },
                 };
                 (config, schema, TableKind::Sink)
+            }
+            "sse" | "websocket" | "polling_http" | "webhook" => {
+                let (config, schema, kind) = http::from_options(connector, columns, options)?;
+                (ConnectorConfig::Http(config), schema, kind)
             }
             other => return Err(ConnectorError::UnknownConnector(other.to_string())),
         };
@@ -465,6 +476,7 @@ impl ConnectorTable {
             ConnectorConfig::Kafka(config) if self.kind == TableKind::Source => Ok(Arc::new(
                 kafka::KafkaSourceFactory::new(config, self, projection)?,
             )),
+            ConnectorConfig::Http(config) => config.source_factory(self, projection),
             _ if !self.generated.is_empty() => Err(ConnectorError::Usage(format!(
                 "table '{}' cannot have virtual columns",
                 self.name
@@ -488,6 +500,9 @@ impl ConnectorTable {
             return Ok(Arc::new(filesystem::FileSystemSinkFactory::new(
                 self, config, updating,
             )?));
+        }
+        if let ConnectorConfig::Http(config) = &self.config {
+            return config.sink_factory(self, updating);
         }
         if let ConnectorConfig::Kafka(config) = &self.config {
             return Ok(Arc::new(kafka::KafkaSinkFactory::new(

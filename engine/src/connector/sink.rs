@@ -66,7 +66,8 @@ impl OperatorFactory for SinkFactory {
             | ConnectorConfig::Nexmark(_)
             | ConnectorConfig::FileSource(_)
             | ConnectorConfig::FileSystemSource(_)
-            | ConnectorConfig::FileSystemSink(_) => {
+            | ConnectorConfig::FileSystemSink(_)
+            | ConnectorConfig::Http(_) => {
                 return Err(TaskError::setup(&info.node)(DataFusionError::Internal(
                     format!("table '{}' is not a sink", self.table),
                 )));
