@@ -34,6 +34,7 @@
 
 pub(crate) mod connector;
 pub(crate) mod dataflow;
+pub mod failpoint;
 pub mod job;
 pub(crate) mod operator;
 pub mod sql;
