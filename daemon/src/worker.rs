@@ -52,10 +52,10 @@ pub enum WorkerError {
     Dataflow(#[from] DataflowError),
 }
 
-/// How long the daemon has to answer a CommitRequest.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Asks the daemon whether this generation may still commit.
+/// Asks the daemon whether this generation may still commit. The daemon answers in order,
+/// after the rows sent before the request, so the answer waits as long as a slow reader of
+/// the rows makes it (no timeout: a daemon that goes away ends the command stream, and the
+/// worker with it).
 struct DaemonGate {
     events: mpsc::Sender<WorkerEvent>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
@@ -72,7 +72,7 @@ impl CommitGate for DaemonGate {
         if self.events.send(request).await.is_err() {
             return false;
         }
-        matches!(tokio::time::timeout(COMMIT_TIMEOUT, rx).await, Ok(Ok(true)))
+        matches!(rx.await, Ok(true))
     }
 }
 
@@ -301,15 +301,14 @@ fn checkpointing(
     })
 }
 
-/// Closes the report stream and waits (briefly) for the daemon to close its side.
+/// Closes the report stream and waits for the daemon to close its side: it does once it has
+/// read every report, which takes as long as its reader of the rows makes it. Exiting sooner
+/// would lose the reports still in flight.
 async fn finish(
     events: mpsc::Sender<WorkerEvent>,
     mut commands: tonic::Streaming<arroyod_proto::WorkerCommand>,
 ) -> Result<(), WorkerError> {
     drop(events);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Ok(Some(_)) = commands.message().await {}
-    })
-    .await;
+    while let Ok(Some(_)) = commands.message().await {}
     Ok(())
 }

@@ -1,0 +1,124 @@
+//! Regression tests of issue 9's defects of size and shape, through the real binaries: a slow
+//! reader of `arroyod run` (2), rows beyond a message's limit (4), deep and long expressions
+//! (3).
+
+mod harness;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{DEADLINE, alive, arroyod_bin, parent_of, wait_exit};
+
+/// The live `arroyod worker` children of `parent`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            parent_of(*pid) == Some(parent)
+                && alive(*pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"worker"))
+        })
+        .collect()
+}
+
+/// A field of `/proc/<pid>/<file>` written `name: value` or `name value` (None once gone).
+fn proc_field(pid: u32, file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.trim_start_matches(':').trim();
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Issue 9.2: `arroyod run q.sql | (sleep 15; wc -l)` printed 138,292 of 300,000 rows, exit 0.
+/// stdout now holds the pipeline back: a reader that stops reading gets every row, in order,
+/// once it reads again, and `run`'s memory stays bounded meanwhile.
+#[test]
+fn run_prints_every_row_to_a_reader_that_pauses() {
+    let rows: u64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("q.sql");
+    std::fs::write(
+        &query,
+        format!(
+            "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000000', message_count='{rows}');
+             SELECT counter FROM impulse;"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut run = Command::new(arroyod_bin())
+        .args([
+            "run",
+            "-s",
+            state.to_str().unwrap(),
+            query.to_str().unwrap(),
+        ])
+        .env_remove("RUST_LOG")
+        // A small buffer: without backpressure it would overflow a hundred times over.
+        .env("ARROYO_TAIL_BUFFER_BYTES", "65536")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_pid = run.id();
+    let mut stdout = run.stdout.take().unwrap();
+    let mut stderr = run.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    // The reader pauses. A lossy run used to drop rows once its worker wrote more than the pipe
+    // and the buffer hold (128 kB): wait until the worker wrote 8 MB (all it has is 6 MB) or
+    // finished, or until 15 s passed (a held-back worker never gets that far).
+    let worker = harness::wait_until(DEADLINE * 2, "the worker to start", || {
+        workers_of(run_pid).first().copied()
+    });
+    let paused = Instant::now();
+    let mut peak_rss_kb = 0;
+    while paused.elapsed() < Duration::from_secs(15) {
+        let Some(written) = proc_field(worker, "io", "wchar") else {
+            break;
+        };
+        peak_rss_kb = peak_rss_kb.max(proc_field(run_pid, "status", "VmRSS").unwrap_or(0));
+        if written > 8 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let worker_written = proc_field(worker, "io", "wchar").unwrap_or(u64::MAX);
+
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    let status = wait_exit(&mut run, DEADLINE * 2);
+    let stderr = errors.join().unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    let counters = harness::counters_in(&text);
+    assert_eq!(
+        counters.len() as u64,
+        rows,
+        "rows printed (worker had written {worker_written} bytes while the reader paused): {stderr}"
+    );
+    assert!(
+        counters.iter().copied().eq(0..rows),
+        "every row once, in order"
+    );
+    assert!(
+        worker_written < 8 << 20,
+        "the worker was not held back: it wrote {worker_written} bytes"
+    );
+    assert!(
+        peak_rss_kb < 512 << 10,
+        "run held {peak_rss_kb} kB while its reader paused"
+    );
+    eprintln!(
+        "paused reader: worker wrote {worker_written} bytes, run's peak RSS {peak_rss_kb} kB"
+    );
+}
