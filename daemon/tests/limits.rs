@@ -122,3 +122,67 @@ fn run_prints_every_row_to_a_reader_that_pauses() {
         "paused reader: worker wrote {worker_written} bytes, run's peak RSS {peak_rss_kb} kB"
     );
 }
+
+/// Issue 9.4: a batch over 4 MiB crash-looped the worker ("decoded message length too large"
+/// only in a WARN, "5 restarts used up" after duplicated output). Rows now travel in messages
+/// under the limit, a 5 MB row reaches `tail` whole, and a row too large for any message fails
+/// the pipeline once, with a clear message.
+#[test]
+fn rows_beyond_four_mib_reach_the_tail_and_a_row_too_large_fails_clearly() {
+    let d = harness::TestDaemon::start();
+    // 200 rows of 100 kB: 20 MB, in batches far over 4 MiB.
+    let id = d.submit(
+        "wide",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='200');
+         SELECT counter, repeat('x', 100000) AS pad FROM impulse;",
+    );
+    let s = d.wait_state(&id, "Finished");
+    assert_eq!(s["rows"], 200, "{s}");
+    assert_eq!(s["generation"], 1, "no restart: {s}");
+    let tailed = d.ctl_ok(&["tail", &id]);
+    assert_eq!(
+        harness::counters_in(&tailed),
+        (0..200).collect::<Vec<u64>>()
+    );
+
+    // One row of 5 MB, over the old limit of any message: in `tail` whole.
+    let id = d.submit(
+        "huge",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10', message_count='1');
+         SELECT counter, repeat('y', 5000000) AS pad FROM impulse;",
+    );
+    d.wait_state(&id, "Finished");
+    let tailed = d.ctl_ok(&["tail", &id]);
+    let row: serde_json::Value = serde_json::from_str(tailed.trim()).unwrap();
+    assert_eq!(row["pad"].as_str().unwrap().len(), 5_000_000);
+
+    // A row of 40 MB fits in no message: the pipeline fails at once, saying why.
+    let id = d.submit(
+        "giant",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10', message_count='1');
+         SELECT counter, repeat('z', 40000000) AS pad FROM impulse;",
+    );
+    let s = d.wait_state(&id, "Failed");
+    let failure = s["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("a row of the default sink is 400000") && failure.contains("file sink"),
+        "{s}"
+    );
+    assert_eq!(s["generation"], 1, "no restart loop: {s}");
+
+    // `arroyod run` prints rows over 4 MiB too.
+    let state = d.dir.path().join("run-state");
+    let out = harness::run_query(
+        &["-s", state.to_str().unwrap(), "-"],
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='60');
+         SELECT counter, repeat('x', 100000) AS pad FROM impulse;",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        harness::counters_in(&printed),
+        (0..60).collect::<Vec<u64>>(),
+        "{stderr}"
+    );
+}
