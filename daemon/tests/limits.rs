@@ -186,3 +186,113 @@ fn rows_beyond_four_mib_reach_the_tail_and_a_row_too_large_fails_clearly() {
         "{stderr}"
     );
 }
+
+const COUNTERS: &str =
+    "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='100');";
+
+/// Terms of the flat chains.
+const CHAIN: usize = 1200;
+
+/// `counter {op} 0 {joiner} counter {op} 2 {joiner} ...`: `terms` terms.
+fn chain(terms: usize, op: &str, joiner: &str) -> String {
+    (0..terms)
+        .map(|i| format!("counter {op} {}", 2 * i))
+        .collect::<Vec<_>>()
+        .join(&format!(" {joiner} "))
+}
+
+/// Issue 9.3: `validate` of a WHERE with 1,000 `OR` terms, 1,000 chained `+` or a 50k-term AND
+/// aborted the daemon (stack overflow). Flat chains plan (on a large stack) and run in the
+/// worker; nesting past the documented bound (256) is refused with its position. Planning time
+/// grows with the square of a chain's length in a debug build (1,000 terms: 2 s), so the chains
+/// here are just past the sizes that used to crash.
+#[test]
+fn long_chains_plan_and_run_and_deep_nesting_is_refused_with_its_position() {
+    // 1,200 OR terms pick the even counters; evaluated in the worker.
+    let rows = harness::query_rows(
+        1,
+        &format!(
+            "{COUNTERS} SELECT counter FROM impulse WHERE {};",
+            chain(CHAIN, "=", "OR")
+        ),
+    );
+    let got: Vec<u64> = rows
+        .iter()
+        .map(|r| r["counter"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (0..100).step_by(2).collect::<Vec<u64>>());
+
+    // 1,200 AND terms, all true for odd counters; 1,000 chained `+`.
+    let plus = vec!["1"; 1000].join(" + ");
+    let rows = harness::query_rows(
+        1,
+        &format!(
+            "{COUNTERS} SELECT counter + {plus} AS c FROM impulse WHERE {};",
+            chain(CHAIN, "<>", "AND")
+        ),
+    );
+    let got: Vec<u64> = rows.iter().map(|r| r["c"].as_u64().unwrap()).collect();
+    assert_eq!(
+        got,
+        (1..100).step_by(2).map(|c| c + 1000).collect::<Vec<u64>>()
+    );
+
+    // 250 nested parentheses and a CASE nested 100 deep plan (CASE past ~50 used to be
+    // "unexpected '0' after the end of the statement").
+    let parens = format!("{}counter{}", "(".repeat(250), ")".repeat(250));
+    let mut case = "counter".to_string();
+    for i in 0..100 {
+        case = format!("CASE WHEN counter = {i} THEN {i} ELSE {case} END");
+    }
+    let rows = harness::query_rows(
+        1,
+        &format!("{COUNTERS} SELECT {parens} AS p, {case} AS c FROM impulse;"),
+    );
+    assert_eq!(rows.len(), 100);
+    assert!(rows.iter().all(|r| r["p"] == r["c"]), "{:?}", &rows[..3]);
+
+    // 2,000 nested parentheses: refused where the nesting passes the bound.
+    let deep = format!("{}counter{}", "(".repeat(2000), ")".repeat(2000));
+    let stderr = harness::query_refused(&format!("{COUNTERS}\nSELECT {deep} FROM impulse;"));
+    assert!(
+        stderr.contains("the query nests more than 256 levels deep here"),
+        "{stderr}"
+    );
+    let position = stderr
+        .split("<stdin>:")
+        .nth(1)
+        .and_then(|r| r.split(": ").next())
+        .unwrap_or_default()
+        .to_string();
+    let (line, column) = position.split_once(':').unwrap_or_default();
+    assert_eq!(line, "2", "{stderr}");
+    let column: usize = column.parse().unwrap();
+    assert!((250..800).contains(&column), "{stderr}");
+
+    // The daemon validates a long AND and 1,000 chained `+`, and stays up.
+    let d = harness::TestDaemon::start();
+    for (name, sql) in [
+        (
+            "and",
+            format!(
+                "{COUNTERS} SELECT counter FROM impulse WHERE {};",
+                chain(CHAIN, "<>", "AND")
+            ),
+        ),
+        (
+            "plus",
+            format!("{COUNTERS} SELECT counter + {plus} FROM impulse;"),
+        ),
+    ] {
+        let file = d.dir.path().join(format!("{name}.sql"));
+        std::fs::write(&file, sql).unwrap();
+        let out = d.ctl(&["validate", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.log()
+        );
+    }
+    d.ctl_ok(&["list"]);
+}
