@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{DEADLINE, alive, arroyod_bin, parent_of, wait_exit};
+use harness::{DEADLINE, alive, arroyod_bin, parent_of, run_query, wait_exit};
 
 /// The live `arroyod worker` children of `parent`.
 fn workers_of(parent: u32) -> Vec<u32> {
@@ -295,4 +295,87 @@ fn long_chains_plan_and_run_and_deep_nesting_is_refused_with_its_position() {
         );
     }
     d.ctl_ok(&["list"]);
+}
+
+/// Issue 9.14: a 5,000-digit integer literal became `inf` (every row null); a UTF-8 byte order
+/// mark made line 1 bad; `bad_data = 'drop'` wrote one WARN per dropped line; a missing event
+/// time under `fail` named the file but not the line.
+#[test]
+fn input_edge_cases_are_read_or_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = |name: &str| dir.path().join(name).display().to_string();
+
+    let huge = "9".repeat(5000);
+    let stderr = harness::query_refused(&format!(
+        "{COUNTERS}\nSELECT counter + {huge} FROM impulse;"
+    ));
+    assert!(
+        stderr.contains("<stdin>:2:")
+            && stderr
+                .contains("the number 99999999999999999999... (5000 characters) is out of range"),
+        "{stderr}"
+    );
+
+    // A byte order mark before line 1.
+    let input = dir.path().join("bom.json");
+    std::fs::write(&input, "\u{feff}{\"n\": 1}\n{\"n\": 2}\n").unwrap();
+    let rows = harness::query_rows(
+        1,
+        &format!(
+            "CREATE TABLE t (n BIGINT) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source');
+             SELECT n FROM t;",
+            input.display()
+        ),
+    );
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({"n": 1}), serde_json::json!({"n": 2})]
+    );
+
+    // 500 bad lines dropped: ten warnings, then their count.
+    let input = dir.path().join("bad.json");
+    let mut text = String::new();
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            text.push_str(&format!("{{\"n\": {i}}}\n"));
+        } else {
+            text.push_str("not json\n");
+        }
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = run_query(
+        &["-s", &state("drop"), "-"],
+        &format!(
+            "CREATE TABLE t (n BIGINT) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source', bad_data = 'drop');
+             SELECT n FROM t;",
+            input.display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 500);
+    assert_eq!(stderr.matches("dropped a bad line").count(), 10, "{stderr}");
+    assert!(stderr.contains("dropped=500"), "{stderr}");
+
+    // A missing event time under `fail`: the file and the line.
+    let input = dir.path().join("times.json");
+    std::fs::write(
+        &input,
+        "{\"n\": 1, \"t\": \"2024-01-01T00:00:00Z\"}\n\n{\"n\": 2, \"t\": \"2024-01-01T00:00:01Z\"}\n{\"n\": 3}\n",
+    )
+    .unwrap();
+    let out = run_query(
+        &["-s", &state("times"), "-"],
+        &format!(
+            "CREATE TABLE t (n BIGINT, t TIMESTAMP) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source', event_time_field = 't');
+             SELECT n FROM t;",
+            input.display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("times.json at line 4") && stderr.contains("has no event time"),
+        "{stderr}"
+    );
 }
