@@ -253,12 +253,14 @@ impl CheckpointStore {
             epoch,
             files: entries,
         };
+        crate::failpoint::crash_point!("checkpoint_state_written");
         let path = self.path(epoch, MANIFEST);
         self.store
             .put(&path, manifest.to_text().into_bytes().into())
             .await
             .map_err(self.failed("writing", &path))?;
         self.sync(&path).await?;
+        crate::failpoint::crash_point!("checkpoint_manifest_written");
         self.collect_garbage(epoch).await?;
         Ok(manifest)
     }
