@@ -336,6 +336,20 @@ fn crashes_between_checkpoint_steps_keep_every_counter_once() {
     }
 }
 
+/// Runs `query` on `state` until three checkpoints completed, then stops it with SIGINT.
+fn run_to_three_checkpoints(state: &Path, query: &Path, log: &Path) {
+    let run = start_run(state, query, log);
+    wait_until(DEADLINE * 2, "three complete checkpoints", || {
+        (complete_epochs(state).len() >= 3).then_some(())
+    });
+    let status = interrupt(run);
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(log).unwrap()
+    );
+}
+
 /// Issue 9.13 (and 9.11's checkpoint files, 0600): a corrupt newest checkpoint failed every rerun ("checksum differs") although
 /// older complete ones existed. A rerun now falls back to the newest valid checkpoint when
 /// every sink rewinds to it, and says which; with a sink that committed past it, it refuses,
@@ -344,28 +358,10 @@ fn crashes_between_checkpoint_steps_keep_every_counter_once() {
 fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_valid_one_when_sinks_rewind() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
-    let query = dir.path().join("counters.sql");
-    std::fs::write(
-        &query,
-        format!(
-            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '2000');
-             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
-             INSERT INTO out SELECT counter FROM impulse;",
-            out.display()
-        ),
-    )
-    .unwrap();
+    let query = counters_query(dir.path(), &out);
     let state = dir.path().join("state");
     let log = dir.path().join("run.log");
-    let run = start_run(&state, &query, &log);
-    wait_until(DEADLINE * 2, "three complete checkpoints", || {
-        (complete_epochs(&state).len() >= 3).then_some(())
-    });
-    assert!(
-        interrupt(run).success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    run_to_three_checkpoints(&state, &query, &log);
     let first = exactly_once(&out);
     let epochs = complete_epochs(&state);
     // Checkpoints are the owner's only, whatever the umask (the tests run with 022).
@@ -386,10 +382,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_valid_one_when_sinks_rew
     flip_a_byte(newest);
 
     let run = start_run(&state, &query, &log);
-    wait_until(DEADLINE, "more rows", || {
-        (counters_in(&std::fs::read_to_string(&out).unwrap_or_default()).len() > first + 300)
-            .then_some(())
-    });
+    wait_rows(&out, first + 300);
     let status = interrupt(run);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
@@ -418,15 +411,7 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_newest_valid_one_when_sinks_rew
     .unwrap();
     let fs_state = dir.path().join("fs-state");
     let fs_log = dir.path().join("fs.log");
-    let run = start_run(&fs_state, &fs_query, &fs_log);
-    wait_until(DEADLINE * 2, "three complete checkpoints", || {
-        (complete_epochs(&fs_state).len() >= 3).then_some(())
-    });
-    assert!(
-        interrupt(run).success(),
-        "{}",
-        std::fs::read_to_string(&fs_log).unwrap()
-    );
+    run_to_three_checkpoints(&fs_state, &fs_query, &fs_log);
     flip_a_byte(complete_epochs(&fs_state).last().unwrap());
     let mut run = start_run(&fs_state, &fs_query, &fs_log);
     let status = wait_exit(&mut run, DEADLINE * 2);
