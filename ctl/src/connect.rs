@@ -114,7 +114,8 @@ pub async fn connect(socket: &Path) -> Result<Client, ConnectError> {
             socket: socket.to_path_buf(),
             reason: innermost_io_error(&err).unwrap_or_else(|| err.to_string()),
         })?;
-    Ok(ArroyodClient::new(channel))
+    // A tailed row may be as large as a worker may send.
+    Ok(ArroyodClient::new(channel).max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES))
 }
 
 /// The message of the I/O error at the bottom of `err`'s chain: the transport wraps it in

@@ -370,7 +370,8 @@ impl Daemon {
 
         let worker_api = WorkerControlServer::new(WorkerApi {
             controller: controller.clone(),
-        });
+        })
+        .max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES);
         spawn_server(
             &mut servers,
             "worker_server",
@@ -381,7 +382,8 @@ impl Daemon {
         if let Some(socket) = &settings.socket {
             let api = ArroyodServer::new(Api {
                 controller: controller.clone(),
-            });
+            })
+            .max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES);
             spawn_server(
                 &mut servers,
                 "api_server",

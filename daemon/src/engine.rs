@@ -39,15 +39,7 @@ pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
             .collect::<Vec<_>>()
     })?;
     let hidden = secrets::secret_values(&query);
-    let planned = tokio::task::spawn_blocking(move || arroyod_engine::sql::plan(&query))
-        .await
-        .unwrap_or_else(|e| {
-            Err(vec![SqlError {
-                message: format!("planning panicked: {e}"),
-                line: 0,
-                column: 0,
-            }])
-        });
+    let planned = plan_on_large_stack(query).await;
     planned.map_err(|errors| {
         errors
             .into_iter()
@@ -57,6 +49,39 @@ pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
             })
             .collect()
     })
+}
+
+/// The stack of the thread that plans a query. DataFusion's planner and optimizer recurse
+/// over expression trees, and a flat chain of 10,000 `OR` terms is a tree 10,000 deep; only
+/// the pages used are ever touched.
+pub const PLAN_STACK_BYTES: usize = 1 << 30;
+
+/// Plans `query` on a thread of its own with a [`PLAN_STACK_BYTES`] stack (a blocking-pool
+/// thread has 2 MiB), off the runtime.
+async fn plan_on_large_stack(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
+    let failed = |message: String| {
+        Err(vec![SqlError {
+            message,
+            line: 0,
+            column: 0,
+        }])
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("planner".into())
+        .stack_size(PLAN_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(arroyod_engine::sql::plan(&query));
+        });
+    if let Err(e) = spawned {
+        return failed(format!("starting the planner thread: {e}"));
+    }
+    // The thread is detached: it ends with the planning, and a sender dropped by a panic
+    // (already reported on stderr) is an error here.
+    match rx.await {
+        Ok(planned) => planned,
+        Err(_) => failed("planning panicked".to_string()),
+    }
 }
 
 /// `path` made absolute against the working directory, with `.` and `..` resolved lexically

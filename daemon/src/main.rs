@@ -111,9 +111,15 @@ fn print_error(e: &anyhow::Error) {
     }
 }
 
+/// The stack of every runtime thread: a worker evaluates expressions there, recursively over
+/// trees as deep as planning allows (a flat chain of 10,000 terms); only the pages used are
+/// ever touched.
+const RUNTIME_STACK_BYTES: usize = 256 << 20;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(RUNTIME_STACK_BYTES)
         .build()
         .expect("building the tokio runtime")
 }

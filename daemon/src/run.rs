@@ -269,10 +269,19 @@ async fn start_pipeline(
     Ok(Some(pipeline))
 }
 
-/// Prints rows as they come until the buffer closes (the pipeline ended).
+/// Prints rows as they come until the buffer closes (the pipeline ended). The buffer is held
+/// for this printer: it drops no row until printed, and the pipeline waits for stdout.
 async fn print_rows(pipeline: Pipeline) -> std::io::Result<()> {
     let tail = pipeline.tail();
     drop(pipeline);
+    // If printing ends early (stdout closed), the buffer lets old rows go again.
+    struct Release(std::sync::Arc<crate::tail::TailBuffer>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+    let _release = Release(tail.clone());
     let mut offset = 0;
     loop {
         let (first, rows) = tail.read(offset, 4096);
@@ -283,12 +292,26 @@ async fn print_rows(pipeline: Pipeline) -> std::io::Result<()> {
             offset = first;
             continue;
         }
-        offset = first + rows.len() as u64;
-        let mut out = std::io::stdout().lock();
-        for row in rows {
-            out.write_all(row.as_bytes())?;
-            out.write_all(b"\n")?;
+        if first > offset {
+            // Only a buffer that is not held drops rows; say so rather than skip silently.
+            warn!(
+                dropped = first - offset,
+                "rows were dropped before they were printed"
+            );
         }
-        out.flush()?;
+        offset = first + rows.len() as u64;
+        let mut text = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum());
+        for row in rows {
+            text.extend_from_slice(row.as_bytes());
+            text.push(b'\n');
+        }
+        // A slow reader blocks this write: on a blocking thread, not the runtime's.
+        tokio::task::spawn_blocking(move || {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&text)?;
+            out.flush()
+        })
+        .await??;
+        tail.consume(offset);
     }
 }

@@ -96,6 +96,9 @@ pub struct ControllerSettings {
     pub max_parallelism: u32,
     /// Bytes of rows the tail buffer of one pipeline holds; the oldest go first.
     pub tail_buffer_bytes: u64,
+    /// The tail buffer drops no row its one reader has not read: the pipeline waits for the
+    /// reader instead (`arroyod run`, whose printer must print every row).
+    pub tail_held: bool,
     pub restarts: RestartPolicy,
     /// How long a stop may take before the worker is killed.
     pub stop_timeout: Duration,
@@ -305,6 +308,7 @@ impl ControllerKeys {
                 Some(v) => parse_number("tail_buffer_bytes", &v, 1024)?,
                 None => DEFAULT_TAIL_BUFFER_BYTES,
             },
+            tail_held: false,
             restarts: RestartPolicy {
                 budget: match self.restart_budget {
                     Some(v) => parse_number("restart_budget", &v, 0)?,
@@ -406,9 +410,11 @@ impl Settings {
                 (dir, root, None)
             }
         };
-        let controller =
+        let mut controller =
             ControllerKeys::layered(&FileConfig::default(), flags.checkpoint_interval.clone())
                 .build(state_root)?;
+        // stdout applies backpressure: no row is dropped for a slow reader.
+        controller.tail_held = true;
         Ok(Settings {
             socket: None,
             data_dir,

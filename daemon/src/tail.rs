@@ -2,11 +2,18 @@
 //! in bytes (`tail_buffer_bytes`) by dropping the oldest rows. Readers follow it from any
 //! offset. At-least-once: a worker restarted from a checkpoint may append rows again. When the
 //! pipeline ends its rows stay (within the bound) for `tail`, and its spare capacity is freed.
+//!
+//! A buffer made [`TailBuffer::held`] (`arroyod run`, whose printer must see every row) never
+//! drops a row its one reader has not [`consume`](TailBuffer::consume)d: it grows past its bound
+//! by at most one append, and [`room`](TailBuffer::room) tells the pipeline's task to stop
+//! reading the worker's reports until the reader catches up. That pause travels back to the
+//! worker's sink through the report stream's flow control: the pipeline slows down to the
+//! reader's pace, with bounded memory, and no row is lost.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// What a row costs beyond its text: the `String` and its slot.
 const ROW_OVERHEAD: u64 = 32;
@@ -17,6 +24,21 @@ struct Inner {
     rows: VecDeque<String>,
     /// What `rows` costs, by [`cost`].
     bytes: u64,
+    /// For a held buffer, the offset its reader has consumed up to: rows from it on are kept.
+    reader: Option<u64>,
+}
+
+impl Inner {
+    /// Drops the oldest rows while over `capacity`, but never one the reader has not consumed.
+    fn evict(&mut self, capacity: u64) {
+        while self.bytes > capacity && self.reader.is_none_or(|r| self.first < r) {
+            let Some(old) = self.rows.pop_front() else {
+                break;
+            };
+            self.bytes -= cost(&old);
+            self.first += 1;
+        }
+    }
 }
 
 fn cost(row: &str) -> u64 {
@@ -29,19 +51,32 @@ pub struct TailBuffer {
     inner: Mutex<Inner>,
     /// Next offset, and whether the buffer is closed (no row will follow).
     end: watch::Sender<(u64, bool)>,
+    /// Woken when a held buffer's reader consumes rows or lets go.
+    consumed: Notify,
 }
 
 impl TailBuffer {
     /// A buffer of at most `capacity` bytes of rows.
     pub fn new(capacity: u64) -> Self {
+        Self::with_reader(capacity, None)
+    }
+
+    /// A buffer of `capacity` bytes that keeps every row until its one reader consumed it.
+    pub fn held(capacity: u64) -> Self {
+        Self::with_reader(capacity, Some(0))
+    }
+
+    fn with_reader(capacity: u64, reader: Option<u64>) -> Self {
         TailBuffer {
             capacity,
             inner: Mutex::new(Inner {
                 first: 0,
                 rows: VecDeque::new(),
                 bytes: 0,
+                reader,
             }),
             end: watch::channel((0, false)).0,
+            consumed: Notify::new(),
         }
     }
 
@@ -50,13 +85,7 @@ impl TailBuffer {
         for row in rows {
             inner.bytes += cost(&row);
             inner.rows.push_back(row);
-            while inner.bytes > self.capacity {
-                let Some(old) = inner.rows.pop_front() else {
-                    break;
-                };
-                inner.bytes -= cost(&old);
-                inner.first += 1;
-            }
+            inner.evict(self.capacity);
         }
         let next = inner.first + inner.rows.len() as u64;
         drop(inner);
@@ -71,6 +100,38 @@ impl TailBuffer {
             .rows
             .shrink_to_fit();
         self.end.send_modify(|e| e.1 = true);
+    }
+
+    /// Waits until the buffer is within its bound (at once unless it is held and full of rows
+    /// its reader has not consumed).
+    pub async fn room(&self) {
+        loop {
+            let consumed = self.consumed.notified();
+            if self.inner.lock().expect("tail buffer lock").bytes <= self.capacity {
+                return;
+            }
+            consumed.await;
+        }
+    }
+
+    /// The held buffer's reader has read every row before `offset`: they may go.
+    pub fn consume(&self, offset: u64) {
+        let mut inner = self.inner.lock().expect("tail buffer lock");
+        if let Some(r) = &mut inner.reader {
+            *r = (*r).max(offset);
+        }
+        inner.evict(self.capacity);
+        drop(inner);
+        self.consumed.notify_waiters();
+    }
+
+    /// The held buffer's reader is gone: the buffer drops its oldest rows again.
+    pub fn release(&self) {
+        let mut inner = self.inner.lock().expect("tail buffer lock");
+        inner.reader = None;
+        inner.evict(self.capacity);
+        drop(inner);
+        self.consumed.notify_waiters();
     }
 
     /// Bytes of rows held.
@@ -128,6 +189,30 @@ mod tests {
         b.append(vec!["x".repeat(1000)]);
         assert_eq!(b.read(0, 10), (6, vec![]));
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_held_buffer_keeps_unread_rows_and_says_when_it_has_room() {
+        let b = std::sync::Arc::new(TailBuffer::held(2 * (1 + ROW_OVERHEAD)));
+        b.append((0..5).map(|i| i.to_string()).collect());
+        assert_eq!(b.read(0, 10).1.len(), 5, "nothing unread is dropped");
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.room().await })
+        };
+        b.consume(2);
+        assert_eq!(b.read(0, 10).0, 2, "consumed rows go when over the bound");
+        assert!(
+            !waiting.is_finished(),
+            "three unread rows are over the bound"
+        );
+        b.consume(4);
+        waiting.await.unwrap();
+        assert_eq!(b.read(0, 10), (3, vec!["3".into(), "4".into()]));
+        b.append(vec!["5".into(), "6".into()]);
+        b.release();
+        assert_eq!(b.read(0, 10), (5, vec!["5".into(), "6".into()]));
+        b.room().await;
     }
 
     #[tokio::test]

@@ -52,10 +52,10 @@ pub enum WorkerError {
     Dataflow(#[from] DataflowError),
 }
 
-/// How long the daemon has to answer a CommitRequest.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Asks the daemon whether this generation may still commit.
+/// Asks the daemon whether this generation may still commit. The daemon answers in order,
+/// after the rows sent before the request, so the answer waits as long as a slow reader of
+/// the rows makes it (no timeout: a daemon that goes away ends the command stream, and the
+/// worker with it).
 struct DaemonGate {
     events: mpsc::Sender<WorkerEvent>,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
@@ -72,7 +72,7 @@ impl CommitGate for DaemonGate {
         if self.events.send(request).await.is_err() {
             return false;
         }
-        matches!(tokio::time::timeout(COMMIT_TIMEOUT, rx).await, Ok(Ok(true)))
+        matches!(rx.await, Ok(true))
     }
 }
 
@@ -124,7 +124,8 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             socket: socket.clone(),
             source,
         })?;
-    let mut client = WorkerControlClient::new(channel);
+    let mut client = WorkerControlClient::new(channel)
+        .max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES);
     let (events, events_rx) = mpsc::channel::<WorkerEvent>(16);
     events
         .send(event(worker_event::Event::Hello(arroyod_proto::Hello {
@@ -150,8 +151,8 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
 
     // Failure messages never carry the values of secret options.
-    let hidden = crate::secrets::secrets_of(&start.query);
-    let failed = |message: String| {
+    let hidden = Arc::new(crate::secrets::secrets_of(&start.query));
+    let failed = move |message: String| {
         event(worker_event::Event::Failed(arroyod_proto::Failed {
             message: crate::secrets::redact(&message, &hidden),
         }))
@@ -209,11 +210,23 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         .await?;
     let forward = {
         let events = events.clone();
+        let failed = failed.clone();
         let forwarding = async move {
-            while let Some(json) = preview_rx.recv().await {
-                let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
-                if events.send(rows).await.is_err() {
-                    break;
+            while let Some(rows) = preview_rx.recv().await {
+                let messages = match rows_messages(rows) {
+                    Ok(messages) => messages,
+                    Err(too_large) => {
+                        // Dropping the receiver ends the job too (its sink's reader is gone);
+                        // the daemon keeps this first, clearer failure.
+                        let _ = events.send(failed(too_large.to_string())).await;
+                        break;
+                    }
+                };
+                for json in messages {
+                    let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
+                    if events.send(rows).await.is_err() {
+                        return;
+                    }
                 }
             }
         };
@@ -270,6 +283,46 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     finish(events, commands).await
 }
 
+/// A row of the default sink too large for any message to the daemon.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a row of the default sink is {bytes} bytes, more than the {limit} bytes a message to the daemon may carry; write rows this large to a file sink instead"
+)]
+struct RowTooLarge {
+    bytes: usize,
+    limit: usize,
+}
+
+/// Splits rows into the rows of `Rows` messages: at most [`arroyod_proto::ROWS_MESSAGE_BYTES`]
+/// each, a larger row alone, and none over [`arroyod_proto::MAX_MESSAGE_BYTES`].
+fn rows_messages(rows: Vec<String>) -> Result<Vec<Vec<String>>, RowTooLarge> {
+    use arroyod_proto::{MAX_MESSAGE_BYTES, ROW_FRAMING_BYTES, ROWS_MESSAGE_BYTES};
+    // The message's own framing and the event around it.
+    let limit = MAX_MESSAGE_BYTES - 64;
+    let mut messages = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let cost = row.len() + ROW_FRAMING_BYTES;
+        if cost > limit {
+            return Err(RowTooLarge {
+                bytes: row.len(),
+                limit: limit - ROW_FRAMING_BYTES,
+            });
+        }
+        if !current.is_empty() && bytes + cost > ROWS_MESSAGE_BYTES {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += cost;
+        current.push(row);
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    Ok(messages)
+}
+
 fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {
     event(worker_event::Event::CheckpointCompleted(
         arroyod_proto::CheckpointCompleted {
@@ -302,15 +355,42 @@ fn checkpointing(
     })
 }
 
-/// Closes the report stream and waits (briefly) for the daemon to close its side.
+/// Closes the report stream and waits for the daemon to close its side: it does once it has
+/// read every report, which takes as long as its reader of the rows makes it. Exiting sooner
+/// would lose the reports still in flight.
 async fn finish(
     events: mpsc::Sender<WorkerEvent>,
     mut commands: tonic::Streaming<arroyod_proto::WorkerCommand>,
 ) -> Result<(), WorkerError> {
     drop(events);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Ok(Some(_)) = commands.message().await {}
-    })
-    .await;
+    while let Ok(Some(_)) = commands.message().await {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_split_into_messages_under_the_limit_and_a_huge_row_is_refused() {
+        let row = "x".repeat(300_000);
+        let messages = rows_messages(vec![row.clone(); 10]).unwrap();
+        assert_eq!(
+            messages.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
+        let big = "y".repeat(5 << 20);
+        let messages = rows_messages(vec![row.clone(), big, row]).unwrap();
+        assert_eq!(
+            messages.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
+        assert!(rows_messages(vec![]).unwrap().is_empty());
+        let e = rows_messages(vec!["z".repeat(arroyod_proto::MAX_MESSAGE_BYTES)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("write rows this large to a file sink"),
+            "{e}"
+        );
+    }
 }

@@ -13,7 +13,11 @@
 //!   into its open transaction; its checkpoint is not taken yet;
 //! - `kafka_sink_before_commit`: its checkpoint's MANIFEST is written, its transaction not
 //!   committed;
-//! - `kafka_sink_after_commit`: the transaction is committed, the sink has not returned.
+//! - `kafka_sink_after_commit`: the transaction is committed, the sink has not returned;
+//! - `checkpoint_state_written`: a checkpoint's state files are written, its MANIFEST not;
+//! - `checkpoint_manifest_written`: the MANIFEST is written, old epochs not yet collected;
+//! - `checkpoint_completed`: the checkpoint completed, the daemon has not recorded it;
+//! - `sink_committed`: a filesystem sink renamed a checkpoint's files to their final names.
 
 /// Arms the crash points named in `FAILPOINTS` for the life of the process; a no-op
 /// without the `failpoints` feature.

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::dataflow::{self, CheckpointConfig, RunHandle};
-use crate::storage::{CheckpointStore, StorageError};
+use crate::storage::{CheckpointStore, Manifest, Passed, Restorable, StorageError};
 use crate::task::JobContext;
 
 pub use crate::dataflow::{
@@ -72,18 +72,8 @@ pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowE
                 source,
             };
             let store = CheckpointStore::open(&c.state).map_err(failed)?;
-            let restore = store.latest().await.map_err(failed)?;
-            let found = restore.as_ref().map_or(0, |m| m.epoch);
-            if found < c.expected_epoch {
-                return Err(DataflowError::Missing {
-                    expected: c.expected_epoch,
-                    location: store.display().to_string(),
-                    held: match found {
-                        0 => "no complete checkpoint".to_string(),
-                        n => format!("only checkpoints up to {n}"),
-                    },
-                });
-            }
+            let found = store.newest_valid().await.map_err(failed)?;
+            let restore = choose_restore(&store, found, c.expected_epoch, &query.program)?;
             Some(CheckpointConfig {
                 store: Arc::new(store),
                 interval: c.interval,
@@ -99,6 +89,79 @@ pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowE
     });
     let handle = dataflow::run(&query.program, spec.parallelism, context, checkpoints).await?;
     Ok(Job { handle })
+}
+
+/// The checkpoint to restore out of what `store` holds: the newest valid one. Falling back
+/// past a corrupt checkpoint (one with a valid MANIFEST whose file fails its check, or one the
+/// metadata says completed that is no checkpoint now) is allowed only when every sink of
+/// `program` rewinds, and is said in a WARN naming both. Epochs newer than `expected_epoch`
+/// without a MANIFEST are interrupted checkpoints, passed over silently.
+fn choose_restore(
+    store: &CheckpointStore,
+    found: Restorable,
+    expected_epoch: u64,
+    program: &crate::dataflow::Program,
+) -> Result<Option<Manifest>, DataflowError> {
+    let location = store.display().to_string();
+    let corrupt: Vec<&Passed> = found
+        .passed
+        .iter()
+        .filter(|p| p.complete || p.epoch <= expected_epoch)
+        .collect();
+    let epoch = found.manifest.as_ref().map_or(0, |m| m.epoch);
+    let Some(newest_corrupt) = corrupt.first() else {
+        if epoch < expected_epoch {
+            return Err(DataflowError::Missing {
+                expected: expected_epoch,
+                location,
+                held: match epoch {
+                    0 => "no complete checkpoint".to_string(),
+                    n => format!("only checkpoints up to {n}"),
+                },
+            });
+        }
+        return Ok(found.manifest);
+    };
+    let described = corrupt
+        .iter()
+        .map(|p| {
+            format!(
+                "checkpoint {} under {location} is corrupt: {}",
+                p.epoch, p.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let refuse = |why: String| DataflowError::NoFallback {
+        corrupt: described.clone(),
+        why,
+    };
+    if newest_corrupt.epoch < expected_epoch {
+        // The one the metadata knows is not even there.
+        return Err(DataflowError::Missing {
+            expected: expected_epoch,
+            location,
+            held: format!("only checkpoints up to {}", newest_corrupt.epoch),
+        });
+    }
+    let Some(manifest) = found.manifest else {
+        return Err(refuse(
+            "no older valid checkpoint remains to restore instead".to_string(),
+        ));
+    };
+    let committing = program.committing_sinks();
+    if !committing.is_empty() {
+        return Err(refuse(format!(
+            "the older checkpoint {epoch} is valid, but {} committed output past it, which restoring it would repeat; restore a backup of the state, or start afresh",
+            committing.join(", ")
+        )));
+    }
+    warn!(
+        corrupt = %described,
+        restored = epoch,
+        "falling back to the newest valid checkpoint, {epoch}: every sink rewinds to it"
+    );
+    Ok(Some(manifest))
 }
 
 impl Job {

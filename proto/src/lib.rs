@@ -16,4 +16,16 @@ mod generated {
 
 pub use generated::*;
 
+/// The largest gRPC message the daemon, its workers and `arroyoctl` decode (tonic's default is
+/// 4 MiB). A row of a pipeline's default sink travels in one message (a worker's `Rows`, a
+/// `TailRow`), so this bounds a row: a worker fails its pipeline on a larger one.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+
+/// At most this many bytes of rows go in one `Rows` message (a single larger row goes alone,
+/// up to [`MAX_MESSAGE_BYTES`]).
+pub const ROWS_MESSAGE_BYTES: usize = 1 << 20;
+
+/// What a row costs in a `Rows` message beside its text: the field's tag and length.
+pub const ROW_FRAMING_BYTES: usize = 6;
+
 pub mod socket;

@@ -234,7 +234,11 @@ impl Controller {
     /// Starts the task of a pipeline and registers it.
     fn start_task(&self, row: &PipelineRow, machine: Machine) -> Pipeline {
         let (tx, rx) = mpsc::channel(INBOX);
-        let tail = Arc::new(TailBuffer::new(self.ctx.settings.tail_buffer_bytes));
+        let bytes = self.ctx.settings.tail_buffer_bytes;
+        let tail = Arc::new(match self.ctx.settings.tail_held {
+            true => TailBuffer::held(bytes),
+            false => TailBuffer::new(bytes),
+        });
         if machine.state.is_terminal() {
             tail.close();
         }

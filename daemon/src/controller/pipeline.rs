@@ -128,7 +128,7 @@ impl PipelineTask {
                     // The controller let go: dropping the child kills a worker left.
                     None => break,
                 },
-                report = next_report(&mut self.reports), if self.reports.is_some() => Some(report),
+                report = next_report(&mut self.reports, &self.tail), if self.reports.is_some() => Some(report),
                 (generation, status) = wait_child(&mut self.child), if self.child.is_some() => {
                     self.child = None;
                     let status = match status {
@@ -412,11 +412,13 @@ fn make_view(
     }
 }
 
-/// The next event of the attached worker's report stream.
-async fn next_report(reports: &mut Option<(u64, ReportStream)>) -> Event {
+/// The next event of the attached worker's report stream, once the tail buffer has room for
+/// its rows (a held buffer's reader sets the pace: the worker waits on the stream meanwhile).
+async fn next_report(reports: &mut Option<(u64, ReportStream)>, tail: &TailBuffer) -> Event {
     let Some((generation, stream)) = reports.as_mut() else {
         return std::future::pending().await;
     };
+    tail.room().await;
     let generation = *generation;
     match stream.next().await {
         Some(Ok(report)) => Event::Reported { generation, report },

@@ -36,6 +36,33 @@ use crate::task::{
 const CHUNK: usize = 4 << 20;
 /// Rows per batch.
 pub(super) const BATCH_ROWS: usize = 8192;
+/// Bad lines `bad_data = 'drop'` warns about one by one; the rest are counted.
+const DROP_WARNINGS: u64 = 10;
+
+/// A UTF-8 byte order mark, skipped at the start of a file.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Where the rows of a batch came from: the lines of `part`, whose first is line
+/// `first_line`, the batch starting at its `row_base`-th non-blank line.
+struct Origin<'a> {
+    part: &'a [u8],
+    first_line: u64,
+    row_base: usize,
+}
+
+impl Origin<'_> {
+    /// The line number of row `row` of the batch.
+    fn line_of(&self, row: usize) -> Option<u64> {
+        let (index, _) = self
+            .part
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .nth(self.row_base + row)?;
+        Some(self.first_line + index as u64)
+    }
+}
+
 /// How far the default watermark trails the newest event time.
 const DEFAULT_DELAY: i64 = 1_000_000_000;
 
@@ -291,7 +318,12 @@ impl LineReader {
                     }
                     BadData::Drop => {
                         self.dropped += 1;
-                        warn!(at = %at, error = %e, "dropped a bad record");
+                        if self.dropped <= DROP_WARNINGS {
+                            warn!(at = %at, error = %e, "dropped a bad record");
+                        }
+                        if self.dropped == DROP_WARNINGS {
+                            warn!(source = %self.path, "further bad records are dropped without a warning each; their count is logged at the end");
+                        }
                     }
                 },
             }
@@ -394,6 +426,7 @@ impl LineReader {
         &mut self,
         stored: RecordBatch,
         mut retract: Option<BooleanArray>,
+        origin: Option<Origin<'_>>,
     ) -> Result<Option<(RecordBatch, Option<i64>)>, TaskError> {
         let mut batch = self.with_generated(stored)?;
         let mut times = self.event_times(&batch)?;
@@ -404,8 +437,10 @@ impl LineReader {
                 .field(self.rows.event_time.field.unwrap_or_default())
                 .name();
             if self.rows.bad_data == BadData::Fail {
+                let first_null = (0..times.len()).find(|i| times.is_null(*i));
+                let line = origin.zip(first_null).and_then(|(o, row)| o.line_of(row));
                 return Err(self.bad_data(
-                    None,
+                    line,
                     format!("a row has no event time (column '{field}' is null)"),
                 ));
             }
@@ -467,7 +502,7 @@ impl LineReader {
         first_line: u64,
     ) -> Result<(), TaskError> {
         let batches = self.decode(part, first_line)?;
-        self.emit_batches(ctx, batches).await
+        self.emit_batches(ctx, batches, Some((part, first_line))).await
     }
 
     /// Decodes whole messages (each one record: a JSON object, or a text for `raw_string`)
@@ -480,7 +515,7 @@ impl LineReader {
     ) -> Result<(), TaskError> {
         let batches = self.decode_messages(messages)?;
         self.position.lines += messages.len() as u64;
-        self.emit_batches(ctx, batches).await
+        self.emit_batches(ctx, batches, None).await
     }
 
     /// The watermark a source whose event time is the arrival time may emit while no data
@@ -491,21 +526,36 @@ impl LineReader {
         (spec.field.is_none() && spec.watermark.is_none()).then(|| now_nanos() - DEFAULT_DELAY)
     }
 
+    /// Emits decoded batches; `lines` is the part they were decoded from and the number of
+    /// its first line, when they came from lines (to name the line of a row at fault).
     async fn emit_batches(
         &mut self,
         ctx: &mut SourceContext,
         batches: Vec<RecordBatch>,
+        lines: Option<(&[u8], u64)>,
     ) -> Result<(), TaskError> {
+        let mut row_base = 0;
         for batch in batches {
-            let (batch, retract) = match self.rows.format {
+            let rows = batch.num_rows();
+            let (batch, retract, origin) = match self.rows.format {
                 LineFormat::Debezium => {
                     let (b, r) = debezium::changes(&batch, &self.rows.stored)
                         .map_err(|e| self.bad_data(None, format!("Debezium changes: {e}")))?;
-                    (b, Some(r))
+                    (b, Some(r), None)
                 }
-                _ => (batch, None),
+                // Under `fail` every non-blank line is a row, in order.
+                _ => (
+                    batch,
+                    None,
+                    lines.map(|(part, first_line)| Origin {
+                        part,
+                        first_line,
+                        row_base,
+                    }),
+                ),
             };
-            if let Some((batch, watermark)) = self.finish_batch(batch, retract)? {
+            row_base += rows;
+            if let Some((batch, watermark)) = self.finish_batch(batch, retract, origin)? {
                 ctx.collect(batch).await?;
                 if let Some(w) = watermark {
                     ctx.watermark(w).await?;
@@ -521,7 +571,7 @@ impl LineReader {
         ctx: &mut SourceContext,
         batch: RecordBatch,
     ) -> Result<(), TaskError> {
-        if let Some((batch, watermark)) = self.finish_batch(batch, None)? {
+        if let Some((batch, watermark)) = self.finish_batch(batch, None, None)? {
             ctx.collect(batch).await?;
             if let Some(w) = watermark {
                 ctx.watermark(w).await?;
@@ -618,6 +668,11 @@ impl LineReader {
                 .map_err(|e| self.fail(StorageError::io("reading", &path)(e)))?;
             pending.truncate(start + n);
             eof = n == 0;
+            // A byte order mark opens the file, not its first line.
+            if self.position.offset == 0 && start == 0 && pending.starts_with(BOM) {
+                pending.drain(..BOM.len());
+                self.position.offset += BOM.len() as u64;
+            }
         }
         self.position.done = true;
         if self.dropped > 0 {

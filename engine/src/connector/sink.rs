@@ -47,6 +47,12 @@ impl SinkFactory {
 }
 
 impl OperatorFactory for SinkFactory {
+    /// `single_file` truncates its file to the restored checkpoint's length; the others are
+    /// at-least-once.
+    fn rewinds(&self) -> bool {
+        true
+    }
+
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         let target = match &self.config {
             ConnectorConfig::Stdout { .. } => Target::Stdout,

@@ -285,6 +285,8 @@ impl Coordinator {
         );
         let _ = self.completed.send((epoch, last));
         let _ = self.published.send(Some(done));
+        // Completed, not yet reported to the daemon (which records it in its database).
+        crate::failpoint::crash_point!("checkpoint_completed");
         Ok(())
     }
 }

@@ -37,6 +37,14 @@ pub enum DataflowError {
         /// What there is instead (`no complete checkpoint`, `only checkpoints up to 7`).
         held: String,
     },
+    /// The newest checkpoint is corrupt and the restore may not fall back to an older one
+    /// (there is none, or a sink committed output past it).
+    #[error("{corrupt}; {why}")]
+    NoFallback {
+        /// Which checkpoints are corrupt, and how.
+        corrupt: String,
+        why: String,
+    },
     /// A checkpoint's topology could not be written or read back.
     #[error("checkpoint {epoch}: its topology")]
     Topology {
@@ -62,9 +70,9 @@ impl DataflowError {
         match self {
             DataflowError::Task(e) => e.kind(),
             DataflowError::Checkpoint { source, .. } => source.kind(),
-            DataflowError::Incompatible { .. } | DataflowError::Missing { .. } => {
-                ErrorKind::User(UserFault::Storage)
-            }
+            DataflowError::Incompatible { .. }
+            | DataflowError::Missing { .. }
+            | DataflowError::NoFallback { .. } => ErrorKind::User(UserFault::Storage),
             DataflowError::Fenced { .. } => ErrorKind::Superseded,
             DataflowError::Panic(_)
             | DataflowError::Topology { .. }

@@ -99,6 +99,22 @@ pub fn node_id(kind: &str, definition: &str, inputs: &[&str]) -> String {
 }
 
 impl Program {
+    /// The labels of the sinks (nodes without outputs) that commit output for good at each
+    /// checkpoint ([`OperatorFactory::rewinds`] false): a restore may not fall back past a
+    /// checkpoint they committed.
+    pub fn committing_sinks(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.edges.iter().any(|e| e.from == *i))
+            .filter(|(_, n)| match &n.kind {
+                NodeKind::Operator(f) => !f.rewinds(),
+                NodeKind::Source(_) => false,
+            })
+            .map(|(_, n)| n.label.as_str())
+            .collect()
+    }
+
     /// Adds a node with id `id` (made unique: see rule 4) and returns its index.
     pub fn add_node(&mut self, label: impl Into<String>, id: String, kind: NodeKind) -> usize {
         self.nodes.push(Node {

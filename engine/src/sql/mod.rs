@@ -36,7 +36,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::connector::{ConnectorError, ConnectorTable, Options};
 use crate::dataflow::Program;
@@ -86,6 +86,22 @@ pub struct PlannedQuery {
     /// Options of its tables that read files, load code or run commands on the worker's
     /// host ([`ConnectorTable::host_access`]): for the daemon's access policy.
     pub host_access: Vec<crate::connector::HostAccess>,
+}
+
+/// How deep expressions and queries may nest (parentheses, CASE, function calls, subqueries):
+/// deeper is refused where the parser gave up, so that planning never exhausts its stack.
+/// Flat chains (`a OR b OR ...`, `x + y + ...`) are not nesting: they parse iteratively, of
+/// any length the planner's stack allows (10,000 terms and more).
+pub const MAX_NESTING: usize = 256;
+
+/// sqlparser's recursion budget: a level of nesting costs it one to three units.
+const PARSER_RECURSION: usize = 3 * MAX_NESTING;
+
+/// A parser over `tokens` with the recursion budget of [`MAX_NESTING`].
+fn new_parser(dialect: &GenericDialect, tokens: Vec<TokenWithSpan>) -> Parser<'_> {
+    Parser::new(dialect)
+        .with_recursion_limit(PARSER_RECURSION)
+        .with_tokens_with_locations(tokens)
 }
 
 fn parser_options() -> ParserOptions {
@@ -144,10 +160,12 @@ fn plan_statement(
     builder: &mut rewrite::Builder,
     prints: &mut Vec<String>,
 ) -> Result<(), SqlError> {
-    let mut parser = Parser::new(dialect).with_tokens_with_locations(raw.tokens.clone());
-    let stmt = parser
-        .parse_statement()
-        .map_err(|e| parser_error(e, raw.start))?;
+    let mut parser = new_parser(dialect, raw.tokens.clone());
+    let stmt = parser.parse_statement().map_err(|e| match e {
+        // Where the parser gave up: the nesting too deep.
+        ParserError::RecursionLimitExceeded => parser_error(e, parser.peek_token().span.start),
+        e => parser_error(e, raw.start),
+    })?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
         return Err(SqlError::at(
@@ -163,8 +181,7 @@ fn plan_statement(
         for w in &raw.watermarks {
             // The expression as parsed and printed back, like the rest of the statement.
             let expr = w.expr.as_ref().map(|tokens| {
-                Parser::new(dialect)
-                    .with_tokens_with_locations(tokens.clone())
+                new_parser(dialect, tokens.clone())
                     .parse_expr()
                     .map(|e| e.to_string())
                     .unwrap_or_else(|_| {
@@ -571,7 +588,7 @@ fn apply_watermark(
             datafusion::logical_expr::col(datafusion::common::Column::from_name(&clause.column))
         }
         Some(tokens) => {
-            let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens.clone());
+            let mut parser = new_parser(dialect, tokens.clone());
             let ast = parser
                 .parse_expr()
                 .map_err(|e| parser_error(e, clause.start))?;
@@ -593,7 +610,9 @@ fn apply_watermark(
 fn parser_error(e: ParserError, fallback: Location) -> SqlError {
     let text = match e {
         ParserError::ParserError(s) | ParserError::TokenizerError(s) => s,
-        ParserError::RecursionLimitExceeded => "the query nests too deeply".to_string(),
+        ParserError::RecursionLimitExceeded => format!(
+            "the query nests more than {MAX_NESTING} levels deep here (parentheses, CASE, function calls or subqueries)"
+        ),
     };
     if let Some(pos) = text.rfind(" at Line: ") {
         let rest = &text[pos + " at Line: ".len()..];

@@ -65,6 +65,9 @@ pub fn split(sql: &str, dialect: &dyn Dialect) -> Result<Vec<RawStatement>, SqlE
         if matches!(&t.token, Token::Placeholder(p) if p == "?") {
             t.token = Token::Question;
         }
+        if let Token::Number(text, _) = &t.token {
+            check_number(text, t.span.start)?;
+        }
         match t.token {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
@@ -80,6 +83,24 @@ pub fn split(sql: &str, dialect: &dyn Dialect) -> Result<Vec<RawStatement>, SqlE
     }
     push_statement(&mut statements, current);
     Ok(statements)
+}
+
+/// Refuses a numeric literal no numeric type holds (DataFusion would make it an infinite
+/// float: every row null or wrong).
+fn check_number(text: &str, at: Location) -> Result<(), SqlError> {
+    // Spellings Rust does not parse (`1_000`) are the parser's to judge.
+    if !text.parse::<f64>().is_ok_and(f64::is_infinite) {
+        return Ok(());
+    }
+    let shown: String = text.chars().take(20).collect();
+    let more = if text.len() > shown.len() { "..." } else { "" };
+    Err(SqlError::at(
+        format!(
+            "the number {shown}{more} ({} characters) is out of range of every numeric type",
+            text.len()
+        ),
+        at,
+    ))
 }
 
 fn push_statement(out: &mut Vec<RawStatement>, tokens: Vec<TokenWithSpan>) {

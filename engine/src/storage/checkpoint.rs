@@ -124,6 +124,26 @@ impl Manifest {
     }
 }
 
+/// What [`CheckpointStore::newest_valid`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restorable {
+    /// The newest checkpoint whose files all check out.
+    pub manifest: Option<Manifest>,
+    /// The newer epochs passed over, newest first.
+    pub passed: Vec<Passed>,
+}
+
+/// An epoch passed over when looking for the checkpoint to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    pub epoch: u64,
+    /// Why it cannot be restored.
+    pub reason: String,
+    /// It has a valid MANIFEST (so it completed, and is corrupt since); false: it has none
+    /// (an interrupted checkpoint, or a MANIFEST damaged since).
+    pub complete: bool,
+}
+
 /// The checkpoints of one pipeline.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
@@ -173,10 +193,10 @@ impl CheckpointStore {
         Ok(out)
     }
 
-    /// Makes a local write durable: fsyncs the file and its directory.
+    /// Makes a local write durable and private: the file 0600, fsynced with its directory.
     async fn sync(&self, path: &Path) -> Result<(), StorageError> {
         match self.location.local_path(path) {
-            Some(file) => durable::sync(file, 1).await,
+            Some(file) => durable::sync_private(file, 1).await,
             None => Ok(()),
         }
     }
@@ -207,6 +227,13 @@ impl CheckpointStore {
         epoch: u64,
         files: Vec<(String, Vec<u8>)>,
     ) -> Result<Manifest, StorageError> {
+        // A local epoch's directory is 0700 before any file is in it.
+        if let Some(dir) = self
+            .location
+            .local_path(&self.dir.clone().join(epoch_dir(epoch)))
+        {
+            durable::create_private_dir(dir).await?;
+        }
         let mut entries = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             entries.push(FileEntry {
@@ -226,12 +253,14 @@ impl CheckpointStore {
             epoch,
             files: entries,
         };
+        crate::failpoint::crash_point!("checkpoint_state_written");
         let path = self.path(epoch, MANIFEST);
         self.store
             .put(&path, manifest.to_text().into_bytes().into())
             .await
             .map_err(self.failed("writing", &path))?;
         self.sync(&path).await?;
+        crate::failpoint::crash_point!("checkpoint_manifest_written");
         self.collect_garbage(epoch).await?;
         Ok(manifest)
     }
@@ -254,14 +283,21 @@ impl CheckpointStore {
     /// The MANIFEST of `epoch` if it is a complete checkpoint: the MANIFEST parses and every
     /// file it lists exists with the listed length.
     async fn complete(&self, epoch: u64) -> Result<Option<Manifest>, StorageError> {
+        Ok(self.check(epoch).await?.ok())
+    }
+
+    /// The MANIFEST of `epoch` if it is a complete checkpoint, or why it is not.
+    async fn check(&self, epoch: u64) -> Result<Result<Manifest, String>, StorageError> {
         let path = self.path(epoch, MANIFEST);
         let text = match self.store.get(&path).await {
             Ok(got) => got.bytes().await.map_err(self.failed("reading", &path))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Err("it has no MANIFEST".into()));
+            }
             Err(e) => return Err(self.failed("reading", &path)(e)),
         };
         let manifest = match std::str::from_utf8(&text).ok().and_then(Manifest::parse) {
-            None => return Ok(None),
+            None => return Ok(Err("its MANIFEST does not parse".into())),
             Some(Parsed::Manifest(m)) => m,
             Some(Parsed::Newer(format)) => {
                 return Err(StorageError::NewerFormat {
@@ -272,7 +308,7 @@ impl CheckpointStore {
             }
         };
         if manifest.epoch != epoch {
-            return Ok(None);
+            return Ok(Err(format!("its MANIFEST is of epoch {}", manifest.epoch)));
         }
         let listed: Vec<object_store::ObjectMeta> = self
             .store
@@ -280,13 +316,65 @@ impl CheckpointStore {
             .try_collect()
             .await
             .map_err(self.failed("listing", &self.dir))?;
-        let complete = manifest.files.iter().all(|f| {
+        let missing = manifest.files.iter().find(|f| {
             let want = self.path(epoch, &f.name);
-            listed
+            !listed
                 .iter()
                 .any(|o| o.location == want && o.size == f.length)
         });
-        Ok(complete.then_some(manifest))
+        Ok(match missing {
+            None => Ok(manifest),
+            Some(f) => Err(format!(
+                "its file {} is missing or not {} bytes long",
+                f.name, f.length
+            )),
+        })
+    }
+
+    /// The newest checkpoint whose every file checks out (length and checksum), and the newer
+    /// epochs passed over on the way, with why: what a restore falls back over. Reads every
+    /// file of the epochs it checks.
+    pub async fn newest_valid(&self) -> Result<Restorable, StorageError> {
+        let mut passed = Vec::new();
+        for epoch in self.epochs().await? {
+            let manifest = match self.check(epoch).await? {
+                Ok(m) => m,
+                Err(reason) => {
+                    passed.push(Passed {
+                        epoch,
+                        reason,
+                        complete: false,
+                    });
+                    continue;
+                }
+            };
+            match self.verify(&manifest).await {
+                Ok(()) => {
+                    return Ok(Restorable {
+                        manifest: Some(manifest),
+                        passed,
+                    });
+                }
+                Err(e @ StorageError::Corrupt { .. }) => passed.push(Passed {
+                    epoch,
+                    reason: e.to_string(),
+                    complete: true,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Restorable {
+            manifest: None,
+            passed,
+        })
+    }
+
+    /// Reads every file of `manifest`, checking its length and checksum.
+    pub async fn verify(&self, manifest: &Manifest) -> Result<(), StorageError> {
+        for f in &manifest.files {
+            self.read(manifest, &f.name).await?;
+        }
+        Ok(())
     }
 
     /// The newest complete checkpoint, if any.

@@ -11,10 +11,16 @@
 //! A file written in place (appended to, cut back, created empty) is fsynced with
 //! [`sync_path`], and so is the directory that holds a new name ([`create`]).
 //!
+//! Private files: a staged file, and what [`sync_private`] syncs (checkpoints), is readable
+//! by its owner only (0600) whatever the umask, and [`private_dir`] makes a directory 0700
+//! before anything is written in it, so no other user can open a file there even for the
+//! moment before its mode is set.
+//!
 //! These functions block: callers on the runtime go through `spawn_blocking` (see [`sync`]).
 
-use std::fs::File;
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::StorageError;
@@ -41,7 +47,14 @@ pub fn stage(dest: &Path, bytes: &[u8]) -> std::io::Result<Staged> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = parent(dest).join(format!(".{name}.tmp"));
-    let mut file = File::create(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // An old temp file keeps its mode: set it.
+    file.set_permissions(Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(Staged {
@@ -79,6 +92,19 @@ pub fn sync_path(path: &Path, dirs: usize) -> std::io::Result<()> {
         dir = d.parent();
     }
     Ok(())
+}
+
+/// Creates `dir` and any missing parent with mode 0700 and makes `dir` itself 0700 if it
+/// existed already.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(0o700))
+}
+
+/// Makes `path` readable and writable by its owner only, then [`sync_path`]s it.
+pub fn sync_private_path(path: &Path, dirs: usize) -> std::io::Result<()> {
+    std::fs::set_permissions(path, Permissions::from_mode(0o600))?;
+    sync_path(path, dirs)
 }
 
 fn parent_or_self(dir: &Path) -> &Path {
@@ -121,10 +147,29 @@ pub fn flush(writer: &mut std::io::BufWriter<File>) -> std::io::Result<()> {
 
 /// [`sync_path`] on a blocking thread, for callers on the runtime.
 pub async fn sync(path: PathBuf, dirs: usize) -> Result<(), StorageError> {
+    blocking("syncing", path, move |p| sync_path(p, dirs)).await
+}
+
+/// [`sync_private_path`] on a blocking thread, for callers on the runtime.
+pub async fn sync_private(path: PathBuf, dirs: usize) -> Result<(), StorageError> {
+    blocking("syncing", path, move |p| sync_private_path(p, dirs)).await
+}
+
+/// [`private_dir`] on a blocking thread, for callers on the runtime.
+pub async fn create_private_dir(dir: PathBuf) -> Result<(), StorageError> {
+    blocking("creating the directory", dir, private_dir).await
+}
+
+/// Runs `f` on `path` on a blocking thread; its error names `what` and the path.
+async fn blocking(
+    what: &'static str,
+    path: PathBuf,
+    f: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+) -> Result<(), StorageError> {
     let shown = path.clone();
-    tokio::task::spawn_blocking(move || sync_path(&path, dirs))
+    tokio::task::spawn_blocking(move || f(&path))
         .await?
-        .map_err(StorageError::io("syncing", shown.display()))
+        .map_err(StorageError::io(what, shown.display()))
 }
 
 #[cfg(test)]
@@ -144,6 +189,26 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"again");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "a temp file was left behind");
+    }
+
+    #[test]
+    fn staged_and_private_files_are_the_owners_only_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dest = dir.path().join("db");
+        std::fs::write(&dest, b"old").unwrap();
+        std::fs::set_permissions(&dest, Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&dest, b"new").unwrap();
+        assert_eq!(mode(&dest), 0o600);
+        let private = dir.path().join("a/b");
+        private_dir(&private).unwrap();
+        assert_eq!(mode(&private), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        let file = private.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        sync_private_path(&file, 1).unwrap();
+        assert_eq!(mode(&file), 0o600);
     }
 
     #[test]

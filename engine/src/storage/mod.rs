@@ -20,6 +20,8 @@ pub mod durable;
 mod error;
 mod location;
 
-pub use checkpoint::{CheckpointStore, FORMAT, FileEntry, KEEP, MANIFEST, Manifest};
+pub use checkpoint::{
+    CheckpointStore, FORMAT, FileEntry, KEEP, MANIFEST, Manifest, Passed, Restorable,
+};
 pub use error::StorageError;
 pub use location::{Location, Scheme};

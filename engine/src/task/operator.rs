@@ -16,6 +16,15 @@ use super::state::{RestoredState, TaskState};
 /// Builds one operator instance per subtask.
 pub trait OperatorFactory: Send + Sync {
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError>;
+
+    /// For a sink (a node without outputs): whether a restore from a checkpoint older than the
+    /// newest keeps its delivery promise, because it rewinds its output to what that checkpoint
+    /// recorded or promises only at-least-once. False, the safe default, for a sink that
+    /// commits output for good at each checkpoint: a restore then falls back past no
+    /// checkpoint.
+    fn rewinds(&self) -> bool {
+        false
+    }
 }
 
 /// One subtask's operator.

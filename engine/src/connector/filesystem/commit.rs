@@ -178,6 +178,7 @@ impl Staging {
             }
         }
         if !files.is_empty() {
+            crate::failpoint::crash_point!("sink_committed");
             info!(node = %self.node, subtask = self.subtask, files = files.len(), "files committed");
         }
         Ok(())
