@@ -9,6 +9,11 @@
 //! 4. Before writing a checkpoint's MANIFEST it asks the daemon (CommitRequest → Commit): only
 //!    the current generation may commit; then it reports the completed checkpoint.
 //! 5. It reports Finished, Stopped or Failed and exits.
+//!
+//! With a memory limit, a watch task samples the process's resident memory every
+//! [`MEMORY_SAMPLE`]: over the limit, the worker reports Failed (saying so) and exits, before
+//! the kernel's OOM killer picks a process (possibly the daemon). An address-space limit
+//! (`RLIMIT_AS`) well above the limit stops a runaway allocation between two samples.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +59,58 @@ pub enum WorkerError {
 
 /// How long the daemon has to answer a CommitRequest.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the resident memory is compared with the memory limit.
+const MEMORY_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The process's resident memory in bytes, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Caps the address space at a multiple of `limit`: a backstop for an allocation that
+/// outruns the resident-memory watch (virtual reservations of threads and allocator arenas
+/// need the headroom).
+fn limit_address_space(limit: u64) {
+    let cap = limit.saturating_mul(4).saturating_add(4 << 30);
+    let rlimit = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads the struct we pass and changes only this process's limits.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "setting the address-space limit failed");
+    }
+}
+
+/// Watches the resident memory; over `limit`, reports Failed and exits.
+async fn watch_memory(limit: u64, events: mpsc::Sender<WorkerEvent>) {
+    let mut ticks = tokio::time::interval(MEMORY_SAMPLE);
+    loop {
+        ticks.tick().await;
+        let Some(rss) = resident_bytes() else {
+            continue;
+        };
+        if rss > limit {
+            let message = format!(
+                "the worker went over its memory limit of {} (resident {}): raise it with `arroyoctl update --memory-limit`, or lower the state (a shorter TTL, fewer keys, smaller windows)",
+                bytesize::ByteSize(limit),
+                bytesize::ByteSize(rss)
+            );
+            warn!(limit, rss, "memory limit exceeded; failing the pipeline");
+            let failed = event(worker_event::Event::Failed(arroyod_proto::Failed {
+                message,
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(2), events.send(failed)).await;
+            // Let the report go out before the process ends.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Asks the daemon whether this generation may still commit.
 struct DaemonGate {
@@ -147,6 +204,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         }
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
+    let _memory = (start.memory_limit_bytes > 0).then(|| {
+        limit_address_space(start.memory_limit_bytes);
+        let watch = watch_memory(start.memory_limit_bytes, events.clone());
+        AbortOnDrop(tokio::spawn(watch.instrument(info_span!("memory_watch"))))
+    });
 
     // Failure messages never carry the values of secret options.
     let hidden = crate::secrets::secrets_of(&start.query);
@@ -214,14 +276,19 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events
         .send(event(worker_event::Event::Running(
-            arroyod_proto::Running {},
+            arroyod_proto::Running {
+                restored_epoch: handle.restored().unwrap_or(0),
+            },
         )))
         .await?;
     let forward = {
         let events = events.clone();
         let forwarding = async move {
             while let Some(json) = preview_rx.recv().await {
-                let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
+                let rows = event(worker_event::Event::Rows(arroyod_proto::Rows {
+                    json,
+                    sink: String::new(),
+                }));
                 if events.send(rows).await.is_err() {
                     break;
                 }
@@ -290,6 +357,15 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events.send(event(last)).await?;
     finish(events, commands).await
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {

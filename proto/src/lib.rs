@@ -6,7 +6,8 @@
 //!
 //! [`socket`] is the one definition of where the daemon's socket lives when nothing names it,
 //! shared by `arroyod` (which listens there) and `arroyoctl` (which connects there) so that the
-//! two find each other without flags. It needs nothing but `std`.
+//! two find each other without flags. It needs nothing but `std`. [`diagnostic`] is the one
+//! format of an error at a place in a query file, which both print.
 #![forbid(unsafe_code)]
 
 #[allow(clippy::all, missing_docs)]
@@ -16,4 +17,5 @@ mod generated {
 
 pub use generated::*;
 
+pub mod diagnostic;
 pub mod socket;
