@@ -25,10 +25,9 @@
 //! damaged it falls back to the newest older one that passes `PRAGMA integrity_check`.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::Arc;
 
-use crate::engine::{Location, LocationError as ConnectorError, error_chain, fnv1a64};
+use crate::engine::{Location, LocationError as ConnectorError, durable, error_chain, fnv1a64};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -213,7 +212,9 @@ impl Backup {
             url: url.to_string(),
             source,
         })?;
-        let store = location.store().map_err(BackupError::Setup)?;
+        let store = location
+            .store()
+            .map_err(|e| BackupError::Setup(error_chain(&e)))?;
         let dir = location.prefix().clone().join(SNAPSHOTS);
         Ok(Backup {
             location,
@@ -446,11 +447,7 @@ fn write_database(dest: &std::path::Path, bytes: &[u8]) -> Result<(), BackupErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "arroyod.db".into());
-    let tmp = dir.join(format!(".{file_name}.restoring"));
-    let mut file = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    file.write_all(bytes).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    drop(file);
+    let staged = durable::stage(dest, bytes).map_err(io("writing a copy beside", dest))?;
     for suffix in ["-wal", "-shm"] {
         let stale = dir.join(format!("{file_name}{suffix}"));
         match std::fs::remove_file(&stale) {
@@ -460,10 +457,7 @@ fn write_database(dest: &std::path::Path, bytes: &[u8]) -> Result<(), BackupErro
             _ => {}
         }
     }
-    std::fs::rename(&tmp, dest).map_err(io("renaming into", dest))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", &dir))
+    staged.commit().map_err(io("renaming into", dest))
 }
 
 async fn remove_if_exists(path: &std::path::Path) -> Result<(), BackupError> {

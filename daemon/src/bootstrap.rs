@@ -22,7 +22,7 @@
 //! snapshot, close the store, then stop serving.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -145,13 +145,9 @@ impl DataDirLock {
                 holder: who,
             });
         }
-        let write_pid = |file: &mut File| {
-            file.set_len(0)?;
-            file.rewind()?;
-            writeln!(file, "{}", std::process::id())?;
-            file.sync_all()
-        };
-        write_pid(&mut file).map_err(io("writing", &path))?;
+        let pid = format!("{}\n", std::process::id());
+        crate::engine::durable::overwrite(&mut file, pid.as_bytes())
+            .map_err(io("writing", &path))?;
         Ok(DataDirLock { _file: file })
     }
 }

@@ -11,14 +11,17 @@ use object_store::ObjectStore;
 
 use crate::secrets;
 
-pub use arroyod_engine::checkpoint::{CheckpointError, CheckpointStore, fnv1a64};
-pub use arroyod_engine::connector::{ConnectorError as LocationError, JobContext, Location};
-pub use arroyod_engine::dataflow::{
-    self, CheckpointConfig, CommitGate, CompletedCheckpoint, DataflowError, RunOutcome,
-    StopMode as EngineStop,
-};
 pub use arroyod_engine::error_chain;
+pub use arroyod_engine::job::{
+    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec,
+    Outcome as RunOutcome, StopMode as EngineStop,
+};
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
+pub use arroyod_engine::storage::checksum::fnv1a64;
+pub use arroyod_engine::storage::{
+    CheckpointStore, Location, StorageError as CheckpointError, StorageError as LocationError,
+    durable,
+};
 
 /// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing), once
 /// its `{{ VAR }}`s are substituted from this process's environment. Errors never show the
@@ -121,7 +124,7 @@ impl StorageUrl {
         {
             return Ok(vec![]);
         }
-        let store = location.store().map_err(&failed)?;
+        let store = location.store().map_err(|e| failed(error_chain(&e)))?;
         let listed = match store.list_with_delimiter(Some(location.prefix())).await {
             Ok(listed) => listed,
             Err(object_store::Error::NotFound { .. }) => return Ok(vec![]),
@@ -180,7 +183,7 @@ pub async fn remove_state(url: &str) -> Result<(), StateRootError> {
     }
     let location =
         Location::parse(location.as_str(), vec![]).map_err(|e| failed(error_chain(&e)))?;
-    let store = location.store().map_err(&failed)?;
+    let store = location.store().map_err(|e| failed(error_chain(&e)))?;
     let objects: Vec<object_store::ObjectMeta> = store
         .list(Some(location.prefix()))
         .try_collect()
@@ -198,8 +201,7 @@ pub async fn remove_state(url: &str) -> Result<(), StateRootError> {
 /// The epochs whose complete checkpoints are still under `state_url` (garbage collection
 /// keeps the newest few), newest first.
 pub async fn retained_epochs(state_url: &str) -> Result<Vec<u64>, CheckpointError> {
-    let store = CheckpointStore::open(state_url)?;
-    Ok(store.list().await?.iter().map(|m| m.epoch).collect())
+    job::checkpoints(state_url).await
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{
-    CheckpointConfig, CheckpointError, CheckpointStore, CommitGate, CompletedCheckpoint,
-    DataflowError, EngineStop, JobContext, RunOutcome, dataflow, error_chain,
+    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec, RunOutcome,
+    error_chain, job,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -230,25 +230,13 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         }
     };
     let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
-    let job = Arc::new(JobContext {
-        preview: Some(preview_tx),
-    });
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();
-    let checkpoints = match checkpointing(&start, &events, &pending).await {
-        Ok(c) => c,
-        Err(message) => {
-            events.send(failed(message)).await?;
-            return finish(events, commands).await;
-        }
+    let spec = JobSpec {
+        parallelism: start.parallelism as usize,
+        checkpointing: checkpointing(&start, &events, &pending),
+        preview: Some(preview_tx),
     };
-    let handle = match dataflow::run(
-        &planned.program,
-        start.parallelism as usize,
-        job,
-        checkpoints,
-    )
-    .await
-    {
+    let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,
         Err(e) => {
             events.send(failed(error_chain(&e))).await?;
@@ -296,7 +284,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         };
         tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
-    let stop = handle.stop_sender();
+    let stop = handle.stopper();
     let mut wait = std::pin::pin!(handle.wait());
     let outcome = loop {
         tokio::select! {
@@ -310,19 +298,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                     };
                     info!(pipeline = %pipeline_id, ?mode, "stop requested");
                     // A stop never weakens one under way (a checkpoint stop may escalate).
-                    stop.send_if_modified(|current| {
-                        let stronger = match (*current, mode) {
-                            (None, _) => true,
-                            (Some(EngineStop::Immediate), _) => false,
-                            (_, EngineStop::Immediate) => true,
-                            (Some(EngineStop::Checkpoint), EngineStop::Graceful) => true,
-                            _ => false,
-                        };
-                        if stronger {
-                            *current = Some(mode);
-                        }
-                        stronger
-                    });
+                    stop.request(mode);
                 }
                 Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Commit(c)) })) => {
                     if let Some(tx) = pending.lock().expect("pending lock").remove(&c.epoch) {
@@ -378,43 +354,26 @@ fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {
     ))
 }
 
-/// The checkpointing of this run: the store under the pipeline's state URL, its newest
-/// checkpoint to restore, and the daemon as commit gate.
-async fn checkpointing(
+/// The checkpointing of this run: under the pipeline's state URL (the job restores its newest
+/// checkpoint, and refuses to start over when the metadata says a newer one completed), with
+/// the daemon as commit gate.
+fn checkpointing(
     start: &arroyod_proto::Start,
     events: &mpsc::Sender<WorkerEvent>,
     pending: &Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
-) -> Result<Option<CheckpointConfig>, String> {
+) -> Option<Checkpointing> {
     if start.state_url.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let failed =
-        |e: CheckpointError| format!("checkpoints at {}: {}", start.state_url, error_chain(&e));
-    let store = CheckpointStore::open(&start.state_url).map_err(failed)?;
-    let restore = store.latest().await.map_err(failed)?;
-    // The metadata says this epoch completed: starting from an older one (or from nothing)
-    // would silently repeat or lose what the sinks committed since.
-    let found = restore.as_ref().map_or(0, |m| m.epoch);
-    if found < start.expected_epoch {
-        let held = match found {
-            0 => "no complete checkpoint".to_string(),
-            n => format!("only checkpoints up to {n}"),
-        };
-        return Err(format!(
-            "checkpoint {} completed (the metadata says so), but {} holds {held}: refusing to start over. Was the state moved or deleted?",
-            start.expected_epoch,
-            store.display()
-        ));
-    }
-    Ok(Some(CheckpointConfig {
-        store: Arc::new(store),
+    Some(Checkpointing {
+        state: start.state_url.clone(),
         interval: Duration::from_millis(start.checkpoint_interval_ms.max(1)),
-        restore,
         gate: Some(Arc::new(DaemonGate {
             events: events.clone(),
             pending: pending.clone(),
         })),
-    }))
+        expected_epoch: start.expected_epoch,
+    })
 }
 
 /// Closes the report stream and waits (briefly) for the daemon to close its side.

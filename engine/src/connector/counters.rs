@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataflow::DataflowError;
-use crate::state::{RestoredState, TaskState};
+use crate::task::TaskError;
+use crate::task::{RestoredState, TaskState};
 
 /// The counters a run at one parallelism emitted: counter `c` iff
 /// `c / parallelism < next[c % parallelism]`.
@@ -71,7 +71,7 @@ impl CounterState {
     }
 
     /// The position as this subtask's state.
-    pub fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    pub fn snapshot(&self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         state.put_json(POSITION, self)?;
         Ok(state)
@@ -82,7 +82,7 @@ impl CounterState {
         state: &RestoredState,
         subtask: u64,
         parallelism: u64,
-    ) -> Result<Option<CounterState>, DataflowError> {
+    ) -> Result<Option<CounterState>, TaskError> {
         let old: Vec<CounterState> = state.json(POSITION)?.into_iter().flatten().collect();
         let Some(first) = old.first() else {
             return Ok(None);

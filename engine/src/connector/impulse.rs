@@ -7,22 +7,21 @@
 //! parallelism.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, TimestampNanosecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{
-    ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, timestamp_type,
-    with_timestamp,
+use super::{ConnectorError, Options, now_nanos};
+use crate::task::{
+    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
+    timestamp_type, with_timestamp,
 };
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
-use crate::state::{RestoredState, TaskState};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -79,7 +78,7 @@ impl ImpulseFactory {
 }
 
 impl SourceFactory for ImpulseFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         Ok(Box::new(Impulse {
             config: self.config.clone(),
             projection: self.projection.clone(),
@@ -96,13 +95,6 @@ struct Impulse {
     /// Where it is: the next counter, and (with `event_time_interval`) the event time of
     /// counter 0, set at the first start.
     pos: CounterState,
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 impl Impulse {
@@ -123,7 +115,7 @@ impl Impulse {
             .collect()
     }
 
-    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, DataflowError> {
+    fn batch(&self, first: u64, rows: u64, start_time: i64) -> Result<RecordBatch, ArrowError> {
         let counters = self.counters(first, rows);
         let rows = counters.len() as u64;
         let times: Vec<i64> = match self.config.event_time_interval {
@@ -141,16 +133,13 @@ impl Impulse {
         ];
         let mut columns: Vec<ArrayRef> = self.projection.iter().map(|&i| all[i].clone()).collect();
         columns.push(times);
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| DataflowError::Connector {
-            node: "impulse".into(),
-            message: e.to_string(),
-        })
+        RecordBatch::try_new(self.schema.clone(), columns)
     }
 }
 
 #[async_trait]
 impl Source for Impulse {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         let rate = self.config.event_rate / self.pos.parallelism as f64;
         let total = self.own_count();
         let start = Instant::now();
@@ -180,7 +169,9 @@ impl Source for Impulse {
                 }
                 continue;
             }
-            let batch = self.batch(self.pos.next, rows, start_time)?;
+            let batch = self
+                .batch(self.pos.next, rows, start_time)
+                .map_err(TaskError::batch(&ctx.info().node))?;
             self.pos.next += rows;
             produced += rows;
             if batch.num_rows() == 0 {
@@ -197,11 +188,11 @@ impl Source for Impulse {
         }
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         self.pos.snapshot()
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
             self.pos = pos;
         }

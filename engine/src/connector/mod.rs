@@ -2,8 +2,9 @@
 //! `CREATE TABLE ... WITH (...)`.
 //!
 //! Planning turns a table's options into a [`ConnectorTable`] (every option must be used by
-//! the connector, or planning fails naming it); running asks it for a [`SourceFactory`] or a
-//! sink [`OperatorFactory`]. Connectors never block the runtime for long: writes are buffered
+//! the connector, or planning fails naming it); running asks it for a
+//! [`SourceFactory`](crate::task::SourceFactory) or a sink
+//! [`OperatorFactory`](crate::task::OperatorFactory). Connectors never block the runtime for long: writes are buffered
 //! and flushed at the end of input.
 
 mod counters;
@@ -11,26 +12,22 @@ pub(crate) mod debezium;
 mod file;
 mod filesystem;
 mod impulse;
+mod lines;
 mod nexmark;
 mod options;
+mod run;
 mod sink;
 
-pub use filesystem::Location;
-pub use options::{Options, parse_duration};
-pub use sink::{JobContext, PREVIEW_SINK};
+pub use options::{Options, ValueError, parse_data_size, parse_duration};
+pub use run::RunError;
+pub use sink::PREVIEW_SINK;
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::record_batch::RecordBatch;
-use tokio::sync::watch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 
-use crate::TIMESTAMP_FIELD;
-use crate::dataflow::checkpointing::{Link, Report};
-use crate::dataflow::{Barrier, Collector, DataflowError, Message, StopMode, Watermark};
-use crate::operator::{OperatorFactory, TaskInfo};
-use crate::state::{RestoredState, TaskState};
+use crate::task::{OperatorFactory, SourceFactory};
 
 /// Errors in a table's definition, found while planning.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +51,14 @@ pub enum ConnectorError {
     /// The table is used the wrong way round (reading from a sink, writing to a source).
     #[error("{0}")]
     Usage(String),
+}
+
+/// The wall clock as an event time: nanoseconds since the Unix epoch.
+pub(crate) fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
 }
 
 /// Connectors this engine knows.
@@ -357,224 +362,5 @@ impl ConnectorTable {
             )));
         }
         Ok(Arc::new(sink::SinkFactory::new(self, updating, debezium)))
-    }
-}
-
-/// Name of the hidden retraction flag of an updating stream (true: the row is withdrawn).
-pub const RETRACT_FIELD: &str = "_retract";
-
-/// `schema` with the hidden columns of an updating stream appended: the retraction flag, then
-/// the event time.
-pub fn with_updating(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(RETRACT_FIELD, DataType::Boolean, false));
-    fields.push(Field::new(TIMESTAMP_FIELD, timestamp_type(), false));
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
-/// The data type of the hidden event-time column.
-pub fn timestamp_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, None)
-}
-
-/// `schema` with the hidden event-time column appended.
-pub fn with_timestamp(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(TIMESTAMP_FIELD, timestamp_type(), false));
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
-/// How a source ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceEnd {
-    /// All its data was read (a bounded source): the final watermark follows.
-    Finished,
-    /// It was asked to stop.
-    Stopped,
-    /// It stopped at a checkpoint ([`SourceContext::checkpoint`] returned true): its barrier
-    /// was the last thing it sent.
-    Checkpointed,
-}
-
-/// Builds one source instance per subtask.
-pub trait SourceFactory: Send + Sync {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError>;
-}
-
-/// One subtask of a source.
-///
-/// A source keeps its position (offsets, counters, the files done) in itself, and between two
-/// batches asks [`SourceContext::barrier_due`]; when a barrier is due it passes
-/// [`Source::snapshot`] to [`SourceContext::checkpoint`], which sends the barrier.
-#[async_trait]
-pub trait Source: Send {
-    /// Reads until the input ends or a stop is requested.
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError>;
-
-    /// Its position: exactly what it has emitted so far.
-    fn snapshot(&self) -> Result<TaskState, DataflowError>;
-
-    /// Called before [`Source::run`] when the run restores a checkpoint: continue after what
-    /// the old subtasks (every one of them: the parallelism may differ) had emitted.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError>;
-}
-
-/// What a source subtask can do: emit batches and watermarks, inject checkpoint barriers, and
-/// learn it should stop.
-pub struct SourceContext {
-    info: TaskInfo,
-    out: Collector,
-    stop: watch::Receiver<Option<StopMode>>,
-    trigger: watch::Receiver<Option<Barrier>>,
-    link: Option<Link>,
-    /// The epoch of the last barrier sent.
-    injected: u64,
-    watermark: Option<i64>,
-}
-
-impl SourceContext {
-    pub(crate) fn new(
-        info: TaskInfo,
-        out: Collector,
-        stop: watch::Receiver<Option<StopMode>>,
-        trigger: watch::Receiver<Option<Barrier>>,
-        link: Option<Link>,
-        watermark: Option<i64>,
-    ) -> Self {
-        SourceContext {
-            info,
-            out,
-            stop,
-            trigger,
-            link,
-            injected: 0,
-            watermark,
-        }
-    }
-
-    pub fn info(&self) -> &TaskInfo {
-        &self.info
-    }
-
-    pub(crate) fn collector(&mut self) -> &mut Collector {
-        &mut self.out
-    }
-
-    /// Sends a batch (columns then the event-time column) downstream.
-    pub async fn collect(&mut self, batch: RecordBatch) -> Result<(), DataflowError> {
-        self.out.collect(batch).await
-    }
-
-    /// Advances the watermark to `t` (ignored unless it moves forward).
-    pub async fn watermark(&mut self, t: i64) -> Result<(), DataflowError> {
-        if self.watermark.is_some_and(|w| w >= t) {
-            return Ok(());
-        }
-        self.watermark = Some(t);
-        self.out
-            .broadcast(Message::Watermark(Watermark::EventTime(t)))
-            .await
-    }
-
-    /// Tells downstream this subtask has no data for now (a subtask with nothing to read).
-    pub async fn idle(&mut self) -> Result<(), DataflowError> {
-        self.out
-            .broadcast(Message::Watermark(Watermark::Idle))
-            .await
-    }
-
-    /// True once a stop without checkpoint was requested (graceful or immediate; also a
-    /// checkpoint stop in a run without checkpointing).
-    pub fn should_stop(&self) -> bool {
-        match *self.stop.borrow() {
-            None => false,
-            Some(StopMode::Checkpoint) => self.link.is_none(),
-            Some(_) => true,
-        }
-    }
-
-    /// True when a checkpoint barrier is waiting to be sent.
-    pub fn barrier_due(&self) -> bool {
-        self.link.is_some()
-            && self
-                .trigger
-                .borrow()
-                .is_some_and(|b| b.epoch > self.injected)
-    }
-
-    /// Reports `state` (the source's position after everything it sent) for the due
-    /// checkpoint and sends its barrier. True when the run stops at this checkpoint: the
-    /// source must then return [`SourceEnd::Checkpointed`] without sending anything more.
-    pub async fn checkpoint(&mut self, state: TaskState) -> Result<bool, DataflowError> {
-        let (Some(barrier), Some(link)) = (*self.trigger.borrow(), self.link.as_ref()) else {
-            return Ok(false);
-        };
-        self.injected = barrier.epoch;
-        let files = link.files(state, self.watermark)?;
-        link.report(Report::Snapshot {
-            task: link.task,
-            epoch: barrier.epoch,
-            files,
-        });
-        self.out.broadcast(Message::Barrier(barrier)).await?;
-        Ok(barrier.stop)
-    }
-
-    /// Sends the due barrier if there is one: `Some(end)` when the source must return `end`.
-    pub async fn checkpoint_if_due(
-        &mut self,
-        snapshot: impl FnOnce() -> Result<TaskState, DataflowError>,
-    ) -> Result<Option<SourceEnd>, DataflowError> {
-        if !self.barrier_due() {
-            return Ok(None);
-        }
-        Ok(self
-            .checkpoint(snapshot()?)
-            .await?
-            .then_some(SourceEnd::Checkpointed))
-    }
-
-    /// The source ended: its final state stands for it in later checkpoints.
-    pub(crate) fn ended(&mut self, state: TaskState, complete: bool) -> Result<(), DataflowError> {
-        if let Some(link) = &self.link {
-            let watermark = if complete {
-                Some(i64::MAX)
-            } else {
-                self.watermark
-            };
-            let files = link.files(state, watermark)?;
-            link.report(Report::Ended {
-                task: link.task,
-                files,
-                complete,
-            });
-        }
-        Ok(())
-    }
-
-    /// Resolves when a stop is requested or a checkpoint barrier is due (at once if so):
-    /// a source waiting for time or data selects on this, then checks both.
-    pub async fn stopped(&mut self) {
-        if self.should_stop() || self.barrier_due() {
-            return;
-        }
-        let checkpointing = self.link.is_some();
-        let stop = self.stop.wait_for(|s| match s {
-            None => false,
-            Some(StopMode::Checkpoint) => !checkpointing,
-            Some(_) => true,
-        });
-        if !checkpointing {
-            let _ = stop.await;
-            return;
-        }
-        let injected = self.injected;
-        let barrier = self
-            .trigger
-            .wait_for(|b| b.is_some_and(|b| b.epoch > injected));
-        tokio::select! {
-            _ = stop => {}
-            _ = barrier => {}
-        }
     }
 }

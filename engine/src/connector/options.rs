@@ -84,10 +84,10 @@ impl Options {
                     Ok(micros) => Ok(Duration::from_micros(micros)),
                     Err(_) => parse_duration(&v),
                 };
-                parsed.map_err(|reason| ConnectorError::InvalidOption {
+                parsed.map_err(|e| ConnectorError::InvalidOption {
                     option: key.to_string(),
                     value: v.clone(),
-                    reason,
+                    reason: e.to_string(),
                 })
             })
             .transpose()
@@ -103,8 +103,31 @@ impl Options {
     }
 }
 
+/// A value that does not parse as what an option (or a setting) wants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a number followed by a time unit.
+    #[error("'{0}' is not a duration such as '10s' or '500ms'")]
+    NotADuration(String),
+    /// A number followed by a unit that is no time unit.
+    #[error("unknown time unit '{unit}' in '{text}'")]
+    TimeUnit { unit: String, text: String },
+    /// A duration below zero or beyond what can be represented.
+    #[error("'{0}' is not a valid duration")]
+    BadDuration(String),
+    /// Not a whole number followed by a size unit.
+    #[error("'{0}' is not a data size such as '128MB'")]
+    NotASize(String),
+    /// A number followed by a unit that is no size unit.
+    #[error("unknown data size unit '{unit}' in '{text}'")]
+    SizeUnit { unit: String, text: String },
+    /// A size beyond 64 bits.
+    #[error("'{0}' is too large")]
+    TooLarge(String),
+}
+
 /// Parses a duration such as `10s`, `1.5 seconds`, `250ms`, `2 minutes`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -112,7 +135,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = t.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as '10s' or '500ms'"))?;
+        .map_err(|_| ValueError::NotADuration(text.to_string()))?;
     let seconds = match unit.trim().to_ascii_lowercase().as_str() {
         "ns" | "nanosecond" | "nanoseconds" => 1e-9,
         "us" | "µs" | "microsecond" | "microseconds" => 1e-6,
@@ -121,13 +144,45 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
         "h" | "hour" | "hours" => 3600.0,
         "d" | "day" | "days" => 86400.0,
-        other => return Err(format!("unknown time unit '{other}' in '{text}'")),
+        other => {
+            return Err(ValueError::TimeUnit {
+                unit: other.to_string(),
+                text: text.to_string(),
+            });
+        }
     };
     let total = number * seconds;
     if !total.is_finite() || total < 0.0 {
-        return Err(format!("'{text}' is not a valid duration"));
+        return Err(ValueError::BadDuration(text.to_string()));
     }
     Ok(Duration::from_secs_f64(total))
+}
+
+/// Parses a data size: a whole number with an optional unit (`b`, `k`/`kb`/`kib`, `m`..., `g`,
+/// `t`; powers of 1024), as `'128MB'`.
+pub fn parse_data_size(text: &str) -> Result<u64, ValueError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| ValueError::NotASize(text.to_string()))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(ValueError::SizeUnit {
+                unit: other.to_string(),
+                text: text.to_string(),
+            });
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| ValueError::TooLarge(text.to_string()))
 }
 
 #[cfg(test)]
@@ -142,6 +197,16 @@ mod tests {
         assert_eq!(parse_duration("2 minutes"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn data_sizes_parse() {
+        assert_eq!(parse_data_size("100"), Ok(100));
+        assert_eq!(parse_data_size("5MB"), Ok(5 << 20));
+        assert_eq!(parse_data_size("2 gib"), Ok(2 << 30));
+        assert_eq!(parse_data_size("1k"), Ok(1024));
+        assert!(parse_data_size("1.5MB").is_err());
+        assert!(parse_data_size("5 parsecs").is_err());
     }
 
     #[test]

@@ -12,24 +12,19 @@ use async_trait::async_trait;
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use tokio::sync::mpsc;
 
-use super::{ConnectorConfig, ConnectorTable};
-use crate::dataflow::{Collector, DataflowError};
-use crate::operator::{Operator, OperatorFactory, TaskInfo};
-use crate::state::{RestoredState, TaskState};
+use super::{ConnectorConfig, ConnectorTable, RunError};
+use crate::storage::StorageError;
+use crate::storage::durable;
+use crate::task::{Collector, TaskError};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, TaskState};
+use datafusion::error::DataFusionError;
 
 /// Name of the default sink a bare SELECT writes to.
 pub const PREVIEW_SINK: &str = "preview";
-
-/// What a run gets from the process that embeds the engine.
-#[derive(Debug, Clone, Default)]
-pub struct JobContext {
-    /// Where the default sink sends its rows, as JSON objects in batches. Without it the
-    /// default sink discards its rows.
-    pub preview: Option<mpsc::Sender<Vec<String>>>,
-}
 
 pub struct SinkFactory {
     table: String,
@@ -52,11 +47,7 @@ impl SinkFactory {
 }
 
 impl OperatorFactory for SinkFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
-        let fail = |message: String| DataflowError::Connector {
-            node: info.node.clone(),
-            message,
-        };
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         let target = match &self.config {
             ConnectorConfig::Stdout { .. } => Target::Stdout,
             ConnectorConfig::Blackhole => Target::Blackhole,
@@ -75,7 +66,9 @@ impl OperatorFactory for SinkFactory {
             | ConnectorConfig::FileSource(_)
             | ConnectorConfig::FileSystemSource(_)
             | ConnectorConfig::FileSystemSink(_) => {
-                return Err(fail(format!("table '{}' is not a sink", self.table)));
+                return Err(TaskError::setup(&info.node)(DataFusionError::Internal(
+                    format!("table '{}' is not a sink", self.table),
+                )));
             }
         };
         Ok(Box::new(Sink {
@@ -108,44 +101,34 @@ struct OutputFile {
 const LENGTH: &str = "length";
 
 impl OutputFile {
-    fn writer(&mut self) -> Result<&mut BufWriter<File>, String> {
+    fn writer(&mut self) -> Result<&mut BufWriter<File>, RunError> {
         if self.writer.is_none() {
             let path = &self.path;
             let file = match self.restored {
-                None => {
-                    let file =
-                        File::create(path).map_err(|e| format!("cannot create '{path}': {e}"))?;
-                    // The new file's name must survive a crash as its checkpointed length does.
-                    let dir = std::path::Path::new(path)
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| format!("syncing the directory of '{path}': {e}"))?;
-                    file
-                }
+                // The new file's name must survive a crash as its checkpointed length does.
+                None => durable::create(std::path::Path::new(path))
+                    .map_err(StorageError::io("creating", path))?,
                 Some(length) => {
                     let mut file = std::fs::OpenOptions::new()
                         .write(true)
                         .create(true)
                         .truncate(false)
                         .open(path)
-                        .map_err(|e| format!("cannot open '{path}': {e}"))?;
+                        .map_err(StorageError::io("opening", path))?;
                     let found = file
                         .metadata()
-                        .map_err(|e| format!("cannot open '{path}': {e}"))?
+                        .map_err(StorageError::io("opening", path))?
                         .len();
                     if found < length {
-                        return Err(format!(
-                            "'{path}' has {found} bytes but held {length} at the checkpoint being restored: output was lost or the file was replaced"
-                        ));
+                        return Err(RunError::Lost {
+                            path: path.clone(),
+                            found,
+                            expected: length,
+                        });
                     }
                     // Rows after the checkpoint are written again by this run.
-                    file.set_len(length)
-                        .and_then(|_| file.seek(SeekFrom::Start(length)))
-                        .and_then(|_| file.sync_all())
-                        .map_err(|e| format!("truncating '{path}' to {length} bytes: {e}"))?;
+                    durable::truncate(&mut file, length)
+                        .map_err(StorageError::io("truncating to the checkpoint", path))?;
                     file
                 }
             };
@@ -156,13 +139,9 @@ impl OutputFile {
     }
 
     /// Writes what is buffered and makes it durable; the file's length.
-    fn sync(&mut self) -> Result<u64, String> {
+    fn sync(&mut self) -> Result<u64, RunError> {
         let path = self.path.clone();
-        let writer = self.writer()?;
-        writer
-            .flush()
-            .and_then(|_| writer.get_ref().sync_data())
-            .map_err(|e| format!("flushing '{path}': {e}"))?;
+        durable::flush(self.writer()?).map_err(StorageError::io("flushing", path))?;
         Ok(self.length)
     }
 }
@@ -177,22 +156,19 @@ struct Sink {
 }
 
 impl Sink {
-    fn fail(&self, message: impl Into<String>) -> DataflowError {
-        DataflowError::Connector {
-            node: self.node.clone(),
-            message: message.into(),
-        }
+    fn fail(&self, e: impl Into<RunError>) -> TaskError {
+        TaskError::connector(&self.node, e.into())
     }
 }
 
 /// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines.
-pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, String> {
+pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, RunError> {
     let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(hidden)).collect();
-    let batch = batch.project(&visible).map_err(|e| e.to_string())?;
+    let batch = batch.project(&visible).map_err(RunError::Encode)?;
     let mut buf = Vec::with_capacity(batch.num_rows() * 64);
     let mut writer = LineDelimitedWriter::new(&mut buf);
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
+    writer.write(&batch).map_err(RunError::Encode)?;
+    writer.finish().map_err(RunError::Encode)?;
     drop(writer);
     Ok(buf)
 }
@@ -236,7 +212,7 @@ impl Operator for Sink {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
@@ -245,7 +221,7 @@ impl Operator for Sink {
             let rows = batch
                 .project(&visible)
                 .and_then(|b| super::debezium::timestamps_as_millis(&b))
-                .map_err(|e| self.fail(e.to_string()))?;
+                .map_err(|e| self.fail(RunError::Encode(e)))?;
             encode_json_lines(&rows, 0).map_err(|e| self.fail(e))?
         } else {
             encode_json_lines(&batch, self.hidden).map_err(|e| self.fail(e))?
@@ -257,25 +233,19 @@ impl Operator for Sink {
             Target::Blackhole => Ok(()),
             Target::Stdout => {
                 let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(&lines)
-                    .and_then(|_| stdout.flush())
-                    .map_err(|e| DataflowError::Connector {
-                        node: self.node.clone(),
-                        message: format!("writing to stdout: {e}"),
-                    })
+                let written = stdout.write_all(&lines).and_then(|_| stdout.flush());
+                written.map_err(|e| self.fail(StorageError::io("writing to", "stdout")(e)))
             }
             Target::File(file) => {
-                let path = file.path.clone();
-                let node = self.node.clone();
-                let fail = |message: String| DataflowError::Connector {
-                    node: node.clone(),
-                    message,
+                let written = match file.writer() {
+                    Ok(w) => w
+                        .write_all(&lines)
+                        .map_err(|e| StorageError::io("writing", &file.path)(e).into()),
+                    Err(e) => Err(e),
                 };
-                file.writer()
-                    .map_err(&fail)?
-                    .write_all(&lines)
-                    .map_err(|e| fail(format!("writing '{path}': {e}")))?;
+                if let Err(e) = written {
+                    return Err(TaskError::connector(&self.node, e));
+                }
                 file.length += lines.len() as u64;
                 Ok(())
             }
@@ -286,42 +256,37 @@ impl Operator for Sink {
                     .collect();
                 tx.send(rows)
                     .await
-                    .map_err(|_| self.fail("the default sink's reader went away"))
+                    .map_err(|_| self.fail(RunError::PreviewClosed))
             }
         }
     }
 
-    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), DataflowError> {
+    async fn on_close(&mut self, _out: &mut Collector) -> Result<(), TaskError> {
         if let Target::File(file) = &mut self.target {
-            file.sync().map_err(|e| DataflowError::Connector {
-                node: self.node.clone(),
-                message: e,
-            })?;
+            file.sync()
+                .map_err(|e| TaskError::connector(&self.node, e))?;
         }
         Ok(())
     }
 
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         if let Target::File(file) = &mut self.target {
-            let length = file.sync().map_err(|e| DataflowError::Connector {
-                node: self.node.clone(),
-                message: e,
-            })?;
+            let length = file
+                .sync()
+                .map_err(|e| TaskError::connector(&self.node, e))?;
             state.put_json(LENGTH, &length)?;
         }
         Ok(state)
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Target::File(file) = &mut self.target {
             // One writer per file: at most one old subtask has a length.
             file.restored = state.json::<u64>(LENGTH)?.into_iter().flatten().max();
             if file.restored.is_some() {
-                file.writer().map_err(|e| DataflowError::Connector {
-                    node: self.node.clone(),
-                    message: e,
-                })?;
+                file.writer()
+                    .map_err(|e| TaskError::connector(&self.node, e))?;
             }
         }
         Ok(())
@@ -357,7 +322,7 @@ mod tests {
         // A file shorter than its checkpoint lost output: refused, not padded.
         std::fs::write(&path, b"short").unwrap();
         let err = output(&path, Some(14)).writer().unwrap_err();
-        assert!(err.contains("has 5 bytes but held 14"), "{err}");
+        assert!(err.to_string().contains("has 5 bytes but held 14"), "{err}");
         // A new run starts the file afresh.
         let mut fresh = output(&path, None);
         fresh.writer().unwrap();

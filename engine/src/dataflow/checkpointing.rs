@@ -6,7 +6,7 @@
 //! 1. The coordinator publishes trigger `N` (with `stop` for a stop with a final checkpoint).
 //!    At most one epoch is in flight; a stop waits for the one in flight.
 //! 2. Each source, between two batches, snapshots its offsets, reports them and sends
-//!    [`Barrier`] `N` on every output.
+//!    barrier `N` on every output.
 //! 3. An operator that has received barrier `N` on some inputs holds back what else comes on
 //!    those inputs until all open inputs delivered it (alignment); then it snapshots, reports
 //!    and forwards the barrier. With `stop` it then ends without flushing.
@@ -28,18 +28,11 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::runtime::DataflowError;
-use super::{Program, StopMode};
-use crate::checkpoint::{CheckpointStore, Manifest};
-use crate::state::{RestoredState, TaskState};
-
-/// A barrier: everything before it on an edge belongs to epoch `epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Barrier {
-    pub epoch: u64,
-    /// Stop after this checkpoint (no flush, no end of data).
-    pub stop: bool,
-}
+use super::error::DataflowError;
+use super::layout::{self, File, TopologyNode};
+use crate::storage::{CheckpointStore, Manifest};
+use crate::task::protocol::{Pending, Report, TaskId};
+use crate::task::{Barrier, StopMode};
 
 /// Decides whether this run may still commit an epoch (false: a newer generation of the
 /// pipeline exists).
@@ -71,174 +64,8 @@ pub struct CompletedCheckpoint {
     pub last: bool,
 }
 
-/// The newest completed epoch (0: none), and whether it is the last epoch of the run.
-pub(crate) type Completions = watch::Receiver<(u64, bool)>;
-
-/// A subtask, by node index and subtask index.
-pub(crate) type TaskId = (usize, usize);
-
-/// A checkpoint file: name and bytes.
-pub(crate) type File = (String, Vec<u8>);
-
 /// Subtasks that ended: their final state, and whether they read their input to the end.
 type Ended = BTreeMap<TaskId, (Pending, bool)>;
-
-/// A subtask's snapshot as reported, not yet encoded: the coordinator encodes it off the data
-/// path (batches are shared, so holding them costs no copy).
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    task: TaskId,
-    state: TaskState,
-}
-
-impl Pending {
-    /// The checkpoint files of this subtask: one Arrow IPC file per table.
-    pub fn encode(&self) -> Result<Vec<File>, DataflowError> {
-        let (node, subtask) = self.task;
-        Ok(self
-            .state
-            .encode()?
-            .into_iter()
-            .map(|(table, bytes)| (format!("{node}/{subtask}/{table}"), bytes))
-            .collect())
-    }
-}
-
-/// What subtasks tell the coordinator.
-#[derive(Debug)]
-pub(crate) enum Report {
-    /// The snapshot at barrier `epoch`.
-    Snapshot {
-        task: TaskId,
-        epoch: u64,
-        files: Pending,
-    },
-    /// The subtask ended; its final state. `complete`: a source read its input to the end
-    /// (false for a source that was stopped).
-    Ended {
-        task: TaskId,
-        files: Pending,
-        complete: bool,
-    },
-}
-
-/// What a subtask holds to take part in checkpoints.
-#[derive(Clone)]
-pub(crate) struct Link {
-    pub task: TaskId,
-    pub reports: mpsc::UnboundedSender<Report>,
-    pub completed: Completions,
-}
-
-/// The runtime's own part of a subtask's state.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct RuntimeState {
-    watermark: Option<i64>,
-}
-
-const RUNTIME_TABLE: &str = "_runtime";
-const TOPOLOGY: &str = "topology.json";
-
-/// The shape of the dataflow a checkpoint was taken of.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Topology {
-    /// Per node: label and parallelism.
-    nodes: Vec<(String, usize)>,
-}
-
-impl Link {
-    /// `state` (with the runtime's part) as this subtask's snapshot, to report.
-    pub fn files(
-        &self,
-        mut state: TaskState,
-        watermark: Option<i64>,
-    ) -> Result<Pending, DataflowError> {
-        state.put_json(RUNTIME_TABLE, &RuntimeState { watermark })?;
-        Ok(Pending {
-            task: self.task,
-            state,
-        })
-    }
-
-    pub fn report(&self, report: Report) {
-        // The coordinator only goes away when the run fails or ends.
-        let _ = self.reports.send(report);
-    }
-
-    /// Waits until `epoch` is completed; false if the coordinator ended first.
-    pub async fn wait_completed(&mut self, epoch: u64) -> bool {
-        self.completed.wait_for(|c| c.0 >= epoch).await.is_ok()
-    }
-}
-
-/// Reads the state of every node from checkpoint `manifest`.
-pub(crate) async fn load(
-    store: &CheckpointStore,
-    manifest: &Manifest,
-    program: &Program,
-) -> Result<Vec<RestoredState>, DataflowError> {
-    let failed =
-        |e: crate::checkpoint::CheckpointError| DataflowError::State(crate::error_chain(&e));
-    let topology: Topology =
-        serde_json::from_slice(&store.read(manifest, TOPOLOGY).await.map_err(failed)?)
-            .map_err(|e| DataflowError::State(format!("checkpoint {}: {e}", manifest.epoch)))?;
-    let labels: Vec<&str> = program.nodes.iter().map(|n| n.label.as_str()).collect();
-    let taken: Vec<&str> = topology.nodes.iter().map(|(l, _)| l.as_str()).collect();
-    if labels != taken {
-        return Err(DataflowError::State(format!(
-            "checkpoint {} under {} was taken of another dataflow ({} nodes, this one has {})",
-            manifest.epoch,
-            store.display(),
-            taken.len(),
-            labels.len()
-        )));
-    }
-    let mut restored: Vec<RestoredState> = topology
-        .nodes
-        .iter()
-        .map(|(_, p)| RestoredState {
-            parallelism: *p,
-            subtasks: vec![TaskState::new(); *p],
-            watermark: None,
-            epoch: manifest.epoch,
-        })
-        .collect();
-    for entry in &manifest.files {
-        let mut parts = entry.name.splitn(3, '/');
-        let (Some(node), Some(subtask), Some(table)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let (Ok(node), Ok(subtask)) = (node.parse::<usize>(), subtask.parse::<usize>()) else {
-            continue;
-        };
-        let Some(slot) = restored
-            .get_mut(node)
-            .and_then(|n| n.subtasks.get_mut(subtask))
-        else {
-            return Err(DataflowError::State(format!(
-                "checkpoint {}: file {} names no subtask of the dataflow",
-                manifest.epoch, entry.name
-            )));
-        };
-        let bytes = store.read(manifest, &entry.name).await.map_err(failed)?;
-        slot.decode_into(table, bytes)?;
-    }
-    for node in &mut restored {
-        let marks: Vec<Option<i64>> = node
-            .json::<RuntimeState>(RUNTIME_TABLE)?
-            .into_iter()
-            .map(|s| s.first().and_then(|r| r.watermark))
-            .collect();
-        // The lowest watermark of the old subtasks; none if one had none.
-        node.watermark = if marks.iter().all(Option::is_some) {
-            marks.into_iter().flatten().min()
-        } else {
-            None
-        };
-    }
-    Ok(restored)
-}
 
 /// Checkpoints that may fail in a row (the store unreachable for a while) before the run
 /// fails.
@@ -258,7 +85,8 @@ pub(crate) struct Coordinator {
     /// Every subtask of the run.
     pub tasks: Vec<TaskId>,
     pub sources: Vec<TaskId>,
-    pub topology: Vec<(String, usize)>,
+    /// The nodes, as a checkpoint records them.
+    pub topology: Vec<TopologyNode>,
     pub first_epoch: u64,
     pub reports: mpsc::UnboundedReceiver<Report>,
     pub trigger: watch::Sender<Option<Barrier>>,
@@ -406,40 +234,41 @@ impl Coordinator {
         if let Some(gate) = &self.config.gate
             && !gate.may_commit(epoch).await
         {
-            return Err(Commit::Fenced(DataflowError::State(format!(
-                "checkpoint {epoch} may not be committed: a newer run of this pipeline exists"
-            ))));
+            return Err(Commit::Fenced(DataflowError::Fenced { epoch }));
         }
         let mut files = flight.files;
         for (task, (f, _)) in ended {
             files.entry(*task).or_insert_with(|| f.clone());
         }
+        let ids: Vec<String> = self.topology.iter().map(|n| n.id.clone()).collect();
         // Encoding is CPU work: on a blocking thread, not on the subtasks' runtime threads.
         let encoded = tokio::task::spawn_blocking(move || {
             files
                 .into_values()
-                .map(|p| p.encode())
+                .map(|p| layout::encode(&p, &ids))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?
-        .map_err(Commit::Write)?;
+        .map_err(|e| {
+            Commit::Write(DataflowError::Panic(format!(
+                "encoding checkpoint {epoch}: {e}"
+            )))
+        })?
+        .map_err(|source| Commit::Write(DataflowError::State { epoch, source }))?;
         let mut all: Vec<File> = encoded.into_iter().flatten().collect();
-        let topology = serde_json::to_vec(&Topology {
-            nodes: self.topology.clone(),
-        })
-        .map_err(|e| Commit::Write(DataflowError::State(e.to_string())))?;
-        all.push((TOPOLOGY.to_string(), topology));
+        let topology = layout::topology(&self.topology)
+            .map_err(|source| Commit::Write(DataflowError::Topology { epoch, source }))?;
+        all.push((layout::TOPOLOGY.to_string(), topology));
         let bytes = all.iter().map(|(_, b)| b.len() as u64).sum();
         self.config
             .store
             .write_epoch(epoch, all)
             .await
-            .map_err(|e| {
-                let chain = crate::error_chain(&e);
-                Commit::Write(DataflowError::State(format!(
-                    "writing checkpoint {epoch}: {chain}"
-                )))
+            .map_err(|source| {
+                Commit::Write(DataflowError::Checkpoint {
+                    what: format!("writing checkpoint {epoch}"),
+                    source,
+                })
             })?;
         let done = CompletedCheckpoint {
             epoch,
@@ -466,8 +295,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::connector::JobContext;
-    use crate::dataflow::{RunOutcome, run};
+    use crate::dataflow::{Program, RunOutcome, run};
+    use crate::task::JobContext;
 
     /// Counters the bounded test programs write in all.
     const COUNT: u64 = 4000;
@@ -531,7 +360,7 @@ mod tests {
         done.wait_for(|c| c.is_some_and(|c| c.epoch >= first + epochs))
             .await
             .unwrap();
-        handle.stop(StopMode::Checkpoint);
+        handle.stopper().request(StopMode::Checkpoint);
         assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
     }
 
@@ -597,7 +426,12 @@ mod tests {
             .await
             .expect("the run fails")
             .unwrap_err();
-        let message = err.to_string();
+        // A store that fails is the user's to fix, and the message says which.
+        assert_eq!(
+            err.kind(),
+            crate::task::ErrorKind::User(crate::task::UserFault::Storage)
+        );
+        let message = crate::task::error_chain(&err);
         assert!(message.contains("writing checkpoint"), "{message}");
         assert!(message.contains("checkpoints"), "{message}");
     }
@@ -627,6 +461,7 @@ mod tests {
             .expect("the run fails")
             .unwrap_err();
         assert!(err.to_string().contains("may not be committed"), "{err}");
+        assert_eq!(err.kind(), crate::task::ErrorKind::Superseded);
         assert_eq!(store.latest().await.unwrap(), None);
     }
 
@@ -678,7 +513,7 @@ mod tests {
         done.wait_for(|c| c.is_some_and(|c| c.epoch >= 2))
             .await
             .unwrap();
-        handle.stop(StopMode::Graceful);
+        handle.stopper().request(StopMode::Graceful);
         assert_eq!(handle.wait().await.unwrap(), RunOutcome::Stopped);
         let first = no_duplicates(committed(&files));
         assert!((first.len() as u64) < COUNT, "{} rows", first.len());
@@ -686,5 +521,98 @@ mod tests {
         let latest = store.latest().await.unwrap().expect("a checkpoint");
         run_to_end(&program, 3, config(&store, Some(latest))).await;
         assert_once(&no_duplicates(committed(&files)), COUNT);
+    }
+
+    /// `program(out)`'s query after another one that writes 10 counters into `other`: every
+    /// node of `program(out)` has another index here, and the same id.
+    fn with_another_query_first(out: &std::path::Path, other: &std::path::Path) -> Program {
+        let sql = format!(
+            "CREATE TABLE early WITH (connector = 'impulse', event_rate = '1000', message_count = '10');
+             CREATE TABLE other (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
+             INSERT INTO other SELECT counter FROM early WHERE counter >= 0;
+             CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '5000', message_count = '{COUNT}');
+             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
+             INSERT INTO out SELECT counter FROM impulse;",
+            other.display(),
+            out.display()
+        );
+        crate::sql::plan(&sql).expect("plans").program
+    }
+
+    #[tokio::test]
+    async fn node_ids_stay_when_other_parts_of_the_plan_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, other) = (dir.path().join("out.json"), dir.path().join("other.json"));
+        let alone = program(&out);
+        let after = with_another_query_first(&out, &other);
+        for (i, node) in alone.nodes.iter().enumerate() {
+            let same = after.nodes.iter().position(|n| n.id == node.id);
+            let same = same.unwrap_or_else(|| panic!("{node:?} is not in {after:?}"));
+            assert_ne!(same, i, "{node:?} has the same index");
+        }
+        // A change of the query itself changes the ids from that node down, not above it.
+        let changed = crate::sql::plan(&format!(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '5000', message_count = '{COUNT}');
+             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', path = '{}', type = 'sink');
+             INSERT INTO out SELECT counter + 1 FROM impulse;",
+            out.display()
+        ))
+        .expect("plans")
+        .program;
+        let ids = |p: &Program| p.nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let (before, now) = (ids(&alone), ids(&changed));
+        assert_eq!(before[0], now[0], "the source");
+        assert_ne!(before[1], now[1], "the projection");
+        assert_eq!(before.last(), now.last(), "the sink, by its table's name");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_restores_into_a_plan_with_a_query_added_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, other) = (dir.path().join("out.json"), dir.path().join("other.json"));
+        let store =
+            Arc::new(CheckpointStore::open(dir.path().join("state").to_str().unwrap()).unwrap());
+        run_for(&program(&out), 2, config(&store, None), 2).await;
+        let first = no_duplicates(counters(&out)).len();
+        assert!(first > 0 && (first as u64) < COUNT, "{first} rows");
+        let latest = store.latest().await.unwrap().expect("a checkpoint");
+        let grown = with_another_query_first(&out, &other);
+        run_to_end(&grown, 3, config(&store, Some(latest))).await;
+        assert_once(&no_duplicates(counters(&out)), COUNT);
+        assert_once(&no_duplicates(counters(&other)), 10);
+    }
+
+    #[tokio::test]
+    async fn a_plan_that_drops_a_node_with_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, other) = (dir.path().join("out.json"), dir.path().join("other.json"));
+        let store =
+            Arc::new(CheckpointStore::open(dir.path().join("state").to_str().unwrap()).unwrap());
+        run_for(
+            &with_another_query_first(&out, &other),
+            1,
+            config(&store, None),
+            2,
+        )
+        .await;
+        let latest = store.latest().await.unwrap().expect("a checkpoint");
+        let err = match run(
+            &program(&out),
+            1,
+            Arc::new(JobContext::default()),
+            Some(config(&store, Some(latest))),
+        )
+        .await
+        {
+            Ok(_) => panic!("a checkpoint with the state of a dropped query restored"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, DataflowError::Incompatible { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("this query does not have"), "{message}");
+        assert!(
+            message.contains("source:early") || message.contains("sink:other"),
+            "{message}"
+        );
     }
 }

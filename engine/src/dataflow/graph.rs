@@ -1,13 +1,29 @@
 //! The dataflow graph a query plans to: nodes (sources and operators, sinks being operators
 //! without outputs) and the edges between them.
+//!
+//! Every node has an id that stays the same when other parts of the plan change, so that a
+//! checkpoint's state finds its node again in a new plan (Flink's operator uid, derived):
+//!
+//! 1. a source is `source-<h>` with `h` the hash of its table's name (a table read with
+//!    several column sets: its first scan, in plan order, has the bare name; each further one
+//!    adds its column names);
+//! 2. a sink is `sink-<h>`, `h` the hash of its table's name;
+//! 3. any other node is `<kind>-<h>`, `h` the hash of its own definition (the logical plan
+//!    node it comes from, as DataFusion prints it, or the expressions a transform applies)
+//!    and of the ids of its inputs in order: it changes when the node or anything upstream
+//!    changes, and only then;
+//! 4. a node whose id an earlier node of the plan already has (the same definition over the
+//!    same inputs, twice) gets `-2`, `-3`... after it, in plan order.
+//!
+//! `h` is FNV-1a 64 over the text, in 16 hex digits.
 
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::physical_expr::PhysicalExpr;
 
-use crate::connector::SourceFactory;
-use crate::operator::OperatorFactory;
+use crate::storage::checksum::fnv1a64;
+use crate::task::{OperatorFactory, SourceFactory};
 
 /// A planned query, ready to run at any parallelism.
 #[derive(Debug, Clone, Default)]
@@ -19,6 +35,8 @@ pub struct Program {
 
 #[derive(Clone)]
 pub struct Node {
+    /// Stable identity (see the module's rules): what a checkpoint files its state under.
+    pub id: String,
     /// Human-readable name, used in logs and task names (`source:impulse`, `sink:stdout`).
     pub label: String,
     pub kind: NodeKind,
@@ -29,6 +47,7 @@ pub struct Node {
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node")
+            .field("id", &self.id)
             .field("label", &self.label)
             .field("parallelism", &self.parallelism)
             .finish()
@@ -51,10 +70,9 @@ pub struct Edge {
 
 #[derive(Clone)]
 pub enum EdgeKind {
-    /// Subtask i feeds subtask i; becomes [`EdgeKind::Rebalance`] when the parallelisms differ.
+    /// Subtask i feeds subtask i; when the parallelisms differ, batches go round-robin to
+    /// the downstream subtasks (a rebalance).
     Forward,
-    /// Batches go round-robin to the downstream subtasks.
-    Rebalance,
     /// Rows go to the subtask their key hashes to; the expressions evaluate on the upstream
     /// node's output batches.
     Shuffle(Vec<Arc<dyn PhysicalExpr>>),
@@ -64,21 +82,56 @@ impl fmt::Debug for EdgeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EdgeKind::Forward => f.write_str("Forward"),
-            EdgeKind::Rebalance => f.write_str("Rebalance"),
             EdgeKind::Shuffle(keys) => write!(f, "Shuffle({} keys)", keys.len()),
         }
     }
 }
 
+/// The id of a node of kind `kind` (`source`, `join`...) from its definition and the ids of
+/// its inputs, in order.
+pub fn node_id(kind: &str, definition: &str, inputs: &[&str]) -> String {
+    let mut text = definition.to_string();
+    for input in inputs {
+        text.push_str("\n<- ");
+        text.push_str(input);
+    }
+    format!("{kind}-{:016x}", fnv1a64(text.as_bytes()))
+}
+
 impl Program {
-    /// Adds a node and returns its index.
-    pub fn add_node(&mut self, label: impl Into<String>, kind: NodeKind) -> usize {
+    /// Adds a node with id `id` (made unique: see rule 4) and returns its index.
+    pub fn add_node(&mut self, label: impl Into<String>, id: String, kind: NodeKind) -> usize {
         self.nodes.push(Node {
+            id: String::new(),
             label: label.into(),
             kind,
             parallelism: None,
         });
-        self.nodes.len() - 1
+        let node = self.nodes.len() - 1;
+        self.set_id(node, id);
+        node
+    }
+
+    /// Gives node `node` the id `id`, made unique (see rule 4): for a node added before its
+    /// inputs were known.
+    pub fn set_id(&mut self, node: usize, id: String) {
+        let mut unique = id.clone();
+        let mut n = 1;
+        while self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, other)| i != node && other.id == unique)
+        {
+            n += 1;
+            unique = format!("{id}-{n}");
+        }
+        self.nodes[node].id = unique;
+    }
+
+    /// The id of node `node`.
+    pub fn id(&self, node: usize) -> &str {
+        &self.nodes[node].id
     }
 
     pub fn add_edge(&mut self, from: usize, to: usize, kind: EdgeKind) {
@@ -103,7 +156,12 @@ impl Program {
                 .out_edges(i)
                 .map(|e| format!("{}({:?})", e.to, e.kind))
                 .collect();
-            s.push_str(&format!("{i}: {} -> [{}]\n", n.label, outs.join(", ")));
+            s.push_str(&format!(
+                "{i}: {} ({}) -> [{}]\n",
+                n.label,
+                n.id,
+                outs.join(", ")
+            ));
         }
         s
     }

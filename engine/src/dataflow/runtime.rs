@@ -1,72 +1,51 @@
 //! Runs a [`Program`]: one tokio task per subtask, bounded channels between them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::checkpointing::{
-    self, Barrier, CheckpointConfig, CompletedCheckpoint, Completions, Link, Report,
+use super::checkpointing::{self, CheckpointConfig, CompletedCheckpoint};
+use super::error::DataflowError;
+use super::layout::{self, TopologyNode};
+use super::{EdgeKind, NodeKind, Program};
+use crate::task::protocol::{Completions, Link, Report};
+use crate::task::{
+    Background, Barrier, Collector, JobContext, Message, Operator, RestoredState, Route, Rx,
+    Source, SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
 };
-use super::{EdgeKind, Message, NodeKind, Program, Watermark};
-use crate::connector::{SourceContext, SourceEnd};
-use crate::operator::{Operator, TaskInfo};
 
+/// How long a run that ended waits for what its subtasks left behind.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
 /// Messages a subtask's input channels hold in all before its senders wait.
 const CHANNEL_CAPACITY: usize = 16;
 /// Messages each input slot's channel holds at least.
 const MIN_SLOT_CAPACITY: usize = 2;
 
-/// Errors that end a run.
-#[derive(Debug, thiserror::Error)]
-pub enum DataflowError {
-    /// A connector failed: bad input data, an unreachable file, a failed write.
-    #[error("{node}: {message}")]
-    Connector { node: String, message: String },
-    /// Evaluating an expression failed on a batch.
-    #[error("{node}: evaluating an expression failed")]
-    Expression {
-        node: String,
-        #[source]
-        source: datafusion::error::DataFusionError,
-    },
-    /// Setting up the dataflow failed.
-    #[error("{0}")]
-    Setup(String),
-    /// A subtask panicked: a bug.
-    #[error("subtask {0} panicked")]
-    Panic(String),
-    /// A downstream subtask went away while this one still had data for it.
-    #[error("channel closed")]
-    ChannelClosed,
-    /// Taking, writing or restoring a checkpoint failed.
-    #[error("checkpoint: {0}")]
-    State(String),
-}
+/// Asks a run to stop.
+#[derive(Clone)]
+pub struct Stopper(watch::Sender<Option<StopMode>>);
 
-impl DataflowError {
-    /// Wraps a failed evaluation in node `node`: `.map_err(DataflowError::expression(&label))`.
-    pub fn expression(
-        node: &str,
-    ) -> impl FnOnce(datafusion::error::DataFusionError) -> DataflowError + use<> {
-        let node = node.to_string();
-        move |source| DataflowError::Expression { node, source }
+impl Stopper {
+    /// Asks the run to stop in `mode`, unless a stronger stop is under way (immediate over
+    /// graceful over checkpoint: a stop may escalate, never weaken). True if it took effect.
+    pub fn request(&self, mode: StopMode) -> bool {
+        self.0.send_if_modified(|current| {
+            let stronger = match (*current, mode) {
+                (None, _) => true,
+                (Some(StopMode::Immediate), _) => false,
+                (_, StopMode::Immediate) => true,
+                (Some(StopMode::Checkpoint), StopMode::Graceful) => true,
+                _ => false,
+            };
+            if stronger {
+                *current = Some(mode);
+            }
+            stronger
+        })
     }
-}
-
-/// How a run is asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopMode {
-    /// A final checkpoint, then every subtask stops where it is (nothing is flushed: the run
-    /// restored from that checkpoint goes on as if never stopped). Without checkpointing, as
-    /// [`StopMode::Graceful`].
-    Checkpoint,
-    /// Sources stop reading, everything in flight drains to the sinks; no checkpoint.
-    Graceful,
-    /// Every task is aborted at once; in-flight data is lost (recovered from a checkpoint).
-    Immediate,
 }
 
 /// The outcome of a run: every source reached its end, or a stop was requested.
@@ -80,6 +59,8 @@ pub enum RunOutcome {
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
     tasks: JoinSet<Result<(), DataflowError>>,
+    /// What subtasks left behind (see [`TaskInfo::background`]).
+    background: Background,
     checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
     restored: Option<u64>,
 }
@@ -95,18 +76,29 @@ impl RunHandle {
         self.restored
     }
 
-    /// Asks the run to stop; [`RunHandle::wait`] then returns [`RunOutcome::Stopped`].
-    pub fn stop(&self, mode: StopMode) {
-        let _ = self.stop.send(Some(mode));
+    /// What asks the run to stop, from anywhere; [`RunHandle::wait`] then returns
+    /// [`RunOutcome::Stopped`].
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
     }
 
-    /// A receiver that sees the stop request, for callers that wait elsewhere.
-    pub fn stop_sender(&self) -> watch::Sender<Option<StopMode>> {
-        self.stop.clone()
-    }
-
-    /// Waits for every subtask; the first error aborts the rest and is returned.
+    /// Waits for every subtask; the first error aborts the rest and is returned. Then waits
+    /// (a while) for what the subtasks left behind.
     pub async fn wait(mut self) -> Result<RunOutcome, DataflowError> {
+        let outcome = self.join().await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let left = self.background.wait(BACKGROUND_GRACE).await;
+        if left > 0 {
+            warn!(
+                tasks = left,
+                "tasks the run left behind did not end in time"
+            );
+        }
+        outcome
+    }
+
+    async fn join(&mut self) -> Result<RunOutcome, DataflowError> {
         let mut stop_rx = self.stop.subscribe();
         loop {
             tokio::select! {
@@ -142,102 +134,12 @@ impl RunHandle {
     }
 }
 
-type Tx = mpsc::Sender<(u32, Message)>;
-type Rx = mpsc::Receiver<(u32, Message)>;
-
-/// Where a subtask's output goes.
-enum Route {
-    /// One downstream subtask.
-    One(Tx, u32),
-    /// Round-robin over all downstream subtasks.
-    RoundRobin(Vec<(Tx, u32)>, usize),
-    /// By key hash over all downstream subtasks.
-    Hash(
-        Vec<(Tx, u32)>,
-        Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
-    ),
-}
-
-/// The output side of a subtask: routes batches and broadcasts control messages.
-pub struct Collector {
-    node: String,
-    routes: Vec<Route>,
-}
-
-impl Collector {
-    /// Sends a batch downstream (dropped if it has no rows).
-    pub async fn collect(&mut self, batch: RecordBatch) -> Result<(), DataflowError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        for route in &mut self.routes {
-            // Cloning a batch clones Arcs, not column data.
-            let batch = batch.clone();
-            match route {
-                Route::One(tx, slot) => send(tx, *slot, Message::Data(batch)).await?,
-                Route::RoundRobin(txs, next) => {
-                    let (tx, slot) = &txs[*next];
-                    *next = (*next + 1) % txs.len();
-                    send(tx, *slot, Message::Data(batch)).await?
-                }
-                Route::Hash(txs, keys) => {
-                    let parts = crate::operator::partition_by_hash(&batch, keys, txs.len())
-                        .map_err(DataflowError::expression(&self.node))?;
-                    for (part, (tx, slot)) in parts.into_iter().zip(txs.iter()) {
-                        if let Some(part) = part {
-                            send(tx, *slot, Message::Data(part)).await?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a control message to every downstream subtask.
-    pub async fn broadcast(&mut self, msg: Message) -> Result<(), DataflowError> {
-        for route in &self.routes {
-            match route {
-                Route::One(tx, slot) => send(tx, *slot, msg.clone()).await?,
-                Route::RoundRobin(txs, _) | Route::Hash(txs, _) => {
-                    for (tx, slot) in txs {
-                        send(tx, *slot, msg.clone()).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// True when nothing is downstream (a sink).
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-}
-
-#[cfg(test)]
-impl Collector {
-    /// A collector into one channel of `capacity` messages, for operator tests.
-    pub(crate) fn for_test(capacity: usize) -> (Collector, Rx) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let routes = vec![Route::One(tx, 0)];
-        let node = "test".to_string();
-        (Collector { node, routes }, rx)
-    }
-}
-
-async fn send(tx: &Tx, slot: u32, msg: Message) -> Result<(), DataflowError> {
-    tx.send((slot, msg))
-        .await
-        .map_err(|_| DataflowError::ChannelClosed)
-}
-
 /// Starts every subtask of `program` at `parallelism` on the current runtime; with
 /// `checkpoints`, restores its checkpoint (if any) and takes checkpoints.
 pub async fn run(
     program: &Program,
     parallelism: usize,
-    job: Arc<crate::connector::JobContext>,
+    job: Arc<JobContext>,
     checkpoints: Option<CheckpointConfig>,
 ) -> Result<RunHandle, DataflowError> {
     let parallelism = parallelism.max(1);
@@ -314,21 +216,25 @@ pub async fn run(
     let (trigger, _) = watch::channel(None::<Barrier>);
     let (published_tx, published) = watch::channel(None);
     let mut tasks = JoinSet::new();
+    let background = Background::default();
     let mut restored_epoch = None;
-    let mut restored: Vec<Option<crate::state::RestoredState>> = vec![None; n];
+    let mut restored: Vec<Option<RestoredState>> = vec![None; n];
     let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
     if let Some(config) = checkpoints {
         if let Some(manifest) = &config.restore {
-            let state = checkpointing::load(&config.store, manifest, program).await?;
-            restored = state.into_iter().map(Some).collect();
+            restored = layout::load(&config.store, manifest, program).await?;
             restored_epoch = Some(manifest.epoch);
             info!(epoch = manifest.epoch, state = %config.store.display(), "restoring checkpoint");
         }
-        let first_epoch = config
-            .store
-            .next_epoch()
-            .await
-            .map_err(|e| DataflowError::State(crate::error_chain(&e)))?;
+        let first_epoch =
+            config
+                .store
+                .next_epoch()
+                .await
+                .map_err(|source| DataflowError::Checkpoint {
+                    what: format!("listing the checkpoints under {}", config.store.display()),
+                    source,
+                })?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (completed, completed_rx) = watch::channel((0u64, false));
         let all: Vec<(usize, usize)> = (0..n)
@@ -347,7 +253,11 @@ pub async fn run(
                 .nodes
                 .iter()
                 .zip(&par)
-                .map(|(node, p)| (node.label.clone(), *p))
+                .map(|(node, p)| TopologyNode {
+                    id: node.id.clone(),
+                    label: node.label.clone(),
+                    parallelism: *p,
+                })
                 .collect(),
             first_epoch,
             reports,
@@ -368,11 +278,12 @@ pub async fn run(
                 parallelism: par[node_id],
                 job: job.clone(),
                 checkpointing: links.is_some(),
+                background: background.clone(),
             };
-            let out = Collector {
-                node: node.label.clone(),
-                routes: routes[node_id].pop().expect("one route list per subtask"),
-            };
+            let out = Collector::new(
+                node.label.clone(),
+                routes[node_id].pop().expect("one route list per subtask"),
+            );
             let link = links.as_ref().map(|(reports, completed)| Link {
                 task: (node_id, subtask),
                 reports: reports.clone(),
@@ -396,7 +307,8 @@ pub async fn run(
                         link,
                         watermark,
                     );
-                    tasks.spawn(run_source(source, ctx).instrument(info_span!("task", %name)));
+                    let task = async move { Ok(run_source(source, ctx).await?) };
+                    tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
                 NodeKind::Operator(factory) => {
                     let mut op = factory.create(&info)?;
@@ -415,7 +327,8 @@ pub async fn run(
                         link,
                         current: watermark,
                     };
-                    tasks.spawn(task.run(rx).instrument(info_span!("task", %name)));
+                    let task = async move { Ok(task.run(rx).await?) };
+                    tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
             }
         }
@@ -425,13 +338,11 @@ pub async fn run(
         tasks,
         checkpoints: published,
         restored: restored_epoch,
+        background,
     })
 }
 
-async fn run_source(
-    mut source: Box<dyn crate::connector::Source>,
-    mut ctx: SourceContext,
-) -> Result<(), DataflowError> {
+async fn run_source(mut source: Box<dyn Source>, mut ctx: SourceContext) -> Result<(), TaskError> {
     let end = source.run(&mut ctx).await?;
     debug!(task = %ctx.info().node, subtask = ctx.info().subtask, ?end, "source ended");
     if end == SourceEnd::Checkpointed {
@@ -481,7 +392,7 @@ fn poll_slots(
     slots: &mut [Slot],
     next: &mut usize,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Result<(usize, Message), DataflowError>> {
+) -> std::task::Poll<Result<(usize, Message), TaskError>> {
     use std::task::Poll;
     let n = slots.len();
     for k in 0..n {
@@ -500,7 +411,7 @@ fn poll_slots(
             }
             Poll::Ready(None) => {
                 slot.rx = None;
-                return Poll::Ready(Err(DataflowError::ChannelClosed));
+                return Poll::Ready(Err(TaskError::ChannelClosed));
             }
             Poll::Pending => {}
         }
@@ -509,7 +420,7 @@ fn poll_slots(
 }
 
 impl OperatorTask {
-    async fn run(mut self, rxs: Vec<Rx>) -> Result<(), DataflowError> {
+    async fn run(mut self, rxs: Vec<Rx>) -> Result<(), TaskError> {
         let mut slots: Vec<Slot> = rxs
             .into_iter()
             .map(|rx| Slot {
@@ -588,7 +499,7 @@ impl OperatorTask {
         &mut self,
         slots: &[Slot],
         idle: &mut bool,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         let mut min: Option<i64> = None;
         let mut all_idle = true;
         for s in slots.iter().filter(|s| !s.ended) {
@@ -620,7 +531,7 @@ impl OperatorTask {
 
     /// Every input delivered `barrier`: snapshot, report, forward. True when the run stops
     /// here.
-    async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, DataflowError> {
+    async fn checkpoint(&mut self, barrier: Barrier) -> Result<bool, TaskError> {
         let started = std::time::Instant::now();
         let state = self.op.snapshot().await?;
         debug!(
@@ -657,7 +568,7 @@ impl OperatorTask {
     /// sink commits what it staged at the end only when that epoch records it. A checkpoint
     /// that completes meanwhile is not the last one: it does not cover what came after its
     /// barrier, so it commits nothing here.
-    async fn close(&mut self) -> Result<(), DataflowError> {
+    async fn close(&mut self) -> Result<(), TaskError> {
         self.op.on_close(&mut self.out).await?;
         if let Some(link) = &self.link {
             let state = self.op.snapshot().await?;
@@ -687,6 +598,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
 
     /// Forwards what it gets.
     struct Forward;
@@ -698,7 +610,7 @@ mod tests {
             batch: RecordBatch,
             _input: usize,
             out: &mut Collector,
-        ) -> Result<(), DataflowError> {
+        ) -> Result<(), TaskError> {
             out.collect(batch).await
         }
     }
@@ -716,13 +628,7 @@ mod tests {
         let (out, mut forwarded) = Collector::for_test(64);
         let task = OperatorTask {
             op: Box::new(Forward),
-            info: TaskInfo {
-                node: "test".into(),
-                subtask: 0,
-                parallelism: 1,
-                job: Arc::default(),
-                checkpointing: false,
-            },
+            info: TaskInfo::for_test(0, 1),
             slot_inputs: vec![0, 1],
             out,
             link: None,

@@ -25,9 +25,9 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{Operator, OperatorFactory, TaskInfo};
-use crate::dataflow::{Collector, DataflowError, Message, Watermark};
-use crate::state::{RestoredState, TaskState};
+use crate::task::{Collector, Message, TaskError, Watermark};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// Batches held per instant (event time), per input.
 #[derive(Default)]
@@ -110,7 +110,6 @@ pub struct RankSpec {
 #[derive(Clone)]
 pub struct WindowFunctions {
     pub label: String,
-    pub input_schema: SchemaRef,
     pub functions: Vec<RankSpec>,
     /// Input columns, then one UInt64 per function, then the event time.
     pub schema: SchemaRef,
@@ -192,7 +191,7 @@ impl WindowFunctions {
 }
 
 impl OperatorFactory for WindowFunctions {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         Ok(Box::new(InstantOp {
             kind: InstantKind::Window(self.clone()),
             info: info.clone(),
@@ -350,7 +349,7 @@ impl InstantJoin {
 }
 
 impl OperatorFactory for InstantJoin {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         Ok(Box::new(InstantOp {
             kind: InstantKind::Join(self.clone()),
             info: info.clone(),
@@ -421,7 +420,7 @@ impl Operator for InstantOp {
         batch: RecordBatch,
         input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         let inputs = match self.kind {
             InstantKind::Window(_) => 1,
             InstantKind::Join(_) => 2,
@@ -429,18 +428,14 @@ impl Operator for InstantOp {
         let label = self.label().to_string();
         self.instants
             .add(batch, input, inputs)
-            .map_err(DataflowError::expression(&label))
+            .map_err(TaskError::expression(&label))
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         for (t, inputs) in self.instants.complete(watermark) {
             let result = self
                 .fire(t, inputs)
-                .map_err(DataflowError::expression(self.label()))?;
+                .map_err(TaskError::expression(self.label()))?;
             if let Some(batch) = result {
                 out.collect(batch).await?;
             }
@@ -451,7 +446,7 @@ impl Operator for InstantOp {
 
     /// The buffered rows of every open instant, per input. The watermark needs no state of
     /// its own: the runtime restores it, and instants before it have already fired.
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         for (input, (table, _)) in self.kind.tables().into_iter().enumerate() {
             let slots = self.instants.by_time.values();
@@ -461,14 +456,14 @@ impl Operator for InstantOp {
     }
 
     /// Takes the buffered rows whose keys hash to this subtask.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let tables = self.kind.tables();
         let inputs = tables.len();
         for (input, (table, keys)) in tables.into_iter().enumerate() {
             for batch in state.owned_rows(table, keys, &self.info)? {
-                self.instants.add(batch, input, inputs).map_err(|e| {
-                    DataflowError::State(format!("{}: restoring '{table}': {e}", self.info.node))
-                })?;
+                self.instants
+                    .add(batch, input, inputs)
+                    .map_err(StateError::operator(&self.info.node, table))?;
             }
         }
         Ok(())
@@ -491,13 +486,7 @@ pub(crate) mod tests {
     }
 
     fn info(subtask: usize, parallelism: usize) -> TaskInfo {
-        TaskInfo {
-            node: "test".into(),
-            subtask,
-            parallelism,
-            job: Default::default(),
-            checkpointing: false,
-        }
+        TaskInfo::for_test(subtask, parallelism)
     }
 
     pub(crate) fn column(name: &str, index: usize) -> Arc<dyn PhysicalExpr> {
@@ -556,7 +545,8 @@ pub(crate) mod tests {
         for step in steps {
             match step {
                 Step::Data(input, batch) => {
-                    let parts = crate::operator::partition_by_hash(batch, &keys[*input], ops.len());
+                    let parts =
+                        crate::task::hash::partition_by_hash(batch, &keys[*input], ops.len());
                     for (op, part) in ops.iter_mut().zip(parts.unwrap()) {
                         if let Some(part) = part {
                             op.process_batch(part, *input, &mut out).await.unwrap();
@@ -707,7 +697,6 @@ pub(crate) mod tests {
         };
         let factory = WindowFunctions {
             label: "window_functions".into(),
-            input_schema: input.clone(),
             functions: vec![
                 spec(Ranking::RowNumber),
                 spec(Ranking::Rank),

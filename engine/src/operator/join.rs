@@ -23,9 +23,9 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{Operator, OperatorFactory, TaskInfo};
-use crate::dataflow::{Collector, DataflowError, Message, Watermark};
-use crate::state::{RestoredState, TaskState};
+use crate::task::{Collector, Message, TaskError, Watermark};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// The state tables of the kept rows, by input.
 const TABLES: [&str; 2] = ["left", "right"];
@@ -84,14 +84,14 @@ struct TtlJoinOp {
 }
 
 impl OperatorFactory for TtlJoin {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         let converter = RowConverter::new(
             self.key_types
                 .iter()
                 .map(|t| SortField::new(t.clone()))
                 .collect(),
         )
-        .map_err(|e| DataflowError::Setup(e.to_string()))?;
+        .map_err(|e| TaskError::setup(&self.label)(e.into()))?;
         Ok(Box::new(TtlJoinOp {
             plan: self.clone(),
             info: info.clone(),
@@ -252,30 +252,26 @@ impl Operator for TtlJoinOp {
         batch: RecordBatch,
         input: usize,
         out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         let joined = self
             .process(batch, input)
-            .map_err(DataflowError::expression(&self.plan.label))?;
+            .map_err(TaskError::expression(&self.plan.label))?;
         match joined {
             Some(b) => out.collect(b).await,
             None => Ok(()),
         }
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.evict(watermark)
-            .map_err(DataflowError::expression(&self.plan.label))?;
+            .map_err(TaskError::expression(&self.plan.label))?;
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
     }
 
     /// The kept rows of each side. The watermark needs no state of its own: the runtime
     /// restores it.
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         for (side, table) in self.sides.iter().zip(TABLES) {
             state.put(table, side.batches.iter().cloned());
@@ -284,11 +280,8 @@ impl Operator for TtlJoinOp {
     }
 
     /// Keeps the rows whose join key hashes to this subtask.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         for (input, table) in TABLES.into_iter().enumerate() {
-            let fail = |e: DataFusionError| {
-                DataflowError::State(format!("{}: restoring '{table}': {e}", self.plan.label))
-            };
             for batch in state.owned_rows(table, self.key_exprs(input), &self.info)? {
                 if !batch
                     .schema()
@@ -299,11 +292,14 @@ impl Operator for TtlJoinOp {
                         None,
                     ))
                 {
-                    return Err(DataflowError::State(format!(
-                        "state table '{table}' has an unknown layout"
-                    )));
+                    return Err(StateError::Layout {
+                        table: table.to_string(),
+                    }
+                    .into());
                 }
-                let (keys, key_rows) = self.keys(&batch, input).map_err(fail)?;
+                let (keys, key_rows) = self
+                    .keys(&batch, input)
+                    .map_err(StateError::operator(&self.plan.label, table))?;
                 self.sides[input].keep(batch, &keys, &key_rows);
             }
         }

@@ -11,8 +11,8 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{Operator, OperatorFactory, TaskInfo};
-use crate::dataflow::{Collector, DataflowError};
+use crate::task::{Collector, TaskError};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
 
 /// One step of a stateless chain.
 #[derive(Clone)]
@@ -167,7 +167,7 @@ fn unnest(
 }
 
 impl OperatorFactory for Transform {
-    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, _info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         Ok(Box::new(self.clone()))
     }
 }
@@ -179,10 +179,10 @@ impl Operator for Transform {
         batch: RecordBatch,
         _input: usize,
         out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         let result = self
             .apply(batch)
-            .map_err(DataflowError::expression(&self.label))?;
+            .map_err(TaskError::expression(&self.label))?;
         match result {
             Some(batch) => out.collect(batch).await,
             None => Ok(()),

@@ -26,10 +26,10 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::window::{AggregateSpec, bad_state, state_batch, state_error, state_keys, state_widths};
-use super::{Operator, OperatorFactory, TaskInfo};
-use crate::dataflow::{Collector, DataflowError, Message, Watermark};
-use crate::state::{RestoredState, TaskState};
+use super::aggregate::{AggregateSpec, bad_state, state_batch, state_keys, state_widths};
+use crate::task::{Collector, Message, TaskError, Watermark};
+use crate::task::{Operator, OperatorFactory, TaskInfo};
+use crate::task::{RestoredState, StateError, TaskState};
 
 /// State table: one row per group (see [`UpdatingOp::snapshot_groups`]).
 const GROUPS: &str = "groups";
@@ -69,7 +69,7 @@ struct UpdatingOp {
 }
 
 impl OperatorFactory for UpdatingAggregate {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
         let converter = RowConverter::new(
             self.key_schema
                 .fields()
@@ -77,9 +77,8 @@ impl OperatorFactory for UpdatingAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )
-        .map_err(|e| DataflowError::Setup(e.to_string()))?;
-        let state_widths = state_widths(&self.aggregates)
-            .map_err(|e| DataflowError::Setup(format!("{}: {e}", self.label)))?;
+        .map_err(|e| TaskError::setup(&self.label)(e.into()))?;
+        let state_widths = state_widths(&self.aggregates).map_err(TaskError::setup(&self.label))?;
         Ok(Box::new(UpdatingOp {
             plan: self.clone(),
             info: info.clone(),
@@ -410,11 +409,11 @@ impl UpdatingOp {
         Ok(())
     }
 
-    fn fail(&self, source: datafusion::error::DataFusionError) -> DataflowError {
-        DataflowError::expression(&self.plan.label)(source)
+    fn fail(&self, source: datafusion::error::DataFusionError) -> TaskError {
+        TaskError::expression(&self.plan.label)(source)
     }
 
-    async fn emit(&mut self, out: &mut Collector) -> Result<(), DataflowError> {
+    async fn emit(&mut self, out: &mut Collector) -> Result<(), TaskError> {
         if let Some(batch) = self.flush().map_err(|e| self.fail(e))? {
             out.collect(batch).await?;
         }
@@ -429,30 +428,26 @@ impl Operator for UpdatingOp {
         batch: RecordBatch,
         _input: usize,
         _out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    ) -> Result<(), TaskError> {
         self.update(&batch).map_err(|e| self.fail(e))
     }
 
-    async fn on_watermark(
-        &mut self,
-        watermark: i64,
-        out: &mut Collector,
-    ) -> Result<(), DataflowError> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.emit(out).await?;
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
     }
 
-    async fn on_close(&mut self, out: &mut Collector) -> Result<(), DataflowError> {
+    async fn on_close(&mut self, out: &mut Collector) -> Result<(), TaskError> {
         self.emit(out).await
     }
 
     /// Every group (table [`GROUPS`]) and the newest event time (table [`NEWEST`]).
-    async fn snapshot(&mut self) -> Result<TaskState, DataflowError> {
+    async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
         let groups = self
             .snapshot_groups()
-            .map_err(state_error(&self.plan.label))?;
+            .map_err(StateError::operator(&self.plan.label, GROUPS))?;
         state.put(GROUPS, groups);
         state.put_json(NEWEST, &self.newest)?;
         Ok(state)
@@ -461,10 +456,11 @@ impl Operator for UpdatingOp {
     /// Takes the groups whose keys hash to this subtask, from every old subtask. The newest
     /// event time is the subtask's own at the same parallelism; otherwise the newest of all,
     /// so that no row this subtask emits is stamped before what it already holds.
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let keys = state_keys(&self.plan.keys, &self.plan.key_schema);
         for batch in state.owned_rows(GROUPS, &keys, &self.info)? {
-            self.load(&batch).map_err(state_error(&self.plan.label))?;
+            self.load(&batch)
+                .map_err(StateError::operator(&self.plan.label, GROUPS))?;
         }
         let newest: Vec<Vec<i64>> = state.json(NEWEST)?;
         let newest = if state.parallelism == self.info.parallelism {
@@ -483,8 +479,8 @@ impl Operator for UpdatingOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::window::key_schema;
-    use crate::operator::window::tests::{
+    use crate::operator::aggregate::key_schema;
+    use crate::operator::testing::{
         Step, aggregate, aggregate_fields, aggregates, check_checkpoints, input_schema, rows,
     };
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};

@@ -1,11 +1,11 @@
-//! Planning: a SQL file in Arroyo's dialect to a [`Program`].
+//! Planning: a SQL file in Arroyo's dialect to a dataflow `Program`.
 //!
-//! 1. [`statement::split`] tokenizes the file and splits it into statements, cutting out the
+//! 1. `statement::split` tokenizes the file and splits it into statements, cutting out the
 //!    dialect's extensions that sqlparser does not parse (keeping every position).
 //! 2. Each statement is parsed and handled on its own, so that one bad statement does not hide
 //!    the errors of the next: CREATE TABLE registers a connector table in the [`Catalog`];
 //!    INSERT INTO and a bare SELECT are planned by DataFusion (`SqlToRel`, then its analyzer
-//!    and optimizer) and added to the dataflow by [`rewrite::Builder`].
+//!    and optimizer) and added to the dataflow by `rewrite::Builder`.
 //! 3. Every error is a [`SqlError`] with the line and column it refers to: the token where the
 //!    parser stopped, the span DataFusion's diagnostic names, the option that is wrong, or the
 //!    start of the statement.
@@ -70,7 +70,7 @@ impl std::error::Error for SqlError {}
 /// A planned SQL file.
 #[derive(Debug, Clone)]
 pub struct PlannedQuery {
-    pub program: Program,
+    pub(crate) program: Program,
     /// The tables written to, in the order first written; the default sink is `preview`.
     pub sinks: Vec<String>,
     /// Identifies the pipeline across reruns: a hash of its normalised plan (the DDL as
@@ -113,7 +113,7 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
     let sinks = builder.sinks().to_vec();
     let fingerprint = format!(
         "{:016x}",
-        crate::checkpoint::fnv1a64(prints.join("\n;\n").as_bytes())
+        crate::storage::checksum::fnv1a64(prints.join("\n;\n").as_bytes())
     );
     Ok(PlannedQuery {
         program: builder.finish(),

@@ -19,8 +19,9 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::provider::TableEntry;
 use super::window_fn::{WindowSpec, window_spec};
+use crate::operator::aggregate::{AggregateSpec, key_schema};
 use crate::operator::instant::{InstantJoin, JoinKind, RankSpec, Ranking, WindowFunctions};
-use crate::operator::window::{AggregateSpec, WindowAggregate, WindowKind, key_schema};
+use crate::operator::window::{WindowAggregate, WindowKind};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
@@ -41,18 +42,22 @@ fn is_window_struct(t: &DataType) -> bool {
         _ => false,
     }
 }
-use crate::connector::{ConnectorConfig, ConnectorTable, with_timestamp, with_updating};
-use crate::dataflow::{EdgeKind, NodeKind, Program};
+use crate::connector::{ConnectorConfig, ConnectorTable};
+use crate::dataflow::{EdgeKind, NodeKind, Program, node_id};
+use crate::operator::Transform;
 use crate::operator::join::TtlJoin;
 use crate::operator::transform::Step;
 use crate::operator::updating::UpdatingAggregate;
-use crate::operator::{OperatorFactory, Transform};
+use crate::task::{OperatorFactory, with_timestamp, with_updating};
 
 /// A stream under construction: the node that produces it and stateless steps still to apply.
 struct Stream {
     node: usize,
     label: String,
     steps: Vec<Step>,
+    /// The definition of the steps (the logical plan nodes they come from), for the id of the
+    /// transform that applies them.
+    definition: Vec<String>,
     /// Rows carry a retraction flag before the event time (an updating result).
     updating: bool,
 }
@@ -116,9 +121,12 @@ impl Builder {
                 let factory = table
                     .sink_factory(updating)
                     .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-                let node = self
-                    .program
-                    .add_node(format!("sink:{}", table.name), NodeKind::Operator(factory));
+                let id = node_id("sink", &format!("table {}", table.name), &[]);
+                let node = self.program.add_node(
+                    format!("sink:{}", table.name),
+                    id,
+                    NodeKind::Operator(factory),
+                );
                 if matches!(table.config, ConnectorConfig::SingleFile { .. }) {
                     // One file, one writer.
                     self.program.nodes[node].parallelism = Some(1);
@@ -132,16 +140,25 @@ impl Builder {
         Ok(())
     }
 
-    /// Adds a stateful operator fed by `inputs` (node, shuffle keys: input index = position)
-    /// and returns the stream it produces.
+    /// Adds a stateful operator of kind `kind`, defined by the logical plan node `plan` and
+    /// fed by `inputs` (node, shuffle keys: input index = position), and returns the stream
+    /// it produces.
     fn add_operator(
         &mut self,
-        label: String,
+        (kind, plan): (&str, &LogicalPlan),
         op: Arc<dyn OperatorFactory>,
         inputs: Vec<(usize, Vec<Arc<dyn PhysicalExpr>>)>,
         updating: bool,
     ) -> Stream {
-        let node = self.program.add_node(label.clone(), NodeKind::Operator(op));
+        let label = self.label(kind);
+        let upstream: Vec<&str> = inputs
+            .iter()
+            .map(|(from, _)| self.program.id(*from))
+            .collect();
+        let id = node_id(kind, &plan.display().to_string(), &upstream);
+        let node = self
+            .program
+            .add_node(label.clone(), id, NodeKind::Operator(op));
         for (from, keys) in inputs {
             self.program.add_edge(from, node, EdgeKind::Shuffle(keys));
         }
@@ -149,8 +166,14 @@ impl Builder {
             node,
             label: format!("{label}:transform"),
             steps: vec![],
+            definition: vec![],
             updating,
         }
+    }
+
+    /// The label of the next node, of kind `kind`: `<kind>:<its index>`.
+    fn label(&self, kind: &str) -> String {
+        format!("{kind}:{}", self.program.nodes.len())
     }
 
     /// Gives the stream a node of its own, adding a transform for pending steps.
@@ -159,9 +182,14 @@ impl Builder {
             return stream.node;
         }
         let transform = Transform::new(stream.label.clone(), stream.steps);
+        let id = node_id(
+            "transform",
+            &stream.definition.join("\n"),
+            &[self.program.id(stream.node)],
+        );
         let node = self
             .program
-            .add_node(stream.label, NodeKind::Operator(Arc::new(transform)));
+            .add_node(stream.label, id, NodeKind::Operator(Arc::new(transform)));
         self.program.add_edge(stream.node, node, EdgeKind::Forward);
         node
     }
@@ -238,14 +266,18 @@ impl Builder {
             return not_impl_err!("window functions over updating input are not supported");
         }
         let input = self.materialize(stream);
-        let label = format!("window_functions:{}", self.program.nodes.len());
         let op = WindowFunctions {
-            label: label.clone(),
-            input_schema: with_timestamp(input_schema.as_arrow()),
+            label: self.label("window_functions"),
             functions,
             schema: with_timestamp(w.schema.as_arrow()),
         };
-        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], false))
+        let plan = LogicalPlan::Window(w.clone());
+        Ok(self.add_operator(
+            ("window_functions", &plan),
+            Arc::new(op),
+            vec![(input, keys)],
+            false,
+        ))
     }
 
     /// The nodes feeding the two sides of a join (append-only inputs only).
@@ -283,9 +315,8 @@ impl Builder {
             None => None,
         };
         let (left, right) = self.join_inputs(j)?;
-        let label = format!("join:{}", self.program.nodes.len());
         let op = TtlJoin {
-            label: label.clone(),
+            label: self.label("join"),
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
             key_types,
@@ -293,8 +324,9 @@ impl Builder {
             ttl: self.updating_ttl,
             schema: with_timestamp(j.schema.as_arrow()),
         };
+        let plan = LogicalPlan::Join(j.clone());
         Ok(self.add_operator(
-            label,
+            ("join", &plan),
             Arc::new(op),
             vec![(left, left_keys), (right, right_keys)],
             false,
@@ -332,9 +364,8 @@ impl Builder {
             Some(f) => Some(self.physical(f, &pair_schema)?),
         };
         let (left, right) = self.join_inputs(j)?;
-        let label = format!("join:{}", self.program.nodes.len());
         let op = InstantJoin {
-            label: label.clone(),
+            label: self.label("join"),
             kind,
             left_schema: with_timestamp(ls.as_arrow()),
             right_schema: with_timestamp(rs.as_arrow()),
@@ -344,8 +375,9 @@ impl Builder {
             pair_schema: with_timestamp(pair_schema.as_arrow()),
             schema: with_timestamp(j.schema.as_arrow()),
         };
+        let plan = LogicalPlan::Join(j.clone());
         Ok(self.add_operator(
-            label,
+            ("join", &plan),
             Arc::new(op),
             vec![(left, left_keys), (right, right_keys)],
             false,
@@ -390,16 +422,21 @@ impl Builder {
         let stream = self.build(&agg.input)?;
         let updating_input = stream.updating;
         let input = self.materialize(stream);
-        let label = format!("updating_aggregate:{}", self.program.nodes.len());
         let op = UpdatingAggregate {
-            label: label.clone(),
+            label: self.label("updating_aggregate"),
             keys: keys.clone(),
             key_schema,
             aggregates,
             updating_input,
             schema: with_updating(agg.schema.as_arrow()),
         };
-        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], true))
+        let plan = LogicalPlan::Aggregate(agg.clone());
+        Ok(self.add_operator(
+            ("updating_aggregate", &plan),
+            Arc::new(op),
+            vec![(input, keys)],
+            true,
+        ))
     }
 
     fn aggregate(&mut self, agg: &Aggregate) -> Result<Stream> {
@@ -436,9 +473,8 @@ impl Builder {
             return not_impl_err!("windowed aggregates over updating input are not supported");
         }
         let input = self.materialize(stream);
-        let label = format!("window_aggregate:{}", self.program.nodes.len());
         let op = WindowAggregate {
-            label: label.clone(),
+            label: self.label("window_aggregate"),
             window: kind,
             keys: keys.clone(),
             key_schema,
@@ -446,7 +482,13 @@ impl Builder {
             window_position,
             schema: with_timestamp(agg.schema.as_arrow()),
         };
-        Ok(self.add_operator(label, Arc::new(op), vec![(input, keys)], false))
+        let plan = LogicalPlan::Aggregate(agg.clone());
+        Ok(self.add_operator(
+            ("window_aggregate", &plan),
+            Arc::new(op),
+            vec![(input, keys)],
+            false,
+        ))
     }
 
     fn build(&mut self, plan: &LogicalPlan) -> Result<Stream> {
@@ -479,9 +521,19 @@ impl Builder {
                         let factory = table
                             .source_factory(scan.projection.clone())
                             .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
-                        let node = self
-                            .program
-                            .add_node(label.clone(), NodeKind::Source(factory));
+                        let mut definition = format!("table {}", table.name);
+                        if self.scans.keys().any(|(name, _)| name == &table.name) {
+                            // A further scan of the table, with other columns: rule 1.
+                            let columns = scan.projected_schema.fields().iter().map(|f| f.name());
+                            definition.push_str(&format!(
+                                " ({})",
+                                columns.cloned().collect::<Vec<_>>().join(", ")
+                            ));
+                        }
+                        let id = node_id("source", &definition, &[]);
+                        let node =
+                            self.program
+                                .add_node(label.clone(), id, NodeKind::Source(factory));
                         self.scans.insert(key, node);
                         node
                     }
@@ -490,6 +542,7 @@ impl Builder {
                     node,
                     label: format!("{label}:transform"),
                     steps: vec![],
+                    definition: vec![],
                     updating,
                 })
             }
@@ -497,6 +550,7 @@ impl Builder {
                 let mut stream = self.build(&filter.input)?;
                 let predicate = self.physical(&filter.predicate, filter.input.schema())?;
                 stream.steps.push(Step::Filter(predicate));
+                stream.definition.push(plan.display().to_string());
                 Ok(stream)
             }
             LogicalPlan::Projection(projection) => {
@@ -512,6 +566,7 @@ impl Builder {
                     with_timestamp(projection.schema.as_arrow())
                 };
                 stream.steps.push(Step::Project(exprs, schema));
+                stream.definition.push(plan.display().to_string());
                 Ok(stream)
             }
             LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
@@ -533,24 +588,34 @@ impl Builder {
                     sources: unnest.dependency_indices.clone(),
                     schema,
                 });
+                stream.definition.push(plan.display().to_string());
                 Ok(stream)
             }
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Window(window) => self.window_functions(window),
             LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::Union(union) => {
-                let label = format!("union:{}", self.program.nodes.len());
+                let label = self.label("union");
                 let merge = Transform::new(label.clone(), vec![]);
-                let node = self
-                    .program
-                    .add_node(label.clone(), NodeKind::Operator(Arc::new(merge)));
+                // Added before its inputs (which keeps the labels and order of earlier
+                // versions); its id once they are known.
+                let node = self.program.add_node(
+                    label.clone(),
+                    String::new(),
+                    NodeKind::Operator(Arc::new(merge)),
+                );
                 let mut updating = Vec::new();
+                let mut inputs = Vec::new();
                 for input in &union.inputs {
                     let stream = self.build(input)?;
                     updating.push(stream.updating);
                     let from = self.materialize(stream);
                     self.program.add_edge(from, node, EdgeKind::Forward);
+                    inputs.push(from);
                 }
+                let upstream: Vec<&str> = inputs.iter().map(|i| self.program.id(*i)).collect();
+                let id = node_id("union", &plan.display().to_string(), &upstream);
+                self.program.set_id(node, id);
                 if updating.iter().any(|u| *u != updating[0]) {
                     return not_impl_err!(
                         "UNION ALL of updating and append-only inputs is not supported"
@@ -560,6 +625,7 @@ impl Builder {
                     node,
                     label,
                     steps: vec![],
+                    definition: vec![],
                     updating: updating[0],
                 })
             }

@@ -12,7 +12,6 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -21,8 +20,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
+use super::context::TaskInfo;
+use super::error::StateError;
+use super::hash::partition_by_hash;
 
 /// One subtask's state at a checkpoint: tables of batches by name.
 #[derive(Debug, Default, Clone)]
@@ -42,13 +42,18 @@ impl TaskState {
     }
 
     /// Stores `value` as a one-row JSON table `name`.
-    pub fn put_json(&mut self, name: &str, value: &impl Serialize) -> Result<(), DataflowError> {
-        let text = serde_json::to_string(value)
-            .map_err(|e| DataflowError::State(format!("encoding state '{name}': {e}")))?;
+    pub fn put_json(&mut self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
+        let text = serde_json::to_string(value).map_err(|source| StateError::Json {
+            table: name.to_string(),
+            source,
+        })?;
         let schema = Arc::new(Schema::new(vec![Field::new("json", DataType::Utf8, false)]));
         let column: ArrayRef = Arc::new(StringArray::from(vec![text]));
-        let batch = RecordBatch::try_new(schema, vec![column])
-            .map_err(|e| DataflowError::State(e.to_string()))?;
+        let batch =
+            RecordBatch::try_new(schema, vec![column]).map_err(|source| StateError::Ipc {
+                table: name.to_string(),
+                source,
+            })?;
         self.put(name, [batch]);
         Ok(())
     }
@@ -59,18 +64,21 @@ impl TaskState {
     }
 
     /// The JSON documents of table `name`, one per row.
-    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, DataflowError> {
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<T>, StateError> {
         let mut out = Vec::new();
         for batch in self.table(name) {
             let column = batch
                 .column(0)
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .ok_or_else(|| DataflowError::State(format!("state '{name}' is not JSON")))?;
+                .ok_or_else(|| StateError::Layout {
+                    table: name.to_string(),
+                })?;
             for text in column.iter().flatten() {
                 out.push(
-                    serde_json::from_str(text).map_err(|e| {
-                        DataflowError::State(format!("decoding state '{name}': {e}"))
+                    serde_json::from_str(text).map_err(|source| StateError::Json {
+                        table: name.to_string(),
+                        source,
                     })?,
                 );
             }
@@ -83,7 +91,7 @@ impl TaskState {
     }
 
     /// Every table with at least one row, as (name, Arrow IPC file bytes).
-    pub fn encode(&self) -> Result<Vec<(String, Vec<u8>)>, DataflowError> {
+    pub fn encode(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let mut files = Vec::new();
         for (name, batches) in &self.tables {
             let Some(first) = batches.first() else {
@@ -97,16 +105,20 @@ impl TaskState {
                 }
                 writer.finish()
             })();
-            encoded.map_err(|e| DataflowError::State(format!("encoding state '{name}': {e}")))?;
+            encoded.map_err(|source| StateError::Ipc {
+                table: name.clone(),
+                source,
+            })?;
             files.push((name.clone(), buf));
         }
         Ok(files)
     }
 
     /// Adds the table `name` from Arrow IPC file bytes made by [`TaskState::encode`].
-    pub fn decode_into(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), DataflowError> {
-        let fail = |e: datafusion::arrow::error::ArrowError| {
-            DataflowError::State(format!("decoding state '{name}': {e}"))
+    pub fn decode_into(&mut self, name: &str, bytes: Vec<u8>) -> Result<(), StateError> {
+        let fail = |source| StateError::Ipc {
+            table: name.to_string(),
+            source,
         };
         let reader = FileReader::try_new(Cursor::new(bytes), None).map_err(fail)?;
         let batches = reader.collect::<Result<Vec<_>, _>>().map_err(fail)?;
@@ -145,7 +157,7 @@ impl RestoredState {
         name: &str,
         keys: &[Arc<dyn PhysicalExpr>],
         info: &TaskInfo,
-    ) -> Result<Vec<RecordBatch>, DataflowError> {
+    ) -> Result<Vec<RecordBatch>, StateError> {
         let all = self.all(name);
         if info.parallelism <= 1 {
             return Ok(all);
@@ -155,8 +167,12 @@ impl RestoredState {
         }
         let mut out = Vec::new();
         for batch in all {
-            let parts = crate::operator::partition_by_hash(&batch, keys, info.parallelism)
-                .map_err(|e| DataflowError::State(format!("re-partitioning '{name}': {e}")))?;
+            let parts = partition_by_hash(&batch, keys, info.parallelism).map_err(|source| {
+                StateError::Repartition {
+                    table: name.to_string(),
+                    source,
+                }
+            })?;
             if let Some(Some(mine)) = parts.into_iter().nth(info.subtask) {
                 out.push(mine);
             }
@@ -165,20 +181,9 @@ impl RestoredState {
     }
 
     /// The JSON documents of table `name` per old subtask.
-    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<Vec<T>>, DataflowError> {
+    pub fn json<T: DeserializeOwned>(&self, name: &str) -> Result<Vec<Vec<T>>, StateError> {
         self.subtasks.iter().map(|s| s.json(name)).collect()
     }
-}
-
-/// Keeps the rows of `batch` where `mask` is true.
-pub fn retain(
-    batch: &RecordBatch,
-    mask: &datafusion::arrow::array::BooleanArray,
-) -> Result<RecordBatch, DataflowError> {
-    if mask.true_count() == mask.len() {
-        return Ok(batch.clone());
-    }
-    filter_record_batch(batch, mask).map_err(|e| DataflowError::State(e.to_string()))
 }
 
 #[cfg(test)]

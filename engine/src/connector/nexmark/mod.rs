@@ -25,16 +25,14 @@
 //! Rows are written straight into one Arrow builder per struct field (no allocation per row),
 //! and only the struct columns the query reads are generated.
 
-use std::fmt::Write as _;
+mod columns;
+mod model;
+
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBufferBuilder, Int64Array, StringArray, StringBuilder, StructArray,
-    TimestampNanosecondArray,
-};
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::array::{ArrayRef, TimestampNanosecondArray};
 use datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
@@ -42,13 +40,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::time::Instant;
 
 use super::counters::CounterState;
-use super::{
-    ConnectorError, Options, Source, SourceContext, SourceEnd, SourceFactory, parse_duration,
+use super::{ConnectorError, Options, now_nanos, parse_duration};
+use crate::task::{
+    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
     timestamp_type, with_timestamp,
 };
-use crate::dataflow::DataflowError;
-use crate::operator::TaskInfo;
-use crate::state::{RestoredState, TaskState};
+use columns::{AuctionColumns, BidColumns, PersonColumns};
+use model::{Generator, Kind, Rng, kind};
 
 /// Most rows in one batch.
 const BATCH_ROWS: u64 = 8192;
@@ -57,73 +55,6 @@ const WATERMARK_DELAY: i64 = 1_000_000_000;
 /// Shortest pause between two batches once the source has caught up with its rate, so that
 /// slow rates still make batches of several rows.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
-
-// Nexmark's model, with the reference generator's default settings.
-const PERSON_PROPORTION: u64 = 1;
-const AUCTION_PROPORTION: u64 = 3;
-const TOTAL_PROPORTION: u64 = 50;
-const FIRST_PERSON_ID: i64 = 1000;
-const FIRST_AUCTION_ID: i64 = 1000;
-const FIRST_CATEGORY_ID: i64 = 10;
-const NUM_CATEGORIES: u64 = 5;
-/// How far past the newest person a random person id may reach.
-const PERSON_ID_LEAD: u64 = 10;
-/// How far past the newest auction a random auction id may reach.
-const AUCTION_ID_LEAD: u64 = 10;
-/// Random auctions are among this many recent ones.
-const NUM_INFLIGHT_AUCTIONS: u64 = 100;
-/// Random people are among this many recent ones.
-const NUM_ACTIVE_PEOPLE: u64 = 1000;
-/// A hot id is the newest id rounded down to a multiple of this.
-const HOT_BUCKET: u64 = 100;
-/// A bid is for a hot auction unless a draw in `0..HOT_AUCTION_ODDS` is 0.
-const HOT_AUCTION_ODDS: u64 = 2;
-/// A bid is by a hot bidder unless a draw in `0..HOT_BIDDER_ODDS` is 0.
-const HOT_BIDDER_ODDS: u64 = 4;
-/// An auction is by a hot seller unless a draw in `0..HOT_SELLER_ODDS` is 0.
-const HOT_SELLER_ODDS: u64 = 4;
-/// A bid comes through a hot channel unless a draw in `0..HOT_CHANNEL_ODDS` is 0.
-const HOT_CHANNEL_ODDS: u64 = 2;
-/// How many other channels there are.
-const NUM_CHANNELS: u64 = 10_000;
-/// Average sizes in bytes, reached by padding with `extra`.
-const AVG_PERSON_BYTES: usize = 200;
-const AVG_AUCTION_BYTES: usize = 500;
-const AVG_BID_BYTES: usize = 100;
-/// Shortest random string.
-const MIN_STRING_LENGTH: u64 = 3;
-
-const FIRST_NAMES: [&str; 11] = [
-    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
-];
-const LAST_NAMES: [&str; 9] = [
-    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
-];
-const US_CITIES: [&str; 10] = [
-    "Phoenix",
-    "Los Angeles",
-    "San Francisco",
-    "Boise",
-    "Portland",
-    "Bend",
-    "Redmond",
-    "Seattle",
-    "Kent",
-    "Cheyenne",
-];
-const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
-const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
-const HOT_URLS: [&str; 4] = [
-    "https://www.nexmark.com/abo/eoci/cidro/item.htm?query=1",
-    "https://www.nexmark.com/eoax/oad/cidro/item.htm?query=1",
-    "https://www.nexmark.com/abo/jack/cidro/item.htm?query=1",
-    "https://www.nexmark.com/abo/micah/cidro/item.htm?query=1",
-];
-const ALPHANUMERIC: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-
-/// Salts that keep the random streams of events and channels apart.
-const SEED_SALT: u64 = 0x6e65_786d_6172_6b00;
-const CHANNEL_SALT: u64 = 0x6368_616e_6e65_6c00;
 
 #[derive(Debug, Clone)]
 pub struct NexmarkConfig {
@@ -144,10 +75,10 @@ impl NexmarkConfig {
                 parse_duration(&v)
                     // The nudge keeps 1.003s at 1000/s from flooring to 1002 events.
                     .map(|d| (d.as_secs_f64() * event_rate + 1e-6).floor() as u64)
-                    .map_err(|reason| ConnectorError::InvalidOption {
+                    .map_err(|e| ConnectorError::InvalidOption {
                         option: "runtime".into(),
                         value: v.clone(),
-                        reason,
+                        reason: e.to_string(),
                     })
             })
             .transpose()?;
@@ -257,7 +188,7 @@ impl NexmarkFactory {
 }
 
 impl SourceFactory for NexmarkFactory {
-    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, DataflowError> {
+    fn create(&self, info: &TaskInfo) -> Result<Box<dyn Source>, TaskError> {
         let first_time = self
             .config
             .first_event_time
@@ -270,527 +201,6 @@ impl SourceFactory for NexmarkFactory {
             info.subtask as u64,
             info.parallelism as u64,
         )))
-    }
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
-
-/// A small counter-based random generator (SplitMix64): cheap to seed once per event.
-struct Rng(u64);
-
-/// SplitMix64's output function: a bijection that scatters nearby inputs.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-impl Rng {
-    /// The stream of item `n` under `seed`; distinct items start far apart.
-    fn new(seed: u64, n: u64) -> Rng {
-        Rng(mix(seed ^ mix(n.wrapping_add(0x9e37_79b9_7f4a_7c15))))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Uniform in `lo..hi` (`lo < hi`).
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn pick<'a>(&mut self, choices: &[&'a str]) -> &'a str {
-        choices[self.below(choices.len() as u64) as usize]
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Person,
-    Auction,
-    Bid,
-}
-
-fn kind(n: u64) -> Kind {
-    match n % TOTAL_PROPORTION {
-        r if r < PERSON_PROPORTION => Kind::Person,
-        r if r < PERSON_PROPORTION + AUCTION_PROPORTION => Kind::Auction,
-        _ => Kind::Bid,
-    }
-}
-
-/// The 0-based id of the newest person at event `n` (its own id if it is a person).
-fn last_person(n: u64) -> u64 {
-    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
-    // Past the epoch's people, the newest is its last one.
-    let person = if offset < PERSON_PROPORTION {
-        offset
-    } else {
-        PERSON_PROPORTION - 1
-    };
-    epoch * PERSON_PROPORTION + person
-}
-
-/// The 0-based id of the newest auction at event `n` (its own id if it is an auction).
-fn last_auction(n: u64) -> u64 {
-    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
-    if offset < PERSON_PROPORTION {
-        (epoch * AUCTION_PROPORTION).saturating_sub(1)
-    } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
-        epoch * AUCTION_PROPORTION + offset - PERSON_PROPORTION
-    } else {
-        epoch * AUCTION_PROPORTION + AUCTION_PROPORTION - 1
-    }
-}
-
-/// A 0-based person id among the recently active, possibly a little ahead of the newest.
-fn random_person(n: u64, rng: &mut Rng) -> u64 {
-    let newest = last_person(n);
-    let active = newest.min(NUM_ACTIVE_PEOPLE);
-    newest - active + rng.below(active + PERSON_ID_LEAD)
-}
-
-/// A 0-based auction id among those in flight, possibly a little ahead of the newest.
-fn random_auction(n: u64, rng: &mut Rng) -> u64 {
-    let newest = last_auction(n);
-    rng.range(
-        newest.saturating_sub(NUM_INFLIGHT_AUCTIONS),
-        newest + 1 + AUCTION_ID_LEAD,
-    )
-}
-
-/// A price in cents, log-uniform between 1 and 1,000,000 dollars.
-fn random_price(rng: &mut Rng) -> i64 {
-    (10f64.powf(rng.unit() * 6.0) * 100.0).round() as i64
-}
-
-/// The length of a random string shorter than `max`.
-fn string_length(rng: &mut Rng, max: u64) -> usize {
-    rng.range(MIN_STRING_LENGTH, max) as usize
-}
-
-/// The length of the padding that brings a record of `size` bytes to about `average` (±20%).
-fn extra_length(rng: &mut Rng, size: usize, average: usize) -> usize {
-    if size > average {
-        return 0;
-    }
-    let wanted = average - size;
-    let delta = (wanted as f64 * 0.2).round() as usize;
-    if delta == 0 {
-        wanted
-    } else {
-        wanted - delta + rng.below(2 * delta as u64) as usize
-    }
-}
-
-/// Appends text to the value being built (the value ends at the next `append_value`).
-fn put(out: &mut StringBuilder, text: &str) {
-    // Writing into a string builder cannot fail.
-    let _ = out.write_str(text);
-}
-
-/// Appends `len` random letters and digits to the value being built, ten per random draw.
-fn put_alphanumeric(out: &mut StringBuilder, rng: &mut Rng, len: usize) {
-    let mut buf = [0u8; 60];
-    let mut left = len;
-    while left > 0 {
-        let chunk = left.min(buf.len());
-        for group in buf[..chunk].chunks_mut(10) {
-            let mut x = rng.next_u64();
-            for b in group {
-                *b = ALPHANUMERIC[(x % 62) as usize];
-                x /= 62;
-            }
-        }
-        put(out, std::str::from_utf8(&buf[..chunk]).unwrap_or_default());
-        left -= chunk;
-    }
-}
-
-fn text_builder(rows: usize, bytes: usize) -> StringBuilder {
-    StringBuilder::with_capacity(rows, bytes)
-}
-
-fn ints(values: Vec<i64>, nulls: &NullBuffer) -> ArrayRef {
-    Arc::new(Int64Array::new(values.into(), Some(nulls.clone())))
-}
-
-fn times(values: Vec<i64>, nulls: &NullBuffer) -> ArrayRef {
-    Arc::new(TimestampNanosecondArray::new(
-        values.into(),
-        Some(nulls.clone()),
-    ))
-}
-
-fn texts(mut builder: StringBuilder, nulls: &NullBuffer) -> ArrayRef {
-    let (offsets, values, _) = builder.finish().into_parts();
-    Arc::new(StringArray::new(offsets, values, Some(nulls.clone())))
-}
-
-/// A struct column whose children share its validity (field access then reads NULL where the
-/// struct is NULL).
-fn structure(
-    fields: &Fields,
-    mut valid: BooleanBufferBuilder,
-    children: impl FnOnce(&NullBuffer) -> Vec<ArrayRef>,
-) -> Result<ArrayRef, ArrowError> {
-    let nulls = NullBuffer::new(valid.finish());
-    let children = children(&nulls);
-    Ok(Arc::new(StructArray::try_new(
-        fields.clone(),
-        children,
-        Some(nulls),
-    )?))
-}
-
-/// What a subtask's events are made from.
-#[derive(Debug, Clone, Copy)]
-struct Generator {
-    /// Event time of event 0, nanoseconds since the epoch.
-    first_time: i64,
-    /// Nanoseconds between two events.
-    delay: i64,
-    seed: u64,
-}
-
-impl Generator {
-    fn new(first_time: i64, delay: i64) -> Self {
-        Generator {
-            first_time,
-            delay,
-            seed: mix(first_time as u64 ^ SEED_SALT),
-        }
-    }
-
-    fn time(&self, n: u64) -> i64 {
-        self.first_time
-            .saturating_add((n as i64).saturating_mul(self.delay))
-    }
-
-    /// Writes the URL of (non-hot) channel `channel`: the same for every bid through it.
-    fn put_channel_url(&self, out: &mut StringBuilder, channel: u64) {
-        let mut rng = Rng::new(self.seed ^ CHANNEL_SALT, channel);
-        put(out, "https://www.nexmark.com/");
-        for part in 0..3 {
-            if part > 0 {
-                put(out, "/");
-            }
-            let len = string_length(&mut rng, 5);
-            put_alphanumeric(out, &mut rng, len);
-        }
-        put(out, "/item.htm?query=1");
-        if rng.below(10) > 0 {
-            let _ = write!(out, "&channel_id={channel}");
-        }
-    }
-}
-
-struct PersonColumns {
-    id: Vec<i64>,
-    name: StringBuilder,
-    email_address: StringBuilder,
-    credit_card: StringBuilder,
-    city: StringBuilder,
-    state: StringBuilder,
-    datetime: Vec<i64>,
-    extra: StringBuilder,
-    valid: BooleanBufferBuilder,
-}
-
-impl PersonColumns {
-    fn new(rows: usize) -> Self {
-        let people = rows / TOTAL_PROPORTION as usize + 1;
-        PersonColumns {
-            id: Vec::with_capacity(rows),
-            name: text_builder(rows, people * 12),
-            email_address: text_builder(rows, people * 12),
-            credit_card: text_builder(rows, people * 19),
-            city: text_builder(rows, people * 8),
-            state: text_builder(rows, people * 2),
-            datetime: Vec::with_capacity(rows),
-            extra: text_builder(rows, people * AVG_PERSON_BYTES),
-            valid: BooleanBufferBuilder::new(rows),
-        }
-    }
-
-    fn push(&mut self, n: u64, time: i64, rng: &mut Rng) {
-        self.id.push(FIRST_PERSON_ID + last_person(n) as i64);
-
-        let (first, last) = (rng.pick(&FIRST_NAMES), rng.pick(&LAST_NAMES));
-        put(&mut self.name, first);
-        put(&mut self.name, " ");
-        self.name.append_value(last);
-
-        let (user, domain) = (string_length(rng, 7), string_length(rng, 5));
-        put_alphanumeric(&mut self.email_address, rng, user);
-        put(&mut self.email_address, "@");
-        put_alphanumeric(&mut self.email_address, rng, domain);
-        self.email_address.append_value(".com");
-
-        // Four groups of four digits from one draw.
-        let mut digits = rng.below(10_000_000_000_000_000);
-        let mut card = [b' '; 19];
-        for i in (0..19).rev().filter(|i| i % 5 != 4) {
-            card[i] = b'0' + (digits % 10) as u8;
-            digits /= 10;
-        }
-        self.credit_card
-            .append_value(std::str::from_utf8(&card).unwrap_or_default());
-
-        let (city, state) = (rng.pick(&US_CITIES), rng.pick(&US_STATES));
-        self.city.append_value(city);
-        self.state.append_value(state);
-        self.datetime.push(time);
-
-        let size = 8 + first.len() + 1 + last.len() + user + domain + 5 + 19 + city.len() + 2;
-        let extra = extra_length(rng, size, AVG_PERSON_BYTES);
-        put_alphanumeric(&mut self.extra, rng, extra);
-        self.extra.append_value("");
-        self.valid.append(true);
-    }
-
-    fn push_null(&mut self) {
-        self.id.push(0);
-        for b in [
-            &mut self.name,
-            &mut self.email_address,
-            &mut self.credit_card,
-            &mut self.city,
-            &mut self.state,
-            &mut self.extra,
-        ] {
-            b.append_value("");
-        }
-        self.datetime.push(0);
-        self.valid.append(false);
-    }
-
-    fn finish(self, fields: &Fields) -> Result<ArrayRef, ArrowError> {
-        structure(fields, self.valid, |nulls| {
-            vec![
-                ints(self.id, nulls),
-                texts(self.name, nulls),
-                texts(self.email_address, nulls),
-                texts(self.credit_card, nulls),
-                texts(self.city, nulls),
-                texts(self.state, nulls),
-                times(self.datetime, nulls),
-                texts(self.extra, nulls),
-            ]
-        })
-    }
-}
-
-struct AuctionColumns {
-    id: Vec<i64>,
-    description: StringBuilder,
-    item_name: StringBuilder,
-    initial_bid: Vec<i64>,
-    reserve: Vec<i64>,
-    datetime: Vec<i64>,
-    expires: Vec<i64>,
-    seller: Vec<i64>,
-    category: Vec<i64>,
-    extra: StringBuilder,
-    valid: BooleanBufferBuilder,
-}
-
-impl AuctionColumns {
-    fn new(rows: usize) -> Self {
-        let auctions = rows * AUCTION_PROPORTION as usize / TOTAL_PROPORTION as usize + 1;
-        AuctionColumns {
-            id: Vec::with_capacity(rows),
-            description: text_builder(rows, auctions * 52),
-            item_name: text_builder(rows, auctions * 12),
-            initial_bid: Vec::with_capacity(rows),
-            reserve: Vec::with_capacity(rows),
-            datetime: Vec::with_capacity(rows),
-            expires: Vec::with_capacity(rows),
-            seller: Vec::with_capacity(rows),
-            category: Vec::with_capacity(rows),
-            extra: text_builder(rows, auctions * AVG_AUCTION_BYTES),
-            valid: BooleanBufferBuilder::new(rows),
-        }
-    }
-
-    fn push(&mut self, g: &Generator, n: u64, time: i64, rng: &mut Rng) {
-        self.id.push(FIRST_AUCTION_ID + last_auction(n) as i64);
-
-        let seller = if rng.below(HOT_SELLER_ODDS) > 0 {
-            last_person(n) / HOT_BUCKET * HOT_BUCKET
-        } else {
-            random_person(n, rng)
-        };
-        self.seller.push(FIRST_PERSON_ID + seller as i64);
-        self.category
-            .push(FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64);
-        let initial_bid = random_price(rng);
-        self.initial_bid.push(initial_bid);
-        self.reserve.push(initial_bid + random_price(rng));
-        self.datetime.push(time);
-
-        // Auctions last twice, on average, the time it takes to open the in-flight number.
-        let horizon = (NUM_INFLIGHT_AUCTIONS * TOTAL_PROPORTION / AUCTION_PROPORTION)
-            .saturating_mul(g.delay as u64);
-        let length = 1 + rng
-            .below(horizon.saturating_mul(2).saturating_add(1))
-            .max(1);
-        self.expires
-            .push(time.saturating_add(length.min(i64::MAX as u64) as i64));
-
-        let name = string_length(rng, 20);
-        put_alphanumeric(&mut self.item_name, rng, name);
-        self.item_name.append_value("");
-        let description = string_length(rng, 100);
-        put_alphanumeric(&mut self.description, rng, description);
-        self.description.append_value("");
-
-        let size = 8 + name + description + 8 + 8 + 8 + 8 + 8;
-        let extra = extra_length(rng, size, AVG_AUCTION_BYTES);
-        put_alphanumeric(&mut self.extra, rng, extra);
-        self.extra.append_value("");
-        self.valid.append(true);
-    }
-
-    fn push_null(&mut self) {
-        for v in [
-            &mut self.id,
-            &mut self.initial_bid,
-            &mut self.reserve,
-            &mut self.datetime,
-            &mut self.expires,
-            &mut self.seller,
-            &mut self.category,
-        ] {
-            v.push(0);
-        }
-        for b in [&mut self.description, &mut self.item_name, &mut self.extra] {
-            b.append_value("");
-        }
-        self.valid.append(false);
-    }
-
-    fn finish(self, fields: &Fields) -> Result<ArrayRef, ArrowError> {
-        structure(fields, self.valid, |nulls| {
-            vec![
-                ints(self.id, nulls),
-                texts(self.description, nulls),
-                texts(self.item_name, nulls),
-                ints(self.initial_bid, nulls),
-                ints(self.reserve, nulls),
-                times(self.datetime, nulls),
-                times(self.expires, nulls),
-                ints(self.seller, nulls),
-                ints(self.category, nulls),
-                texts(self.extra, nulls),
-            ]
-        })
-    }
-}
-
-struct BidColumns {
-    auction: Vec<i64>,
-    bidder: Vec<i64>,
-    price: Vec<i64>,
-    channel: StringBuilder,
-    url: StringBuilder,
-    datetime: Vec<i64>,
-    extra: StringBuilder,
-    valid: BooleanBufferBuilder,
-}
-
-impl BidColumns {
-    fn new(rows: usize) -> Self {
-        BidColumns {
-            auction: Vec::with_capacity(rows),
-            bidder: Vec::with_capacity(rows),
-            price: Vec::with_capacity(rows),
-            channel: text_builder(rows, rows * 10),
-            url: text_builder(rows, rows * 62),
-            datetime: Vec::with_capacity(rows),
-            extra: text_builder(rows, rows * (AVG_BID_BYTES - 30)),
-            valid: BooleanBufferBuilder::new(rows),
-        }
-    }
-
-    fn push(&mut self, g: &Generator, n: u64, time: i64, rng: &mut Rng) {
-        let auction = if rng.below(HOT_AUCTION_ODDS) > 0 {
-            last_auction(n) / HOT_BUCKET * HOT_BUCKET
-        } else {
-            random_auction(n, rng)
-        };
-        self.auction.push(FIRST_AUCTION_ID + auction as i64);
-        let bidder = if rng.below(HOT_BIDDER_ODDS) > 0 {
-            last_person(n) / HOT_BUCKET * HOT_BUCKET
-        } else {
-            random_person(n, rng)
-        };
-        self.bidder.push(FIRST_PERSON_ID + bidder as i64);
-        self.price.push(random_price(rng));
-
-        if rng.below(HOT_CHANNEL_ODDS) > 0 {
-            let i = rng.below(HOT_CHANNELS.len() as u64) as usize;
-            self.channel.append_value(HOT_CHANNELS[i]);
-            self.url.append_value(HOT_URLS[i]);
-        } else {
-            let channel = rng.below(NUM_CHANNELS);
-            let _ = write!(self.channel, "channel-{channel}");
-            self.channel.append_value("");
-            g.put_channel_url(&mut self.url, channel);
-            self.url.append_value("");
-        }
-        self.datetime.push(time);
-
-        let extra = extra_length(rng, 32, AVG_BID_BYTES);
-        put_alphanumeric(&mut self.extra, rng, extra);
-        self.extra.append_value("");
-        self.valid.append(true);
-    }
-
-    fn push_null(&mut self) {
-        for v in [
-            &mut self.auction,
-            &mut self.bidder,
-            &mut self.price,
-            &mut self.datetime,
-        ] {
-            v.push(0);
-        }
-        for b in [&mut self.channel, &mut self.url, &mut self.extra] {
-            b.append_value("");
-        }
-        self.valid.append(false);
-    }
-
-    fn finish(self, fields: &Fields) -> Result<ArrayRef, ArrowError> {
-        structure(fields, self.valid, |nulls| {
-            vec![
-                ints(self.auction, nulls),
-                ints(self.bidder, nulls),
-                ints(self.price, nulls),
-                texts(self.channel, nulls),
-                texts(self.url, nulls),
-                times(self.datetime, nulls),
-                texts(self.extra, nulls),
-            ]
-        })
     }
 }
 
@@ -894,7 +304,7 @@ impl Nexmark {
 
 #[async_trait]
 impl Source for Nexmark {
-    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, DataflowError> {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
         let start = Instant::now();
         // Event numbers restart their schedule at a restore: the rate holds from now on.
         let skipped = self.pos.next;
@@ -931,10 +341,7 @@ impl Source for Nexmark {
             }
             let batch = self
                 .batch(self.pos.next, rows)
-                .map_err(|e| DataflowError::Connector {
-                    node: ctx.info().node.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(TaskError::batch(&ctx.info().node))?;
             self.pos.next += rows;
             let newest = self.generator.time(self.event_number(self.pos.next - 1));
             last_batch = Some(Instant::now());
@@ -945,11 +352,11 @@ impl Source for Nexmark {
         }
     }
 
-    fn snapshot(&self) -> Result<TaskState, DataflowError> {
+    fn snapshot(&self) -> Result<TaskState, TaskError> {
         self.pos.snapshot()
     }
 
-    fn restore(&mut self, state: &RestoredState) -> Result<(), DataflowError> {
+    fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         if let Some(pos) = CounterState::restore(state, self.pos.subtask, self.pos.parallelism)? {
             if let Some(first_time) = pos.start_time {
                 self.generator = Generator::new(first_time, self.generator.delay);
@@ -968,6 +375,7 @@ mod tests {
     use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
     use datafusion::arrow::datatypes::{Int64Type, TimestampNanosecondType};
 
+    use super::model::*;
     use super::*;
     use crate::connector::{ConnectorConfig, ConnectorTable};
 

@@ -14,6 +14,11 @@
 //! MANIFEST parses and whose files all have the listed length; reading a file checks its
 //! checksum, so a corrupt file is never loaded. On a local filesystem every file and its
 //! directory are fsynced before the MANIFEST is written, and the MANIFEST itself after.
+//!
+//! Formats: the MANIFEST of format 1 onwards starts with `arroyod checkpoint <format>` and
+//! checks files with CRC-32; one without that line is format 0 (the first arroyod), checked
+//! with FNV-1a 64, and is read as before. A MANIFEST of a format above [`FORMAT`] is an error,
+//! never skipped: restoring an older checkpoint instead would silently go back in time.
 
 use std::sync::Arc;
 
@@ -21,47 +26,28 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::connector::Location;
+use super::checksum::Algorithm;
+use super::durable;
+use super::error::StorageError;
+use super::location::Location;
 
 /// Complete epochs kept by garbage collection.
 pub const KEEP: usize = 3;
 /// The name of the file that makes an epoch a checkpoint.
 pub const MANIFEST: &str = "MANIFEST";
+/// The checkpoint format this binary writes: 1 since the MANIFEST has a version line and
+/// CRC-32 checksums. A MANIFEST without a version line is format 0 (FNV-1a 64 checksums).
+pub const FORMAT: u32 = 1;
+/// The first line of a MANIFEST of format 1 or later: this, a space, the format.
+const FORMAT_LINE: &str = "arroyod checkpoint";
 
-/// Errors of checkpoint storage.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// The state URL does not name a usable store.
-    #[error("state location: {0}")]
-    Location(String),
-    /// The store failed an operation.
-    #[error("{what} {path}")]
-    Store {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: object_store::Error,
-    },
-    /// A state file's length or checksum differs from its MANIFEST: it is never loaded.
-    #[error("checkpoint file {path} is corrupt: {reason}")]
-    Corrupt { path: String, reason: String },
-    /// A local file could not be made durable.
-    #[error("syncing {path}")]
-    Sync {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not listed in the epoch's MANIFEST.
-    #[error("epoch {epoch} has no file {name}")]
-    NoSuchFile { epoch: u64, name: String },
-}
-
-/// FNV-1a, 64 bits: enough to catch a damaged or mixed-up file (not an attacker).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// The checksum algorithm of a checkpoint format.
+fn algorithm(format: u32) -> Algorithm {
+    if format == 0 {
+        Algorithm::Fnv1a64
+    } else {
+        Algorithm::Crc32
+    }
 }
 
 /// One state file of an epoch.
@@ -75,22 +61,50 @@ pub struct FileEntry {
 /// What an epoch's MANIFEST says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The format the checkpoint was written in (0: before formats had a version).
+    pub format: u32,
     pub epoch: u64,
     pub files: Vec<FileEntry>,
 }
 
+/// A MANIFEST's text, parsed.
+enum Parsed {
+    Manifest(Manifest),
+    /// Written by a newer arroyod in a format this one does not read.
+    Newer(u32),
+}
+
 impl Manifest {
-    /// One line per file: `<length> <checksum hex> <name>`, after an `epoch <n>` line.
+    /// A `arroyod checkpoint <format>` line (format 1 onwards), an `epoch <n>` line, then one
+    /// line per file: `<length> <checksum hex> <name>`.
     fn to_text(&self) -> String {
-        let mut s = format!("epoch {}\n", self.epoch);
+        let mut s = String::new();
+        if self.format > 0 {
+            s.push_str(&format!("{FORMAT_LINE} {}\n", self.format));
+        }
+        s.push_str(&format!("epoch {}\n", self.epoch));
+        let algorithm = algorithm(self.format);
         for f in &self.files {
-            s.push_str(&format!("{} {:016x} {}\n", f.length, f.checksum, f.name));
+            let checksum = algorithm.hex(f.checksum);
+            s.push_str(&format!("{} {checksum} {}\n", f.length, f.name));
         }
         s
     }
 
-    fn parse(text: &str) -> Option<Manifest> {
-        let mut lines = text.lines();
+    /// None for text that is no MANIFEST (a torn or foreign file).
+    fn parse(text: &str) -> Option<Parsed> {
+        let mut lines = text.lines().peekable();
+        let format = match lines.peek()?.strip_prefix(FORMAT_LINE) {
+            Some(version) => {
+                let format: u32 = version.trim().parse().ok()?;
+                lines.next();
+                format
+            }
+            None => 0,
+        };
+        if format > FORMAT {
+            return Some(Parsed::Newer(format));
+        }
         let epoch = lines.next()?.strip_prefix("epoch ")?.parse().ok()?;
         let files = lines
             .map(|l| {
@@ -102,7 +116,11 @@ impl Manifest {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Manifest { epoch, files })
+        Some(Parsed::Manifest(Manifest {
+            format,
+            epoch,
+            files,
+        }))
     }
 }
 
@@ -111,8 +129,8 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     dir: Path,
     shown: String,
-    /// A local filesystem: writes are fsynced.
-    local: bool,
+    /// Where the state is; on a local filesystem writes are fsynced.
+    location: Location,
 }
 
 fn epoch_dir(epoch: u64) -> String {
@@ -121,14 +139,13 @@ fn epoch_dir(epoch: u64) -> String {
 
 impl CheckpointStore {
     /// The checkpoints under `state` (a path or URL; settings from the environment).
-    pub fn open(state: &str) -> Result<CheckpointStore, CheckpointError> {
-        let location =
-            Location::parse(state, vec![]).map_err(|e| CheckpointError::Location(e.to_string()))?;
-        let store = location.store().map_err(CheckpointError::Location)?;
+    pub fn open(state: &str) -> Result<CheckpointStore, StorageError> {
+        let location = Location::parse(state, vec![])?;
+        let store = location.store()?;
         let dir = location.prefix().clone().join("checkpoints");
         Ok(CheckpointStore {
             shown: location.display(&dir),
-            local: location.is_local(),
+            location,
             store,
             dir,
         })
@@ -141,12 +158,12 @@ impl CheckpointStore {
 
     /// The epoch a new run starts numbering at: above every epoch directory there is, even
     /// incomplete ones, so a new run never writes into the directory of an old one.
-    pub async fn next_epoch(&self) -> Result<u64, CheckpointError> {
+    pub async fn next_epoch(&self) -> Result<u64, StorageError> {
         Ok(self.epochs().await?.first().map_or(1, |e| e + 1))
     }
 
     /// Every complete checkpoint, newest first.
-    pub async fn list(&self) -> Result<Vec<Manifest>, CheckpointError> {
+    pub async fn list(&self) -> Result<Vec<Manifest>, StorageError> {
         let mut out = Vec::new();
         for epoch in self.epochs().await? {
             if let Some(m) = self.complete(epoch).await? {
@@ -157,25 +174,11 @@ impl CheckpointStore {
     }
 
     /// Makes a local write durable: fsyncs the file and its directory.
-    async fn sync(&self, path: &Path) -> Result<(), CheckpointError> {
-        if !self.local {
-            return Ok(());
+    async fn sync(&self, path: &Path) -> Result<(), StorageError> {
+        match self.location.local_path(path) {
+            Some(file) => durable::sync(file, 1).await,
+            None => Ok(()),
         }
-        let file = std::path::PathBuf::from(format!("/{path}"));
-        let shown = file.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)?.sync_all()?;
-            match file.parent() {
-                Some(dir) => std::fs::File::open(dir)?.sync_all(),
-                None => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| CheckpointError::Location(e.to_string()))?
-        .map_err(|e| CheckpointError::Sync {
-            path: shown,
-            source: e,
-        })
     }
 
     fn path(&self, epoch: u64, name: &str) -> Path {
@@ -186,7 +189,7 @@ impl CheckpointStore {
         &self,
         what: &'static str,
         path: &Path,
-    ) -> impl FnOnce(object_store::Error) -> CheckpointError {
+    ) -> impl FnOnce(object_store::Error) -> StorageError {
         let path = format!(
             "{}/{}",
             self.shown,
@@ -195,7 +198,7 @@ impl CheckpointStore {
                 .unwrap_or(path.as_ref())
                 .trim_start_matches('/')
         );
-        move |source| CheckpointError::Store { what, path, source }
+        StorageError::store(what, path)
     }
 
     /// Writes the files of `epoch`, then its MANIFEST, then collects old epochs.
@@ -203,12 +206,12 @@ impl CheckpointStore {
         &self,
         epoch: u64,
         files: Vec<(String, Vec<u8>)>,
-    ) -> Result<Manifest, CheckpointError> {
+    ) -> Result<Manifest, StorageError> {
         let mut entries = Vec::with_capacity(files.len());
         for (name, bytes) in files {
             entries.push(FileEntry {
                 length: bytes.len() as u64,
-                checksum: fnv1a64(&bytes),
+                checksum: algorithm(FORMAT).of(&bytes),
                 name: name.clone(),
             });
             let path = self.path(epoch, &name);
@@ -219,6 +222,7 @@ impl CheckpointStore {
             self.sync(&path).await?;
         }
         let manifest = Manifest {
+            format: FORMAT,
             epoch,
             files: entries,
         };
@@ -233,7 +237,7 @@ impl CheckpointStore {
     }
 
     /// The epochs that have a directory, newest first.
-    pub async fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
+    pub async fn epochs(&self) -> Result<Vec<u64>, StorageError> {
         let listed = match self.store.list_with_delimiter(Some(&self.dir)).await {
             Ok(l) => l.common_prefixes,
             Err(object_store::Error::NotFound { .. }) => vec![],
@@ -249,15 +253,23 @@ impl CheckpointStore {
 
     /// The MANIFEST of `epoch` if it is a complete checkpoint: the MANIFEST parses and every
     /// file it lists exists with the listed length.
-    async fn complete(&self, epoch: u64) -> Result<Option<Manifest>, CheckpointError> {
+    async fn complete(&self, epoch: u64) -> Result<Option<Manifest>, StorageError> {
         let path = self.path(epoch, MANIFEST);
         let text = match self.store.get(&path).await {
             Ok(got) => got.bytes().await.map_err(self.failed("reading", &path))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.failed("reading", &path)(e)),
         };
-        let Some(manifest) = std::str::from_utf8(&text).ok().and_then(Manifest::parse) else {
-            return Ok(None);
+        let manifest = match std::str::from_utf8(&text).ok().and_then(Manifest::parse) {
+            None => return Ok(None),
+            Some(Parsed::Manifest(m)) => m,
+            Some(Parsed::Newer(format)) => {
+                return Err(StorageError::NewerFormat {
+                    path: format!("{}/{}/{MANIFEST}", self.shown, epoch_dir(epoch)),
+                    format,
+                    known: FORMAT,
+                });
+            }
         };
         if manifest.epoch != epoch {
             return Ok(None);
@@ -278,7 +290,7 @@ impl CheckpointStore {
     }
 
     /// The newest complete checkpoint, if any.
-    pub async fn latest(&self) -> Result<Option<Manifest>, CheckpointError> {
+    pub async fn latest(&self) -> Result<Option<Manifest>, StorageError> {
         for epoch in self.epochs().await? {
             if let Some(m) = self.complete(epoch).await? {
                 return Ok(Some(m));
@@ -288,12 +300,12 @@ impl CheckpointStore {
     }
 
     /// Reads a file of a checkpoint, checking its length and checksum.
-    pub async fn read(&self, manifest: &Manifest, name: &str) -> Result<Vec<u8>, CheckpointError> {
+    pub async fn read(&self, manifest: &Manifest, name: &str) -> Result<Vec<u8>, StorageError> {
         let entry = manifest
             .files
             .iter()
             .find(|f| f.name == name)
-            .ok_or_else(|| CheckpointError::NoSuchFile {
+            .ok_or_else(|| StorageError::NoSuchFile {
                 epoch: manifest.epoch,
                 name: name.to_string(),
             })?;
@@ -304,7 +316,7 @@ impl CheckpointStore {
             .await
             .map_err(self.failed("reading", &path))?;
         let bytes = got.bytes().await.map_err(self.failed("reading", &path))?;
-        let corrupt = |reason: String| CheckpointError::Corrupt {
+        let corrupt = |reason: String| StorageError::Corrupt {
             path: format!("{}/{}/{name}", self.shown, epoch_dir(manifest.epoch)),
             reason,
         };
@@ -315,14 +327,14 @@ impl CheckpointStore {
                 entry.length
             )));
         }
-        if fnv1a64(&bytes) != entry.checksum {
+        if algorithm(manifest.format).of(&bytes) != entry.checksum {
             return Err(corrupt("checksum differs from the MANIFEST".into()));
         }
         Ok(bytes.to_vec())
     }
 
     /// Deletes every epoch older than the [`KEEP`] newest complete ones, up to `newest`.
-    async fn collect_garbage(&self, newest: u64) -> Result<(), CheckpointError> {
+    async fn collect_garbage(&self, newest: u64) -> Result<(), StorageError> {
         let mut kept = 0;
         for epoch in self.epochs().await? {
             if epoch > newest {
@@ -410,6 +422,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_manifest_of_format_0_is_read_with_its_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let epoch = dir.path().join("checkpoints").join(epoch_dir(4));
+        std::fs::create_dir_all(&epoch).unwrap();
+        std::fs::write(epoch.join("source-0"), b"offset 4").unwrap();
+        let fnv = crate::storage::checksum::fnv1a64(b"offset 4");
+        std::fs::write(
+            epoch.join(MANIFEST),
+            format!("epoch 4\n8 {fnv:016x} source-0\n"),
+        )
+        .unwrap();
+        let latest = store.latest().await.unwrap().unwrap();
+        assert_eq!((latest.format, latest.epoch), (0, 4));
+        assert_eq!(store.read(&latest, "source-0").await.unwrap(), b"offset 4");
+        // A new epoch is written in the current format.
+        let m = store.write_epoch(5, files(5)).await.unwrap();
+        assert_eq!(m.format, FORMAT);
+        let text = std::fs::read_to_string(
+            dir.path()
+                .join("checkpoints")
+                .join(epoch_dir(5))
+                .join(MANIFEST),
+        )
+        .unwrap();
+        assert!(
+            text.starts_with("arroyod checkpoint 1\nepoch 5\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_of_a_newer_format_is_refused_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        store.write_epoch(1, files(1)).await.unwrap();
+        let epoch = dir.path().join("checkpoints").join(epoch_dir(2));
+        std::fs::create_dir_all(&epoch).unwrap();
+        std::fs::write(epoch.join(MANIFEST), "arroyod checkpoint 9\nepoch 2\n").unwrap();
+        let err = store.latest().await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("format 9; this arroyod reads formats up to 1"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_corrupt_file_is_never_loaded() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
@@ -423,6 +483,6 @@ mod tests {
         bytes[10] ^= 1;
         std::fs::write(&file, bytes).unwrap();
         let err = store.read(&m, "window-0").await.unwrap_err();
-        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
     }
 }

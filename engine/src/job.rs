@@ -1,0 +1,213 @@
+//! Running a planned query: the face the engine shows the process that embeds it (the
+//! daemon's worker, tests).
+//!
+//! 1. [`crate::sql::plan`] turns the SQL text into a [`PlannedQuery`].
+//! 2. [`start`] runs it at a parallelism: with [`Checkpointing`], it finds the newest complete
+//!    checkpoint under the state location, restores it, and takes checkpoints every interval,
+//!    each one allowed by the [`CommitGate`] before its MANIFEST is written.
+//! 3. The [`Job`] reports completed checkpoints, takes stop requests ([`Stopper`]) and ends
+//!    with an [`Outcome`] or a [`DataflowError`] whose [`kind`](DataflowError::kind) says
+//!    whose fault it is.
+//!
+//! [`checkpoints`] lists what a state location holds. Nothing here blocks the runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::dataflow::{self, CheckpointConfig, RunHandle};
+use crate::storage::{CheckpointStore, StorageError};
+use crate::task::JobContext;
+
+pub use crate::dataflow::{
+    CommitGate, CompletedCheckpoint, DataflowError, RunOutcome as Outcome, StopMode, Stopper,
+};
+pub use crate::sql::PlannedQuery;
+
+/// How a job is run.
+#[derive(Clone, Default)]
+pub struct JobSpec {
+    /// Subtasks per node (nodes that need one, such as a file source, have one).
+    pub parallelism: usize,
+    /// Checkpoints of the job; None: it takes none and restores nothing.
+    pub checkpointing: Option<Checkpointing>,
+    /// Where the default sink (a bare SELECT) sends its rows, as JSON objects in batches;
+    /// None: they are dropped.
+    pub preview: Option<mpsc::Sender<Vec<String>>>,
+}
+
+/// Where and how often a job checkpoints.
+#[derive(Clone)]
+pub struct Checkpointing {
+    /// The pipeline's state location: a path or a `file://`, `s3://`, `gs://`, `az://` URL.
+    pub state: String,
+    /// Time between two checkpoints.
+    pub interval: Duration,
+    /// Asked before every MANIFEST; None: every checkpoint may be written.
+    pub gate: Option<Arc<dyn CommitGate>>,
+    /// The newest epoch the embedding process knows completed (0: none). A state location
+    /// whose newest complete checkpoint is older is refused ([`DataflowError::Missing`]):
+    /// starting from it would repeat or lose what sinks committed since.
+    pub expected_epoch: u64,
+}
+
+/// A running job.
+pub struct Job {
+    handle: RunHandle,
+}
+
+/// Starts `query` as `spec` says, on the current runtime.
+pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowError> {
+    let checkpoints = match spec.checkpointing {
+        None => None,
+        Some(c) => {
+            let failed = |source| DataflowError::Checkpoint {
+                what: format!("checkpoints at {}", c.state),
+                source,
+            };
+            let store = CheckpointStore::open(&c.state).map_err(failed)?;
+            let restore = store.latest().await.map_err(failed)?;
+            let found = restore.as_ref().map_or(0, |m| m.epoch);
+            if found < c.expected_epoch {
+                return Err(DataflowError::Missing {
+                    expected: c.expected_epoch,
+                    location: store.display().to_string(),
+                    held: match found {
+                        0 => "no complete checkpoint".to_string(),
+                        n => format!("only checkpoints up to {n}"),
+                    },
+                });
+            }
+            Some(CheckpointConfig {
+                store: Arc::new(store),
+                interval: c.interval,
+                restore,
+                gate: c.gate,
+            })
+        }
+    };
+    debug!(parallelism = spec.parallelism, plan = %query.program.describe(), "starting a job");
+    let context = Arc::new(JobContext {
+        preview: spec.preview,
+    });
+    let handle = dataflow::run(&query.program, spec.parallelism, context, checkpoints).await?;
+    Ok(Job { handle })
+}
+
+impl Job {
+    /// The epoch the job was restored from.
+    pub fn restored(&self) -> Option<u64> {
+        self.handle.restored()
+    }
+
+    /// The newest checkpoint the job completed (None until one does).
+    pub fn checkpoints(&self) -> watch::Receiver<Option<CompletedCheckpoint>> {
+        self.handle.checkpoints()
+    }
+
+    /// What asks the job to stop, from anywhere.
+    pub fn stopper(&self) -> Stopper {
+        self.handle.stopper()
+    }
+
+    /// Waits for the job to end: its sources finished, it was stopped, or it failed.
+    pub async fn wait(self) -> Result<Outcome, DataflowError> {
+        self.handle.wait().await
+    }
+}
+
+/// The epochs of the complete checkpoints under state location `state`, newest first.
+pub async fn checkpoints(state: &str) -> Result<Vec<u64>, StorageError> {
+    let store = CheckpointStore::open(state)?;
+    Ok(store.list().await?.iter().map(|m| m.epoch).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the rows that arrive on `rx` until it closes.
+    fn count(mut rx: mpsc::Receiver<Vec<String>>) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(batch) = rx.recv().await {
+                n += batch.len();
+            }
+            n
+        })
+    }
+
+    #[tokio::test]
+    async fn a_job_checkpoints_under_its_state_location_and_restores_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state").display().to_string();
+        // Slow enough (2 s) that a checkpoint completes before the source ends, even on a busy box.
+        let sql = "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '500', message_count = '1000');
+                   SELECT counter FROM impulse;";
+        let query = crate::sql::plan(sql).expect("plans");
+        let spec = |preview| JobSpec {
+            parallelism: 2,
+            checkpointing: Some(Checkpointing {
+                state: state.clone(),
+                interval: Duration::from_millis(20),
+                gate: None,
+                expected_epoch: 0,
+            }),
+            preview: Some(preview),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (job, before) = (start(&query, spec(tx)).await.unwrap(), count(rx));
+        assert_eq!(job.restored(), None);
+        // A deadline, so a job that ends without a checkpoint fails the test instead of hanging it.
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            job.checkpoints().wait_for(Option::is_some),
+        )
+        .await
+        .expect("a checkpoint completes within a minute")
+        .unwrap();
+        job.stopper().request(StopMode::Checkpoint);
+        assert_eq!(job.wait().await.unwrap(), Outcome::Stopped);
+        let listed = checkpoints(&state).await.unwrap();
+        assert!(!listed.is_empty());
+
+        let (tx, rx) = mpsc::channel(16);
+        let (job, after) = (start(&query, spec(tx)).await.unwrap(), count(rx));
+        assert_eq!(job.restored(), Some(listed[0]));
+        assert_eq!(job.wait().await.unwrap(), Outcome::Finished);
+        // The default sink's rows after a stop with a checkpoint: each once.
+        assert_eq!(before.await.unwrap() + after.await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_location_without_the_checkpoint_known_to_have_completed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let query = crate::sql::plan(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10', message_count = '10');
+             SELECT counter FROM impulse;",
+        )
+        .expect("plans");
+        let spec = JobSpec {
+            parallelism: 1,
+            checkpointing: Some(Checkpointing {
+                state: dir.path().display().to_string(),
+                interval: Duration::from_secs(1),
+                gate: None,
+                expected_epoch: 4,
+            }),
+            preview: None,
+        };
+        let err = match start(&query, spec).await {
+            Ok(_) => panic!("a job started over"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.kind(),
+            crate::task::ErrorKind::User(crate::task::UserFault::Storage)
+        );
+        assert!(err.to_string().contains("(the metadata says so)"), "{err}");
+        assert!(err.to_string().contains("no complete checkpoint"), "{err}");
+    }
+}
