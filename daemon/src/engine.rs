@@ -13,8 +13,8 @@ use crate::secrets;
 
 pub use arroyod_engine::error_chain;
 pub use arroyod_engine::job::{
-    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec,
-    Outcome as RunOutcome, StopMode as EngineStop,
+    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec, NodeFigures,
+    NodeMetrics, Outcome as RunOutcome, StopMode as EngineStop,
 };
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
 pub use arroyod_engine::storage::checksum::fnv1a64;

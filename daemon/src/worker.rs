@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{
-    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec, RunOutcome,
-    error_chain, job,
+    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec,
+    NodeFigures, NodeMetrics, RunOutcome, error_chain, job,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -285,6 +286,27 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
     let stop = handle.stopper();
+    let trigger = handle.checkpoint_trigger();
+    let metered = CancellationToken::new();
+    let metering = {
+        let events = events.clone();
+        let mut meter = Meter::new(handle.operators());
+        let ended = metered.clone();
+        let reporting = async move {
+            let mut ticks = tokio::time::interval(METRICS_EVERY);
+            ticks.tick().await;
+            loop {
+                let last = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = ended.cancelled() => true,
+                };
+                if events.send(meter.report()).await.is_err() || last {
+                    break;
+                }
+            }
+        };
+        tokio::spawn(reporting.instrument(info_span!("metrics_reporter")))
+    };
     let mut wait = std::pin::pin!(handle.wait());
     let outcome = loop {
         tokio::select! {
@@ -305,6 +327,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                         let _ = tx.send(c.allowed);
                     }
                 }
+                Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Checkpoint(_)) })) => {
+                    if !trigger.request() {
+                        warn!(pipeline = %pipeline_id, "a checkpoint was asked for, but this run takes none now");
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     warn!(pipeline = %pipeline_id, "the daemon went away; exiting");
@@ -313,8 +340,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             }
         }
     };
-    // Every row and completed checkpoint reaches the daemon before the final report.
+    // Every row, completed checkpoint and count reaches the daemon before the final report.
     let _ = forward.await;
+    // The counts since the last report go out last.
+    metered.cancel();
+    let _ = metering.await;
     reporter.abort();
     let _ = reporter.await;
     // The last checkpoint (the one a stop takes) may have completed after the reporter's last
@@ -333,6 +363,70 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events.send(event(last)).await?;
     finish(events, commands).await
+}
+
+/// How often a worker reports its operators' counters.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// Turns the engine's running totals into reports of deltas (so the daemon's totals stay
+/// monotonic across worker generations) and current gauges.
+struct Meter {
+    operators: Vec<NodeMetrics>,
+    previous: Vec<NodeFigures>,
+    since: std::time::Instant,
+}
+
+impl Meter {
+    fn new(operators: Vec<NodeMetrics>) -> Meter {
+        let previous = vec![NodeFigures::default(); operators.len()];
+        Meter {
+            operators,
+            previous,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// The figures since the previous report.
+    fn report(&mut self) -> WorkerEvent {
+        let window_ms = self.since.elapsed().as_millis() as u64;
+        self.since = std::time::Instant::now();
+        let mut subtasks = 0;
+        let mut subtasks_ended = 0;
+        let operators = self
+            .operators
+            .iter()
+            .zip(&mut self.previous)
+            .map(|(node, previous)| {
+                let now = node.counters.read();
+                let before = std::mem::replace(previous, now);
+                let ended = now.subtasks_ended.min(node.parallelism as u64) as u32;
+                subtasks += node.parallelism as u32;
+                subtasks_ended += ended;
+                arroyod_proto::OperatorMetrics {
+                    operator: node.label.clone(),
+                    parallelism: node.parallelism as u32,
+                    rows_in: now.rows_in - before.rows_in,
+                    rows_out: now.rows_out - before.rows_out,
+                    bytes_in: now.bytes_in - before.bytes_in,
+                    bytes_out: now.bytes_out - before.bytes_out,
+                    blocked_ns: now.blocked_ns - before.blocked_ns,
+                    watermark_ms: now.watermark_ms.unwrap_or(0),
+                    late_rows_dropped: now.late_rows - before.late_rows,
+                    bad_rows_dropped: now.bad_rows - before.bad_rows,
+                    checkpoint_bytes: now.checkpoint_bytes,
+                    checkpoint_duration_ms: now.checkpoint_ms,
+                    subtasks_ended: ended,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        event(worker_event::Event::Metrics(arroyod_proto::Metrics {
+            operators,
+            window_ms,
+            subtasks,
+            subtasks_ended,
+        }))
+    }
 }
 
 /// A task that is aborted when this is dropped.

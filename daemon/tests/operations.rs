@@ -355,7 +355,8 @@ fn http_get(addr: &str, path: &str) -> String {
 fn metrics_are_served_on_a_loopback_address() {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = TestDaemon::start_with(&["--metrics-addr", &addr]);
-    let id = d.submit("measured", UNBOUNDED);
+    // Checkpoints only on demand (an hour is beyond every deadline here).
+    let id = submit_with(&d, "measured", UNBOUNDED, &["--checkpoint-interval", "1h"]);
     d.wait_state(&id, "Running");
     let body = http_get(&addr, "/metrics");
     assert!(
@@ -379,6 +380,50 @@ fn metrics_are_served_on_a_loopback_address() {
     wait_until(DEADLINE, "more output rows", || {
         (rows(&http_get(&addr, "/metrics")) > first).then_some(())
     });
+    // Per operator: the source's rows out and the sink's rows in move, as the worker reports.
+    let operator = |body: &str, series: &str, kind: &str| -> u64 {
+        body.lines()
+            .find(|l| {
+                l.starts_with(&format!("arroyod_operator_{series}{{"))
+                    && l.contains(&format!("pipeline=\"{id}\""))
+                    && l.contains(&format!("operator=\"{kind}"))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let source_out = wait_until(DEADLINE, "the source's rows out", || {
+        Some(operator(
+            &http_get(&addr, "/metrics"),
+            "rows_out_total",
+            "source:",
+        ))
+        .filter(|n| *n > 0)
+    });
+    wait_until(
+        DEADLINE,
+        "more rows out of the source, and into the sink",
+        || {
+            let body = http_get(&addr, "/metrics");
+            (operator(&body, "rows_out_total", "source:") > source_out
+                && operator(&body, "rows_in_total", "sink:") > 0)
+                .then_some(())
+        },
+    );
+    // An on-demand checkpoint completes long before the interval's first.
+    assert_eq!(d.status(&id)["last_checkpoint"], 0);
+    let out = d.ctl_ok(&["checkpoint", &id[..6]]);
+    assert!(out.starts_with("checkpoint 1 of "), "{out}");
+    assert_eq!(d.status(&id)["last_checkpoint"], 1);
+    let body = wait_until(DEADLINE, "the source's part of the checkpoint", || {
+        let body = http_get(&addr, "/metrics");
+        (operator(&body, "checkpoint_bytes", "source:") > 0).then_some(body)
+    });
+    assert!(
+        body.contains("arroyod_pipeline_checkpoints_total"),
+        "{body}"
+    );
+
     // `top` shows the pipeline.
     let top = d.ctl_ok(&["top", &id, "--count", "1"]);
     assert!(
