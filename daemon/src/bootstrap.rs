@@ -410,7 +410,10 @@ impl Daemon {
                 metrics.set_states(c.state_counts());
                 metrics.encode()
             });
-            crate::metrics::serve(addr, render, &mut servers, stop_serving.clone()).await?;
+            let bind_unix: crate::metrics::BindUnix =
+                |path| bind_socket(path, 0o660).map_err(|e| crate::engine::error_chain(&e));
+            crate::metrics::serve(addr, render, &mut servers, stop_serving.clone(), bind_unix)
+                .await?;
             info!(metrics_addr = %addr, "serving metrics at /metrics");
         }
         let snapshots = match &settings.backup_url {

@@ -456,13 +456,18 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
+/// Binds a unix socket with the daemon's checks (a live socket or a plain file is never
+/// replaced), or says why not.
+pub type BindUnix = fn(&std::path::Path) -> Result<tokio::net::UnixListener, String>;
+
 /// Serves `render` at `/metrics` on `addr` until `stop`, in a task of `tasks` (named
-/// `metrics_server`), one task per connection under it.
+/// `metrics_server`), one task per connection under it; a unix socket is bound by `bind_unix`.
 pub async fn serve(
     addr: &MetricsAddr,
     render: Render,
     tasks: &mut JoinSet<()>,
     stop: CancellationToken,
+    bind_unix: BindUnix,
 ) -> Result<(), MetricsError> {
     let bind_failed = |source| MetricsError::Bind {
         addr: addr.to_string(),
@@ -478,8 +483,7 @@ pub async fn serve(
             );
         }
         MetricsAddr::Unix(path) => {
-            let listener = crate::bootstrap::bind_socket(path, 0o660)
-                .map_err(|e| bind_failed(std::io::Error::other(crate::engine::error_chain(&e))))?;
+            let listener = bind_unix(path).map_err(|e| bind_failed(std::io::Error::other(e)))?;
             let served = accept(listener, render, stop, Some(path.clone()));
             tasks.spawn(served.instrument(info_span!("metrics_server")));
         }

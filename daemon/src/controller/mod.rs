@@ -520,7 +520,18 @@ impl Controller {
     pub async fn resume(
         &self,
         id_or_name: &str,
+        changes: Changes,
+    ) -> Result<Pipeline, ControllerError> {
+        self.start_again(id_or_name, changes, Event::Resume).await
+    }
+
+    /// Checks `changes` (a parallelism within bounds) and sends the event `to_event` makes of
+    /// them to the pipeline.
+    async fn start_again(
+        &self,
+        id_or_name: &str,
         mut changes: Changes,
+        to_event: fn(Changes) -> Event,
     ) -> Result<Pipeline, ControllerError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ControllerError::ShuttingDown);
@@ -529,7 +540,7 @@ impl Controller {
             changes.parallelism = Some(self.parallelism(Some(p))?);
         }
         let p = self.find(id_or_name)?;
-        self.command(&p, Event::Resume(changes)).await?;
+        self.command(&p, to_event(changes)).await?;
         Ok(p)
     }
 
@@ -595,17 +606,9 @@ impl Controller {
     pub async fn restart(
         &self,
         id_or_name: &str,
-        mut changes: Changes,
+        changes: Changes,
     ) -> Result<Pipeline, ControllerError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(ControllerError::ShuttingDown);
-        }
-        if let Some(p) = changes.parallelism {
-            changes.parallelism = Some(self.parallelism(Some(p))?);
-        }
-        let p = self.find(id_or_name)?;
-        self.command(&p, Event::Restart(changes)).await?;
-        Ok(p)
+        self.start_again(id_or_name, changes, Event::Restart).await
     }
 
     /// Asks a running pipeline for a checkpoint now and waits until one newer than the last
