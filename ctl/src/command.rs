@@ -305,7 +305,7 @@ impl Session {
                                 render::write_json(w, &render::submit_errors_json(&label, &errors))
                             })?;
                         } else {
-                            print_diagnostics(file, &query, &errors);
+                            print_diagnostics(file, &errors);
                         }
                         Ok(ExitCode::from(EXIT_ERROR))
                     }
@@ -342,7 +342,7 @@ impl Session {
                 writeln!(w, "{}", render::sinks_line(&response.sinks))
             })?;
         } else {
-            print_diagnostics(file, &query, &response.errors);
+            print_diagnostics(file, &response.errors);
         }
         Ok(if response.errors.is_empty() {
             ExitCode::SUCCESS
@@ -673,7 +673,7 @@ impl Session {
                     render::write_json(w, &render::submit_errors_json(&label, &graph.errors))
                 })?;
             } else {
-                print_diagnostics(path, query.as_deref().unwrap_or_default(), &graph.errors);
+                print_diagnostics(path, &graph.errors);
             }
             return Ok(ExitCode::from(EXIT_ERROR));
         }
@@ -804,12 +804,12 @@ fn stop_progress(p: &Pipeline, waited: Duration) -> String {
 
 /// Writes query errors to stderr in the diagnostic format: the `FILE:LINE:COL: error:`
 /// line, the source line with a caret, the hints.
-fn print_diagnostics(file: &Path, query: &str, errors: &[SqlError]) {
+fn print_diagnostics(file: &Path, errors: &[SqlError]) {
     let label = query_label(file);
     let mut stderr = io::stderr().lock();
     for error in errors {
         // A closed stderr leaves nowhere to report to; the exit status still tells.
-        let _ = write!(stderr, "{}", render::diagnostic(&label, Some(query), error));
+        let _ = write!(stderr, "{}", render::diagnostic(&label, error));
     }
 }
 

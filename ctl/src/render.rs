@@ -247,9 +247,9 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
 }
 
 /// One error of a query in the diagnostic format of [`arroyod_proto::diagnostic`]: the
-/// `<file>:<line>:<column>: error: <message>` line, the source line with a caret when
-/// `source` is given, then the hints.
-pub fn diagnostic(file: &str, source: Option<&str>, e: &SqlError) -> String {
+/// `<file>:<line>:<column>: error: <message>` line, the source line the daemon sent (secret
+/// values redacted) with a caret, then the hints.
+pub fn diagnostic(file: &str, e: &SqlError) -> String {
     Diagnostic {
         file,
         line: e.line,
@@ -257,7 +257,7 @@ pub fn diagnostic(file: &str, source: Option<&str>, e: &SqlError) -> String {
         message: &e.message,
         hints: &e.hints,
     }
-    .render(source)
+    .render_line(Some(e.source_line.as_str()).filter(|l| !l.is_empty()))
 }
 
 /// A record of the output log as a JSON frame: `{"offset", "sink", "generation", "row"}` for
@@ -761,21 +761,26 @@ mod tests {
             line,
             column,
             hints: vec![],
+            source_line: String::new(),
         };
         assert_eq!(
-            diagnostic("q.sql", None, &e(2, 7)),
+            diagnostic("q.sql", &e(2, 7)),
             "q.sql:2:7: error: no table t\n"
         );
+        let with_line = SqlError {
+            source_line: "FROM x t;".to_owned(),
+            ..e(2, 8)
+        };
         assert_eq!(
-            diagnostic("q.sql", Some("SELECT 1;\nFROM x t;"), &e(2, 8)),
+            diagnostic("q.sql", &with_line),
             "q.sql:2:8: error: no table t\n 2 | FROM x t;\n   |        ^\n"
         );
         assert_eq!(
-            diagnostic("q.sql", None, &e(2, 0)),
+            diagnostic("q.sql", &e(2, 0)),
             "q.sql:2: error: no table t\n"
         );
         assert_eq!(
-            diagnostic("<stdin>", None, &e(0, 0)),
+            diagnostic("<stdin>", &e(0, 0)),
             "<stdin>: error: no table t\n"
         );
     }
@@ -790,6 +795,7 @@ mod tests {
                     line: 1,
                     column: 2,
                     hints: vec!["h".to_owned()],
+                    source_line: String::new(),
                 }],
                 sinks: vec!["stdout".to_owned()],
             },

@@ -403,6 +403,9 @@ impl OutputLog {
             return Err(io("writing", &path)(e));
         }
         last.bytes += text.len() as u64;
+        // What was just written counts at once: the log never holds more than the limit
+        // for longer than a write (unless the active segment alone is above it).
+        self.retain(inner);
         Ok(())
     }
 
@@ -439,6 +442,13 @@ impl OutputLog {
             first,
             bytes: header.len() as u64,
         });
+        self.retain(inner);
+        Ok(())
+    }
+
+    /// Drops the oldest segments while the segments hold more than the limit (the active one
+    /// always stays).
+    fn retain(&self, inner: &mut Inner) {
         let mut held: u64 = inner.segments.iter().map(|s| s.bytes).sum();
         while held > self.limit && inner.segments.len() > 1 {
             let old = inner.segments.remove(0);
@@ -450,7 +460,6 @@ impl OutputLog {
                 warn!(path = %path.display(), error = %e, "removing an old output segment failed");
             }
         }
-        Ok(())
     }
 
     /// A reader from `from`.

@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
                     message: &e.message,
                     hints: &[],
                 };
-                eprint!("{}", d.render(Some(&query)));
+                eprint!("{}", d.render(Some(&crate::secrets::redact_query(&query))));
             }
             return Ok(1);
         }

@@ -47,9 +47,14 @@ impl Diagnostic<'_> {
 
     /// Every line, with the source line and caret when `source` (the whole file) is given.
     pub fn render(&self, source: Option<&str>) -> String {
+        let text = source.and_then(|s| s.lines().nth(self.line.checked_sub(1)? as usize));
+        self.render_line(text)
+    }
+
+    /// Every line, with `text` (the line the error is on) and a caret when given.
+    pub fn render_line(&self, text: Option<&str>) -> String {
         let mut out = self.headline();
         out.push('\n');
-        let text = source.and_then(|s| s.lines().nth(self.line.checked_sub(1)? as usize));
         if let Some(text) = text {
             let number = self.line.to_string();
             let pad = " ".repeat(number.len());

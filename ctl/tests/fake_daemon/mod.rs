@@ -126,12 +126,14 @@ impl Service {
                     line: 1,
                     column: 15,
                     hints: vec![],
+                    source_line: query.lines().next().unwrap_or_default().to_owned(),
                 },
                 SqlError {
                     message: "no sink for the query".to_owned(),
                     line: 0,
                     column: 0,
                     hints: vec![],
+                    source_line: String::new(),
                 },
             ]
         } else {

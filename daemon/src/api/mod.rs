@@ -39,7 +39,7 @@ fn disk_full(message: &str) -> bool {
 pub fn status(e: ControllerError) -> Status {
     let message = error_chain(&e);
     match e {
-        ControllerError::InvalidQuery(errors) => query_errors(&errors),
+        ControllerError::InvalidQuery(errors) => query_errors(&errors, ""),
         ControllerError::InvalidName(_)
         | ControllerError::Parallelism { .. }
         | ControllerError::Ambiguous { .. } => Status::invalid_argument(message),
@@ -59,25 +59,31 @@ pub fn status(e: ControllerError) -> Status {
     }
 }
 
-fn sql_error_msg(e: &SqlError) -> SqlErrorMsg {
+/// An error of a query as the wire carries it, with its line of `shown` (the query with secret
+/// values redacted; empty: no line).
+fn sql_error_msg(e: &SqlError, shown: &str) -> SqlErrorMsg {
+    let line = (e.line as usize)
+        .checked_sub(1)
+        .and_then(|n| shown.lines().nth(n));
     SqlErrorMsg {
         message: e.message.clone(),
         line: e.line,
         column: e.column,
         hints: vec![],
+        source_line: line.unwrap_or_default().to_string(),
     }
 }
 
 /// `InvalidArgument` for a query that does not plan: one `line:column: message` per line, and
 /// the errors as `QueryErrors` in the details.
-fn query_errors(errors: &[SqlError]) -> Status {
+fn query_errors(errors: &[SqlError], shown: &str) -> Status {
     let text = errors
         .iter()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("\n");
     let details = QueryErrors {
-        errors: errors.iter().map(sql_error_msg).collect(),
+        errors: errors.iter().map(|e| sql_error_msg(e, shown)).collect(),
     };
     Status::with_details(Code::InvalidArgument, text, details.encode_to_vec().into())
 }

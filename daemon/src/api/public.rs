@@ -17,11 +17,13 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use super::{pipeline_msg, sql_error_msg, status, view_msg};
+use super::{pipeline_msg, query_errors, sql_error_msg, status, view_msg};
+use crate::controller::ControllerError;
 use crate::controller::machine::{Changes, StopMode};
 use crate::controller::{Controller, Keep, Submission};
 use crate::engine::plan;
 use crate::output::{OutputLog, Reader, Record};
+use crate::secrets::redact_query;
 use crate::store::{CheckpointRow, EventRow};
 
 /// Records read from an output log at a time.
@@ -183,6 +185,7 @@ impl Arroyod for Api {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         let r = request.into_inner();
+        let shown = redact_query(&r.query);
         let submission = Submission {
             query: r.query,
             name: Some(r.name).filter(|n| !n.is_empty()),
@@ -191,7 +194,14 @@ impl Arroyod for Api {
                 .then(|| Duration::from_millis(r.checkpoint_interval_ms)),
             memory_limit: Some(r.memory_limit_bytes).filter(|m| *m > 0),
         };
-        let p = self.controller.submit(submission).await.map_err(status)?;
+        let p = self
+            .controller
+            .submit(submission)
+            .await
+            .map_err(|e| match e {
+                ControllerError::InvalidQuery(errors) => query_errors(&errors, &shown),
+                e => status(e),
+            })?;
         Ok(Response::new(SubmitResponse {
             pipeline: Some(pipeline_msg(&p)),
         }))
@@ -201,13 +211,15 @@ impl Arroyod for Api {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
-        let response = match plan(request.into_inner().query).await {
+        let query = request.into_inner().query;
+        let shown = redact_query(&query);
+        let response = match plan(query).await {
             Ok(planned) => ValidateResponse {
                 errors: vec![],
                 sinks: planned.sinks,
             },
             Err(errors) => ValidateResponse {
-                errors: errors.iter().map(sql_error_msg).collect(),
+                errors: errors.iter().map(|e| sql_error_msg(e, &shown)).collect(),
                 sinks: vec![],
             },
         };
