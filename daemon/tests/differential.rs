@@ -12,8 +12,9 @@
 //!    (updating), floats within 1e-9 relative, timestamps as values
 //!    (`differential/compare.rs`).
 //! 3. A case whose tags match a class of [`KNOWN_BUGS`] is not run (and not counted as
-//!    passing): those classes fail today. Their seeds are in `differential/regressions.txt`,
-//!    run by [`regression_seeds`] only with `ARROYO_DIFF_REGRESSIONS=1` (or a class name).
+//!    passing): those classes fail today. Every failing seed found is in
+//!    `differential/regressions.txt`, run by [`regression_seeds`]: always once its class is
+//!    fixed, and with `ARROYO_DIFF_REGRESSIONS=1` (or a class name) while it is known.
 //!
 //! Knobs (environment):
 //! - `ARROYO_DIFF_CASES=N`: run N cases (default [`CI_CASES`]), from seed `ARROYO_DIFF_START`
@@ -49,53 +50,8 @@ const CI_CASES: u64 = 40;
 /// run unless `ARROYO_DIFF_KNOWN=1`. Remove a class when its fix lands (and run
 /// `ARROYO_DIFF_REGRESSIONS=<class>`).
 const KNOWN_BUGS: &[KnownBug] = &[
-    // The same aggregate of a column twice in a windowed aggregate that is a subquery: planning
-    // fails with "Schema contains duplicate unqualified field name \"sum(t1.v)\"".
-    KnownBug {
-        class: "repeated-aggregate",
-        tags: &["aggregates:repeated", "subquery"],
-    },
-    // An outer join of two windowed aggregates where the side that may be missing has a
-    // count: a row without a match fails the run with "Column 'a0' is declared as
-    // non-nullable but contains null values" (sometimes reported as "channel closed").
-    KnownBug {
-        class: "outer-join-count",
-        tags: &["join:left", "join:right-count"],
-    },
-    KnownBug {
-        class: "outer-join-count",
-        tags: &["join:right", "join:left-count"],
-    },
-    KnownBug {
-        class: "outer-join-count",
-        tags: &["join:full", "join:left-count"],
-    },
-    KnownBug {
-        class: "outer-join-count",
-        tags: &["join:full", "join:right-count"],
-    },
-    // A SESSION window whose DISTINCT aggregates DataFusion rewrites into a two-level
-    // aggregation (single_distinct_to_groupby: every DISTINCT on one column, the rest
-    // min/max/sum/count): sessions are formed per distinct value, one row each.
-    // An updating aggregate (no window) with DISTINCT aggregates, when its input comes in more
-    // than one batch: "Internal error: Retract should be implemented for aggregate functions"
-    // (DataFusion's rewrite into two aggregations makes the outer one read an updating input,
-    // and min/max cannot retract).
-    KnownBug {
-        class: "updating-distinct",
-        tags: &["template:updating", "distinct"],
-    },
-    // A filter that DataFusion's optimizer proves always false (`k = 'a' AND k = 'b'`,
-    // `1 = 0`): the query is refused with "This feature is not implemented: EmptyRelation:
-    // rows=0 is not supported in a streaming query yet" instead of giving no rows.
-    KnownBug {
-        class: "always-false-filter",
-        tags: &["filter:k-twice"],
-    },
-    KnownBug {
-        class: "session-distinct",
-        tags: &["distinct", "window:session"],
-    },
+    // Empty: every class found so far is fixed, and its seeds in `differential/regressions.txt`
+    // run in every `cargo test` (FINDINGS.md lists the classes and their fixes).
 ];
 
 /// A class of failures and the tags that select its cases.
@@ -307,9 +263,9 @@ fn regressions() -> Vec<Regression> {
 }
 
 /// The failing seeds found so far. Always checked: every line names a seed of its template
-/// and a class of [`KNOWN_BUGS`] whose tags the case has (so fixing a generator never leaves
-/// stale lines). Run only with `ARROYO_DIFF_REGRESSIONS=1` (every line) or
-/// `ARROYO_DIFF_REGRESSIONS=<class>`: they fail until their bug is fixed.
+/// (and, while its class is in [`KNOWN_BUGS`], a case with that class's tags). Seeds of fixed
+/// classes run every time and must pass; seeds of a class still known run only with
+/// `ARROYO_DIFF_REGRESSIONS=1` (every line) or `ARROYO_DIFF_REGRESSIONS=<class>`.
 #[test]
 fn regression_seeds() {
     let listed = regressions();
@@ -325,32 +281,35 @@ fn regression_seeds() {
         );
         let bugs: Vec<&KnownBug> = KNOWN_BUGS.iter().filter(|b| b.class == r.class).collect();
         assert!(
-            !bugs.is_empty(),
-            "regressions.txt: seed {}: class {} is not in KNOWN_BUGS (fixed? then drop its lines)",
-            r.seed,
-            r.class
-        );
-        assert!(
-            bugs.iter()
-                .any(|b| b.tags.iter().all(|t| case.tags.contains(*t))),
+            bugs.is_empty()
+                || bugs
+                    .iter()
+                    .any(|b| b.tags.iter().all(|t| case.tags.contains(*t))),
             "regressions.txt: seed {} has tags {:?}, none of the tag sets of class {}",
             r.seed,
             case.tags,
             r.class
         );
     }
-    let Ok(which) = std::env::var("ARROYO_DIFF_REGRESSIONS") else {
-        println!(
-            "regressions: {} seeds listed and checked; not run (set ARROYO_DIFF_REGRESSIONS=1)",
-            listed.len()
-        );
-        return;
-    };
+    // Seeds of a class still in KNOWN_BUGS fail today: run only when asked for. The others
+    // are fixed classes, run every time.
+    let which = std::env::var("ARROYO_DIFF_REGRESSIONS").ok();
+    let open = |class: &str| KNOWN_BUGS.iter().any(|b| b.class == class);
     let chosen: Vec<&Regression> = listed
         .iter()
-        .filter(|r| which == "1" || which == r.class)
+        .filter(|r| match &which {
+            Some(w) => w == "1" || *w == r.class,
+            None => !open(&r.class),
+        })
         .collect();
-    assert!(!chosen.is_empty(), "no regression seed of class {which:?}");
+    if let Some(w) = &which {
+        assert!(!chosen.is_empty(), "no regression seed of class {w:?}");
+    }
+    println!(
+        "regressions: {} seeds listed, {} run",
+        listed.len(),
+        chosen.len()
+    );
     let failures: Vec<String> = chosen
         .iter()
         .filter_map(|r| {

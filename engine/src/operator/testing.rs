@@ -173,6 +173,14 @@ async fn close(tasks: &mut [Task]) {
     }
 }
 
+/// What one subtask of `factory` sends for `steps`, to the end of its input.
+pub(crate) async fn run_one(factory: &dyn OperatorFactory, steps: &[Step]) -> Vec<RecordBatch> {
+    let mut tasks = vec![Task::new(factory, 0, 1)];
+    feed(&mut tasks, &[], steps).await;
+    close(&mut tasks).await;
+    tasks.remove(0).sent
+}
+
 /// Every row sent, formatted, sorted; without the event time when `skip_time`.
 fn sorted_rows(batches: &[RecordBatch], skip_time: bool) -> Vec<String> {
     let mut rows = Vec::new();

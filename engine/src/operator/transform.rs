@@ -22,11 +22,13 @@ pub enum Step {
     /// Replace the columns by these expressions; hidden columns are carried over. The schema
     /// includes the hidden columns last.
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
-    /// One row per element of the list column `column`; output column `i` comes from input
-    /// column `sources[i]` (the list column gives its elements). Rows with empty or null lists
-    /// produce nothing. The schema includes the hidden columns last.
+    /// One row per element of the list columns `columns`, zipped (as DataFusion does): a row
+    /// gives as many rows as its longest list has elements, the shorter lists' columns null
+    /// beyond their end. Output column `i` comes from input column `sources[i]` (a list
+    /// column gives its elements). Rows whose lists are all empty or null produce nothing. The
+    /// schema includes the hidden columns last.
     Unnest {
-        column: usize,
+        columns: Vec<usize>,
         sources: Vec<usize>,
         schema: SchemaRef,
     },
@@ -86,72 +88,79 @@ impl Transform {
                     )?
                 }
                 Step::Unnest {
-                    column,
+                    columns,
                     sources,
                     schema,
-                } => unnest(&batch, *column, sources, schema)?,
+                } => unnest(&batch, columns, sources, schema)?,
             };
         }
         Ok((batch.num_rows() > 0).then_some(batch))
     }
 }
 
+/// The elements of a list column and where each row's list starts and ends.
+fn list_parts(list: &ArrayRef) -> Result<(ArrayRef, Vec<usize>), DataFusionError> {
+    use datafusion::arrow::array::{AsArray, GenericListArray};
+    use datafusion::arrow::datatypes::DataType;
+    fn parts<O: datafusion::arrow::array::OffsetSizeTrait>(
+        l: &GenericListArray<O>,
+    ) -> (ArrayRef, Vec<usize>) {
+        (
+            l.values().clone(),
+            l.value_offsets().iter().map(|o| o.as_usize()).collect(),
+        )
+    }
+    match list.data_type() {
+        DataType::List(_) => Ok(parts(list.as_list::<i32>())),
+        DataType::LargeList(_) => Ok(parts(list.as_list::<i64>())),
+        other => Err(DataFusionError::NotImplemented(format!(
+            "UNNEST of {other} is not supported"
+        ))),
+    }
+}
+
 /// See [`Step::Unnest`].
 fn unnest(
     batch: &RecordBatch,
-    column: usize,
+    lists: &[usize],
     sources: &[usize],
     schema: &SchemaRef,
 ) -> Result<RecordBatch, DataFusionError> {
-    use datafusion::arrow::array::{Array, GenericListArray, UInt32Array};
+    use datafusion::arrow::array::{Array, UInt32Array};
     use datafusion::arrow::compute::take;
-    let list = batch.column(column);
-    let (values, offsets): (ArrayRef, Vec<usize>) = match list.data_type() {
-        datafusion::arrow::datatypes::DataType::List(_) => {
-            let l = list
-                .as_any()
-                .downcast_ref::<GenericListArray<i32>>()
-                .expect("a list");
-            (
-                l.values().clone(),
-                l.value_offsets().iter().map(|o| *o as usize).collect(),
-            )
-        }
-        datafusion::arrow::datatypes::DataType::LargeList(_) => {
-            let l = list
-                .as_any()
-                .downcast_ref::<GenericListArray<i64>>()
-                .expect("a list");
-            (
-                l.values().clone(),
-                l.value_offsets().iter().map(|o| *o as usize).collect(),
-            )
-        }
-        other => {
-            return Err(DataFusionError::NotImplemented(format!(
-                "UNNEST of {other} is not supported"
-            )));
+    let parts: Vec<(ArrayRef, Vec<usize>)> = lists
+        .iter()
+        .map(|&c| list_parts(batch.column(c)))
+        .collect::<Result<_, _>>()?;
+    let length = |l: usize, row: usize| {
+        if batch.column(lists[l]).is_null(row) {
+            0
+        } else {
+            parts[l].1[row + 1] - parts[l].1[row]
         }
     };
     let mut repeat = Vec::new();
-    let mut elements = Vec::new();
+    let mut elements: Vec<Vec<Option<u32>>> = vec![Vec::new(); lists.len()];
     for row in 0..batch.num_rows() {
-        if list.is_null(row) {
-            continue;
-        }
-        for e in offsets[row]..offsets[row + 1] {
+        let longest = (0..lists.len()).map(|l| length(l, row)).max().unwrap_or(0);
+        for e in 0..longest {
             repeat.push(row as u32);
-            elements.push(e as u32);
+            for (l, out) in elements.iter_mut().enumerate() {
+                out.push((e < length(l, row)).then(|| (parts[l].1[row] + e) as u32));
+            }
         }
     }
     let repeat = UInt32Array::from(repeat);
-    let elements = take(values.as_ref(), &UInt32Array::from(elements), None)?;
+    let elements: Vec<ArrayRef> = parts
+        .iter()
+        .zip(elements)
+        .map(|((values, _), idx)| take(values.as_ref(), &UInt32Array::from(idx), None))
+        .collect::<Result<_, _>>()?;
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for &source in sources {
-        if source == column {
-            columns.push(elements.clone());
-        } else {
-            columns.push(take(batch.column(source).as_ref(), &repeat, None)?);
+        match lists.iter().position(|&l| l == source) {
+            Some(l) => columns.push(elements[l].clone()),
+            None => columns.push(take(batch.column(source).as_ref(), &repeat, None)?),
         }
     }
     let hidden = schema.fields().len() - sources.len();

@@ -1,16 +1,29 @@
-//! The updating aggregate: GROUP BY without a window. Every group's aggregates are kept for
-//! the life of the pipeline and its result row is updated in place: when the watermark
-//! advances (and at the end of the input) each group that changed emits a retraction of the
-//! row it emitted before and its new row. A group whose rows were all retracted is withdrawn.
+//! The updating aggregate: GROUP BY without a window. Every group's aggregates are kept and
+//! its result row is updated in place: when the watermark advances (and at the end of the
+//! input) each group that changed emits a retraction of the row it emitted before and its new
+//! row. A group whose rows were all retracted is withdrawn.
 //!
-//! Input may itself be updating (a retraction flag before the event time); retracted rows are
-//! removed from the accumulators with `retract_batch`.
+//! Input may itself be updating (a retraction flag before the event time: a `debezium_json`
+//! source, or another updating result). Every aggregate then retracts exactly, whatever the
+//! order of the changes ([`Mode`]): `count`, and `sum`/`avg` of integers, subtract from their
+//! accumulator; every other aggregate keeps its argument rows with their multiplicity and is
+//! computed afresh from them when its group's row is emitted (as Arroyo does for aggregates
+//! without an exact retraction; DataFusion's sliding `min`/`max` assume that retractions come in
+//! insertion order, which a change stream does not promise).
+//!
+//! Expiry (`SET updating_ttl`, 24 hours by default, as in Arroyo): a group that no row has
+//! been added to for the TTL is dropped, and its row retracted, as Arroyo does. The time is
+//! event time behind the watermark (a group expires once the watermark passes its newest
+//! added row's time plus the TTL), as for the windowless join, so that what expires does not
+//! depend on pacing, parallelism or restores; the end of a bounded input expires nothing.
 //!
 //! Checkpoints: every group is snapshot as one row of a table (its key values, row count,
-//! whether it changed since the last flush, the row it last emitted and its accumulators'
-//! intermediate state), re-partitioned on restore by its key columns as the input shuffle is.
+//! whether it changed since the last flush, when a row was last added, the row it last
+//! emitted and its accumulators' intermediate state), and the kept argument rows as one table
+//! per such aggregate; both are re-partitioned on restore by their key columns as the input
+//! shuffle is.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,15 +31,15 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, TimestampNanosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::aggregate::{AggregateSpec, bad_state, state_batch, state_keys, state_widths};
+use super::aggregate::{AggregateSpec, bad_state, state_batch, state_keys};
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
 use crate::task::{RestoredState, StateError, TaskState};
@@ -35,6 +48,8 @@ use crate::task::{RestoredState, StateError, TaskState};
 const GROUPS: &str = "groups";
 /// State table (JSON): the newest event time seen, stamped on the rows emitted.
 const NEWEST: &str = "newest";
+/// State tables `values<i>`: the argument rows kept for aggregate `i` (see [`Mode::Values`]).
+const VALUES: &str = "values";
 
 /// The plan of an updating aggregate.
 #[derive(Clone)]
@@ -43,33 +58,98 @@ pub struct UpdatingAggregate {
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     pub key_schema: SchemaRef,
     pub aggregates: Vec<AggregateSpec>,
+    /// The input's visible columns.
+    pub input_schema: SchemaRef,
     /// The input carries a retraction flag.
     pub updating_input: bool,
+    /// A group no row was added to for this long (event time, in nanoseconds) is dropped.
+    pub ttl: i64,
     /// Output: keys, aggregates, retraction flag, event time.
     pub schema: SchemaRef,
 }
 
+/// How an aggregate follows its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The input never retracts: DataFusion's accumulator.
+    Accumulate,
+    /// DataFusion's retracting (sliding) accumulator, exact in any order: `count`, and `sum`
+    /// or `avg` of integers, without DISTINCT or ORDER BY.
+    Retract,
+    /// Any other aggregate of updating input: the argument rows are kept with their
+    /// multiplicity, and the aggregate is computed afresh from them when the group is emitted.
+    Values,
+}
+
+impl Mode {
+    fn of(spec: &AggregateSpec, input: &SchemaRef, updating_input: bool) -> Result<Mode> {
+        if !updating_input {
+            return Ok(Mode::Accumulate);
+        }
+        let e = &spec.expr;
+        let integers = e
+            .expressions()
+            .iter()
+            .map(|a| a.data_type(input))
+            .collect::<Result<Vec<_>>>()?
+            .iter()
+            .all(|t| t.is_integer() || matches!(t, DataType::Decimal128(..)));
+        let exact = match e.fun().name() {
+            "count" => true,
+            "sum" | "avg" | "mean" => integers,
+            _ => false,
+        };
+        Ok(if exact && !e.is_distinct() && e.order_bys().is_empty() {
+            Mode::Retract
+        } else {
+            Mode::Values
+        })
+    }
+}
+
+/// One aggregate of one group.
+enum Slot {
+    Accumulator(Box<dyn Accumulator>),
+    /// Argument rows (see [`Mode::Values`]) and how many times each is there.
+    Values(HashMap<OwnedRow, i64>),
+}
+
 struct Group {
-    accumulators: Vec<Box<dyn Accumulator>>,
+    slots: Vec<Slot>,
     /// Rows in the group (inserts less retractions).
     rows: i64,
     /// The row last emitted.
     emitted: Option<Vec<ScalarValue>>,
+    /// The event time of the newest row added (for expiry).
+    updated: i64,
+}
+
+/// Per aggregate, what the operator needs to handle it.
+struct Handling {
+    mode: Mode,
+    /// The number of its state columns in the [`GROUPS`] table (0 for [`Mode::Values`]).
+    width: usize,
+    /// For [`Mode::Values`]: the argument rows' converter.
+    values: Option<RowConverter>,
 }
 
 struct UpdatingOp {
     plan: UpdatingAggregate,
     info: TaskInfo,
-    /// Per aggregate, the number of its state columns.
-    state_widths: Vec<usize>,
+    handling: Vec<Handling>,
     converter: RowConverter,
     groups: HashMap<OwnedRow, Group>,
     dirty: Vec<OwnedRow>,
+    /// Every group by the time a row was last added to it, oldest first.
+    expiry: BTreeSet<(i64, OwnedRow)>,
+    /// Groups restored from a checkpoint without `_updated`, dated once `newest` is known.
+    undated: Vec<OwnedRow>,
     newest: i64,
 }
 
 impl OperatorFactory for UpdatingAggregate {
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
+        let setup = TaskError::setup(&self.label);
         let converter = RowConverter::new(
             self.key_schema
                 .fields()
@@ -77,21 +157,134 @@ impl OperatorFactory for UpdatingAggregate {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )
-        .map_err(|e| TaskError::setup(&self.label)(e.into()))?;
-        let state_widths = state_widths(&self.aggregates).map_err(TaskError::setup(&self.label))?;
+        .map_err(|e| setup(e.into()))?;
+        let handling = self
+            .aggregates
+            .iter()
+            .map(|a| handling(a, &self.input_schema, self.updating_input))
+            .collect::<Result<_>>()
+            .map_err(TaskError::setup(&self.label))?;
         Ok(Box::new(UpdatingOp {
             plan: self.clone(),
             info: info.clone(),
-            state_widths,
+            handling,
             converter,
             groups: HashMap::new(),
             dirty: Vec::new(),
+            expiry: BTreeSet::new(),
+            undated: Vec::new(),
             newest: i64::MIN,
         }))
     }
 }
 
+fn handling(spec: &AggregateSpec, input: &SchemaRef, updating_input: bool) -> Result<Handling> {
+    let mode = Mode::of(spec, input, updating_input)?;
+    Ok(match mode {
+        Mode::Accumulate => Handling {
+            mode,
+            width: spec.expr.state_fields()?.len(),
+            values: None,
+        },
+        Mode::Retract => Handling {
+            mode,
+            width: spec.expr.create_sliding_accumulator()?.state()?.len(),
+            values: None,
+        },
+        Mode::Values => {
+            let mut exprs = spec.expr.expressions();
+            exprs.extend(spec.expr.order_bys().iter().map(|s| s.expr.clone()));
+            let fields = exprs
+                .iter()
+                .map(|e| Ok(SortField::new(e.data_type(input)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Handling {
+                mode,
+                width: 0,
+                values: Some(RowConverter::new(fields)?),
+            }
+        }
+    })
+}
+
+impl Handling {
+    fn new_slot(&self, spec: &AggregateSpec) -> Result<Slot> {
+        Ok(match self.mode {
+            Mode::Accumulate => Slot::Accumulator(spec.expr.create_accumulator()?),
+            Mode::Retract => Slot::Accumulator(spec.expr.create_sliding_accumulator()?),
+            Mode::Values => Slot::Values(HashMap::new()),
+        })
+    }
+}
+
+impl Slot {
+    /// Adds (or with `retract` removes) the argument rows `args`.
+    fn apply(
+        &mut self,
+        args: &[ArrayRef],
+        retract: bool,
+        values: Option<&RowConverter>,
+    ) -> Result<()> {
+        match self {
+            Slot::Accumulator(acc) if retract => acc.retract_batch(args),
+            Slot::Accumulator(acc) => acc.update_batch(args),
+            Slot::Values(kept) => {
+                let converter = values.ok_or_else(|| {
+                    DataFusionError::Internal("a kept-values aggregate has no converter".into())
+                })?;
+                let delta = if retract { -1 } else { 1 };
+                for row in converter.convert_columns(args)?.iter() {
+                    let row = row.owned();
+                    let count = kept.entry(row.clone()).or_insert(0);
+                    *count += delta;
+                    if *count == 0 {
+                        kept.remove(&row);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The aggregate's current value.
+    fn evaluate(
+        &mut self,
+        spec: &AggregateSpec,
+        values: Option<&RowConverter>,
+    ) -> Result<ScalarValue> {
+        match self {
+            Slot::Accumulator(acc) => acc.evaluate(),
+            Slot::Values(kept) => {
+                let converter = values.ok_or_else(|| {
+                    DataFusionError::Internal("a kept-values aggregate has no converter".into())
+                })?;
+                let rows = kept.iter().flat_map(|(row, &count)| {
+                    std::iter::repeat_n(row.row(), count.max(0) as usize)
+                });
+                let args = converter.convert_rows(rows)?;
+                let mut acc = spec.expr.create_accumulator()?;
+                acc.update_batch(&args)?;
+                acc.evaluate()
+            }
+        }
+    }
+}
+
 impl UpdatingOp {
+    fn new_group(&self) -> Result<Group> {
+        Ok(Group {
+            slots: self
+                .handling
+                .iter()
+                .zip(&self.plan.aggregates)
+                .map(|(h, a)| h.new_slot(a))
+                .collect::<Result<_>>()?,
+            rows: 0,
+            emitted: None,
+            updated: i64::MIN,
+        })
+    }
+
     fn update(&mut self, batch: &RecordBatch) -> Result<()> {
         let rows = batch.num_rows();
         let n = batch.num_columns();
@@ -147,25 +340,16 @@ impl UpdatingOp {
                 .remove(&(key.clone(), retracted))
                 .expect("every key has rows");
             let count = idx.len() as i64;
+            let newest_added = (!retracted)
+                .then(|| idx.iter().map(|&i| ts.value(i as usize)).max())
+                .flatten();
             let idx = UInt32Array::from(idx);
             if !self.groups.contains_key(&key) {
-                let accumulators = self
-                    .plan
-                    .aggregates
-                    .iter()
-                    .map(|a| a.expr.create_accumulator())
-                    .collect::<Result<_>>()?;
-                self.groups.insert(
-                    key.clone(),
-                    Group {
-                        accumulators,
-                        rows: 0,
-                        emitted: None,
-                    },
-                );
+                let group = self.new_group()?;
+                self.groups.insert(key.clone(), group);
             }
             let group = self.groups.get_mut(&key).expect("group just inserted");
-            for (a, acc) in group.accumulators.iter_mut().enumerate() {
+            for (a, slot) in group.slots.iter_mut().enumerate() {
                 let mut slice: Vec<ArrayRef> = args[a]
                     .iter()
                     .map(|c| take(c.as_ref(), &idx, None))
@@ -181,29 +365,47 @@ impl UpdatingOp {
                         .map(|c| datafusion::arrow::compute::filter(c, mask))
                         .collect::<std::result::Result<_, _>>()?;
                 }
-                if retracted {
-                    acc.retract_batch(&slice)?;
-                } else {
-                    acc.update_batch(&slice)?;
-                }
+                slot.apply(&slice, retracted, self.handling[a].values.as_ref())?;
             }
             group.rows += if retracted { -count } else { count };
+            if let Some(t) = newest_added
+                && t > group.updated
+            {
+                self.expiry.remove(&(group.updated, key.clone()));
+                group.updated = t;
+                self.expiry.insert((t, key.clone()));
+            }
             self.dirty.push(key);
         }
         Ok(())
     }
 
-    /// Emits the changes of every group updated since the last flush.
-    fn flush(&mut self) -> Result<Option<RecordBatch>> {
-        if self.dirty.is_empty() {
-            return Ok(None);
+    /// Drops the groups no row was added to since `horizon` (before the changes are emitted,
+    /// so an expired group's last row is the one retracted).
+    fn expire(&mut self, horizon: i64) -> Vec<(OwnedRow, Vec<ScalarValue>)> {
+        let mut retracted = Vec::new();
+        while let Some((updated, _)) = self.expiry.first()
+            && *updated < horizon
+        {
+            let (_, key) = self.expiry.pop_first().expect("just seen");
+            if let Some(group) = self.groups.remove(&key)
+                && let Some(row) = group.emitted
+            {
+                retracted.push((key, row));
+            }
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort();
-        dirty.dedup();
+        retracted
+    }
+
+    /// Emits the changes of every group updated since the last flush, and the retraction of
+    /// every group that expired at `watermark`.
+    fn flush(&mut self, watermark: Option<i64>) -> Result<Option<RecordBatch>> {
         let mut out_keys: Vec<OwnedRow> = Vec::new();
         let mut out_values: Vec<Vec<ScalarValue>> = Vec::new();
         let mut out_retract: Vec<bool> = Vec::new();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort();
+        dirty.dedup();
         for key in dirty {
             let Some(group) = self.groups.get_mut(&key) else {
                 continue;
@@ -215,13 +417,16 @@ impl UpdatingOp {
                     out_values.push(old);
                     out_retract.push(true);
                 }
+                self.expiry.remove(&(group.updated, key.clone()));
                 self.groups.remove(&key);
                 continue;
             }
             let new: Vec<ScalarValue> = group
-                .accumulators
+                .slots
                 .iter_mut()
-                .map(|a| a.evaluate())
+                .zip(&self.plan.aggregates)
+                .zip(&self.handling)
+                .map(|((slot, spec), h)| slot.evaluate(spec, h.values.as_ref()))
                 .collect::<Result<_>>()?;
             if previous.as_ref() == Some(&new) {
                 group.emitted = previous;
@@ -236,6 +441,14 @@ impl UpdatingOp {
             out_values.push(new.clone());
             out_retract.push(false);
             group.emitted = Some(new);
+        }
+        // The end of the input (the maximum watermark) expires nothing.
+        if let Some(w) = watermark.filter(|w| *w < i64::MAX) {
+            for (key, row) in self.expire(w.saturating_sub(self.plan.ttl)) {
+                out_keys.push(key);
+                out_values.push(row);
+                out_retract.push(true);
+            }
         }
         if out_keys.is_empty() {
             return Ok(None);
@@ -271,12 +484,14 @@ impl UpdatingOp {
     }
 
     /// Every group as one row of the [`GROUPS`] table: key columns, `_rows`, `_dirty`,
-    /// `_emitted` (whether a row was emitted), the emitted row's aggregate values, then every
-    /// accumulator's state columns. Reading an accumulator's state consumes it, so the groups
-    /// are rebuilt from the table (as a restore would rebuild them).
-    fn snapshot_groups(&mut self) -> Result<Option<RecordBatch>> {
+    /// `_updated`, `_emitted` (whether a row was emitted), the emitted row's aggregate values,
+    /// then every accumulator's state columns; and the argument rows of each kept-values
+    /// aggregate `i` as rows of table `values<i>`: key columns, argument columns, `_count`.
+    /// Reading an accumulator's state consumes it, so the groups are rebuilt from the tables
+    /// (as a restore would rebuild them).
+    fn snapshot_groups(&mut self) -> Result<Vec<(String, RecordBatch)>> {
         if self.groups.is_empty() {
-            return Ok(None);
+            return Ok(vec![]);
         }
         let count = self.groups.len();
         let aggregates = self.plan.aggregates.len();
@@ -284,36 +499,49 @@ impl UpdatingOp {
         let mut keys = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
         let mut is_dirty = Vec::with_capacity(count);
+        let mut updated = Vec::with_capacity(count);
         let mut emitted = Vec::with_capacity(count);
         let mut states: Vec<Vec<ScalarValue>> =
-            vec![Vec::with_capacity(count); self.state_widths.iter().sum()];
+            vec![Vec::with_capacity(count); self.handling.iter().map(|h| h.width).sum()];
+        // Per kept-values aggregate: (group key, argument row, count).
+        let mut kept: Vec<Vec<(&OwnedRow, &OwnedRow, i64)>> = vec![Vec::new(); aggregates];
         for (key, group) in &mut self.groups {
             keys.push(key.row());
             rows.push(group.rows);
             is_dirty.push(dirty.contains(key));
+            updated.push(group.updated);
             emitted.push(group.emitted.as_ref());
             let mut column = 0;
-            for acc in &mut group.accumulators {
-                for value in acc.state()? {
-                    states
-                        .get_mut(column)
-                        .ok_or_else(|| bad_state(GROUPS))?
-                        .push(value);
-                    column += 1;
+            for (a, slot) in group.slots.iter_mut().enumerate() {
+                match slot {
+                    Slot::Accumulator(acc) => {
+                        for value in acc.state()? {
+                            states
+                                .get_mut(column)
+                                .ok_or_else(|| bad_state(GROUPS))?
+                                .push(value);
+                            column += 1;
+                        }
+                    }
+                    Slot::Values(values) => {
+                        kept[a].extend(values.iter().map(|(row, &n)| (key, row, n)));
+                    }
                 }
             }
         }
-        let mut names: Vec<String> = self
+        let key_names: Vec<String> = self
             .plan
             .key_schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        let mut names = key_names.clone();
         let mut columns = self.converter.convert_rows(keys)?;
-        names.extend(["_rows", "_dirty", "_emitted"].map(String::from));
+        names.extend(["_rows", "_dirty", "_updated", "_emitted"].map(String::from));
         columns.push(Arc::new(Int64Array::from(rows)));
         columns.push(Arc::new(BooleanArray::from(is_dirty)));
+        columns.push(Arc::new(Int64Array::from(updated)));
         columns.push(Arc::new(
             emitted
                 .iter()
@@ -339,19 +567,85 @@ impl UpdatingOp {
             names.push(format!("state{i}"));
             columns.push(ScalarValue::iter_to_array(values)?);
         }
-        let batch = state_batch(names, columns)?;
+        let mut tables = vec![(GROUPS.to_string(), state_batch(names, columns)?)];
+        for (a, entries) in kept.into_iter().enumerate() {
+            let Some(converter) = &self.handling[a].values else {
+                continue;
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            let mut columns = self
+                .converter
+                .convert_rows(entries.iter().map(|e| e.0.row()))?;
+            let args = converter.convert_rows(entries.iter().map(|e| e.1.row()))?;
+            let mut names = key_names.clone();
+            names.extend((0..args.len()).map(|i| format!("arg{i}")));
+            names.push("_count".into());
+            columns.extend(args);
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.2),
+            )));
+            tables.push((format!("{VALUES}{a}"), state_batch(names, columns)?));
+        }
         self.groups.clear();
         self.dirty.clear();
-        self.load(&batch)?;
-        Ok(Some(batch))
+        self.expiry.clear();
+        for (name, batch) in &tables {
+            self.load(name, batch)?;
+        }
+        Ok(tables)
+    }
+
+    /// Adds the rows of a state table: groups of the [`GROUPS`] table, or kept argument rows
+    /// of a `values<i>` table (their groups are loaded first).
+    fn load(&mut self, table: &str, batch: &RecordBatch) -> Result<()> {
+        if table == GROUPS {
+            return self.load_groups(batch);
+        }
+        let a: usize = table
+            .strip_prefix(VALUES)
+            .and_then(|i| i.parse().ok())
+            .filter(|a| *a < self.handling.len())
+            .ok_or_else(|| bad_state(table))?;
+        let key_count = self.plan.key_schema.fields().len();
+        let columns = batch.columns();
+        let converter = self.handling[a]
+            .values
+            .as_ref()
+            .ok_or_else(|| bad_state(table))?;
+        if columns.len() < key_count + 1 {
+            return Err(bad_state(table));
+        }
+        let keys = self.converter.convert_columns(&columns[..key_count])?;
+        let args = converter.convert_columns(&columns[key_count..columns.len() - 1])?;
+        let counts = columns[columns.len() - 1]
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad_state(table))?;
+        for i in 0..batch.num_rows() {
+            let group = self
+                .groups
+                .get_mut(&keys.row(i).owned())
+                .ok_or_else(|| bad_state(table))?;
+            let Slot::Values(kept) = &mut group.slots[a] else {
+                return Err(bad_state(table));
+            };
+            *kept.entry(args.row(i).owned()).or_insert(0) += counts.value(i);
+        }
+        Ok(())
     }
 
     /// Adds the groups of rows of the [`GROUPS`] table.
-    fn load(&mut self, batch: &RecordBatch) -> Result<()> {
+    fn load_groups(&mut self, batch: &RecordBatch) -> Result<()> {
         let key_count = self.plan.key_schema.fields().len();
         let aggregates = self.plan.aggregates.len();
         let columns = batch.columns();
-        if columns.len() != key_count + 3 + aggregates + self.state_widths.iter().sum::<usize>() {
+        let widths: usize = self.handling.iter().map(|h| h.width).sum();
+        // Checkpoints written before expiry have no `_updated` column: their groups count as
+        // updated at the restored newest time (see `restore`).
+        let has_updated = batch.schema().index_of("_updated").is_ok();
+        let fixed = if has_updated { 4 } else { 3 };
+        if columns.len() != key_count + fixed + aggregates + widths {
             return Err(bad_state(GROUPS));
         }
         let keys = self.converter.convert_columns(&columns[..key_count])?;
@@ -361,31 +655,40 @@ impl UpdatingOp {
         let dirty = columns[key_count + 1]
             .as_boolean_opt()
             .ok_or_else(|| bad_state(GROUPS))?;
-        let emitted = columns[key_count + 2]
+        let updated = if has_updated {
+            Some(
+                columns[key_count + 2]
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(|| bad_state(GROUPS))?,
+            )
+        } else {
+            None
+        };
+        let emitted = columns[key_count + fixed - 1]
             .as_boolean_opt()
             .ok_or_else(|| bad_state(GROUPS))?;
-        let values = &columns[key_count + 3..key_count + 3 + aggregates];
-        let states = &columns[key_count + 3 + aggregates..];
+        let values = &columns[key_count + fixed..key_count + fixed + aggregates];
+        let states = &columns[key_count + fixed + aggregates..];
         for i in 0..batch.num_rows() {
             let key = keys.row(i).owned();
             if self.groups.contains_key(&key) {
-                return Err(datafusion::error::DataFusionError::Execution(format!(
+                return Err(DataFusionError::Execution(format!(
                     "state table '{GROUPS}' holds a group twice"
                 )));
             }
-            let mut accumulators = Vec::with_capacity(aggregates);
+            let mut group = self.new_group()?;
             let mut offset = 0;
-            for (a, width) in self.plan.aggregates.iter().zip(&self.state_widths) {
-                let mut acc = a.expr.create_accumulator()?;
-                let state: Vec<ArrayRef> = states[offset..offset + width]
-                    .iter()
-                    .map(|c| c.slice(i, 1))
-                    .collect();
-                acc.merge_batch(&state)?;
-                accumulators.push(acc);
-                offset += width;
+            for (slot, h) in group.slots.iter_mut().zip(&self.handling) {
+                if let Slot::Accumulator(acc) = slot {
+                    let state: Vec<ArrayRef> = states[offset..offset + h.width]
+                        .iter()
+                        .map(|c| c.slice(i, 1))
+                        .collect();
+                    acc.merge_batch(&state)?;
+                }
+                offset += h.width;
             }
-            let emitted = if emitted.value(i) {
+            group.emitted = if emitted.value(i) {
                 let row = values
                     .iter()
                     .map(|c| ScalarValue::try_from_array(c, i))
@@ -394,27 +697,28 @@ impl UpdatingOp {
             } else {
                 None
             };
+            group.rows = rows.value(i);
             if dirty.value(i) {
                 self.dirty.push(key.clone());
             }
-            self.groups.insert(
-                key,
-                Group {
-                    accumulators,
-                    rows: rows.value(i),
-                    emitted,
-                },
-            );
+            match updated {
+                Some(updated) => {
+                    group.updated = updated.value(i);
+                    self.expiry.insert((group.updated, key.clone()));
+                }
+                None => self.undated.push(key.clone()),
+            }
+            self.groups.insert(key, group);
         }
         Ok(())
     }
 
-    fn fail(&self, source: datafusion::error::DataFusionError) -> TaskError {
+    fn fail(&self, source: DataFusionError) -> TaskError {
         TaskError::expression(&self.plan.label)(source)
     }
 
-    async fn emit(&mut self, out: &mut Collector) -> Result<(), TaskError> {
-        if let Some(batch) = self.flush().map_err(|e| self.fail(e))? {
+    async fn emit(&mut self, watermark: Option<i64>, out: &mut Collector) -> Result<(), TaskError> {
+        if let Some(batch) = self.flush(watermark).map_err(|e| self.fail(e))? {
             out.collect(batch).await?;
         }
         Ok(())
@@ -433,22 +737,26 @@ impl Operator for UpdatingOp {
     }
 
     async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
-        self.emit(out).await?;
+        self.emit(Some(watermark), out).await?;
         out.broadcast(Message::Watermark(Watermark::EventTime(watermark)))
             .await
     }
 
     async fn on_close(&mut self, out: &mut Collector) -> Result<(), TaskError> {
-        self.emit(out).await
+        self.emit(None, out).await
     }
 
-    /// Every group (table [`GROUPS`]) and the newest event time (table [`NEWEST`]).
+    /// Every group (table [`GROUPS`], and `values<i>` for the argument rows kept) and the
+    /// newest event time (table [`NEWEST`]).
     async fn snapshot(&mut self) -> Result<TaskState, TaskError> {
         let mut state = TaskState::new();
-        let groups = self
+        let tables = self
             .snapshot_groups()
             .map_err(StateError::operator(&self.plan.label, GROUPS))?;
-        state.put(GROUPS, groups);
+        state.put(GROUPS, []);
+        for (name, batch) in tables {
+            state.put(&name, [batch]);
+        }
         state.put_json(NEWEST, &self.newest)?;
         Ok(state)
     }
@@ -458,9 +766,19 @@ impl Operator for UpdatingOp {
     /// so that no row this subtask emits is stamped before what it already holds.
     fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         let keys = state_keys(&self.plan.keys, &self.plan.key_schema);
-        for batch in state.owned_rows(GROUPS, &keys, &self.info)? {
-            self.load(&batch)
-                .map_err(StateError::operator(&self.plan.label, GROUPS))?;
+        let mut tables = vec![GROUPS.to_string()];
+        tables.extend(
+            self.handling
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.mode == Mode::Values)
+                .map(|(a, _)| format!("{VALUES}{a}")),
+        );
+        for table in tables {
+            for batch in state.owned_rows(&table, &keys, &self.info)? {
+                self.load(&table, &batch)
+                    .map_err(StateError::operator(&self.plan.label, &table))?;
+            }
         }
         let newest: Vec<Vec<i64>> = state.json(NEWEST)?;
         let newest = if state.parallelism == self.info.parallelism {
@@ -472,6 +790,12 @@ impl Operator for UpdatingOp {
             newest.iter().flatten().max().copied()
         };
         self.newest = newest.unwrap_or(i64::MIN);
+        for key in std::mem::take(&mut self.undated) {
+            if let Some(group) = self.groups.get_mut(&key) {
+                group.updated = self.newest;
+                self.expiry.insert((self.newest, key));
+            }
+        }
         Ok(())
     }
 }
@@ -486,6 +810,8 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::functions_aggregate::average::avg_udaf;
     use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+    use datafusion::functions_aggregate::sum::sum_udaf;
     use datafusion::physical_expr::expressions::{cast, col};
 
     /// An updating aggregate of `aggregates`, keyed by `k` unless `global`.
@@ -516,7 +842,9 @@ mod tests {
             keys: keys.clone(),
             key_schema: key_schema(&keys, &input).unwrap(),
             aggregates,
+            input_schema: input.clone(),
             updating_input,
+            ttl: i64::MAX,
             schema: Arc::new(Schema::new(fields)),
         };
         (plan, keys)
@@ -553,19 +881,12 @@ mod tests {
         check_checkpoints(&plan, &keys, &insert_steps(), true).await;
     }
 
-    #[tokio::test]
-    async fn updating_aggregates_of_updating_input_restore_from_checkpoints() {
-        let schema = input_schema(true);
-        let v = col("v", &schema).unwrap();
-        let v_double = cast(v.clone(), &schema, DataType::Float64).unwrap();
-        let retractable = vec![
-            aggregate(count_udaf(), v, &schema, "count", false),
-            aggregate(avg_udaf(), v_double, &schema, "avg", false),
-        ];
-        let (plan, keys) = plan(retractable, false, true);
-        let steps = vec![
+    /// Changes of a few groups: rows withdrawn in another order than they came, groups
+    /// withdrawn and back, values repeated.
+    fn change_steps(schema: &SchemaRef) -> Vec<Step> {
+        vec![
             rows(
-                &schema,
+                schema,
                 &[
                     ("a", 1, 1, false),
                     ("b", 2, 2, false),
@@ -576,22 +897,135 @@ mod tests {
             Step::Watermark(5),
             // b is withdrawn; a changes.
             rows(
-                &schema,
+                schema,
                 &[("a", 1, 6, true), ("d", 5, 7, false), ("b", 2, 8, true)],
             ),
-            rows(&schema, &[("c", 6, 9, false)]),
+            rows(schema, &[("c", 6, 9, false)]),
             Step::Watermark(10),
             // b comes back.
             rows(
-                &schema,
+                schema,
                 &[("b", 7, 11, false), ("c", 3, 12, true), ("a", 8, 13, false)],
             ),
             Step::Watermark(15),
             // d is withdrawn before it is emitted again; e is new.
-            rows(&schema, &[("d", 5, 16, true), ("e", 1, 17, false)]),
+            rows(schema, &[("d", 5, 16, true), ("e", 1, 17, false)]),
             Step::Watermark(20),
-            rows(&schema, &[("e", 2, 21, false), ("e", 2, 22, true)]),
+            rows(schema, &[("e", 2, 21, false), ("e", 2, 22, true)]),
+            // The first of two equal values of a is withdrawn, then its smallest.
+            rows(
+                schema,
+                &[("a", 4, 23, false), ("a", 4, 24, true), ("a", 8, 25, true)],
+            ),
+            Step::Watermark(30),
+            rows(schema, &[("a", 0, 31, false), ("c", 6, 32, true)]),
+        ]
+    }
+
+    #[tokio::test]
+    async fn updating_aggregates_of_updating_input_restore_from_checkpoints() {
+        let schema = input_schema(true);
+        let v = col("v", &schema).unwrap();
+        let v_double = cast(v.clone(), &schema, DataType::Float64).unwrap();
+        let aggregates = vec![
+            aggregate(count_udaf(), v.clone(), &schema, "count", false),
+            aggregate(sum_udaf(), v.clone(), &schema, "sum", false),
+            aggregate(avg_udaf(), v_double.clone(), &schema, "avg", false),
+            aggregate(min_udaf(), v.clone(), &schema, "min", false),
+            aggregate(max_udaf(), v.clone(), &schema, "max", false),
+            aggregate(count_udaf(), v.clone(), &schema, "distinct", true),
+            aggregate(sum_udaf(), v_double, &schema, "fsum", false),
         ];
+        let (plan, keys) = plan(aggregates, false, true);
+        check_checkpoints(&plan, &keys, &change_steps(&schema), true).await;
+    }
+
+    #[tokio::test]
+    async fn retractions_in_any_order_give_the_aggregates_of_the_rows_left() {
+        let schema = input_schema(true);
+        let v = col("v", &schema).unwrap();
+        let aggregates = vec![
+            aggregate(min_udaf(), v.clone(), &schema, "min", false),
+            aggregate(max_udaf(), v.clone(), &schema, "max", false),
+            aggregate(count_udaf(), v.clone(), &schema, "distinct", true),
+            aggregate(sum_udaf(), v, &schema, "sum", false),
+        ];
+        let (plan, _) = plan(aggregates, false, true);
+        let steps = change_steps(&schema);
+        let final_rows = replay(&plan, &steps).await;
+        // a keeps 4 and 0 of 1, 4, 8, 4, 0; b keeps 7; c and d lose every row; e keeps 1.
+        assert_eq!(
+            final_rows,
+            vec![
+                "a | 0 | 4 | 2 | 4",
+                "b | 7 | 7 | 1 | 7",
+                "e | 1 | 1 | 1 | 1"
+            ]
+        );
+    }
+
+    /// Feeds `steps` to one subtask and replays its changes: the rows left, without the
+    /// retraction flag and the event time.
+    async fn replay(plan: &UpdatingAggregate, steps: &[Step]) -> Vec<String> {
+        let sent = crate::operator::testing::run_one(plan, steps).await;
+        let mut left: Vec<String> = Vec::new();
+        for batch in &sent {
+            let n = batch.num_columns();
+            let retract = batch.column(n - 2).as_boolean().clone();
+            for row in 0..batch.num_rows() {
+                let text: Vec<String> = (0..n - 2)
+                    .map(|c| {
+                        datafusion::arrow::util::display::array_value_to_string(
+                            batch.column(c),
+                            row,
+                        )
+                        .unwrap()
+                    })
+                    .collect();
+                let text = text.join(" | ");
+                if retract.value(row) {
+                    let at = left
+                        .iter()
+                        .position(|r| *r == text)
+                        .expect("retracts a row there");
+                    left.remove(at);
+                } else {
+                    left.push(text);
+                }
+            }
+        }
+        left.sort();
+        left
+    }
+
+    #[tokio::test]
+    async fn groups_expire_after_the_ttl_in_event_time_and_not_at_the_end() {
+        let schema = input_schema(false);
+        let v = col("v", &schema).unwrap();
+        let (mut plan, keys) = plan(
+            vec![aggregate(count_udaf(), v, &schema, "count", false)],
+            false,
+            false,
+        );
+        plan.ttl = 10;
+        let r = |rs: &[(&str, i64, i64)]| {
+            let rs: Vec<_> = rs.iter().map(|&(k, v, t)| (k, v, t, false)).collect();
+            rows(&schema, &rs)
+        };
+        let steps = vec![
+            r(&[("a", 1, 1), ("b", 1, 2)]),
+            Step::Watermark(5),
+            // a is refreshed at 12; b (last added at 2) expires once the watermark passes 12.
+            r(&[("a", 1, 12)]),
+            Step::Watermark(13),
+            // b comes back as a new group; a expires at 23.
+            r(&[("b", 1, 20)]),
+            Step::Watermark(24),
+            r(&[("c", 1, 25)]),
+        ];
+        let final_rows = replay(&plan, &steps).await;
+        // The end of the input does not expire b (added at 20) nor c.
+        assert_eq!(final_rows, vec!["b | 1".to_string(), "c | 1".to_string()]);
         check_checkpoints(&plan, &keys, &steps, true).await;
     }
 }

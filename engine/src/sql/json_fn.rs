@@ -2,15 +2,23 @@
 //!
 //! - `json -> key` (or an array index) gives the member as JSON text (`'null'` when absent),
 //! - `json ->> key` gives it as text: a string unquoted, anything else as JSON; NULL when absent,
-//! - `extract_json_string(json, '$.a.b[0]')` gives the string (or JSON text) at a path.
+//! - `extract_json(json, path)` gives every value a JSONPath (RFC 9535: `$.a.b[0]`,
+//!   wildcards `[*]`, filters) selects, as a list of JSON texts;
+//! - `extract_json_string(json, path)` the first selected value when it is a string,
+//!   `get_first_json_object(json, path)` the first selected value as JSON text.
 //!
-//! These parse JSON row by row (with serde_json): JSON text has no columnar form to work on.
+//! The rest of the family (`json_get_str`, `json_get_int`, `json_get_float`, `json_get_bool`,
+//! `json_get_json`, `json_as_text`, `json_contains`, `json_length`, `json_object_keys`, and the
+//! `?` operator) comes from the `datafusion-functions-json` crate, as in Arroyo.
+//!
+//! These parse JSON row by row (serde_json): JSON text has no columnar form to work on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder};
+use datafusion::arrow::array::{Array, ArrayRef, ListBuilder, StringArray, StringBuilder};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{DFSchema, exec_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
@@ -19,6 +27,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 use serde_json::Value;
+use serde_json_path::JsonPath;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum JsonOp {
@@ -26,8 +35,12 @@ enum JsonOp {
     Get,
     /// `->>`
     GetText,
+    /// `extract_json`
+    Extract,
     /// `extract_json_string`
     ExtractString,
+    /// `get_first_json_object`
+    FirstObject,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -45,42 +58,21 @@ impl JsonFunction {
     }
 }
 
-/// One step of a path: a member or an array index.
-enum Step<'a> {
-    Key(&'a str),
-    Index(usize),
-}
+/// The JSONPaths of a call, parsed once each.
+#[derive(Default)]
+struct Paths(HashMap<String, JsonPath>);
 
-fn walk<'v>(value: &'v Value, steps: &[Step<'_>]) -> Option<&'v Value> {
-    steps.iter().try_fold(value, |v, step| match step {
-        Step::Key(k) => v.get(*k),
-        Step::Index(i) => v.get(*i),
-    })
-}
-
-/// Parses a JSONPath such as `$.a.b[0]` (members and indices only).
-fn parse_path(path: &str) -> Option<Vec<Step<'_>>> {
-    let rest = path.trim().strip_prefix('$')?;
-    let mut steps = Vec::new();
-    let mut s = rest;
-    while !s.is_empty() {
-        if let Some(r) = s.strip_prefix('.') {
-            let end = r.find(['.', '[']).unwrap_or(r.len());
-            steps.push(Step::Key(&r[..end]));
-            s = &r[end..];
-        } else if let Some(r) = s.strip_prefix('[') {
-            let end = r.find(']')?;
-            let inner = r[..end].trim();
-            match inner.parse::<usize>() {
-                Ok(i) => steps.push(Step::Index(i)),
-                Err(_) => steps.push(Step::Key(inner.trim_matches(['\'', '"']))),
-            }
-            s = &r[end + 1..];
-        } else {
-            return None;
+impl Paths {
+    fn get(&mut self, path: &str) -> Result<&JsonPath> {
+        if !self.0.contains_key(path) {
+            let parsed = match JsonPath::parse(path) {
+                Ok(p) => p,
+                Err(e) => return exec_err!("invalid JSON path '{path}': {e}"),
+            };
+            self.0.insert(path.to_string(), parsed);
         }
+        Ok(&self.0[path])
     }
-    Some(steps)
 }
 
 fn as_text(v: &Value) -> String {
@@ -95,7 +87,9 @@ impl ScalarUDFImpl for JsonFunction {
         match self.op {
             JsonOp::Get => "json_get",
             JsonOp::GetText => "json_get_text",
+            JsonOp::Extract => "extract_json",
             JsonOp::ExtractString => "extract_json_string",
+            JsonOp::FirstObject => "get_first_json_object",
         }
     }
 
@@ -104,7 +98,12 @@ impl ScalarUDFImpl for JsonFunction {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
+        Ok(match self.op {
+            JsonOp::Extract => {
+                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+            }
+            _ => DataType::Utf8,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -125,13 +124,32 @@ impl ScalarUDFImpl for JsonFunction {
             .as_any()
             .downcast_ref::<StringArray>()
             .expect("cast to Utf8");
+        let parse = |i: usize| -> Option<Value> {
+            if json.is_null(i) || keys.is_null(i) {
+                return None;
+            }
+            serde_json::from_str::<Value>(json.value(i)).ok()
+        };
+        let mut paths = Paths::default();
+        if self.op == JsonOp::Extract {
+            let mut out = ListBuilder::with_capacity(StringBuilder::new(), rows);
+            for i in 0..rows {
+                match parse(i) {
+                    None => out.append_null(),
+                    Some(value) => {
+                        let path = paths.get(keys.value(i))?;
+                        for v in path.query(&value).all() {
+                            out.values().append_value(v.to_string());
+                        }
+                        out.append(true);
+                    }
+                }
+            }
+            return Ok(ColumnarValue::Array(Arc::new(out.finish())));
+        }
         let mut out = StringBuilder::with_capacity(rows, rows * 8);
         for i in 0..rows {
-            if json.is_null(i) || keys.is_null(i) {
-                out.append_null();
-                continue;
-            }
-            let Ok(value) = serde_json::from_str::<Value>(json.value(i)) else {
+            let Some(value) = parse(i) else {
                 out.append_null();
                 continue;
             };
@@ -142,14 +160,16 @@ impl ScalarUDFImpl for JsonFunction {
                     Err(_) => None,
                 },
                 JsonOp::Get | JsonOp::GetText => value.get(key),
-                JsonOp::ExtractString => match parse_path(key) {
-                    Some(steps) => walk(&value, &steps),
-                    None => return exec_err!("invalid JSON path '{key}': use $.member[index]..."),
-                },
+                JsonOp::Extract | JsonOp::ExtractString | JsonOp::FirstObject => {
+                    paths.get(key)?.query(&value).first()
+                }
             };
             match (self.op, found) {
                 (JsonOp::Get, Some(v)) => out.append_value(v.to_string()),
                 (JsonOp::Get, None) => out.append_value("null"),
+                (JsonOp::FirstObject, Some(v)) => out.append_value(v.to_string()),
+                (JsonOp::ExtractString, Some(Value::String(s))) => out.append_value(s),
+                (JsonOp::ExtractString, _) => out.append_null(),
                 (_, Some(Value::Null)) | (_, None) => out.append_null(),
                 (_, Some(v)) => out.append_value(as_text(v)),
             }
@@ -158,16 +178,28 @@ impl ScalarUDFImpl for JsonFunction {
     }
 }
 
-/// The JSON scalar functions to register.
+/// The JSON scalar functions to register: the dialect's own, then the crate's.
 pub fn json_udfs() -> Vec<Arc<ScalarUDF>> {
+    use datafusion_functions_json::udfs;
     vec![
         JsonFunction::udf(JsonOp::Get),
         JsonFunction::udf(JsonOp::GetText),
+        JsonFunction::udf(JsonOp::Extract),
         JsonFunction::udf(JsonOp::ExtractString),
+        JsonFunction::udf(JsonOp::FirstObject),
+        udfs::json_get_str_udf(),
+        udfs::json_get_int_udf(),
+        udfs::json_get_float_udf(),
+        udfs::json_get_bool_udf(),
+        udfs::json_get_json_udf(),
+        udfs::json_as_text_udf(),
+        udfs::json_contains_udf(),
+        udfs::json_length_udf(),
+        udfs::json_object_keys_udf(),
     ]
 }
 
-/// Plans `->` and `->>` as [`json_udfs`] calls.
+/// Plans `->` and `->>` as [`json_udfs`] calls, and `json ? key` as `json_contains`.
 #[derive(Debug)]
 pub struct JsonOperators;
 
@@ -177,12 +209,17 @@ impl ExprPlanner for JsonOperators {
         expr: RawBinaryExpr,
         _schema: &DFSchema,
     ) -> Result<PlannerResult<RawBinaryExpr>> {
-        let op = match expr.op {
-            BinaryOperator::Arrow => JsonOp::Get,
-            BinaryOperator::LongArrow => JsonOp::GetText,
+        let call = match expr.op {
+            BinaryOperator::Arrow => {
+                JsonFunction::udf(JsonOp::Get).call(vec![expr.left, expr.right])
+            }
+            BinaryOperator::LongArrow => {
+                JsonFunction::udf(JsonOp::GetText).call(vec![expr.left, expr.right])
+            }
+            BinaryOperator::Question => datafusion_functions_json::udfs::json_contains_udf()
+                .call(vec![expr.left, expr.right]),
             _ => return Ok(PlannerResult::Original(expr)),
         };
-        let call = JsonFunction::udf(op).call(vec![expr.left, expr.right]);
         Ok(PlannerResult::Planned(call))
     }
 }
@@ -192,10 +229,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_walk_members_and_indices() {
-        let v: Value = serde_json::from_str(r#"{"a": {"b": [10, "x"]}}"#).unwrap();
-        let steps = parse_path("$.a.b[1]").unwrap();
-        assert_eq!(walk(&v, &steps), Some(&Value::String("x".into())));
-        assert!(parse_path("a.b").is_none());
+    fn paths_select_members_indices_and_wildcards() {
+        let v: Value =
+            serde_json::from_str(r#"{"a": {"b": [10, "x"]}, "t": [{"n": 1}, {"n": 2}]}"#).unwrap();
+        let mut paths = Paths::default();
+        let one = paths.get("$.a.b[1]").unwrap().query(&v).first().cloned();
+        assert_eq!(one, Some(Value::String("x".into())));
+        let all: Vec<Value> = paths
+            .get("$.t[*].n")
+            .unwrap()
+            .query(&v)
+            .all()
+            .into_iter()
+            .cloned()
+            .collect();
+        assert_eq!(all, vec![Value::from(1), Value::from(2)]);
+        assert!(paths.get("a.b").is_err());
     }
 }

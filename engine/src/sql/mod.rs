@@ -12,9 +12,13 @@
 //!
 //! Planning is pure: it reads no file and starts nothing, so `validate` is just `plan`.
 
+#[cfg(test)]
+mod dialect_tests;
 mod json_fn;
+mod optimizer;
 mod provider;
 mod rewrite;
+mod row_time;
 mod statement;
 pub mod window_fn;
 
@@ -24,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::planner::ContextProvider;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, LogicalPlanBuilder, WriteOp};
 use datafusion::sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use datafusion::sql::sqlparser::ast::{
@@ -36,6 +41,7 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 use crate::connector::{ConnectorError, ConnectorTable, Options};
 use crate::dataflow::Program;
 pub use provider::{Catalog, TableEntry};
+use rewrite::{Anchor, Refusal};
 
 /// An error in a query, with the position it refers to (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +83,9 @@ pub struct PlannedQuery {
     /// parsed and printed back, each query's logical plan), blind to whitespace, comments
     /// and keyword case.
     pub fingerprint: String,
+    /// Options of its tables that read files, load code or run commands on the worker's
+    /// host ([`ConnectorTable::host_access`]): for the daemon's access policy.
+    pub host_access: Vec<crate::connector::HostAccess>,
 }
 
 fn parser_options() -> ParserOptions {
@@ -111,6 +120,11 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         return Err(errors);
     }
     let sinks = builder.sinks().to_vec();
+    let mut host_access: Vec<_> = catalog
+        .connector_tables()
+        .flat_map(|t| t.host_access())
+        .collect();
+    host_access.sort_by(|a, b| (&a.table, &a.option).cmp(&(&b.table, &b.option)));
     let fingerprint = format!(
         "{:016x}",
         crate::storage::checksum::fnv1a64(prints.join("\n;\n").as_bytes())
@@ -119,6 +133,7 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         program: builder.finish(),
         sinks,
         fingerprint,
+        host_access,
     })
 }
 
@@ -142,6 +157,9 @@ fn plan_statement(
     }
     if !matches!(stmt, Statement::Query(_) | Statement::Insert(_)) {
         let mut print = stmt.to_string();
+        for m in &raw.metadata {
+            print.push_str(&format!(" METADATA {} FROM {}", m.column, m.key));
+        }
         for w in &raw.watermarks {
             // The expression as parsed and printed back, like the rest of the statement.
             let expr = w.expr.as_ref().map(|tokens| {
@@ -167,6 +185,16 @@ fn plan_statement(
         Statement::CreateTable(create) => {
             let name = table_name(&create.name);
             let mut table = create_table(create, raw.start, catalog)?;
+            for m in &raw.metadata {
+                let TableEntry::Connector(t) = &mut table else {
+                    return Err(SqlError::at(
+                        "a memory table has no metadata columns",
+                        m.start,
+                    ));
+                };
+                t.add_metadata(&m.column, &m.key)
+                    .map_err(|e| SqlError::at(e.to_string(), m.start))?;
+            }
             if let Some(w) = raw.watermarks.first() {
                 let TableEntry::Connector(t) = &mut table else {
                     return Err(SqlError::at("a memory table has no watermark", w.start));
@@ -188,7 +216,7 @@ fn plan_statement(
             prints.push(format!("SELECT\n{}", plan.display_indent_schema()));
             builder
                 .add_insert(&preview, &plan)
-                .map_err(|e| df_error(e, raw.start))
+                .map_err(|e| statement_error(e, raw, dialect, catalog))
         }
         Statement::Insert(ref insert) => {
             let target = match &insert.table {
@@ -246,7 +274,7 @@ fn plan_statement(
             ));
             builder
                 .add_insert(&table, &input)
-                .map_err(|e| df_error(e, raw.start))
+                .map_err(|e| statement_error(e, raw, dialect, catalog))
         }
         Statement::CreateView(view) => {
             let name = table_name(&view.name);
@@ -304,7 +332,8 @@ fn plan_statement(
     }
 }
 
-/// `INSERT INTO memory_table ...`: reading the table now gives these rows too.
+/// `INSERT INTO memory_table ...`: reading the table now gives these rows; a second INSERT
+/// into the same table is refused.
 fn insert_into_memory(
     stmt: Statement,
     target: &str,
@@ -337,14 +366,17 @@ fn insert_into_memory(
         .and_then(|b| b.build())
         .map_err(|e| df_error(e, start))?;
     let mut current = plan.lock().expect("memory table lock");
-    let next = match current.take() {
-        None => input,
-        Some(previous) => LogicalPlanBuilder::from(previous)
-            .union(input)
-            .and_then(|b| b.build())
-            .map_err(|e| df_error(e, start))?,
-    };
-    *current = Some(next);
+    if current.is_some() {
+        // As in Arroyo: what reading the table gives must be one query's result.
+        return Err(SqlError::at(
+            format!(
+                "memory table '{target}' already has an INSERT INTO: a memory table is written \
+                 once (combine the queries with UNION ALL in that one INSERT)"
+            ),
+            start,
+        ));
+    }
+    *current = Some(input);
     Ok(())
 }
 
@@ -588,10 +620,86 @@ fn df_error(e: DataFusionError, fallback: Location) -> SqlError {
         .map(|s| Location::new(s.start.line, s.start.column))
         .unwrap_or(fallback);
     let message = match e.find_root() {
-        DataFusionError::Diagnostic(_, inner) => inner.to_string(),
-        root => root.to_string(),
+        DataFusionError::Diagnostic(_, inner) => inner.message().into_owned(),
+        root => root.message().into_owned(),
     };
     SqlError::at(message, at)
+}
+
+/// An error of the rewrite of a statement: a [`Refusal`] at what it is about (a window
+/// function's call, a keyword), any other at the statement's start.
+fn statement_error(
+    e: DataFusionError,
+    raw: &statement::RawStatement,
+    dialect: &GenericDialect,
+    catalog: &Catalog,
+) -> SqlError {
+    if let DataFusionError::External(inner) = e.find_root()
+        && let Some(refusal) = inner.downcast_ref::<Refusal>()
+    {
+        let at = anchor_location(&refusal.anchor, raw, dialect, catalog).unwrap_or(raw.start);
+        return SqlError::at(refusal.message.clone(), at);
+    }
+    df_error(e, raw.start)
+}
+
+/// Where `anchor` is in the statement `raw`, if it is there.
+fn anchor_location(
+    anchor: &Anchor,
+    raw: &statement::RawStatement,
+    dialect: &GenericDialect,
+    catalog: &Catalog,
+) -> Option<Location> {
+    let tokens = &raw.tokens;
+    let word = |i: usize, name: &str| matches!(&tokens[i].token, Token::Word(w) if w.value.eq_ignore_ascii_case(name));
+    let next_significant = |i: usize| {
+        tokens[i + 1..]
+            .iter()
+            .position(|t| !matches!(t.token, Token::Whitespace(_)))
+            .map(|p| i + 1 + p)
+    };
+    // Calls of `name`: the index of the name and of its opening parenthesis.
+    let calls = |name: &str| -> Vec<(usize, usize)> {
+        (0..tokens.len())
+            .filter(|&i| word(i, name))
+            .filter_map(|i| {
+                let open = next_significant(i)?;
+                (tokens[open].token == Token::LParen).then_some((i, open))
+            })
+            .collect()
+    };
+    match anchor {
+        Anchor::Statement => None,
+        Anchor::Keyword(k) => (0..tokens.len())
+            .find(|&i| word(i, k))
+            .map(|i| tokens[i].span.start),
+        Anchor::Function(name) => calls(name).first().map(|(i, _)| tokens[*i].span.start),
+        Anchor::Window(spec) => {
+            let calls = calls(spec.function());
+            let udf = catalog.get_function_meta(spec.function())?;
+            let matching = calls.iter().find(|(_, open)| {
+                let mut parser =
+                    Parser::new(dialect).with_tokens_with_locations(tokens[open + 1..].to_vec());
+                let Ok(args) = parser.parse_comma_separated(Parser::parse_expr) else {
+                    return false;
+                };
+                let planner = SqlToRel::new_with_options(catalog, parser_options());
+                let args: Option<Vec<_>> = args
+                    .into_iter()
+                    .map(|a| {
+                        planner
+                            .sql_to_expr(a, &DFSchema::empty(), &mut PlannerContext::new())
+                            .ok()
+                    })
+                    .collect();
+                args.and_then(|args| window_fn::window_spec(&udf.call(args)).ok().flatten())
+                    == Some(*spec)
+            });
+            matching
+                .or(calls.first())
+                .map(|(i, _)| tokens[*i].span.start)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ pub enum TableEntry {
         schema: SchemaRef,
         plan: LogicalPlan,
     },
-    /// A table without connector: what is inserted into it is what reading it gives, as if
-    /// it were a view of the union of its INSERTs.
+    /// A table without connector: what its one INSERT INTO writes is what reading it gives,
+    /// as if it were a view of that query.
     Memory {
         schema: SchemaRef,
         plan: Mutex<Option<LogicalPlan>>,
@@ -89,11 +89,15 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new() -> Self {
-        let state = SessionStateBuilder::new().with_default_features().build();
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_optimizer_rules(super::optimizer::rules())
+            .build();
         Catalog {
             functions: super::window_fn::window_udfs()
                 .into_iter()
                 .chain(super::json_fn::json_udfs())
+                .chain([super::row_time::row_time_udf()])
                 .map(|f| (f.name().to_string(), f))
                 .collect(),
             planners: {
@@ -114,6 +118,14 @@ impl Catalog {
         }
         self.tables.insert(name.to_string(), Arc::new(entry));
         true
+    }
+
+    /// The connector tables defined so far.
+    pub fn connector_tables(&self) -> impl Iterator<Item = &crate::connector::ConnectorTable> {
+        self.tables.values().filter_map(|e| match e.as_ref() {
+            TableEntry::Connector(t) => Some(t),
+            _ => None,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<TableEntry>> {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, not_impl_err, plan_err};
+use datafusion::common::{DFSchema, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -18,30 +18,16 @@ use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
 use super::provider::TableEntry;
-use super::window_fn::{WindowSpec, window_spec};
+use super::row_time::evaluate_row_time;
+use super::window_fn::{WINDOW_FUNCTIONS, WindowSpec, is_window_struct, plan_window, window_spec};
 use crate::operator::aggregate::{AggregateSpec, key_schema};
 use crate::operator::instant::{InstantJoin, JoinKind, RankSpec, Ranking, WindowFunctions};
 use crate::operator::window::{WindowAggregate, WindowKind};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
 use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, Join, Window, build_join_schema};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 
-/// True for the `{start, end}` struct of a window.
-fn is_window_struct(t: &DataType) -> bool {
-    match t {
-        DataType::Struct(fields) => {
-            fields.len() == 2
-                && fields[0].name() == "start"
-                && fields[1].name() == "end"
-                && fields
-                    .iter()
-                    .all(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
-        }
-        _ => false,
-    }
-}
 use crate::connector::{ConnectorConfig, ConnectorTable};
 use crate::dataflow::{EdgeKind, NodeKind, Program, node_id};
 use crate::operator::Transform;
@@ -49,6 +35,37 @@ use crate::operator::join::TtlJoin;
 use crate::operator::transform::Step;
 use crate::operator::updating::UpdatingAggregate;
 use crate::task::{OperatorFactory, with_timestamp, with_updating};
+
+/// A query the streaming engine refuses, with what in the statement the message is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub message: String,
+    pub anchor: Anchor,
+}
+
+/// What a [`Refusal`] points at in the statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// A call of a window function: the one asking for this window when there is one.
+    Window(WindowSpec),
+    /// A call of the window function of this name.
+    Function(&'static str),
+    /// The first occurrence of this keyword (`ORDER`, `LIMIT`, `JOIN`, ...).
+    Keyword(&'static str),
+    /// The statement as a whole.
+    Statement,
+}
+
+/// A [`Refusal`] as the error the rewrite returns.
+fn refuse<T>(message: impl Into<String>, anchor: Anchor) -> Result<T> {
+    Err(datafusion::error::DataFusionError::External(Box::new(
+        Refusal {
+            message: message.into(),
+            anchor,
+        },
+    )))
+}
 
 /// A stream under construction: the node that produces it and stateless steps still to apply.
 struct Stream {
@@ -62,12 +79,14 @@ struct Stream {
     updating: bool,
 }
 
-/// How long a windowless join keeps rows unless `SET updating_ttl` says otherwise.
+/// How long a windowless join keeps rows, and an updating aggregate a group no row was added
+/// to, unless `SET updating_ttl` says otherwise (Arroyo's default).
 pub const DEFAULT_UPDATING_TTL: i64 = 24 * 3600 * 1_000_000_000;
 
 /// Accumulates the dataflow of every INSERT INTO and SELECT of a file.
 pub struct Builder {
-    /// State TTL of windowless joins, in nanoseconds (`SET updating_ttl`).
+    /// State TTL of windowless joins and updating aggregates, in nanoseconds (`SET
+    /// updating_ttl`).
     pub updating_ttl: i64,
     program: Program,
     /// Source nodes by table and projected columns.
@@ -112,6 +131,7 @@ impl Builder {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        check_window_calls(plan)?;
         let stream = self.build(plan)?;
         let updating = stream.updating;
         let input = self.materialize(stream);
@@ -199,12 +219,13 @@ impl Builder {
         expr: &datafusion::logical_expr::Expr,
         schema: &DFSchema,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(
+        let expr = create_physical_expr(
             expr,
             schema,
             &self.props,
             &PhysicalPlanningContext::default(),
-        )
+        )?;
+        evaluate_row_time(expr)
     }
 
     fn window_functions(&mut self, w: &Window) -> Result<Stream> {
@@ -216,15 +237,22 @@ impl Builder {
                 other => other,
             };
             let Expr::WindowFunction(wf) = inner else {
-                return not_impl_err!("window expression {e} is not supported");
+                return refuse(
+                    format!("window expression {e} is not supported"),
+                    Anchor::Keyword("OVER"),
+                );
             };
             let function = match wf.fun.name() {
                 "row_number" => Ranking::RowNumber,
                 "rank" => Ranking::Rank,
                 "dense_rank" => Ranking::DenseRank,
                 other => {
-                    return not_impl_err!(
-                        "window function {other}() is not supported: use ROW_NUMBER(), RANK() or DENSE_RANK()"
+                    return refuse(
+                        format!(
+                            "window function {other}() is not supported: use ROW_NUMBER(), \
+                             RANK() or DENSE_RANK()"
+                        ),
+                        Anchor::Keyword("OVER"),
                     );
                 }
             };
@@ -235,9 +263,13 @@ impl Builder {
                 partition_by.push(self.physical(p, &input_schema)?);
             }
             if !windowed {
-                return plan_err!(
-                    "{}() needs PARTITION BY a window column: streaming results are computed per window",
-                    wf.fun.name()
+                return refuse(
+                    format!(
+                        "{}() needs PARTITION BY a window column: ranking functions run on \
+                         windowed input, one window at a time",
+                        wf.fun.name()
+                    ),
+                    Anchor::Keyword("OVER"),
                 );
             }
             let order_by = wf
@@ -263,7 +295,11 @@ impl Builder {
         let keys = functions[0].partition_by.clone();
         let stream = self.build(&w.input)?;
         if stream.updating {
-            return not_impl_err!("window functions over updating input are not supported");
+            return refuse(
+                "ranking functions over updating input are not supported: they run on \
+                 windowed input",
+                Anchor::Keyword("OVER"),
+            );
         }
         let input = self.materialize(stream);
         let op = WindowFunctions {
@@ -285,7 +321,11 @@ impl Builder {
         let left = self.build(&j.left)?;
         let right = self.build(&j.right)?;
         if left.updating || right.updating {
-            return not_impl_err!("joins of updating inputs are not supported");
+            return refuse(
+                "joins of updating inputs (a GROUP BY without a window, or a debezium_json \
+                 source) are not supported",
+                Anchor::Keyword("JOIN"),
+            );
         }
         Ok((self.materialize(left), self.materialize(right)))
     }
@@ -298,13 +338,21 @@ impl Builder {
         right_keys: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Stream> {
         if j.join_type != JoinType::Inner {
-            return not_impl_err!(
-                "{} joins without a window are not supported: only inner joins, or joins on the same window of two windowed inputs",
-                j.join_type
+            return refuse(
+                format!(
+                    "{} joins need both sides grouped by the same window: without windows only \
+                     inner joins are supported (each side a subquery with GROUP BY \
+                     tumble(...) or hop(...), joined on its window column)",
+                    join_name(j.join_type)
+                ),
+                Anchor::Keyword("JOIN"),
             );
         }
         if left_keys.is_empty() {
-            return not_impl_err!("joins without an equality condition are not supported");
+            return refuse(
+                "joins without windows need an equality condition (ON a.x = b.y)",
+                Anchor::Keyword("JOIN"),
+            );
         }
         let key_types =
             j.on.iter()
@@ -333,6 +381,9 @@ impl Builder {
         ))
     }
 
+    /// A join: per window when both sides are results of the same window (the window is
+    /// found through subqueries and projections, whatever the join's condition names), else
+    /// a TTL join.
     fn join(&mut self, j: &Join) -> Result<Stream> {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
@@ -341,25 +392,72 @@ impl Builder {
             JoinType::Full => JoinKind::Full,
             JoinType::LeftSemi => JoinKind::LeftSemi,
             JoinType::LeftAnti => JoinKind::LeftAnti,
-            other => return not_impl_err!("{other} joins are not supported"),
+            other => {
+                return refuse(
+                    format!(
+                        "{} joins are not supported: use an inner, left, right or full join",
+                        join_name(other)
+                    ),
+                    Anchor::Keyword("JOIN"),
+                );
+            }
         };
         let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
-        let mut windowed = false;
         let (mut left_keys, mut right_keys) = (Vec::new(), Vec::new());
         for (l, r) in &j.on {
-            windowed |= is_window_struct(&l.get_type(&ls)?) && is_window_struct(&r.get_type(&rs)?);
             left_keys.push(self.physical(l, &ls)?);
             right_keys.push(self.physical(r, &rs)?);
         }
-        if !windowed {
-            return self.ttl_join(j, left_keys, right_keys);
+        let window = match (plan_window(&j.left)?, plan_window(&j.right)?) {
+            (None, None) => return self.ttl_join(j, left_keys, right_keys),
+            (Some(w), None) | (None, Some(w)) => {
+                return refuse(
+                    format!(
+                        "one side of this join is grouped by {} and the other by no window: \
+                         join two results of the same window, or two streams without windows",
+                        w.describe()
+                    ),
+                    Anchor::Window(w),
+                );
+            }
+            (Some(l), Some(r)) if l != r => {
+                return refuse(
+                    format!(
+                        "the two sides of this join have different windows ({} and {}): \
+                         group both by the same window",
+                        l.describe(),
+                        r.describe()
+                    ),
+                    Anchor::Window(r),
+                );
+            }
+            (Some(w), Some(_)) => w,
+        };
+        if let WindowSpec::Session { .. } = window {
+            return refuse(
+                "joins of SESSION windows are not supported: the sessions of the two sides \
+                 end at different times; join TUMBLE or HOP windows",
+                Anchor::Window(window),
+            );
         }
-        // The filter sees pairs of rows: left then right columns.
-        let pair_schema = build_join_schema(&ls, &rs, &JoinType::Inner)?;
+        // The filter sees pairs of rows: left then right columns (nullable on the side an
+        // outer join may leave out).
+        let pair_type = match kind {
+            JoinKind::LeftSemi | JoinKind::LeftAnti => JoinType::Inner,
+            _ => j.join_type,
+        };
+        let pair_schema = build_join_schema(&ls, &rs, &pair_type)?;
         let filter = match &j.filter {
             None => None,
             Some(_) if matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) => {
-                return not_impl_err!("a {kind:?} join can only have equality conditions");
+                return refuse(
+                    format!(
+                        "a {} join of windows can only have equality conditions: move the \
+                         other conditions into a WHERE above the join or into the subqueries",
+                        join_name(j.join_type)
+                    ),
+                    Anchor::Keyword("JOIN"),
+                );
             }
             Some(f) => Some(self.physical(f, &pair_schema)?),
         };
@@ -403,9 +501,25 @@ impl Builder {
                 )
                 .with_name(name)
                 .build()?;
+                // `row_time()` among the arguments reads the rows' event time.
+                let mut aggregate = lowered.aggregate;
+                let exprs = aggregate.all_expressions();
+                let args = exprs
+                    .args
+                    .into_iter()
+                    .map(evaluate_row_time)
+                    .collect::<Result<Vec<_>>>()?;
+                let order_by = exprs
+                    .order_by_exprs
+                    .into_iter()
+                    .map(evaluate_row_time)
+                    .collect::<Result<Vec<_>>>()?;
+                if let Some(replaced) = aggregate.with_new_expressions(args, order_by) {
+                    aggregate = Arc::new(replaced);
+                }
                 Ok(AggregateSpec {
-                    expr: lowered.aggregate,
-                    filter: lowered.filter,
+                    expr: aggregate,
+                    filter: lowered.filter.map(evaluate_row_time).transpose()?,
                 })
             })
             .collect()
@@ -427,7 +541,9 @@ impl Builder {
             keys: keys.clone(),
             key_schema,
             aggregates,
+            input_schema: Arc::new(agg.input.schema().as_arrow().clone()),
             updating_input,
+            ttl: self.updating_ttl,
             schema: with_updating(agg.schema.as_arrow()),
         };
         let plan = LogicalPlan::Aggregate(agg.clone());
@@ -441,6 +557,7 @@ impl Builder {
 
     fn aggregate(&mut self, agg: &Aggregate) -> Result<Stream> {
         let input_schema = agg.input.schema().clone();
+        let input_window = plan_window(&agg.input)?;
         let mut window = None;
         let mut window_position = None;
         let mut instant = false;
@@ -448,7 +565,10 @@ impl Builder {
         for (i, g) in agg.group_expr.iter().enumerate() {
             if let Some(spec) = window_spec(g)? {
                 if window.is_some() {
-                    return plan_err!("a GROUP BY can have only one window function");
+                    return refuse(
+                        "a GROUP BY can have only one window function",
+                        Anchor::Window(spec),
+                    );
                 }
                 window = Some(spec);
                 window_position = Some(i);
@@ -459,18 +579,59 @@ impl Builder {
             }
             keys.push(self.physical(g, &input_schema)?);
         }
-        let kind = match window {
-            Some(WindowSpec::Tumble { width }) => WindowKind::Tumble { width },
-            Some(WindowSpec::Hop { slide, width }) => WindowKind::Hop { slide, width },
-            Some(WindowSpec::Session { gap }) => WindowKind::Session { gap },
-            None if instant => WindowKind::Instant,
-            None => return self.updating_aggregate(agg, keys),
+        let kind = match (window, input_window) {
+            // A window over the results of another: it must be the same window, whose
+            // results then form the groups as they are.
+            (Some(outer), Some(inner)) if outer != inner => {
+                return refuse(
+                    format!(
+                        "the window in GROUP BY, {}, does not match the window of its input, \
+                         {}: group by the input's window column, or by the same window",
+                        outer.describe(),
+                        inner.describe()
+                    ),
+                    Anchor::Window(outer),
+                );
+            }
+            (Some(WindowSpec::Session { .. }), Some(_)) => {
+                return refuse(
+                    "a SESSION window cannot be formed again over the results of sessions: \
+                     group by the input's window column instead",
+                    Anchor::Function("session"),
+                );
+            }
+            (Some(spec), Some(_)) => WindowKind::Instant {
+                width: spec.width(),
+            },
+            (Some(WindowSpec::Tumble { width }), None) => WindowKind::Tumble { width },
+            (Some(WindowSpec::Hop { slide, width }), None) => WindowKind::Hop { slide, width },
+            (Some(WindowSpec::Session { gap }), None) => WindowKind::Session { gap },
+            (None, Some(inner)) if instant => WindowKind::Instant {
+                width: inner.width(),
+            },
+            (None, Some(inner)) => {
+                return refuse(
+                    format!(
+                        "this aggregate reads the results of {} but groups by no window: add \
+                         the input's window column (or the same window function) to its GROUP \
+                         BY; an aggregate over every window would never be complete",
+                        inner.describe()
+                    ),
+                    Anchor::Window(inner),
+                );
+            }
+            (None, None) if instant => WindowKind::Instant { width: 1 },
+            (None, None) => return self.updating_aggregate(agg, keys),
         };
         let aggregates = self.aggregate_specs(agg)?;
         let key_schema = key_schema(&keys, input_schema.as_arrow())?;
         let stream = self.build(&agg.input)?;
         if stream.updating {
-            return not_impl_err!("windowed aggregates over updating input are not supported");
+            return refuse(
+                "windowed aggregates over updating input (a GROUP BY without a window, or a \
+                 debezium_json source) are not supported: aggregate it without a window",
+                window.map_or(Anchor::Statement, Anchor::Window),
+            );
         }
         let input = self.materialize(stream);
         let op = WindowAggregate {
@@ -571,11 +732,11 @@ impl Builder {
             }
             LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
             LogicalPlan::Unnest(unnest) => {
-                if unnest.list_type_columns.len() != 1
+                if unnest.list_type_columns.is_empty()
                     || !unnest.struct_type_columns.is_empty()
-                    || unnest.list_type_columns[0].1.depth != 1
+                    || unnest.list_type_columns.iter().any(|(_, l)| l.depth != 1)
                 {
-                    return not_impl_err!("only UNNEST of one list column is supported");
+                    return unsupported(plan);
                 }
                 let mut stream = self.build(&unnest.input)?;
                 let schema = if stream.updating {
@@ -584,7 +745,7 @@ impl Builder {
                     with_timestamp(unnest.schema.as_arrow())
                 };
                 stream.steps.push(Step::Unnest {
-                    column: unnest.list_type_columns[0].0,
+                    columns: unnest.list_type_columns.iter().map(|(c, _)| *c).collect(),
                     sources: unnest.dependency_indices.clone(),
                     schema,
                 });
@@ -617,8 +778,9 @@ impl Builder {
                 let id = node_id("union", &plan.display().to_string(), &upstream);
                 self.program.set_id(node, id);
                 if updating.iter().any(|u| *u != updating[0]) {
-                    return not_impl_err!(
-                        "UNION ALL of updating and append-only inputs is not supported"
+                    return refuse(
+                        "UNION ALL of updating and append-only inputs is not supported",
+                        Anchor::Keyword("UNION"),
                     );
                 }
                 Ok(Stream {
@@ -629,10 +791,111 @@ impl Builder {
                     updating: updating[0],
                 })
             }
-            other => not_impl_err!(
-                "{} is not supported in a streaming query yet",
-                other.display()
-            ),
+            other => unsupported(other),
         }
+    }
+}
+
+/// A join type as SQL spells it.
+fn join_name(t: JoinType) -> &'static str {
+    match t {
+        JoinType::Inner => "INNER",
+        JoinType::Left => "LEFT",
+        JoinType::Right => "RIGHT",
+        JoinType::Full => "FULL",
+        JoinType::LeftSemi | JoinType::RightSemi => "SEMI",
+        JoinType::LeftAnti | JoinType::RightAnti => "ANTI",
+        JoinType::LeftMark | JoinType::RightMark => "MARK",
+    }
+}
+
+/// Why a plan node cannot be part of a streaming query, and what to do instead.
+fn unsupported<T>(plan: &LogicalPlan) -> Result<T> {
+    let top_n = "for the top rows of each window, number them with ROW_NUMBER() OVER \
+                 (PARTITION BY window ORDER BY ...) in a subquery and keep those WHERE the \
+                 number is small enough";
+    match plan {
+        LogicalPlan::Sort(_) => refuse(
+            format!("ORDER BY is not supported in a streaming query, which never ends; {top_n}"),
+            Anchor::Keyword("ORDER"),
+        ),
+        LogicalPlan::Limit(_) => refuse(
+            format!("LIMIT is not supported in a streaming query, which never ends; {top_n}"),
+            Anchor::Keyword("LIMIT"),
+        ),
+        LogicalPlan::Values(_) => refuse(
+            "VALUES is not supported in a streaming query: read rows from a table (a \
+             single_file source, for example)",
+            Anchor::Keyword("VALUES"),
+        ),
+        LogicalPlan::EmptyRelation(e) if e.produce_one_row => refuse(
+            "a streaming query reads from a table: add a FROM clause",
+            Anchor::Statement,
+        ),
+        LogicalPlan::EmptyRelation(_) => refuse(
+            "this query can never produce a row (a condition that is always false, or LIMIT 0)",
+            Anchor::Statement,
+        ),
+        LogicalPlan::RecursiveQuery(_) => refuse(
+            "recursive queries are not supported in a streaming query",
+            Anchor::Keyword("RECURSIVE"),
+        ),
+        LogicalPlan::Subquery(_) => refuse(
+            "this subquery is not supported in a streaming query: write it as a join",
+            Anchor::Keyword("SELECT"),
+        ),
+        LogicalPlan::Unnest(_) => refuse(
+            "only UNNEST of lists is supported (not of structs, nor of nested lists at once)",
+            Anchor::Keyword("UNNEST"),
+        ),
+        other => refuse(
+            format!(
+                "'{}' is not supported in a streaming query",
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this")
+            ),
+            Anchor::Statement,
+        ),
+    }
+}
+
+/// Refuses a call of a window function anywhere but in a GROUP BY: it has no value of its own.
+fn check_window_calls(plan: &LogicalPlan) -> Result<()> {
+    let mut misplaced = None;
+    let mut find = |e: &Expr| {
+        e.apply(|e| {
+            if let Expr::ScalarFunction(f) = e
+                && let Some(name) = WINDOW_FUNCTIONS.iter().find(|n| **n == f.func.name())
+            {
+                misplaced = Some(*name);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    };
+    plan.apply(|node| match node {
+        LogicalPlan::Aggregate(agg) => {
+            for e in &agg.aggr_expr {
+                if find(e)? == TreeNodeRecursion::Stop {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        }
+        other => other.apply_expressions(&mut find),
+    })?;
+    match misplaced {
+        Some(name) => refuse(
+            format!(
+                "time window function {name} is not allowed in this context. Are you missing \
+                 a GROUP BY clause?"
+            ),
+            Anchor::Function(name),
+        ),
+        None => Ok(()),
     }
 }

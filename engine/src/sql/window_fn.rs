@@ -9,7 +9,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
 };
 
 /// The window struct's type: `{start: timestamp, end: timestamp}`.
@@ -53,10 +54,14 @@ impl ScalarUDFImpl for WindowFunction {
     }
 }
 
+/// The names of the window functions.
+pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
+
 /// The UDFs to register for planning.
 pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
-    [("tumble", 1), ("hop", 2), ("session", 1)]
+    WINDOW_FUNCTIONS
         .into_iter()
+        .zip([1, 2, 1])
         .map(|(name, args)| {
             Arc::new(ScalarUDF::new_from_impl(WindowFunction {
                 name,
@@ -144,4 +149,88 @@ pub fn window_spec(expr: &Expr) -> Result<Option<WindowSpec>> {
         _ => return Ok(None),
     };
     Ok(Some(spec))
+}
+
+/// True for the `{start, end}` struct of a window.
+pub fn is_window_struct(t: &DataType) -> bool {
+    match t {
+        DataType::Struct(fields) => {
+            fields.len() == 2
+                && fields[0].name() == "start"
+                && fields[1].name() == "end"
+                && fields
+                    .iter()
+                    .all(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        }
+        _ => false,
+    }
+}
+
+/// The window of the rows `plan` produces, when they are the results of a windowed aggregate
+/// (through projections, filters, subqueries, ranking functions, windowed joins and unions of
+/// the same window): one instant per window, at its end. None for rows of a table or of an
+/// updating aggregate.
+pub fn plan_window(plan: &LogicalPlan) -> Result<Option<WindowSpec>> {
+    match plan {
+        LogicalPlan::Aggregate(agg) => {
+            for g in &agg.group_expr {
+                if let Some(spec) = window_spec(g)? {
+                    return Ok(Some(spec));
+                }
+            }
+            let input = agg.input.schema();
+            for g in &agg.group_expr {
+                if is_window_struct(&g.get_type(input)?) {
+                    return plan_window(&agg.input);
+                }
+            }
+            Ok(None)
+        }
+        LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+            Ok(None)
+        }
+        other => {
+            let inputs = other.inputs();
+            let Some(first) = inputs.first() else {
+                return Ok(None);
+            };
+            let window = plan_window(first)?;
+            for input in &inputs[1..] {
+                if plan_window(input)? != window {
+                    return Ok(None);
+                }
+            }
+            Ok(window)
+        }
+    }
+}
+
+impl WindowSpec {
+    /// The call that asks for this window, as a user writes it.
+    pub fn describe(&self) -> String {
+        match *self {
+            WindowSpec::Tumble { width } => format!("tumble({})", seconds(width)),
+            WindowSpec::Hop { slide, width } => {
+                format!("hop({}, {})", seconds(slide), seconds(width))
+            }
+            WindowSpec::Session { gap } => format!("session({})", seconds(gap)),
+        }
+    }
+
+    /// How long a window is (for a session, its gap).
+    pub fn width(&self) -> i64 {
+        match *self {
+            WindowSpec::Tumble { width } | WindowSpec::Hop { width, .. } => width,
+            WindowSpec::Session { gap } => gap,
+        }
+    }
+
+    /// The function name of the call.
+    pub fn function(&self) -> &'static str {
+        match self {
+            WindowSpec::Tumble { .. } => "tumble",
+            WindowSpec::Hop { .. } => "hop",
+            WindowSpec::Session { .. } => "session",
+        }
+    }
 }

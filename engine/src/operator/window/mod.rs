@@ -38,9 +38,11 @@ pub enum WindowKind {
     Tumble { width: i64 },
     /// Every window of `width` starting at a multiple of `slide` that holds the row.
     Hop { slide: i64, width: i64 },
-    /// Rows grouped by their event time: the input is itself windowed, and its window column
-    /// is one of the keys.
-    Instant,
+    /// Rows grouped by their event time: the input is itself windowed (each event time is
+    /// the end of a window, less 1 ns), and either its window column is one of the keys or
+    /// the GROUP BY calls the input's window function again, whose column is then the
+    /// window `[end - width, end)`.
+    Instant { width: i64 },
     /// Per key, rows closer than `gap` to each other form one session
     /// `[first, last + gap)`.
     Session { gap: i64 },
@@ -245,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn instant_windows_restore_from_checkpoints() {
-        let (plan, keys, steps) = window_plan(WindowKind::Instant, false, None);
+        let (plan, keys, steps) = window_plan(WindowKind::Instant { width: 1 }, false, None);
         check_checkpoints(&plan, &keys, &steps, false).await;
     }
 

@@ -210,7 +210,7 @@ impl WindowAggregateOp {
                         .collect()
                 })
                 .collect(),
-            WindowKind::Instant => vec![ts.iter().map(|t| t + 1).collect()],
+            WindowKind::Instant { .. } => vec![ts.iter().map(|t| t + 1).collect()],
             WindowKind::Session { .. } => unreachable!("sessions have their own operator"),
         };
         for ends in assignments {
@@ -259,8 +259,10 @@ impl WindowAggregateOp {
         for i in 0..group_count {
             if Some(i) == self.plan.window_position {
                 let width = match self.plan.window {
-                    WindowKind::Tumble { width } | WindowKind::Hop { width, .. } => width,
-                    WindowKind::Instant | WindowKind::Session { .. } => 1,
+                    WindowKind::Tumble { width }
+                    | WindowKind::Hop { width, .. }
+                    | WindowKind::Instant { width } => width,
+                    WindowKind::Session { .. } => 1,
                 };
                 columns.push(window_struct(end - width, end, rows));
             } else {
