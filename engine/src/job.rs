@@ -219,6 +219,7 @@ mod tests {
                 expected_epoch: 0,
             }),
             preview: Some(tx),
+            pipeline: String::new(),
         };
         let job = start(&query, spec).await.unwrap();
         let rows = count(rx);
