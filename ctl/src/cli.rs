@@ -43,6 +43,10 @@ pub enum Command {
         /// daemon's checkpoint_interval]
         #[arg(long = "checkpoint-interval", value_name = "DUR", value_parser = parse_interval)]
         checkpoint_interval_ms: Option<u64>,
+        /// The most memory its worker may use, such as `512MiB` or `2GB`; over it the
+        /// pipeline fails [default: no limit]
+        #[arg(long = "memory-limit", value_name = "SIZE", value_parser = parse_size)]
+        memory_limit: Option<u64>,
     },
     /// Plan a query without running it and report its errors
     Validate {
@@ -58,10 +62,14 @@ pub enum Command {
         #[arg(value_name = "ID|NAME")]
         pipeline: String,
     },
-    /// Print the rows of a pipeline's default sink as JSON lines
+    /// Print the rows of a pipeline's output log as JSON lines
     ///
-    /// Delivery is at-least-once: after a restore from a checkpoint, the rows since that
-    /// checkpoint come again. The daemon keeps the newest 100,000 rows in memory.
+    /// The output log holds the rows of the sinks a user can read (the default sink of a bare
+    /// SELECT, `stdout` sinks), on disk with offsets, the newest `output_log_bytes` of them,
+    /// also across daemon restarts. A reader behind what is held is told so (`warning: rows
+    /// N..M are gone`), never skipped silently. After a restore from a checkpoint, the rows
+    /// the previous run wrote since that checkpoint may come again: the restore is marked
+    /// (on stderr, or as a `restore` frame with --json).
     Tail {
         /// Id or name of the pipeline
         #[arg(value_name = "ID|NAME")]
@@ -72,6 +80,9 @@ pub enum Command {
         /// First row offset to print
         #[arg(long, value_name = "N", default_value_t = 0)]
         from: u64,
+        /// Start at the last N rows held instead
+        #[arg(short = 'n', long = "last", value_name = "N", conflicts_with = "from")]
+        last: Option<u64>,
     },
     /// Stop a pipeline and print its state
     Stop {
@@ -84,6 +95,111 @@ pub enum Command {
         /// Return once the stop is requested instead of once the pipeline has stopped
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Stop a pipeline (with a checkpoint when it runs) and start it again
+    ///
+    /// It resumes from its newest checkpoint. With --no-state it starts from no state at all
+    /// (Arroyo's "restart without state"): its output then starts over, so it is refused when
+    /// an exactly-once sink (`single_file`, `filesystem`) would mix two runs' output, unless
+    /// --force.
+    Restart {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// Start from no state: a new state location, no checkpoint restored
+        #[arg(long)]
+        no_state: bool,
+        /// With --no-state: restart even when exactly-once sinks would mix two runs' output
+        #[arg(long, requires = "no_state")]
+        force: bool,
+    },
+    /// Change a pipeline's settings: it stops with a checkpoint (when it runs) and restores
+    /// from it with the new ones
+    Update {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// Number of parallel subtasks
+        #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+        /// Time between checkpoints, such as `10s` or `500ms`
+        #[arg(long = "checkpoint-interval", value_name = "DUR", value_parser = parse_interval)]
+        checkpoint_interval_ms: Option<u64>,
+        /// The most memory its worker may use, such as `512MiB`
+        #[arg(long = "memory-limit", value_name = "SIZE", value_parser = parse_size)]
+        memory_limit: Option<u64>,
+    },
+    /// Take a checkpoint of a running pipeline now, and print it once completed
+    Checkpoint {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+    },
+    /// Delete a stopped, failed or finished pipeline
+    ///
+    /// Its checkpoints and its output log are removed too, unless kept: then they stay where
+    /// they are, and the answer says where.
+    Delete {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// Keep its checkpoints under the state URL
+        #[arg(long)]
+        keep_checkpoints: bool,
+        /// Keep its output log under the data dir
+        #[arg(long)]
+        keep_output: bool,
+    },
+    /// Print a pipeline's recorded events: state changes, errors with their cause, restarts,
+    /// checkpoints
+    Logs {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// Then keep printing new events
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N events
+        #[arg(short = 'n', long = "last", value_name = "N")]
+        last: Option<u32>,
+    },
+    /// Show a pipeline's operators live: rows in and out, rates, backpressure, watermark lag,
+    /// checkpoint size
+    Top {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// Time between refreshes
+        #[arg(long, value_name = "DUR", value_parser = parse_interval, default_value = "1s")]
+        interval: u64,
+        /// Stop after this many refreshes [default: until interrupted]
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Show the dataflow graph of a query file or of a pipeline: operators, edges, shuffle
+    /// keys, parallelism
+    Explain {
+        /// A SQL file (`-` for stdin), or the id or name of a pipeline
+        #[arg(value_name = "FILE|ID|NAME")]
+        target: String,
+        /// Print it as Graphviz DOT (`arroyoctl explain q.sql --dot | dot -Tsvg > q.svg`)
+        #[arg(long)]
+        dot: bool,
+        /// The parallelism to show for a query file
+        #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
+        parallelism: Option<u32>,
+    },
+    /// Print a completion script for a shell
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages of arroyoctl and its subcommands to a directory
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them
+        dir: PathBuf,
     },
     /// Start a stopped pipeline again from its last checkpoint and print its state
     ///
@@ -124,6 +240,18 @@ impl From<StopMode> for arroyod_proto::StopMode {
             StopMode::Immediate => Self::Immediate,
         }
     }
+}
+
+/// Parses a size such as `512MiB`, `2GB` or `1048576` (bytes) into bytes, above zero.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = value
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (a size such as 512MiB, 2GB or 1048576)"))?;
+    if size.as_u64() == 0 {
+        return Err("the size must be above zero".to_owned());
+    }
+    Ok(size.as_u64())
 }
 
 /// Why a `--checkpoint-interval` is not a duration arroyoctl can send.
@@ -294,6 +422,32 @@ mod tests {
             .expect_err("rejected");
             assert_eq!(err.exit_code(), 2, "{value}");
         }
+    }
+
+    #[test]
+    fn sizes_parse_into_bytes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn force_needs_no_state() {
+        let err = Cli::try_parse_from(["arroyoctl", "restart", "p", "--force"])
+            .expect_err("--force alone is refused");
+        assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from(["arroyoctl", "restart", "p", "--no-state", "--force"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Restart {
+                no_state: true,
+                force: true,
+                ..
+            }
+        ));
     }
 
     #[test]

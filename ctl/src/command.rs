@@ -11,18 +11,28 @@
 //!
 //! Nothing here decides anything about queries or pipelines: the daemon does.
 
-use std::io::{self, Read as _, Write};
+use std::io::{self, IsTerminal as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use arroyod_proto::{ListRequest, PipelineRef, StopRequest, SubmitRequest, TailRequest};
+use arroyod_proto::{
+    DeleteRequest, ExplainRequest, ListRequest, LogsRequest, PipelineRef, RestartRequest,
+    StopRequest, SubmitRequest, TailRequest, UpdateRequest,
+};
 use arroyod_proto::{Pipeline, QueryErrors, SqlError, ValidateRequest};
+use clap::CommandFactory as _;
 use prost::Message as _;
 use tonic::{Code, Status};
 
 use crate::cli::{Cli, Command, StopMode};
 use crate::connect::{self, Client, ConnectError};
 use crate::render;
+
+/// How often a waiting `stop` looks at the pipeline.
+const STOP_POLL: Duration = Duration::from_millis(250);
+/// After how long a waiting `stop` shows its progress.
+const STOP_PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 /// Exit status of an error.
 const EXIT_ERROR: u8 = 1;
@@ -52,6 +62,16 @@ pub enum CommandError {
     /// Stdout could not be written.
     #[error("cannot write to stdout")]
     Output(#[source] io::Error),
+    /// A stop ended without what its mode promises (a final checkpoint).
+    #[error("pipeline {pipeline} stopped without a final checkpoint: {message}")]
+    UncleanStop { pipeline: String, message: String },
+    /// Man pages could not be written.
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CommandError {
@@ -69,6 +89,9 @@ impl CommandError {
     pub fn hints(&self) -> Vec<String> {
         match self {
             Self::Connect(err) => err.hints(),
+            Self::UncleanStop { .. } => vec![
+                "rows after that checkpoint are processed again when it resumes; see 'arroyoctl logs' for why the stop could not take one".to_owned(),
+            ],
             _ => Vec::new(),
         }
     }
@@ -99,15 +122,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         json: cli.json,
     };
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            write_stdout(|w| {
+                clap_complete::generate(shell, &mut command, "arroyoctl", w);
+                Ok(())
+            })?;
+        }
+        Command::Manpages { dir } => write_manpages(&dir)?,
         Command::Submit {
             file,
             name,
             parallelism,
             checkpoint_interval_ms,
+            memory_limit,
         } => {
-            return session
-                .submit(&file, name, parallelism, checkpoint_interval_ms)
-                .await;
+            let request = SubmitRequest {
+                query: String::new(),
+                name: name.unwrap_or_default(),
+                // 0 lets the daemon choose, for each.
+                parallelism: parallelism.unwrap_or(0),
+                checkpoint_interval_ms: checkpoint_interval_ms.unwrap_or(0),
+                memory_limit_bytes: memory_limit.unwrap_or(0),
+            };
+            return session.submit(&file, request).await;
         }
         Command::Validate { file } => return session.validate(&file).await,
         Command::List => session.list().await?,
@@ -116,7 +154,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
             pipeline,
             follow,
             from,
-        } => session.tail(pipeline, follow, from).await?,
+            last,
+        } => {
+            let request = TailRequest {
+                id_or_name: pipeline,
+                from,
+                follow,
+                last: last.unwrap_or(0),
+            };
+            session.tail(request).await?
+        }
         Command::Stop {
             pipeline,
             mode,
@@ -124,8 +171,99 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         } => session.stop(pipeline, mode, !no_wait).await?,
         Command::Resume { pipeline } => session.resume(pipeline).await?,
         Command::Checkpoints { pipeline } => session.checkpoints(pipeline).await?,
+        Command::Restart {
+            pipeline,
+            no_state,
+            force,
+        } => {
+            let request = RestartRequest {
+                id_or_name: pipeline,
+                no_state,
+                force,
+            };
+            session.restart(request).await?
+        }
+        Command::Update {
+            pipeline,
+            parallelism,
+            checkpoint_interval_ms,
+            memory_limit,
+        } => {
+            let request = UpdateRequest {
+                id_or_name: pipeline,
+                parallelism: parallelism.unwrap_or(0),
+                checkpoint_interval_ms: checkpoint_interval_ms.unwrap_or(0),
+                memory_limit_bytes: memory_limit.unwrap_or(0),
+            };
+            session.update(request).await?
+        }
+        Command::Checkpoint { pipeline } => session.checkpoint(pipeline).await?,
+        Command::Delete {
+            pipeline,
+            keep_checkpoints,
+            keep_output,
+        } => {
+            let request = DeleteRequest {
+                id_or_name: pipeline,
+                keep_checkpoints,
+                keep_output,
+            };
+            session.delete(request).await?
+        }
+        Command::Logs {
+            pipeline,
+            follow,
+            last,
+        } => {
+            let request = LogsRequest {
+                id_or_name: pipeline,
+                follow,
+                last: last.unwrap_or(0),
+            };
+            session.logs(request).await?
+        }
+        Command::Top {
+            pipeline,
+            interval,
+            count,
+        } => {
+            session
+                .top(pipeline, Duration::from_millis(interval), count)
+                .await?
+        }
+        Command::Explain {
+            target,
+            dot,
+            parallelism,
+        } => return session.explain(&target, dot, parallelism).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the man pages of arroyoctl and of each of its subcommands into `dir`.
+fn write_manpages(dir: &Path) -> Result<(), CommandError> {
+    let written = |path: PathBuf| {
+        move |source| CommandError::WriteFile {
+            path: path.clone(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(written(dir.to_path_buf()))?;
+    let root = Cli::command();
+    let mut pages = vec![("arroyoctl".to_owned(), root.clone())];
+    for sub in root.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("arroyoctl-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, command) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(command)
+            .render(&mut out)
+            .map_err(written(path.clone()))?;
+        std::fs::write(&path, out).map_err(written(path.clone()))?;
+    }
+    Ok(())
 }
 
 /// What every command needs: the socket and the output format.
@@ -148,18 +286,10 @@ impl Session {
     async fn submit(
         &self,
         file: &Path,
-        name: Option<String>,
-        parallelism: Option<u32>,
-        checkpoint_interval_ms: Option<u64>,
+        mut request: SubmitRequest,
     ) -> Result<ExitCode, CommandError> {
         let query = read_query(file)?;
-        let request = SubmitRequest {
-            query,
-            name: name.unwrap_or_default(),
-            // 0 lets the daemon choose, for both.
-            parallelism: parallelism.unwrap_or(0),
-            checkpoint_interval_ms: checkpoint_interval_ms.unwrap_or(0),
-        };
+        request.query = query.clone();
         let answer = self.client().await?.submit(request).await;
         let pipeline = match answer {
             Ok(response) => response
@@ -170,8 +300,9 @@ impl Session {
                 return match query_errors(&status) {
                     Some(errors) => {
                         if self.json {
+                            let label = query_label(file);
                             write_stdout(|w| {
-                                render::write_json(w, &render::submit_errors_json(&errors))
+                                render::write_json(w, &render::submit_errors_json(&label, &errors))
                             })?;
                         } else {
                             print_diagnostics(file, &errors);
@@ -196,12 +327,15 @@ impl Session {
         let response = self
             .client()
             .await?
-            .validate(ValidateRequest { query })
+            .validate(ValidateRequest {
+                query: query.clone(),
+            })
             .await
             .map_err(|status| self.rpc_error(status))?
             .into_inner();
         if self.json {
-            write_stdout(|w| render::write_json(w, &render::validate_json(&response)))?;
+            let label = query_label(file);
+            write_stdout(|w| render::write_json(w, &render::validate_json(&label, &response)))?;
         } else if response.errors.is_empty() {
             write_stdout(|w| {
                 writeln!(w, "ok")?;
@@ -248,17 +382,14 @@ impl Session {
     }
 
     /// Streams the rows to stdout as JSON lines, one flush per row, so that `--follow` shows
-    /// each row as it comes. Writes block the only task: a slow reader slows the stream down
-    /// instead of filling memory. Rows are printed the same with `--json`.
-    async fn tail(&self, id_or_name: String, follow: bool, from: u64) -> Result<(), CommandError> {
+    /// each row as it comes; marks (a gap, a restore, lost rows) go to stderr. With `--json`
+    /// every record is a JSON frame with its offset, marks included, on stdout. Writes block
+    /// the only task: a slow reader slows the stream down instead of filling memory.
+    async fn tail(&self, request: TailRequest) -> Result<(), CommandError> {
         let mut rows = self
             .client()
             .await?
-            .tail(TailRequest {
-                id_or_name,
-                from,
-                follow,
-            })
+            .tail(request)
             .await
             .map_err(|status| self.rpc_error(status))?
             .into_inner();
@@ -267,30 +398,295 @@ impl Session {
             .await
             .map_err(|status| self.rpc_error(status))?
         {
-            write_stdout(|w| writeln!(w, "{}", row.json))?;
+            if self.json {
+                write_stdout(|w| {
+                    serde_json::to_writer(&mut *w, &render::tail_json(&row))?;
+                    writeln!(w)
+                })?;
+            } else if let Some(note) = render::tail_note(&row) {
+                let _ = writeln!(io::stderr(), "{note}");
+            } else {
+                write_stdout(|w| writeln!(w, "{}", row.json))?;
+            }
         }
         Ok(())
     }
 
+    /// Requests the stop. Waiting, it shows on stderr which subtasks have ended once the stop
+    /// takes a while, and fails when the stop could not do what its mode promises (a final
+    /// checkpoint) or the pipeline failed.
     async fn stop(
         &self,
         id_or_name: String,
         mode: StopMode,
         wait: bool,
     ) -> Result<(), CommandError> {
+        let client = self.client().await?;
         let request = StopRequest {
-            id_or_name,
+            id_or_name: id_or_name.clone(),
             mode: arroyod_proto::StopMode::from(mode).into(),
             wait,
         };
+        let mut stopping = client.clone();
+        let stop = stopping.stop(request);
+        let progress = async {
+            let mut client = client.clone();
+            let started = Instant::now();
+            let mut shown = String::new();
+            loop {
+                tokio::time::sleep(STOP_POLL).await;
+                if started.elapsed() < STOP_PROGRESS_AFTER {
+                    continue;
+                }
+                let Ok(p) = client
+                    .status(PipelineRef {
+                        id_or_name: id_or_name.clone(),
+                    })
+                    .await
+                else {
+                    continue;
+                };
+                let line = stop_progress(&p.into_inner(), started.elapsed());
+                if line != shown {
+                    let _ = writeln!(io::stderr(), "{line}");
+                    shown = line;
+                }
+            }
+        };
+        let pipeline = tokio::select! {
+            stopped = stop => stopped.map_err(|status| self.rpc_error(status))?.into_inner(),
+            never = progress => never,
+        };
+        self.write_pipeline(&pipeline, render::write_state)?;
+        if !wait {
+            return Ok(());
+        }
+        let label = render::pipeline_label(&pipeline);
+        match pipeline.last_stop {
+            Some(end) if !end.clean && matches!(pipeline.state.as_str(), "Stopped" | "Failed") => {
+                Err(CommandError::UncleanStop {
+                    pipeline: label,
+                    message: end.message,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn restart(&self, request: RestartRequest) -> Result<(), CommandError> {
+        let answer = self
+            .client()
+            .await?
+            .restart(request)
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        let pipeline = answer
+            .pipeline
+            .ok_or(CommandError::Incomplete("the pipeline"))?;
+        write_stdout(|w| {
+            if self.json {
+                let mut v = render::pipeline_json(&pipeline);
+                v["notes"] = serde_json::json!(answer.notes);
+                render::write_json(w, &v)
+            } else {
+                render::write_state(w, &pipeline)?;
+                for note in &answer.notes {
+                    writeln!(w, "note: {note}")?;
+                }
+                Ok(())
+            }
+        })
+    }
+
+    async fn update(&self, request: UpdateRequest) -> Result<(), CommandError> {
         let pipeline = self
             .client()
             .await?
-            .stop(request)
+            .update(request)
             .await
             .map_err(|status| self.rpc_error(status))?
             .into_inner();
         self.write_pipeline(&pipeline, render::write_state)
+    }
+
+    async fn checkpoint(&self, id_or_name: String) -> Result<(), CommandError> {
+        let c = self
+            .client()
+            .await?
+            .checkpoint(PipelineRef {
+                id_or_name: id_or_name.clone(),
+            })
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        write_stdout(|w| {
+            if self.json {
+                render::write_json(w, &render::checkpoint_json(&c))
+            } else {
+                writeln!(
+                    w,
+                    "checkpoint {} of {id_or_name} completed: {} bytes in {}",
+                    c.epoch,
+                    c.bytes,
+                    render::millis(c.duration_ms)
+                )
+            }
+        })
+    }
+
+    async fn delete(&self, request: DeleteRequest) -> Result<(), CommandError> {
+        let answer = self
+            .client()
+            .await?
+            .delete(request)
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        let pipeline = answer
+            .pipeline
+            .ok_or(CommandError::Incomplete("the pipeline"))?;
+        write_stdout(|w| {
+            if self.json {
+                render::write_json(
+                    w,
+                    &serde_json::json!({
+                        "pipeline": render::pipeline_json(&pipeline),
+                        "removed": answer.removed,
+                        "kept": answer.kept,
+                    }),
+                )
+            } else {
+                writeln!(w, "deleted pipeline {}", render::pipeline_label(&pipeline))?;
+                for path in &answer.removed {
+                    writeln!(w, "removed: {path}")?;
+                }
+                for path in &answer.kept {
+                    writeln!(w, "kept: {path}")?;
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// Prints the events as lines (JSON lines with `--json`), flushed one by one.
+    async fn logs(&self, request: LogsRequest) -> Result<(), CommandError> {
+        let mut events = self
+            .client()
+            .await?
+            .logs(request)
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        while let Some(e) = events
+            .message()
+            .await
+            .map_err(|status| self.rpc_error(status))?
+        {
+            write_stdout(|w| {
+                if self.json {
+                    serde_json::to_writer(&mut *w, &render::log_json(&e))?;
+                    writeln!(w)
+                } else {
+                    writeln!(w, "{}", render::log_line(&e))
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes the table every `interval`, `count` times or until interrupted; on a
+    /// terminal the screen is cleared first, else each refresh follows the last (with
+    /// `--json`, one JSON object per line).
+    async fn top(
+        &self,
+        id_or_name: String,
+        interval: Duration,
+        count: Option<u64>,
+    ) -> Result<(), CommandError> {
+        let mut client = self.client().await?;
+        let clear = !self.json && io::stdout().is_terminal();
+        let mut shown = 0;
+        loop {
+            let metrics = client
+                .metrics(PipelineRef {
+                    id_or_name: id_or_name.clone(),
+                })
+                .await
+                .map_err(|status| self.rpc_error(status))?
+                .into_inner();
+            write_stdout(|w| {
+                if self.json {
+                    serde_json::to_writer(&mut *w, &render::top_json(&metrics))?;
+                    return writeln!(w);
+                }
+                if clear {
+                    write!(w, "\x1b[H\x1b[2J")?;
+                } else if shown > 0 {
+                    writeln!(w)?;
+                }
+                render::write_top(w, &metrics)
+            })?;
+            shown += 1;
+            if count.is_some_and(|n| shown >= n) {
+                return Ok(());
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// A file (or `-`) is planned by the daemon; anything else names a pipeline. A query
+    /// that does not plan exits 1 with its diagnostics.
+    async fn explain(
+        &self,
+        target: &str,
+        dot: bool,
+        parallelism: Option<u32>,
+    ) -> Result<ExitCode, CommandError> {
+        let path = Path::new(target);
+        let is_file = target == "-" || path.is_file();
+        let query = if is_file {
+            Some(read_query(path)?)
+        } else {
+            None
+        };
+        let request = ExplainRequest {
+            id_or_name: if is_file {
+                String::new()
+            } else {
+                target.to_owned()
+            },
+            query: query.clone().unwrap_or_default(),
+            parallelism: parallelism.unwrap_or(0),
+        };
+        let graph = self
+            .client()
+            .await?
+            .explain(request)
+            .await
+            .map_err(|status| self.rpc_error(status))?
+            .into_inner();
+        if !graph.errors.is_empty() {
+            if self.json {
+                let label = query_label(path);
+                write_stdout(|w| {
+                    render::write_json(w, &render::submit_errors_json(&label, &graph.errors))
+                })?;
+            } else {
+                print_diagnostics(path, &graph.errors);
+            }
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+        write_stdout(|w| {
+            if dot {
+                write!(w, "{}", render::explain_dot(&graph))
+            } else if self.json {
+                render::write_json(w, &render::explain_json(&graph))
+            } else {
+                render::write_explain(w, &graph)
+            }
+        })?;
+        Ok(ExitCode::SUCCESS)
     }
 
     /// The daemon refuses (`FailedPrecondition`) a pipeline that is not stopped, failed or
@@ -389,13 +785,31 @@ fn query_errors(status: &Status) -> Option<Vec<SqlError>> {
     (!errors.is_empty()).then_some(errors)
 }
 
-/// Writes query errors to stderr as `FILE:LINE:COL: error: message` lines.
+/// A waiting stop's progress: how many subtasks have ended, when the worker said.
+fn stop_progress(p: &Pipeline, waited: Duration) -> String {
+    let label = render::pipeline_label(p);
+    let secs = waited.as_secs();
+    if p.subtasks > 0 {
+        format!(
+            "stopping {label}: {} of {} subtasks ended ({secs}s)",
+            p.subtasks_ended, p.subtasks
+        )
+    } else {
+        format!(
+            "stopping {label}: {}, waiting for its worker ({secs}s)",
+            p.state
+        )
+    }
+}
+
+/// Writes query errors to stderr in the diagnostic format: the `FILE:LINE:COL: error:`
+/// line, the source line with a caret, the hints.
 fn print_diagnostics(file: &Path, errors: &[SqlError]) {
     let label = query_label(file);
     let mut stderr = io::stderr().lock();
     for error in errors {
         // A closed stderr leaves nowhere to report to; the exit status still tells.
-        let _ = writeln!(stderr, "{}", render::diagnostic(&label, error));
+        let _ = write!(stderr, "{}", render::diagnostic(&label, error));
     }
 }
 

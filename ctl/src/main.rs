@@ -12,7 +12,8 @@
 //! - `3`: the daemon cannot be reached at the socket.
 //!
 //! Errors go to stderr as `error: <message>`, then one `  caused by: ...` line per source and
-//! any `hint: ...` lines; results go to stdout only.
+//! any `hint: ...` lines; with `--json`, as one JSON object `{"error": {"message", "causes",
+//! "hints", "exit_code"}}`. Results go to stdout only.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -31,6 +32,7 @@ use crate::command::CommandError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,17 +48,36 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(command::run(cli)) {
         Ok(code) => code,
-        Err(err) => report(&err),
+        Err(err) => report(&err, json),
     }
 }
 
-/// Prints `err` with its chain of causes and hints on stderr; returns the exit status it maps to.
-fn report(err: &CommandError) -> ExitCode {
+/// Prints `err` with its chain of causes and hints on stderr (as JSON with `json`); returns
+/// the exit status it maps to.
+fn report(err: &CommandError, json: bool) -> ExitCode {
     // A reader that went away (`arroyoctl tail x | head`) is not an error.
     if err.is_closed_stdout() {
         return ExitCode::SUCCESS;
     }
     let mut stderr = std::io::stderr().lock();
+    if json {
+        let mut causes = Vec::new();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let error = serde_json::json!({
+            "error": {
+                "message": err.to_string(),
+                "causes": causes,
+                "hints": err.hints(),
+                "exit_code": err.exit_code(),
+            }
+        });
+        let _ = writeln!(stderr, "{error}");
+        return ExitCode::from(err.exit_code());
+    }
     // The daemon puts one error per line in a status message: each gets its own `error:`.
     for line in err.to_string().lines() {
         let _ = writeln!(stderr, "error: {line}");

@@ -7,7 +7,11 @@
 
 use std::io::{self, Write};
 
-use arroyod_proto::{Checkpoint, Pipeline, SqlError, ValidateResponse};
+use arroyod_proto::diagnostic::Diagnostic;
+use arroyod_proto::{
+    Checkpoint, ExplainResponse, LogEvent, Pipeline, PipelineMetrics, SqlError, TailRow,
+    ValidateResponse,
+};
 use serde_json::{Value, json};
 
 /// A pipeline as a JSON object with every field of the `Pipeline` message.
@@ -27,6 +31,16 @@ pub fn pipeline_json(p: &Pipeline) -> Value {
         "checkpoint_interval_ms": p.checkpoint_interval_ms,
         "state_url": p.state_url,
         "last_checkpoint": p.last_checkpoint,
+        "last_stop": p.last_stop.as_ref().map(|s| json!({
+            "mode": s.mode,
+            "clean": s.clean,
+            "epoch": s.epoch,
+            "message": s.message,
+        })),
+        "memory_limit_bytes": p.memory_limit_bytes,
+        "subtasks": p.subtasks,
+        "subtasks_ended": p.subtasks_ended,
+        "restarts": p.restarts,
         "query": p.query,
     })
 }
@@ -64,22 +78,31 @@ pub fn pipeline_label(p: &Pipeline) -> String {
     }
 }
 
-/// Query errors as `[{message, line, column}]`.
-fn errors_json(errors: &[SqlError]) -> Value {
+/// Query errors of `file` as `[{file, line, column, severity, message, hints}]`.
+fn errors_json(file: &str, errors: &[SqlError]) -> Value {
     errors
         .iter()
-        .map(|e| json!({ "message": e.message, "line": e.line, "column": e.column }))
+        .map(|e| {
+            json!({
+                "file": file,
+                "line": e.line,
+                "column": e.column,
+                "severity": "error",
+                "message": e.message,
+                "hints": e.hints,
+            })
+        })
         .collect()
 }
 
-/// The answer of `validate` as `{"errors": [{message, line, column}], "sinks": [..]}`.
-pub fn validate_json(response: &ValidateResponse) -> Value {
-    json!({ "errors": errors_json(&response.errors), "sinks": response.sinks })
+/// The answer of `validate` as `{"errors": [...], "sinks": [..]}`.
+pub fn validate_json(file: &str, response: &ValidateResponse) -> Value {
+    json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks })
 }
 
-/// The errors of a refused `submit` as `{"errors": [{message, line, column}]}`.
-pub fn submit_errors_json(errors: &[SqlError]) -> Value {
-    json!({ "errors": errors_json(errors) })
+/// The errors of a refused `submit` as `{"errors": [...]}`.
+pub fn submit_errors_json(file: &str, errors: &[SqlError]) -> Value {
+    json!({ "errors": errors_json(file, errors) })
 }
 
 /// Writes `value` pretty-printed, then a newline.
@@ -195,6 +218,22 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
         ),
         ("state_url", or_dash(&p.state_url).to_owned()),
         ("failure", or_dash(&p.failure).to_owned()),
+        (
+            "memory_limit",
+            or_dash_0(p.memory_limit_bytes, |b| bytesize::ByteSize(b).to_string()),
+        ),
+        ("restarts", p.restarts.to_string()),
+        (
+            "last_stop",
+            p.last_stop.as_ref().map_or("-".to_owned(), |s| {
+                format!(
+                    "{} ({}): {}",
+                    if s.clean { "clean" } else { "unclean" },
+                    s.mode,
+                    s.message
+                )
+            }),
+        ),
     ];
     let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
     for (key, value) in fields {
@@ -207,14 +246,284 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
     Ok(())
 }
 
-/// One error of a query as `<file>:<line>:<column>: error: <message>`, leaving out the parts
-/// of the position that are unknown (0).
+/// One error of a query in the diagnostic format of [`arroyod_proto::diagnostic`]: the
+/// `<file>:<line>:<column>: error: <message>` line, the source line the daemon sent (secret
+/// values redacted) with a caret, then the hints.
 pub fn diagnostic(file: &str, e: &SqlError) -> String {
-    match (e.line, e.column) {
-        (0, _) => format!("{file}: error: {}", e.message),
-        (line, 0) => format!("{file}:{line}: error: {}", e.message),
-        (line, column) => format!("{file}:{line}:{column}: error: {}", e.message),
+    Diagnostic {
+        file,
+        line: e.line,
+        column: e.column,
+        message: &e.message,
+        hints: &e.hints,
     }
+    .render_line(Some(e.source_line.as_str()).filter(|l| !l.is_empty()))
+}
+
+/// A record of the output log as a JSON frame: `{"offset", "sink", "generation", "row"}` for
+/// a row (its JSON object, or its text when it is not JSON), `{"offset", "gap": {"from",
+/// "to"}}`, `{"offset", "restore": {...}}` or `{"offset", "lost": N}` for a mark.
+pub fn tail_json(r: &TailRow) -> Value {
+    if let Some(gap) = &r.gap {
+        return json!({ "offset": r.offset, "gap": { "from": gap.from, "to": gap.to } });
+    }
+    if let Some(restore) = &r.restore {
+        return json!({
+            "offset": r.offset,
+            "restore": {
+                "generation": restore.generation,
+                "epoch": restore.epoch,
+                "replayed": restore.replayed.as_ref().map(|o| json!({ "from": o.from, "to": o.to })),
+                "fresh": restore.fresh,
+            }
+        });
+    }
+    if r.lost > 0 {
+        return json!({ "offset": r.offset, "lost": r.lost });
+    }
+    let row =
+        serde_json::from_str::<Value>(&r.json).unwrap_or_else(|_| Value::String(r.json.clone()));
+    json!({ "offset": r.offset, "sink": r.sink, "generation": r.generation, "row": row })
+}
+
+/// What a mark of the output log means, for stderr; None for a row.
+pub fn tail_note(r: &TailRow) -> Option<String> {
+    if let Some(gap) = &r.gap {
+        return Some(format!(
+            "warning: rows {}..{} are gone (the output log keeps the newest output_log_bytes); continuing at {}",
+            gap.from, gap.to, gap.to
+        ));
+    }
+    if let Some(restore) = &r.restore {
+        let run = format!("generation {}", restore.generation);
+        return Some(match (&restore.replayed, restore.epoch, restore.fresh) {
+            (_, _, true) => format!("note: {run} starts at row {} without state", r.offset),
+            (Some(o), epoch, _) if epoch > 0 => format!(
+                "note: {run} restored checkpoint {epoch}: rows {}..{} were written after it and may come again from row {}",
+                o.from, o.to, r.offset
+            ),
+            (None, epoch, _) if epoch > 0 => {
+                format!(
+                    "note: {run} restored checkpoint {epoch} at row {}",
+                    r.offset
+                )
+            }
+            _ => format!("note: {run} starts at row {}", r.offset),
+        });
+    }
+    (r.lost > 0).then(|| {
+        format!(
+            "warning: {} rows could not be written to the output log before row {} and are lost",
+            r.lost, r.offset
+        )
+    })
+}
+
+/// An event as `AT  KIND  STATE  MESSAGE`.
+pub fn log_line(e: &LogEvent) -> String {
+    format!("{}  {:<10}  {:<10}  {}", e.at, e.kind, e.state, e.message)
+}
+
+/// An event as a JSON object with every field of `LogEvent`.
+pub fn log_json(e: &LogEvent) -> Value {
+    json!({
+        "at": e.at,
+        "kind": e.kind,
+        "state": e.state,
+        "generation": e.generation,
+        "message": e.message,
+    })
+}
+
+/// A count with a k/M/G suffix.
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.1}G", n / 1e9),
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n if n >= 1e4 => format!("{:.1}k", n / 1e3),
+        n if n.fract() == 0.0 => format!("{n:.0}"),
+        n => format!("{n:.1}"),
+    }
+}
+
+/// Bytes in binary units.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1}GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1}MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1}KiB", n as f64 / 1024.0),
+        n => format!("{n}B"),
+    }
+}
+
+/// One refresh of `top`: a line about the pipeline, then one row per operator.
+pub fn write_top(w: &mut impl Write, m: &PipelineMetrics) -> io::Result<()> {
+    if let Some(p) = &m.pipeline {
+        let progress = if p.subtasks > 0 && p.subtasks_ended > 0 {
+            format!("  subtasks ended {}/{}", p.subtasks_ended, p.subtasks)
+        } else {
+            String::new()
+        };
+        writeln!(
+            w,
+            "pipeline {}  {}  generation {}  restarts {}  last checkpoint {}  output rows {}{progress}",
+            pipeline_label(p),
+            p.state,
+            p.generation,
+            p.restarts,
+            if p.last_checkpoint == 0 {
+                "-".to_owned()
+            } else {
+                p.last_checkpoint.to_string()
+            },
+            p.rows,
+        )?;
+    }
+    let rows: Vec<[String; 11]> = m
+        .operators
+        .iter()
+        .map(|o| {
+            [
+                o.operator.clone(),
+                o.parallelism.to_string(),
+                count(o.rows_in as f64),
+                count(o.rows_out as f64),
+                count(o.rows_in_per_second),
+                count(o.rows_out_per_second),
+                bytes(o.bytes_out),
+                format!("{:.0}%", o.backpressure * 100.0),
+                if o.watermark_ms == 0 {
+                    "-".to_owned()
+                } else {
+                    millis(o.watermark_lag_ms.max(0) as u64)
+                },
+                format!("{}/{}", o.late_rows_dropped, o.bad_rows_dropped),
+                if o.checkpoint_bytes == 0 {
+                    "-".to_owned()
+                } else {
+                    format!(
+                        "{} {}",
+                        bytes(o.checkpoint_bytes),
+                        millis(o.checkpoint_duration_ms)
+                    )
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "OPERATOR",
+        "P",
+        "ROWS IN",
+        "ROWS OUT",
+        "IN/S",
+        "OUT/S",
+        "BYTES OUT",
+        "BACKPRESSURE",
+        "WM LAG",
+        "LATE/BAD",
+        "CHECKPOINT",
+    ];
+    write_columns(w, header, &rows)
+}
+
+/// One refresh of `top` as JSON.
+pub fn top_json(m: &PipelineMetrics) -> Value {
+    json!({
+        "pipeline": m.pipeline.as_ref().map(pipeline_json),
+        "window_seconds": m.window_seconds,
+        "operators": m.operators.iter().map(|o| json!({
+            "operator": o.operator,
+            "parallelism": o.parallelism,
+            "rows_in": o.rows_in,
+            "rows_out": o.rows_out,
+            "bytes_in": o.bytes_in,
+            "bytes_out": o.bytes_out,
+            "rows_in_per_second": o.rows_in_per_second,
+            "rows_out_per_second": o.rows_out_per_second,
+            "backpressure": o.backpressure,
+            "watermark_ms": o.watermark_ms,
+            "watermark_lag_ms": o.watermark_lag_ms,
+            "late_rows_dropped": o.late_rows_dropped,
+            "bad_rows_dropped": o.bad_rows_dropped,
+            "checkpoint_bytes": o.checkpoint_bytes,
+            "checkpoint_duration_ms": o.checkpoint_duration_ms,
+            "subtasks_ended": o.subtasks_ended,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A dataflow graph as two tables: its nodes, then its edges.
+pub fn write_explain(w: &mut impl Write, g: &ExplainResponse) -> io::Result<()> {
+    let nodes: Vec<[String; 5]> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            [
+                n.index.to_string(),
+                n.kind.clone(),
+                n.label.clone(),
+                n.parallelism.to_string(),
+                n.id.clone(),
+            ]
+        })
+        .collect();
+    write_columns(w, ["#", "KIND", "OPERATOR", "PARALLELISM", "ID"], &nodes)?;
+    writeln!(w)?;
+    let edges: Vec<[String; 3]> = g
+        .edges
+        .iter()
+        .map(|e| {
+            [
+                format!("{} -> {}", e.from, e.to),
+                e.kind.clone(),
+                e.keys.join(", "),
+            ]
+        })
+        .collect();
+    write_columns(w, ["EDGE", "KIND", "KEYS"], &edges)
+}
+
+/// A dataflow graph as Graphviz DOT.
+pub fn explain_dot(g: &ExplainResponse) -> String {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::from("digraph dataflow {\n  rankdir=LR;\n  node [shape=box];\n");
+    for n in &g.nodes {
+        out.push_str(&format!(
+            "  n{} [label=\"{}\\n{} x{}\"];\n",
+            n.index,
+            quote(&n.label),
+            quote(&n.kind),
+            n.parallelism
+        ));
+    }
+    for e in &g.edges {
+        let label = if e.keys.is_empty() {
+            e.kind.clone()
+        } else {
+            format!("{} [{}]", e.kind, e.keys.join(", "))
+        };
+        out.push_str(&format!(
+            "  n{} -> n{} [label=\"{}\"];\n",
+            e.from,
+            e.to,
+            quote(&label)
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A dataflow graph as JSON.
+pub fn explain_json(g: &ExplainResponse) -> Value {
+    json!({
+        "nodes": g.nodes.iter().map(|n| json!({
+            "index": n.index, "id": n.id, "label": n.label, "kind": n.kind,
+            "parallelism": n.parallelism,
+        })).collect::<Vec<_>>(),
+        "edges": g.edges.iter().map(|e| json!({
+            "from": e.from, "to": e.to, "kind": e.kind, "keys": e.keys,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The sinks a valid query writes to, as `sinks: a, b`.
@@ -247,6 +556,7 @@ mod tests {
             checkpoint_interval_ms: 10_000,
             state_url: "file:///var/lib/arroyod/state/p1".to_owned(),
             last_checkpoint: 7,
+            ..Pipeline::default()
         }
     }
 
@@ -274,6 +584,9 @@ mod tests {
             "checkpoint_interval_ms",
             "state_url",
             "last_checkpoint",
+            "last_stop",
+            "memory_limit_bytes",
+            "restarts",
             "query",
         ] {
             assert!(v.get(key).is_some(), "no {key} in {v}");
@@ -284,7 +597,7 @@ mod tests {
         assert_eq!(v["checkpoint_interval_ms"], 10_000);
         assert_eq!(v["state_url"], "file:///var/lib/arroyod/state/p1");
         assert_eq!(v["last_checkpoint"], 7);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(15));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(20));
     }
 
     #[test]
@@ -442,37 +755,138 @@ mod tests {
     }
 
     #[test]
-    fn diagnostics_leave_out_unknown_positions() {
+    fn diagnostics_leave_out_unknown_positions_and_show_the_source() {
         let e = |line, column| SqlError {
             message: "no table t".to_owned(),
             line,
             column,
+            hints: vec![],
+            source_line: String::new(),
         };
         assert_eq!(
             diagnostic("q.sql", &e(2, 7)),
-            "q.sql:2:7: error: no table t"
+            "q.sql:2:7: error: no table t\n"
         );
-        assert_eq!(diagnostic("q.sql", &e(2, 0)), "q.sql:2: error: no table t");
+        let with_line = SqlError {
+            source_line: "FROM x t;".to_owned(),
+            ..e(2, 8)
+        };
+        assert_eq!(
+            diagnostic("q.sql", &with_line),
+            "q.sql:2:8: error: no table t\n 2 | FROM x t;\n   |        ^\n"
+        );
+        assert_eq!(
+            diagnostic("q.sql", &e(2, 0)),
+            "q.sql:2: error: no table t\n"
+        );
         assert_eq!(
             diagnostic("<stdin>", &e(0, 0)),
-            "<stdin>: error: no table t"
+            "<stdin>: error: no table t\n"
         );
     }
 
     #[test]
     fn validate_json_shape() {
-        let v = validate_json(&ValidateResponse {
-            errors: vec![SqlError {
-                message: "m".to_owned(),
-                line: 1,
-                column: 2,
-            }],
-            sinks: vec!["stdout".to_owned()],
-        });
+        let v = validate_json(
+            "q.sql",
+            &ValidateResponse {
+                errors: vec![SqlError {
+                    message: "m".to_owned(),
+                    line: 1,
+                    column: 2,
+                    hints: vec!["h".to_owned()],
+                    source_line: String::new(),
+                }],
+                sinks: vec!["stdout".to_owned()],
+            },
+        );
         assert_eq!(
             v,
-            json!({"errors": [{"message": "m", "line": 1, "column": 2}], "sinks": ["stdout"]})
+            json!({"errors": [{"file": "q.sql", "message": "m", "line": 1, "column": 2, "severity": "error", "hints": ["h"]}], "sinks": ["stdout"]})
         );
+    }
+
+    #[test]
+    fn tail_frames_carry_offsets_and_marks_explain_themselves() {
+        let row = TailRow {
+            offset: 7,
+            json: "{\"a\":1}".to_owned(),
+            sink: "preview".to_owned(),
+            generation: 2,
+            ..TailRow::default()
+        };
+        assert_eq!(
+            tail_json(&row),
+            json!({"offset": 7, "sink": "preview", "generation": 2, "row": {"a": 1}})
+        );
+        assert_eq!(tail_note(&row), None);
+        let gap = TailRow {
+            offset: 0,
+            gap: Some(arroyod_proto::OffsetRange { from: 0, to: 40 }),
+            ..TailRow::default()
+        };
+        assert_eq!(
+            tail_json(&gap),
+            json!({"offset": 0, "gap": {"from": 0, "to": 40}})
+        );
+        assert!(tail_note(&gap).unwrap().contains("rows 0..40 are gone"));
+        let restore = TailRow {
+            offset: 90,
+            restore: Some(arroyod_proto::Restore {
+                generation: 3,
+                epoch: 4,
+                replayed: Some(arroyod_proto::OffsetRange { from: 80, to: 90 }),
+                fresh: false,
+            }),
+            ..TailRow::default()
+        };
+        let note = tail_note(&restore).unwrap();
+        assert!(
+            note.contains("restored checkpoint 4: rows 80..90"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn explain_renders_as_tables_and_dot() {
+        let g = ExplainResponse {
+            nodes: vec![
+                arroyod_proto::GraphNode {
+                    index: 0,
+                    id: "source-1".to_owned(),
+                    label: "source:impulse".to_owned(),
+                    kind: "source".to_owned(),
+                    parallelism: 2,
+                },
+                arroyod_proto::GraphNode {
+                    index: 1,
+                    id: "sink-2".to_owned(),
+                    label: "sink:\"out\"".to_owned(),
+                    kind: "sink".to_owned(),
+                    parallelism: 1,
+                },
+            ],
+            edges: vec![arroyod_proto::GraphEdge {
+                from: 0,
+                to: 1,
+                kind: "shuffle".to_owned(),
+                keys: vec!["counter".to_owned()],
+            }],
+            errors: vec![],
+        };
+        let text = text(|w| write_explain(w, &g));
+        assert!(
+            text.contains("0  source  source:impulse  2            source-1"),
+            "{text}"
+        );
+        assert!(text.contains("0 -> 1  shuffle  counter"), "{text}");
+        let dot = explain_dot(&g);
+        assert!(dot.starts_with("digraph dataflow {"), "{dot}");
+        assert!(
+            dot.contains("n0 -> n1 [label=\"shuffle [counter]\"];"),
+            "{dot}"
+        );
+        assert!(dot.contains("sink:\\\"out\\\""), "{dot}");
     }
 
     #[test]

@@ -318,10 +318,10 @@ fn a_bad_checkpoint_interval_exits_2_without_a_request() {
 }
 
 /// The errors the fake daemon gives a query mentioning `nope`, as `--json` prints them.
-fn nope_errors() -> serde_json::Value {
+fn nope_errors(file: &str) -> serde_json::Value {
     serde_json::json!([
-        {"message": "table nope not found", "line": 1, "column": 15},
-        {"message": "no sink for the query", "line": 0, "column": 0},
+        {"file": file, "message": "table nope not found", "line": 1, "column": 15, "severity": "error", "hints": []},
+        {"file": file, "message": "no sink for the query", "line": 0, "column": 0, "severity": "error", "hints": []},
     ])
 }
 
@@ -334,7 +334,10 @@ fn submit_prints_every_error_of_a_rejected_query() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        format!("{file}:1:15: error: table nope not found\n{file}: error: no sink for the query\n")
+        format!(
+            "{file}:1:15: error: table nope not found\n 1 | SELECT * FROM nope\n   |               ^\n\
+             {file}: error: no sink for the query\n"
+        )
     );
     assert!(output.stdout.is_empty());
 
@@ -342,7 +345,7 @@ fn submit_prints_every_error_of_a_rejected_query() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         json(&output),
-        serde_json::json!({ "errors": nope_errors() })
+        serde_json::json!({ "errors": nope_errors(&file) })
     );
 }
 
@@ -365,14 +368,17 @@ fn validate_prints_positioned_errors_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        format!("{file}:1:15: error: table nope not found\n{file}: error: no sink for the query\n")
+        format!(
+            "{file}:1:15: error: table nope not found\n 1 | SELECT * FROM nope\n   |               ^\n\
+             {file}: error: no sink for the query\n"
+        )
     );
 
     let output = run(&daemon, &["validate", &file, "--json"]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         json(&output),
-        serde_json::json!({ "errors": nope_errors(), "sinks": [] })
+        serde_json::json!({ "errors": nope_errors(&file), "sinks": [] })
     );
 }
 

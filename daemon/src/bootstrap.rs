@@ -13,7 +13,8 @@
 //!    truncated `arroyod.db`), and starting afresh would silently redo what those pipelines
 //!    did.
 //! 4. Load the controller (every pipeline's task).
-//! 5. Bind the worker socket (mode 0600) and, for the daemon, the public socket (0660).
+//! 5. Bind the worker socket (mode 0600) and, for the daemon, the public socket (0660); serve
+//!    the metrics when `metrics_addr` is set.
 //! 6. Start the snapshot task when `backup_url` is set.
 //! 7. Resume the pipelines that should run, when asked (the daemon; `run` decides itself).
 //!
@@ -38,8 +39,9 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{Api, WorkerApi};
 use crate::backup::{Backup, BackupError};
-use crate::controller::Controller;
+use crate::controller::{Controller, ControllerError};
 use crate::engine::error_chain;
+use crate::metrics::MetricsError;
 use crate::settings::{MetadataRestore, Settings};
 use crate::snapshots::Snapshots;
 use crate::store::{Store, StoreError};
@@ -72,6 +74,12 @@ pub enum BootstrapError {
     /// The metadata store could not be opened.
     #[error("opening the metadata store")]
     Store(#[source] StoreError),
+    /// The stored pipelines could not be loaded.
+    #[error("loading the pipelines")]
+    Load(#[source] ControllerError),
+    /// The metrics could not be served.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A process answers at the socket: it is live, not stale.
     #[error(
         "another process listens at {}: a live socket is never replaced (is another arroyod running with another data dir?)",
@@ -357,14 +365,19 @@ impl Daemon {
         let worker_socket = worker_socket_path(data_dir);
         let exe =
             std::env::current_exe().map_err(io("finding the binary", Path::new("arroyod")))?;
+        let worker_log = (
+            settings.log.clone(),
+            settings.log_format.as_str().to_string(),
+        );
         let controller = Controller::load(
             store,
             exe,
             worker_socket.clone(),
             settings.controller.clone(),
+            worker_log,
         )
         .await
-        .map_err(BootstrapError::Store)?;
+        .map_err(BootstrapError::Load)?;
         let stop_serving = CancellationToken::new();
         let mut servers = JoinSet::new();
 
@@ -391,6 +404,19 @@ impl Daemon {
                 bind_socket(socket, 0o660)?,
                 stop_serving.clone(),
             );
+        }
+        if let Some(addr) = &settings.metrics_addr {
+            let c = controller.clone();
+            let render: crate::metrics::Render = Arc::new(move || {
+                let metrics = c.metrics();
+                metrics.set_states(c.state_counts());
+                metrics.encode()
+            });
+            let bind_unix: crate::metrics::BindUnix =
+                |path| bind_socket(path, 0o660).map_err(|e| crate::engine::error_chain(&e));
+            crate::metrics::serve(addr, render, &mut servers, stop_serving.clone(), bind_unix)
+                .await?;
+            info!(metrics_addr = %addr, "serving metrics at /metrics");
         }
         let snapshots = match &settings.backup_url {
             Some(url) => {

@@ -14,8 +14,8 @@ use crate::secrets;
 pub use arroyod_engine::error_chain;
 pub use arroyod_engine::failpoint;
 pub use arroyod_engine::job::{
-    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec,
-    Outcome as RunOutcome, StopMode as EngineStop,
+    self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec, NodeFigures,
+    NodeMetrics, Outcome as RunOutcome, StopMode as EngineStop,
 };
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
 pub use arroyod_engine::storage::checksum::fnv1a64;
@@ -183,12 +183,45 @@ impl std::fmt::Display for StorageUrl {
     }
 }
 
-/// A state root that cannot be listed.
+/// A state location that cannot be listed or removed.
 #[derive(Debug, thiserror::Error)]
-#[error("listing the state root {url}: {reason}")]
+#[error("the state location {url}: {reason}")]
 pub struct StateRootError {
     pub url: String,
     pub reason: String,
+}
+
+/// Removes everything under the state location `url` (a deleted pipeline's checkpoints): a
+/// local directory with its contents, or every object under a URL's prefix.
+pub async fn remove_state(url: &str) -> Result<(), StateRootError> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let failed = |reason: String| StateRootError {
+        url: url.to_string(),
+        reason,
+    };
+    let location = StorageUrl::parse(url).map_err(|e| failed(error_chain(&e)))?;
+    if let Some(dir) = location.local_path() {
+        return match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e.to_string())),
+            _ => Ok(()),
+        };
+    }
+    let location =
+        Location::parse(location.as_str(), vec![]).map_err(|e| failed(error_chain(&e)))?;
+    let store = location.store().map_err(|e| failed(error_chain(&e)))?;
+    let objects: Vec<object_store::ObjectMeta> = store
+        .list(Some(location.prefix()))
+        .try_collect()
+        .await
+        .map_err(|e| failed(error_chain(&e)))?;
+    for object in objects {
+        match store.delete(&object.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(failed(error_chain(&e))),
+        }
+    }
+    Ok(())
 }
 
 /// The epochs whose complete checkpoints are still under `state_url` (garbage collection

@@ -13,20 +13,25 @@ mod backup;
 mod bootstrap;
 mod controller;
 mod engine;
+mod logging;
+mod metrics;
+mod notify;
+mod output;
 mod run;
 mod secrets;
 mod serve;
 mod settings;
 mod snapshots;
 mod store;
-mod tail;
 mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing::Instrument;
+
+use settings::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "arroyod", version, about = "Streaming SQL engine and daemon")]
@@ -61,6 +66,15 @@ struct ServeArgs {
     /// the config file's `checkpoint_interval`, 10s).
     #[arg(long)]
     checkpoint_interval: Option<String>,
+    /// Serve Prometheus metrics at /metrics on a loopback HOST:PORT (readable by every local
+    /// user) or unix:PATH (default: $ARROYO_METRICS_ADDR, the config file's `metrics_addr`,
+    /// none).
+    #[arg(long, value_name = "HOST:PORT|unix:PATH")]
+    metrics_addr: Option<String>,
+    /// Log lines as text or json (default: $ARROYO_LOG_FORMAT, the config file's
+    /// `log_format`, text; text into the journal has no timestamps and syslog levels).
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,16 +106,13 @@ enum Command {
         pipeline: String,
         #[arg(long)]
         generation: u64,
+        /// The daemon's log filter.
+        #[arg(long, default_value = "warn")]
+        log: String,
+        /// The daemon's log format.
+        #[arg(long, default_value = "text")]
+        log_format: String,
     },
-}
-
-fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 fn print_error(e: &anyhow::Error) {
@@ -138,10 +149,15 @@ fn main() -> ExitCode {
                 .checkpoint_interval
                 .clone()
                 .or(cli.serve.checkpoint_interval.clone()),
+            metrics_addr: args.metrics_addr.clone().or(cli.serve.metrics_addr.clone()),
+            log_format: args.log_format.clone().or(cli.serve.log_format.clone()),
         }
     };
     let result: anyhow::Result<i32> = match cli.command {
         None | Some(Command::Serve(_)) => {
+            // Before any thread exists: a SIGTERM that comes before the handlers are
+            // installed waits for them.
+            serve::block_termination_signals();
             let overrides = match &cli.command {
                 Some(Command::Serve(args)) => overrides(args),
                 _ => overrides(&ServeArgs::default()),
@@ -153,7 +169,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_logging(&settings.log);
+            logging::init(&settings.log, settings.log_format);
             runtime()
                 .block_on(serve::serve(settings))
                 .map(|()| 0)
@@ -172,21 +188,31 @@ fn main() -> ExitCode {
                 || cli.serve.config.is_some()
                 || cli.serve.backup_url.is_some()
                 || cli.serve.state_url.is_some()
-                || cli.serve.checkpoint_interval.is_some() =>
+                || cli.serve.checkpoint_interval.is_some()
+                || cli.serve.metrics_addr.is_some()
+                || cli.serve.log_format.is_some() =>
         {
             eprintln!(
-                "error: --socket, --data-dir, --config, --backup-url, --state-url and --checkpoint-interval belong to the daemon; `arroyod run` takes -s STATE_DIR and its own --checkpoint-interval"
+                "error: --socket, --data-dir, --config, --backup-url, --state-url, --checkpoint-interval, --metrics-addr and --log-format before `run` belong to the daemon; `arroyod run` takes -s STATE_DIR and its own --checkpoint-interval, --metrics-addr and --log-format"
             );
             return ExitCode::from(2);
         }
         Some(Command::Run(args)) => {
-            init_logging("warn,arroyod::run=info,arroyod::bootstrap=info");
+            serve::block_termination_signals();
+            let format = match args.log_format() {
+                Ok(f) => f,
+                Err(e) => {
+                    print_error(&e.into());
+                    return ExitCode::from(1);
+                }
+            };
+            logging::init("warn,arroyod::run=info,arroyod::bootstrap=info", format);
             runtime()
                 .block_on(run::run(args))
                 .map_err(anyhow::Error::from)
         }
         Some(Command::RestoreDb { backup_url, to }) => {
-            init_logging("warn");
+            logging::init("warn", LogFormat::Text);
             runtime()
                 .block_on(backup::restore_latest(&backup_url, &to))
                 .map(|p| {
@@ -204,10 +230,16 @@ fn main() -> ExitCode {
             socket,
             pipeline,
             generation,
+            log,
+            log_format,
         }) => {
-            init_logging("warn");
+            logging::init(
+                &log,
+                LogFormat::parse(&log_format).unwrap_or(LogFormat::Text),
+            );
+            let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
             runtime()
-                .block_on(worker::run(socket, pipeline, generation))
+                .block_on(worker::run(socket, pipeline, generation).instrument(span))
                 .map(|()| 0)
                 .map_err(anyhow::Error::from)
         }

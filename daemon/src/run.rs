@@ -5,8 +5,9 @@
 //! attach over the private worker socket), submits or resumes the query, and prints the rows
 //! of a bare SELECT to stdout as JSON lines. It exits 0 when the pipeline finishes or after
 //! SIGINT/SIGTERM stopped it (with a final checkpoint; a second signal ends the run at once),
-//! and 1 when it fails, the query has errors (each printed with its line:column) or a start-up
-//! step fails (naming the path and the reason).
+//! and 1 when it fails, the query has errors (each printed as `FILE:LINE:COL: error: ...`
+//! with the source line and a caret, as `arroyoctl validate` does) or a start-up step fails
+//! (naming the path and the reason).
 //!
 //! The state dir (`-s`) makes a run resumable: it holds the SQLite metadata and the
 //! checkpoints. A rerun on a state dir that holds the same pipeline (same name, same plan
@@ -23,8 +24,9 @@ use crate::bootstrap::{BootstrapError, Daemon, StartOptions};
 use crate::controller::machine::{Changes, State, StopMode};
 use crate::controller::{ControllerError, Pipeline, Submission, name};
 use crate::engine::plan;
+use crate::output::Record;
 use crate::serve::Signals;
-use crate::settings::{RunOverrides, Settings, SettingsError};
+use crate::settings::{LogFormat, RunOverrides, Settings, SettingsError};
 
 /// Errors of `arroyod run` (a query with errors is not one: it is reported and exits 1).
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +77,32 @@ pub struct RunArgs {
     /// Time between checkpoints, such as 10s (default: $ARROYO_CHECKPOINT_INTERVAL, 10s).
     #[arg(long)]
     pub checkpoint_interval: Option<String>,
+    /// Serve Prometheus metrics at /metrics on a loopback HOST:PORT or unix:PATH while it
+    /// runs (default: $ARROYO_METRICS_ADDR, none).
+    #[arg(long, value_name = "HOST:PORT|unix:PATH")]
+    pub metrics_addr: Option<String>,
+    /// Log lines as text or json (default: $ARROYO_LOG_FORMAT, text).
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// The most memory the worker may use, such as 512MiB or 2GB (default: no limit).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
     /// The SQL file; `-` reads stdin.
     #[arg(default_value = "-")]
     pub query: String,
 }
 
 impl RunArgs {
+    /// The log format asked for (the flag, else `ARROYO_LOG_FORMAT`, else text).
+    pub fn log_format(&self) -> Result<LogFormat, SettingsError> {
+        let given = self.log_format.clone().or_else(|| {
+            std::env::var("ARROYO_LOG_FORMAT")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
+        given.map_or(Ok(LogFormat::Text), |f| LogFormat::parse(&f))
+    }
+
     /// The query's text and how errors name it.
     fn read_query(&self) -> Result<(String, String), RunError> {
         if self.query == "-" {
@@ -120,12 +142,26 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     let settings = Settings::for_run(&RunOverrides {
         state: args.state_dir.clone(),
         checkpoint_interval: args.checkpoint_interval.clone(),
+        metrics_addr: args.metrics_addr.clone(),
+        log_format: args.log_format.clone(),
     })?;
+    let memory_limit = args
+        .memory_limit
+        .as_deref()
+        .map(|m| crate::settings::parse_bytes("--memory-limit", m))
+        .transpose()?;
     let planned = match plan(query.clone()).await {
         Ok(planned) => planned,
         Err(errors) => {
             for e in &errors {
-                eprintln!("error: {source}:{}:{}: {}", e.line, e.column, e.message);
+                let d = arroyod_proto::diagnostic::Diagnostic {
+                    file: &source,
+                    line: e.line,
+                    column: e.column,
+                    message: &e.message,
+                    hints: &[],
+                };
+                eprint!("{}", d.render(Some(&crate::secrets::redact_query(&query))));
             }
             return Ok(1);
         }
@@ -147,15 +183,15 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         }
     };
     let started = tokio::select! {
-        started = start_pipeline(&daemon, &args, &name, &state_dir, query, planned.fingerprint) => started,
+        started = start_pipeline(&daemon, &args, &name, &state_dir, query, planned.fingerprint, memory_limit) => started,
         signal = signals.next() => {
             eprintln!("error: {signal} while starting the pipeline");
             daemon.shutdown().await;
             return Ok(1);
         }
     };
-    let pipeline = match started {
-        Ok(Some(p)) => p,
+    let (pipeline, from) = match started {
+        Ok(Some(started)) => started,
         Ok(None) => {
             daemon.shutdown().await;
             return Ok(1);
@@ -167,7 +203,8 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     };
     let id = pipeline.id();
     info!(pipeline = %id, name = %name, state_dir = %state_dir, "pipeline running");
-    let printer = tokio::spawn(print_rows(pipeline.clone()).instrument(info_span!("printer")));
+    let printer =
+        tokio::spawn(print_rows(pipeline.clone(), from).instrument(info_span!("printer")));
     let ended = tokio::select! {
         view = pipeline.wait_terminal() => Some(view),
         signal = signals.next() => {
@@ -205,8 +242,9 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
     Ok(0)
 }
 
-/// Resumes the pipeline the state dir holds, or submits a new one; None when the state dir
-/// holds another pipeline (reported) and `--force` was not given.
+/// Resumes the pipeline the state dir holds, or submits a new one, with the offset its output
+/// log gets this run's rows from; None when the state dir holds another pipeline (reported)
+/// and `--force` was not given.
 async fn start_pipeline(
     daemon: &Daemon,
     args: &RunArgs,
@@ -214,7 +252,8 @@ async fn start_pipeline(
     state_dir: &str,
     query: String,
     fingerprint: String,
-) -> Result<Option<Pipeline>, ControllerError> {
+    memory_limit: Option<u64>,
+) -> Result<Option<(Pipeline, u64)>, ControllerError> {
     let controller = &daemon.controller;
     let held = controller.list();
     let same = held.iter().find(|p| {
@@ -244,17 +283,23 @@ async fn start_pipeline(
     for other in others {
         let o = other.view();
         info!(pipeline = %o.id, name = %o.name, "--force: forgetting the pipeline the state dir held");
-        controller.delete(&o.id).await?;
+        let keep = crate::controller::Keep {
+            checkpoints: true,
+            output: false,
+        };
+        controller.delete(&o.id, keep).await?;
     }
-    let pipeline = match same {
+    let started = match same {
         Some(p) => {
             info!(pipeline = %p.id(), last_checkpoint = p.view().last_checkpoint, "the state dir holds this pipeline: resuming it");
+            let from = p.output().next_offset();
             let changes = Changes {
                 query: Some((query, fingerprint)),
                 parallelism: Some(args.parallelism),
+                memory_limit: Some(memory_limit.unwrap_or(0)),
                 ..Default::default()
             };
-            controller.resume(&p.id(), changes).await?
+            (controller.resume(&p.id(), changes).await?, from)
         }
         None => {
             let submission = Submission {
@@ -262,48 +307,67 @@ async fn start_pipeline(
                 name: Some(name.to_string()),
                 parallelism: Some(args.parallelism),
                 checkpoint_interval: None,
+                memory_limit,
             };
-            controller.submit_planned(submission, fingerprint).await?
+            (controller.submit_planned(submission, fingerprint).await?, 0)
         }
     };
-    Ok(Some(pipeline))
+    Ok(Some(started))
 }
 
-/// Prints rows as they come until the buffer closes (the pipeline ended). The buffer is held
-/// for this printer: it drops no row until printed, and the pipeline waits for stdout.
-async fn print_rows(pipeline: Pipeline) -> std::io::Result<()> {
-    let tail = pipeline.tail();
+/// Prints the rows of the output log from `from` as they come, until it closes (the
+/// pipeline ended). The log is held for this printer: it drops no row until printed, and the
+/// pipeline waits for stdout. Lost rows (a failed write of the log) are reported on stderr.
+async fn print_rows(pipeline: Pipeline, from: u64) -> std::io::Result<()> {
+    let log = pipeline.output();
     drop(pipeline);
-    // If printing ends early (stdout closed), the buffer lets old rows go again.
-    struct Release(std::sync::Arc<crate::tail::TailBuffer>);
+    // If printing ends early (stdout closed), the log lets old rows go again.
+    struct Release(std::sync::Arc<crate::output::OutputLog>);
     impl Drop for Release {
         fn drop(&mut self) {
             self.0.release();
         }
     }
-    let _release = Release(tail.clone());
-    let mut offset = 0;
+    let _release = Release(log.clone());
+    log.consume(from);
+    let mut reader = Some(log.reader(from));
     loop {
-        let (first, rows) = tail.read(offset, 4096);
-        if rows.is_empty() {
-            if !tail.wait_for(first).await {
+        let mut r = reader.take().expect("put back below");
+        let (r, read) = tokio::task::spawn_blocking(move || {
+            let read = r.read(4096);
+            (r, read)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let records = read.map_err(|e| std::io::Error::other(crate::engine::error_chain(&e)))?;
+        if records.is_empty() {
+            if !log.wait_for(r.offset()).await {
                 return Ok(());
             }
-            offset = first;
+            reader = Some(r);
             continue;
         }
-        if first > offset {
-            // Only a buffer that is not held drops rows; say so rather than skip silently.
-            warn!(
-                dropped = first - offset,
-                "rows were dropped before they were printed"
-            );
-        }
-        offset = first + rows.len() as u64;
-        let mut text = Vec::with_capacity(rows.iter().map(|r| r.len() + 1).sum());
-        for row in rows {
-            text.extend_from_slice(row.as_bytes());
-            text.push(b'\n');
+        let offset = r.offset();
+        reader = Some(r);
+        let mut text = Vec::new();
+        for record in records {
+            match record {
+                Record::Row { json, .. } => {
+                    text.extend_from_slice(json.as_bytes());
+                    text.push(b'\n');
+                }
+                // Only a log that is not held drops rows; say so rather than skip silently.
+                Record::Gap { from, to } => warn!(
+                    from,
+                    to,
+                    "rows were dropped from the output log before they were printed (output_log_bytes)"
+                ),
+                Record::Lost { rows, .. } => warn!(
+                    rows,
+                    "rows could not be written to the output log and are lost"
+                ),
+                Record::Start { .. } => {}
+            }
         }
         // A slow reader blocks this write: on a blocking thread, not the runtime's.
         tokio::task::spawn_blocking(move || {
@@ -312,6 +376,6 @@ async fn print_rows(pipeline: Pipeline) -> std::io::Result<()> {
             out.flush()
         })
         .await??;
-        tail.consume(offset);
+        log.consume(offset);
     }
 }

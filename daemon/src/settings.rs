@@ -61,6 +61,12 @@ pub enum SettingsError {
         value: String,
         reason: String,
     },
+    /// `metrics_addr` is not a loopback `HOST:PORT` nor `unix:PATH`.
+    #[error("metrics_addr '{value}': {reason}")]
+    MetricsAddr { value: String, reason: String },
+    /// `log_format` is not `text` nor `json`.
+    #[error("log_format '{0}': use text or json")]
+    LogFormat(String),
 }
 
 /// When a crashed worker is restarted, and how often before its pipeline fails.
@@ -94,11 +100,13 @@ pub struct ControllerSettings {
     pub checkpoint_interval: Duration,
     /// The largest parallelism a pipeline may ask for.
     pub max_parallelism: u32,
-    /// Bytes of rows the tail buffer of one pipeline holds; the oldest go first.
-    pub tail_buffer_bytes: u64,
-    /// The tail buffer drops no row its one reader has not read: the pipeline waits for the
+    /// Bytes of rows the output log of one pipeline holds on disk; the oldest go first.
+    pub output_log_bytes: u64,
+    /// Each pipeline's output log is under `<output_root>/<id>`.
+    pub output_root: PathBuf,
+    /// The output log drops no row its one reader has not read: the pipeline waits for the
     /// reader instead (`arroyod run`, whose printer must print every row).
-    pub tail_held: bool,
+    pub output_held: bool,
     pub restarts: RestartPolicy,
     /// How long a stop may take before the worker is killed.
     pub stop_timeout: Duration,
@@ -114,6 +122,81 @@ pub enum MetadataRestore {
     Always,
 }
 
+/// Where the Prometheus metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A loopback address and port: readable by every local user.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket (mode 0660).
+    Unix(PathBuf),
+}
+
+impl MetricsAddr {
+    /// `HOST:PORT` with a loopback host (`127.0.0.1`, `[::1]`, `localhost`), or `unix:PATH`.
+    pub fn parse(value: &str) -> Result<MetricsAddr, SettingsError> {
+        let bad = |reason: &str| SettingsError::MetricsAddr {
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = value.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("unix: needs a path"));
+            }
+            return Ok(MetricsAddr::Unix(absolute(PathBuf::from(path))));
+        }
+        let value = value.trim();
+        let addr = match value.rsplit_once(':') {
+            Some(("localhost", port)) => format!("127.0.0.1:{port}"),
+            _ => value.to_string(),
+        };
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| bad("a loopback HOST:PORT (such as 127.0.0.1:9464) or unix:PATH"))?;
+        if !addr.ip().is_loopback() {
+            return Err(bad(
+                "only a loopback address is allowed: the metrics have no authentication",
+            ));
+        }
+        Ok(MetricsAddr::Tcp(addr))
+    }
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::Tcp(a) => write!(f, "{a}"),
+            MetricsAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text lines; without timestamps and with syslog level prefixes when stderr is the
+    /// journal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(value: &str) -> Result<LogFormat, SettingsError> {
+        match value.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(SettingsError::LogFormat(other.to_string())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// The settings of one `arroyod serve` or `arroyod run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -123,6 +206,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG overrides it.
     pub log: String,
+    pub log_format: LogFormat,
+    /// Where Prometheus metrics are served; None: nowhere.
+    pub metrics_addr: Option<MetricsAddr>,
     /// Where snapshots of the metadata database go.
     pub backup_url: Option<StorageUrl>,
     pub restore: MetadataRestore,
@@ -133,8 +219,8 @@ pub struct Settings {
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 /// The default largest parallelism.
 pub const DEFAULT_MAX_PARALLELISM: u32 = 64;
-/// The default bytes of a tail buffer.
-pub const DEFAULT_TAIL_BUFFER_BYTES: u64 = 64 << 20;
+/// The default bytes of a pipeline's output log.
+pub const DEFAULT_OUTPUT_LOG_BYTES: u64 = 64 << 20;
 /// The default time a stop may take.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -149,7 +235,11 @@ struct FileConfig {
     state_url: Option<String>,
     checkpoint_interval: Option<String>,
     max_parallelism: Option<Scalar>,
+    output_log_bytes: Option<Scalar>,
+    /// The old name of `output_log_bytes`.
     tail_buffer_bytes: Option<Scalar>,
+    metrics_addr: Option<String>,
+    log_format: Option<String>,
     restart_budget: Option<Scalar>,
     restart_window: Option<String>,
     restart_backoff: Option<String>,
@@ -182,6 +272,8 @@ pub struct Overrides {
     pub backup_url: Option<String>,
     pub state_url: Option<String>,
     pub checkpoint_interval: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub log_format: Option<String>,
 }
 
 /// What the command line of `arroyod run` gives.
@@ -190,6 +282,8 @@ pub struct RunOverrides {
     /// The state dir or URL; none: a new directory under `$TMPDIR/arroyod`.
     pub state: Option<String>,
     pub checkpoint_interval: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub log_format: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -260,7 +354,7 @@ fn location(key: &'static str, value: &str) -> Result<StorageUrl, SettingsError>
 struct ControllerKeys {
     checkpoint_interval: Option<String>,
     max_parallelism: Option<String>,
-    tail_buffer_bytes: Option<String>,
+    output_log_bytes: Option<String>,
     restart_budget: Option<String>,
     restart_window: Option<String>,
     restart_backoff: Option<String>,
@@ -278,7 +372,8 @@ impl ControllerKeys {
             checkpoint_interval: interval_flag
                 .or_else(|| pick("ARROYO_CHECKPOINT_INTERVAL", &file.checkpoint_interval)),
             max_parallelism: number("ARROYO_MAX_PARALLELISM", &file.max_parallelism),
-            tail_buffer_bytes: number("ARROYO_TAIL_BUFFER_BYTES", &file.tail_buffer_bytes),
+            output_log_bytes: number("ARROYO_OUTPUT_LOG_BYTES", &file.output_log_bytes)
+                .or_else(|| number("ARROYO_TAIL_BUFFER_BYTES", &file.tail_buffer_bytes)),
             restart_budget: number("ARROYO_RESTART_BUDGET", &file.restart_budget),
             restart_window: pick("ARROYO_RESTART_WINDOW", &file.restart_window),
             restart_backoff: pick("ARROYO_RESTART_BACKOFF", &file.restart_backoff),
@@ -286,7 +381,11 @@ impl ControllerKeys {
         }
     }
 
-    fn build(self, state_root: StorageUrl) -> Result<ControllerSettings, SettingsError> {
+    fn build(
+        self,
+        state_root: StorageUrl,
+        data_dir: &Path,
+    ) -> Result<ControllerSettings, SettingsError> {
         let duration = |key, value: Option<String>, default| match value {
             Some(v) => parse_duration(key, &v),
             None => Ok(default),
@@ -304,11 +403,12 @@ impl ControllerKeys {
                 Some(v) => parse_number("max_parallelism", &v, 1)?,
                 None => DEFAULT_MAX_PARALLELISM,
             },
-            tail_buffer_bytes: match self.tail_buffer_bytes {
-                Some(v) => parse_number("tail_buffer_bytes", &v, 1024)?,
-                None => DEFAULT_TAIL_BUFFER_BYTES,
+            output_log_bytes: match self.output_log_bytes {
+                Some(v) => parse_number("output_log_bytes", &v, 1024)?,
+                None => DEFAULT_OUTPUT_LOG_BYTES,
             },
-            tail_held: false,
+            output_held: false,
+            output_root: data_dir.join("output"),
             restarts: RestartPolicy {
                 budget: match self.restart_budget {
                     Some(v) => parse_number("restart_budget", &v, 0)?,
@@ -353,6 +453,8 @@ impl Settings {
         let log = env("ARROYO_LOG")
             .or(file.log.clone())
             .unwrap_or_else(|| "info".to_string());
+        let log_format = log_format(flags.log_format.clone(), file.log_format.clone())?;
+        let metrics_addr = metrics_addr(flags.metrics_addr.clone(), file.metrics_addr.clone())?;
         let backup_url = flags
             .backup_url
             .clone()
@@ -371,12 +473,14 @@ impl Settings {
             Some(url) => location("state_url", &url)?,
             None => location("state_url", &data_dir.join("state").display().to_string())?,
         };
-        let controller =
-            ControllerKeys::layered(&file, flags.checkpoint_interval.clone()).build(state_root)?;
+        let controller = ControllerKeys::layered(&file, flags.checkpoint_interval.clone())
+            .build(state_root, &data_dir)?;
         Ok(Settings {
             socket: Some(socket),
             data_dir,
             log,
+            log_format,
+            metrics_addr,
             backup_url,
             restore: MetadataRestore::WhenMissing,
             controller,
@@ -412,13 +516,15 @@ impl Settings {
         };
         let mut controller =
             ControllerKeys::layered(&FileConfig::default(), flags.checkpoint_interval.clone())
-                .build(state_root)?;
+                .build(state_root, &data_dir)?;
         // stdout applies backpressure: no row is dropped for a slow reader.
-        controller.tail_held = true;
+        controller.output_held = true;
         Ok(Settings {
             socket: None,
             data_dir,
             log: "warn".to_string(),
+            log_format: log_format(flags.log_format.clone(), None)?,
+            metrics_addr: metrics_addr(flags.metrics_addr.clone(), None)?,
             backup_url,
             restore: MetadataRestore::Always,
             controller,
@@ -432,11 +538,13 @@ impl Settings {
             socket: self.socket.as_ref().map(|s| s.display().to_string()),
             data_dir: self.data_dir.display().to_string(),
             log: self.log.clone(),
+            log_format: self.log_format.as_str().to_string(),
+            metrics_addr: self.metrics_addr.as_ref().map(|a| a.to_string()),
             backup_url: self.backup_url.as_ref().map(|u| u.to_string()),
             state_url: c.state_root.to_string(),
             checkpoint_interval: humantime::format_duration(c.checkpoint_interval).to_string(),
             max_parallelism: c.max_parallelism,
-            tail_buffer_bytes: c.tail_buffer_bytes,
+            output_log_bytes: c.output_log_bytes,
             restart_budget: c.restarts.budget,
             restart_window: humantime::format_duration(c.restarts.window).to_string(),
             restart_backoff: humantime::format_duration(c.restarts.backoff).to_string(),
@@ -453,16 +561,57 @@ struct Shown {
     socket: Option<String>,
     data_dir: String,
     log: String,
+    log_format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backup_url: Option<String>,
     state_url: String,
     checkpoint_interval: String,
     max_parallelism: u32,
-    tail_buffer_bytes: u64,
+    output_log_bytes: u64,
     restart_budget: u32,
     restart_window: String,
     restart_backoff: String,
     stop_timeout: String,
+}
+
+/// Parses a size such as `512MiB`, `2GB` or `1048576` (bytes), above zero.
+pub fn parse_bytes(key: &'static str, value: &str) -> Result<u64, SettingsError> {
+    let bad = |reason: String| SettingsError::Number {
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let size: bytesize::ByteSize = value
+        .trim()
+        .parse()
+        .map_err(|e| bad(format!("{e} (a size such as 512MiB, 2GB or 1048576)")))?;
+    if size.as_u64() == 0 {
+        return Err(bad("must be above zero".into()));
+    }
+    Ok(size.as_u64())
+}
+
+/// `log_format`: the flag, else `ARROYO_LOG_FORMAT`, else the file, else text.
+fn log_format(flag: Option<String>, file: Option<String>) -> Result<LogFormat, SettingsError> {
+    match flag.or_else(|| env("ARROYO_LOG_FORMAT")).or(file) {
+        Some(v) => LogFormat::parse(&v),
+        None => Ok(LogFormat::Text),
+    }
+}
+
+/// `metrics_addr`: the flag, else `ARROYO_METRICS_ADDR`, else the file; none when unset or
+/// empty.
+fn metrics_addr(
+    flag: Option<String>,
+    file: Option<String>,
+) -> Result<Option<MetricsAddr>, SettingsError> {
+    flag.or_else(|| env("ARROYO_METRICS_ADDR"))
+        .or(file)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| MetricsAddr::parse(&v))
+        .transpose()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, SettingsError> {
@@ -632,6 +781,7 @@ mod tests {
         let s = Settings::for_run(&RunOverrides {
             state: Some("st".into()),
             checkpoint_interval: Some("1s".into()),
+            ..Default::default()
         })
         .unwrap();
         let cwd = std::env::current_dir().unwrap();
@@ -643,5 +793,40 @@ mod tests {
         assert_eq!(s.socket, None);
         assert_eq!(s.backup_url, None);
         assert_eq!(s.controller.checkpoint_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn metrics_addr_is_loopback_or_a_unix_socket() {
+        assert_eq!(
+            MetricsAddr::parse("127.0.0.1:9464").unwrap(),
+            MetricsAddr::Tcp("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            MetricsAddr::parse("localhost:9").unwrap(),
+            MetricsAddr::Tcp("127.0.0.1:9".parse().unwrap())
+        );
+        assert!(matches!(
+            MetricsAddr::parse("[::1]:80").unwrap(),
+            MetricsAddr::Tcp(_)
+        ));
+        assert_eq!(
+            MetricsAddr::parse("unix:/run/m.sock").unwrap(),
+            MetricsAddr::Unix("/run/m.sock".into())
+        );
+        for bad in [
+            "0.0.0.0:9464",
+            "10.1.2.3:80",
+            "9464",
+            "unix:",
+            "example.com:80",
+        ] {
+            let err = MetricsAddr::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, SettingsError::MetricsAddr { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(LogFormat::parse("json").unwrap(), LogFormat::Json);
+        assert!(LogFormat::parse("xml").is_err());
     }
 }

@@ -59,6 +59,8 @@ pub struct PipelineRow {
     pub plan_hash: String,
     /// Where its checkpoints are written.
     pub state_url: String,
+    /// The most memory its worker may use, in bytes; 0: no limit.
+    pub memory_limit_bytes: u64,
 }
 
 /// Completed checkpoints remembered per pipeline (the state URL keeps fewer: those are the
@@ -73,6 +75,23 @@ pub struct CheckpointRow {
     pub bytes: u64,
     pub duration_ms: u64,
     pub completed_at: String,
+    /// The output log's next offset when it completed.
+    pub output_offset: u64,
+}
+
+/// Events remembered per pipeline (the oldest go first).
+pub const EVENTS_KEPT: usize = 10_000;
+
+/// A recorded event of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub at: String,
+    /// state, error, warning, restart or checkpoint.
+    pub kind: String,
+    /// The pipeline's state after it.
+    pub state: String,
+    pub generation: u64,
+    pub message: String,
 }
 
 /// A pipeline row for tests: pipeline `id`, named `name-<id>`, Created.
@@ -92,6 +111,7 @@ pub fn test_row(id: &str) -> PipelineRow {
         checkpoint_interval_ms: 10_000,
         plan_hash: "0123456789abcdef".into(),
         state_url: "/tmp/state".into(),
+        memory_limit_bytes: 0,
     }
 }
 
@@ -170,6 +190,7 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> PipelineRow {
         checkpoint_interval_ms: r.get::<i64, _>("checkpoint_interval_ms") as u64,
         plan_hash: r.get("plan_hash"),
         state_url: r.get("state_url"),
+        memory_limit_bytes: r.get::<i64, _>("memory_limit_bytes") as u64,
     }
 }
 
@@ -225,8 +246,8 @@ impl Store {
 
     pub async fn insert(&self, p: &PipelineRow) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at, checkpoint_interval_ms, plan_hash, state_url)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at, checkpoint_interval_ms, plan_hash, state_url, memory_limit_bytes)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.id)
         .bind(&p.name)
@@ -241,6 +262,7 @@ impl Store {
         .bind(p.checkpoint_interval_ms as i64)
         .bind(&p.plan_hash)
         .bind(&p.state_url)
+        .bind(p.memory_limit_bytes as i64)
         .execute(&self.pool)
         .await;
         match result {
@@ -252,16 +274,28 @@ impl Store {
     }
 
     /// Writes what changes of `p` (state, failure, desired state, generation, query,
-    /// parallelism and checkpoint interval on a resume or update, state location), and logs
-    /// an event.
-    pub async fn update(&self, p: &PipelineRow, message: &str) -> Result<(), StoreError> {
-        self.update_in(p, message).await.map_err(|e| self.failed(e))
+    /// parallelism, checkpoint interval and memory limit on a resume or update, state
+    /// location), and logs an event of `kind`.
+    pub async fn update(
+        &self,
+        p: &PipelineRow,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.update_in(p, kind, message)
+            .await
+            .map_err(|e| self.failed(e))
     }
 
-    async fn update_in(&self, p: &PipelineRow, message: &str) -> Result<(), sqlx::Error> {
+    async fn update_in(
+        &self,
+        p: &PipelineRow,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ?, state_url = ?, checkpoint_interval_ms = ? WHERE id = ?",
+            "UPDATE pipelines SET desired = ?, state = ?, failure = ?, generation = ?, updated_at = ?, parallelism = ?, query = ?, plan_hash = ?, state_url = ?, checkpoint_interval_ms = ?, memory_limit_bytes = ? WHERE id = ?",
         )
         .bind(&p.desired)
         .bind(&p.state)
@@ -273,20 +307,55 @@ impl Store {
         .bind(&p.plan_hash)
         .bind(&p.state_url)
         .bind(p.checkpoint_interval_ms as i64)
+        .bind(p.memory_limit_bytes as i64)
         .bind(&p.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO pipeline_events (pipeline_id, at, state, message) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&p.id)
-        .bind(&p.updated_at)
-        .bind(&p.state)
-        .bind(message)
-        .execute(&mut *tx)
-        .await?;
+        let event = EventRow {
+            at: p.updated_at.clone(),
+            kind: kind.to_string(),
+            state: p.state.clone(),
+            generation: p.generation,
+            message: message.to_string(),
+        };
+        insert_event_in(&mut tx, &p.id, &event).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records an event of pipeline `id` that changes nothing else (a warning, a checkpoint).
+    pub async fn insert_event(&self, id: &str, event: &EventRow) -> Result<(), StoreError> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            insert_event_in(&mut tx, id, event).await?;
+            tx.commit().await
+        };
+        run.await.map_err(|e| self.failed(e))
+    }
+
+    /// The events of pipeline `id`, oldest first; only the newest `last` when given.
+    pub async fn events(&self, id: &str, last: Option<u32>) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, kind, state, generation, message FROM pipeline_events
+             WHERE pipeline_id = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(last.map_or(-1, i64::from))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let mut events: Vec<EventRow> = rows
+            .iter()
+            .map(|r| EventRow {
+                at: r.get("at"),
+                kind: r.get("kind"),
+                state: r.get("state"),
+                generation: r.get::<i64, _>("generation") as u64,
+                message: r.get("message"),
+            })
+            .collect();
+        events.reverse();
+        Ok(events)
     }
 
     /// Deletes a pipeline, its events and its checkpoint rows.
@@ -341,8 +410,8 @@ impl Store {
     async fn insert_checkpoint_in(&self, id: &str, c: &CheckpointRow) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT OR REPLACE INTO checkpoints (pipeline_id, epoch, generation, bytes, duration_ms, completed_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO checkpoints (pipeline_id, epoch, generation, bytes, duration_ms, completed_at, output_offset)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(c.epoch as i64)
@@ -350,6 +419,7 @@ impl Store {
         .bind(c.bytes as i64)
         .bind(c.duration_ms as i64)
         .bind(&c.completed_at)
+        .bind(c.output_offset as i64)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -368,7 +438,7 @@ impl Store {
     /// The checkpoints of pipeline `id`, newest first.
     pub async fn checkpoints(&self, id: &str) -> Result<Vec<CheckpointRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT epoch, generation, bytes, duration_ms, completed_at FROM checkpoints
+            "SELECT epoch, generation, bytes, duration_ms, completed_at, output_offset FROM checkpoints
              WHERE pipeline_id = ? ORDER BY epoch DESC",
         )
         .bind(id)
@@ -383,6 +453,7 @@ impl Store {
                 bytes: r.get::<i64, _>("bytes") as u64,
                 duration_ms: r.get::<i64, _>("duration_ms") as u64,
                 completed_at: r.get("completed_at"),
+                output_offset: r.get::<i64, _>("output_offset") as u64,
             })
             .collect())
     }
@@ -401,6 +472,36 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Inserts an event in `tx`, keeping the pipeline's newest [`EVENTS_KEPT`].
+async fn insert_event_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    e: &EventRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pipeline_events (pipeline_id, at, state, message, kind, generation)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(&e.at)
+    .bind(&e.state)
+    .bind(&e.message)
+    .bind(&e.kind)
+    .bind(e.generation as i64)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM pipeline_events WHERE pipeline_id = ? AND seq <=
+           (SELECT seq FROM pipeline_events WHERE pipeline_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(id)
+    .bind(id)
+    .bind(EVENTS_KEPT as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -434,7 +535,21 @@ mod tests {
         ));
         p.state = "Running".into();
         p.generation = 1;
-        store.update(&p, "started").await.unwrap();
+        p.memory_limit_bytes = 1 << 30;
+        store.update(&p, "state", "started").await.unwrap();
+        let warning = EventRow {
+            at: now_rfc3339(),
+            kind: "warning".into(),
+            state: "Running".into(),
+            generation: 1,
+            message: "slow".into(),
+        };
+        store.insert_event(&p.id, &warning).await.unwrap();
+        let events = store.events(&p.id, None).await.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].message, "started");
+        assert_eq!(events[1], warning);
+        assert_eq!(store.events(&p.id, Some(1)).await.unwrap(), vec![warning]);
         store.close().await;
         // Reopen: the row survived.
         let store = Store::open(dir.path()).await.unwrap();
@@ -449,6 +564,7 @@ mod tests {
                 bytes: epoch * 10,
                 duration_ms: 3,
                 completed_at: now_rfc3339(),
+                output_offset: epoch * 2,
             };
             store.insert_checkpoint(&p.id, &c).await.unwrap();
         }

@@ -9,6 +9,11 @@
 //! 4. Before writing a checkpoint's MANIFEST it asks the daemon (CommitRequest → Commit): only
 //!    the current generation may commit; then it reports the completed checkpoint.
 //! 5. It reports Finished, Stopped or Failed and exits.
+//!
+//! With a memory limit, a watch task samples the process's resident memory every
+//! [`MEMORY_SAMPLE`]: over the limit, the worker reports Failed (saying so) and exits, before
+//! the kernel's OOM killer picks a process (possibly the daemon). An address-space limit
+//! (`RLIMIT_AS`) well above the limit stops a runaway allocation between two samples.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{
-    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec, RunOutcome,
-    error_chain, job,
+    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec,
+    NodeFigures, NodeMetrics, RunOutcome, error_chain, job,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -25,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -50,6 +56,59 @@ pub enum WorkerError {
     /// The dataflow could not start.
     #[error("starting the dataflow")]
     Dataflow(#[from] DataflowError),
+}
+
+/// How often the resident memory is compared with the memory limit.
+const MEMORY_SAMPLE: Duration = Duration::from_millis(100);
+
+/// The process's resident memory in bytes, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Caps the address space at a multiple of `limit`: a backstop for an allocation that
+/// outruns the resident-memory watch (virtual reservations of threads and allocator arenas
+/// need the headroom).
+fn limit_address_space(limit: u64) {
+    let cap = limit.saturating_mul(4).saturating_add(4 << 30);
+    let rlimit = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads the struct we pass and changes only this process's limits.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "setting the address-space limit failed");
+    }
+}
+
+/// Watches the resident memory; over `limit`, reports Failed and exits.
+async fn watch_memory(limit: u64, events: mpsc::Sender<WorkerEvent>) {
+    let mut ticks = tokio::time::interval(MEMORY_SAMPLE);
+    loop {
+        ticks.tick().await;
+        let Some(rss) = resident_bytes() else {
+            continue;
+        };
+        if rss > limit {
+            let message = format!(
+                "the worker went over its memory limit of {} (resident {}): raise it with `arroyoctl update --memory-limit`, or lower the state (a shorter TTL, fewer keys, smaller windows)",
+                bytesize::ByteSize(limit),
+                bytesize::ByteSize(rss)
+            );
+            warn!(limit, rss, "memory limit exceeded; failing the pipeline");
+            let failed = event(worker_event::Event::Failed(arroyod_proto::Failed {
+                message,
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(2), events.send(failed)).await;
+            // Let the report go out before the process ends.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Asks the daemon whether this generation may still commit. The daemon answers in order,
@@ -149,6 +208,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         }
     };
     info!(pipeline = %pipeline_id, generation, parallelism = start.parallelism, "worker starting");
+    let _memory = (start.memory_limit_bytes > 0).then(|| {
+        limit_address_space(start.memory_limit_bytes);
+        let watch = watch_memory(start.memory_limit_bytes, events.clone());
+        AbortOnDrop(tokio::spawn(watch.instrument(info_span!("memory_watch"))))
+    });
 
     // Failure messages never carry the values of secret options.
     let hidden = Arc::new(crate::secrets::secrets_of(&start.query));
@@ -205,7 +269,9 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
     };
     events
         .send(event(worker_event::Event::Running(
-            arroyod_proto::Running {},
+            arroyod_proto::Running {
+                restored_epoch: handle.restored().unwrap_or(0),
+            },
         )))
         .await?;
     let forward = {
@@ -223,7 +289,10 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                     }
                 };
                 for json in messages {
-                    let rows = event(worker_event::Event::Rows(arroyod_proto::Rows { json }));
+                    let rows = event(worker_event::Event::Rows(arroyod_proto::Rows {
+                        json,
+                        sink: String::new(),
+                    }));
                     if events.send(rows).await.is_err() {
                         return;
                     }
@@ -233,6 +302,27 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         tokio::spawn(forwarding.instrument(info_span!("row_forwarder")))
     };
     let stop = handle.stopper();
+    let trigger = handle.checkpoint_trigger();
+    let metered = CancellationToken::new();
+    let metering = {
+        let events = events.clone();
+        let mut meter = Meter::new(handle.operators());
+        let ended = metered.clone();
+        let reporting = async move {
+            let mut ticks = tokio::time::interval(METRICS_EVERY);
+            ticks.tick().await;
+            loop {
+                let last = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = ended.cancelled() => true,
+                };
+                if events.send(meter.report()).await.is_err() || last {
+                    break;
+                }
+            }
+        };
+        tokio::spawn(reporting.instrument(info_span!("metrics_reporter")))
+    };
     let mut wait = std::pin::pin!(handle.wait());
     let outcome = loop {
         tokio::select! {
@@ -253,6 +343,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
                         let _ = tx.send(c.allowed);
                     }
                 }
+                Ok(Some(arroyod_proto::WorkerCommand { command: Some(worker_command::Command::Checkpoint(_)) })) => {
+                    if !trigger.request() {
+                        warn!(pipeline = %pipeline_id, "a checkpoint was asked for, but this run takes none now");
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     warn!(pipeline = %pipeline_id, "the daemon went away; exiting");
@@ -261,8 +356,11 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             }
         }
     };
-    // Every row and completed checkpoint reaches the daemon before the final report.
+    // Every row, completed checkpoint and count reaches the daemon before the final report.
     let _ = forward.await;
+    // The counts since the last report go out last.
+    metered.cancel();
+    let _ = metering.await;
     reporter.abort();
     let _ = reporter.await;
     // The last checkpoint (the one a stop takes) may have completed after the reporter's last
@@ -321,6 +419,79 @@ fn rows_messages(rows: Vec<String>) -> Result<Vec<Vec<String>>, RowTooLarge> {
         messages.push(current);
     }
     Ok(messages)
+}
+
+/// How often a worker reports its operators' counters.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// Turns the engine's running totals into reports of deltas (so the daemon's totals stay
+/// monotonic across worker generations) and current gauges.
+struct Meter {
+    operators: Vec<NodeMetrics>,
+    previous: Vec<NodeFigures>,
+    since: std::time::Instant,
+}
+
+impl Meter {
+    fn new(operators: Vec<NodeMetrics>) -> Meter {
+        let previous = vec![NodeFigures::default(); operators.len()];
+        Meter {
+            operators,
+            previous,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// The figures since the previous report.
+    fn report(&mut self) -> WorkerEvent {
+        let window_ms = self.since.elapsed().as_millis() as u64;
+        self.since = std::time::Instant::now();
+        let mut subtasks = 0;
+        let mut subtasks_ended = 0;
+        let operators = self
+            .operators
+            .iter()
+            .zip(&mut self.previous)
+            .map(|(node, previous)| {
+                let now = node.counters.read();
+                let before = std::mem::replace(previous, now);
+                let ended = now.subtasks_ended.min(node.parallelism as u64) as u32;
+                subtasks += node.parallelism as u32;
+                subtasks_ended += ended;
+                arroyod_proto::OperatorMetrics {
+                    operator: node.label.clone(),
+                    parallelism: node.parallelism as u32,
+                    rows_in: now.rows_in - before.rows_in,
+                    rows_out: now.rows_out - before.rows_out,
+                    bytes_in: now.bytes_in - before.bytes_in,
+                    bytes_out: now.bytes_out - before.bytes_out,
+                    blocked_ns: now.blocked_ns - before.blocked_ns,
+                    watermark_ms: now.watermark_ms.unwrap_or(0),
+                    late_rows_dropped: now.late_rows - before.late_rows,
+                    bad_rows_dropped: now.bad_rows - before.bad_rows,
+                    checkpoint_bytes: now.checkpoint_bytes,
+                    checkpoint_duration_ms: now.checkpoint_ms,
+                    subtasks_ended: ended,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        event(worker_event::Event::Metrics(arroyod_proto::Metrics {
+            operators,
+            window_ms,
+            subtasks,
+            subtasks_ended,
+        }))
+    }
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn completed_event(c: &CompletedCheckpoint) -> WorkerEvent {

@@ -154,7 +154,7 @@ fn json_functions() {
 fn unsupported_statements_and_unknown_tables_are_named() {
     let err = refused("DROP TABLE x;\nSELECT * FROM nowhere;");
     assert!(
-        err.contains("<stdin>:1:1: unsupported statement 'DROP TABLE'"),
+        err.contains("<stdin>:1:1: error: unsupported statement 'DROP TABLE'"),
         "{err}"
     );
     assert!(err.contains("<stdin>:2:"), "{err}");

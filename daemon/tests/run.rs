@@ -82,14 +82,19 @@ fn query_errors_are_printed_with_line_and_column_and_exit_1() {
     let out = run_query(&["-s", state.to_str().unwrap(), "-"], sql);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("error: <stdin>:2:8:"), "{stderr}");
+    assert!(stderr.contains("<stdin>:2:8: error: "), "{stderr}");
+    // The source line, and a caret under the column.
+    assert!(
+        stderr.contains(" 2 | SELECT nope FROM impulse;\n   |        ^\n"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nope"), "{stderr}");
     assert!(
-        stderr.contains("error: <stdin>:3:1: syntax error"),
+        stderr.contains("<stdin>:3:1: error: syntax error"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("error: <stdin>:4:63: unknown option 'colour'"),
+        stderr.contains("<stdin>:4:63: error: unknown option 'colour'"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());

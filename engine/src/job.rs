@@ -22,9 +22,11 @@ use crate::storage::{CheckpointStore, Manifest, Passed, Restorable, StorageError
 use crate::task::JobContext;
 
 pub use crate::dataflow::{
-    CommitGate, CompletedCheckpoint, DataflowError, RunOutcome as Outcome, StopMode, Stopper,
+    CheckpointTrigger, CommitGate, CompletedCheckpoint, DataflowError, NodeMetrics,
+    RunOutcome as Outcome, StopMode, Stopper,
 };
 pub use crate::sql::PlannedQuery;
+pub use crate::task::NodeFigures;
 
 /// How a job is run.
 #[derive(Clone, Default)]
@@ -175,6 +177,18 @@ impl Job {
         self.handle.checkpoints()
     }
 
+    /// Its operators (nodes) in topological order, with their counters (totals since the job
+    /// started, read without stopping it).
+    pub fn operators(&self) -> Vec<NodeMetrics> {
+        self.handle.nodes().to_vec()
+    }
+
+    /// What asks for a checkpoint now, besides the interval's; it completes like those (see
+    /// [`Job::checkpoints`]).
+    pub fn checkpoint_trigger(&self) -> CheckpointTrigger {
+        self.handle.checkpoint_trigger()
+    }
+
     /// What asks the job to stop, from anywhere.
     pub fn stopper(&self) -> Stopper {
         self.handle.stopper()
@@ -248,6 +262,57 @@ mod tests {
         assert_eq!(job.wait().await.unwrap(), Outcome::Finished);
         // The default sink's rows after a stop with a checkpoint: each once.
         assert_eq!(before.await.unwrap() + after.await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_on_demand_completes_long_before_the_interval_and_nodes_count_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let query = crate::sql::plan(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '1000');
+             SELECT counter FROM impulse WHERE counter % 2 = 0;",
+        )
+        .expect("plans");
+        let (tx, rx) = mpsc::channel(16);
+        let spec = JobSpec {
+            parallelism: 1,
+            checkpointing: Some(Checkpointing {
+                state: dir.path().display().to_string(),
+                interval: Duration::from_secs(3600),
+                gate: None,
+                expected_epoch: 0,
+            }),
+            preview: Some(tx),
+            pipeline: String::new(),
+        };
+        let job = start(&query, spec).await.unwrap();
+        let rows = count(rx);
+        let operators = job.operators();
+        let (first, last) = (&operators[0], operators.last().unwrap());
+        let within = Duration::from_secs(60);
+        let counted = async {
+            while first.counters.read().rows_out == 0 || last.counters.read().rows_in == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(within, counted)
+            .await
+            .expect("rows counted within a minute");
+        assert!(job.checkpoint_trigger().request());
+        let done = tokio::time::timeout(within, job.checkpoints().wait_for(Option::is_some))
+            .await
+            .expect("the checkpoint asked for completes within a minute, not an hour")
+            .unwrap()
+            .expect("checked");
+        assert!(!done.last);
+        // The source's part of it is recorded with its node.
+        assert!(first.counters.read().checkpoint_bytes > 0);
+        job.stopper().request(StopMode::Immediate);
+        job.wait().await.unwrap();
+        let (source, sink) = (first.counters.read(), last.counters.read());
+        assert_eq!(source.rows_in, 0);
+        // The filter halves the rows between the source and the sink.
+        assert!(sink.rows_in <= source.rows_out, "{source:?} {sink:?}");
+        assert!(rows.await.unwrap() > 0);
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@
 //!
 //! [`socket`] is the one definition of where the daemon's socket lives when nothing names it,
 //! shared by `arroyod` (which listens there) and `arroyoctl` (which connects there) so that the
-//! two find each other without flags. It needs nothing but `std`.
+//! two find each other without flags. It needs nothing but `std`. [`diagnostic`] is the one
+//! format of an error at a place in a query file, which both print.
 #![forbid(unsafe_code)]
 
 #[allow(clippy::all, missing_docs)]
@@ -28,4 +29,5 @@ pub const ROWS_MESSAGE_BYTES: usize = 1 << 20;
 /// What a row costs in a `Rows` message beside its text: the field's tag and length.
 pub const ROW_FRAMING_BYTES: usize = 6;
 
+pub mod diagnostic;
 pub mod socket;

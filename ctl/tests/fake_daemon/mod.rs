@@ -17,6 +17,12 @@
 //! - `checkpoints` has two rows, epochs 2 (retained) then 1 (garbage-collected), except for a
 //!   pipeline named `fresh`, which has none (its `last_checkpoint` is 0, the others' 2).
 //!
+//! - `delete` removes a pipeline and names two removed locations; `restart` answers with one
+//!   note; `update` sets the parallelism; `checkpoint` answers epoch 3;
+//! - `logs` has two events; `metrics` two operators (`source:impulse`, `sink:preview`);
+//! - `explain` of a query plans `source -> sink` with a shuffle on `k` (the errors of a query
+//!   mentioning `nope`), of a pipeline the same.
+//!
 //! The socket is bound before [`FakeDaemon::start`] returns, so tests never wait for it.
 
 use std::path::{Path, PathBuf};
@@ -24,9 +30,11 @@ use std::sync::{Arc, Mutex};
 
 use arroyod_proto::arroyod_server::{Arroyod, ArroyodServer};
 use arroyod_proto::{
-    Checkpoint, CheckpointsResponse, ListRequest, ListResponse, Pipeline, PipelineRef, QueryErrors,
-    SqlError, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow, ValidateRequest,
-    ValidateResponse,
+    Checkpoint, CheckpointsResponse, DeleteRequest, DeleteResponse, ExplainRequest,
+    ExplainResponse, GraphEdge, GraphNode, ListRequest, ListResponse, LogEvent, LogsRequest,
+    OperatorMetrics, Pipeline, PipelineMetrics, PipelineRef, QueryErrors, RestartRequest,
+    RestartResponse, SqlError, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow,
+    UpdateRequest, ValidateRequest, ValidateResponse,
 };
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -117,11 +125,15 @@ impl Service {
                     message: "table nope not found".to_owned(),
                     line: 1,
                     column: 15,
+                    hints: vec![],
+                    source_line: query.lines().next().unwrap_or_default().to_owned(),
                 },
                 SqlError {
                     message: "no sink for the query".to_owned(),
                     line: 0,
                     column: 0,
+                    hints: vec![],
+                    source_line: String::new(),
                 },
             ]
         } else {
@@ -229,7 +241,8 @@ impl Arroyod for Service {
             },
             state_url: format!("file:///var/lib/arroyod/state/{id}"),
             id,
-            last_checkpoint: 0,
+            memory_limit_bytes: request.memory_limit_bytes,
+            ..Pipeline::default()
         };
         pipeline.last_checkpoint = Self::checkpoints_of(&pipeline)
             .first()
@@ -279,6 +292,9 @@ impl Arroyod for Service {
             .map(|n| TailRow {
                 offset: n,
                 json: format!("{{\"n\":{n}}}"),
+                sink: "preview".to_owned(),
+                generation: 1,
+                ..TailRow::default()
             })
             .collect();
         tokio::spawn(async move {
@@ -335,6 +351,169 @@ impl Arroyod for Service {
         let pipeline = self.find(&request.into_inner().id_or_name)?;
         Ok(Response::new(CheckpointsResponse {
             checkpoints: Self::checkpoints_of(&pipeline),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let pipeline = self.find(&request.id_or_name)?;
+        self.pipelines
+            .lock()
+            .expect("lock")
+            .retain(|p| p.id != pipeline.id);
+        let state = format!("/var/lib/arroyod/state/{}", pipeline.id);
+        let output = format!("/var/lib/arroyod/output/{}", pipeline.id);
+        let (removed, kept) = if request.keep_checkpoints {
+            (vec![output], vec![state])
+        } else {
+            (vec![state, output], vec![])
+        };
+        Ok(Response::new(DeleteResponse {
+            pipeline: Some(pipeline),
+            removed,
+            kept,
+        }))
+    }
+
+    async fn restart(
+        &self,
+        request: Request<RestartRequest>,
+    ) -> Result<Response<RestartResponse>, Status> {
+        let request = request.into_inner();
+        let pipeline = self.update(&request.id_or_name, |p| {
+            p.state = "Scheduling".to_owned();
+            p.generation += 1;
+            Ok(())
+        })?;
+        Ok(Response::new(RestartResponse {
+            pipeline: Some(pipeline),
+            notes: vec!["it resumes from its newest checkpoint".to_owned()],
+        }))
+    }
+
+    async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<Pipeline>, Status> {
+        let request = request.into_inner();
+        self.update(&request.id_or_name, |p| {
+            if request.parallelism > 0 {
+                p.parallelism = request.parallelism;
+            }
+            p.state = "Scheduling".to_owned();
+            Ok(())
+        })
+        .map(Response::new)
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<Checkpoint>, Status> {
+        self.find(&request.into_inner().id_or_name)?;
+        Ok(Response::new(Checkpoint {
+            epoch: 3,
+            bytes: 4_096,
+            duration_ms: 20,
+            completed_at: "2026-01-02T03:04:35Z".to_owned(),
+            generation: 1,
+            retained: true,
+        }))
+    }
+
+    type LogsStream = ReceiverStream<Result<LogEvent, Status>>;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        self.find(&request.into_inner().id_or_name)?;
+        let (tx, rx) = mpsc::channel(4);
+        let events = [
+            (
+                "state",
+                "Scheduling",
+                "scheduling the first worker (generation 1)",
+            ),
+            (
+                "checkpoint",
+                "Running",
+                "checkpoint 1 completed: 512 bytes in 85 ms",
+            ),
+        ];
+        for (kind, state, message) in events {
+            let event = LogEvent {
+                at: "2026-01-02T03:04:05.000Z".to_owned(),
+                kind: kind.to_owned(),
+                state: state.to_owned(),
+                message: message.to_owned(),
+                generation: 1,
+            };
+            tx.send(Ok(event)).await.expect("room for two");
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn metrics(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<PipelineMetrics>, Status> {
+        let pipeline = self.find(&request.into_inner().id_or_name)?;
+        let operator = |name: &str, rows: u64| OperatorMetrics {
+            operator: name.to_owned(),
+            parallelism: 1,
+            rows_in: rows,
+            rows_out: rows,
+            bytes_out: rows * 8,
+            rows_in_per_second: 100.0,
+            rows_out_per_second: 100.0,
+            backpressure: 0.25,
+            ..OperatorMetrics::default()
+        };
+        Ok(Response::new(PipelineMetrics {
+            pipeline: Some(pipeline),
+            operators: vec![
+                operator("source:impulse", 1_000),
+                operator("sink:preview", 1_000),
+            ],
+            window_seconds: 1.0,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainResponse>, Status> {
+        let request = request.into_inner();
+        if request.query.is_empty() {
+            self.find(&request.id_or_name)?;
+        }
+        let errors = Self::errors(&request.query);
+        if !errors.is_empty() {
+            return Ok(Response::new(ExplainResponse {
+                errors,
+                ..ExplainResponse::default()
+            }));
+        }
+        let node = |index: u32, kind: &str, label: &str| GraphNode {
+            index,
+            id: format!("{kind}-{index}"),
+            label: label.to_owned(),
+            kind: kind.to_owned(),
+            parallelism: request.parallelism.max(1),
+        };
+        Ok(Response::new(ExplainResponse {
+            nodes: vec![
+                node(0, "source", "source:impulse"),
+                node(1, "sink", "sink:preview"),
+            ],
+            edges: vec![GraphEdge {
+                from: 0,
+                to: 1,
+                kind: "shuffle".to_owned(),
+                keys: vec!["k".to_owned()],
+            }],
+            errors: vec![],
         }))
     }
 }

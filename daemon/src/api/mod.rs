@@ -22,7 +22,7 @@ mod worker;
 pub use public::Api;
 pub use worker::WorkerApi;
 
-use arroyod_proto::{Pipeline as PipelineMsg, QueryErrors, SqlError as SqlErrorMsg};
+use arroyod_proto::{Pipeline as PipelineMsg, QueryErrors, SqlError as SqlErrorMsg, StopOutcome};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -39,15 +39,18 @@ fn disk_full(message: &str) -> bool {
 pub fn status(e: ControllerError) -> Status {
     let message = error_chain(&e);
     match e {
-        ControllerError::InvalidQuery(errors) => query_errors(&errors),
+        ControllerError::InvalidQuery(errors) => query_errors(&errors, ""),
         ControllerError::InvalidName(_)
         | ControllerError::Parallelism { .. }
         | ControllerError::Ambiguous { .. } => Status::invalid_argument(message),
         ControllerError::NotFound(_) => Status::not_found(message),
         ControllerError::NameTaken(_) => Status::already_exists(message),
-        ControllerError::Refused { .. } | ControllerError::StateUnreachable { .. } => {
-            Status::failed_precondition(message)
-        }
+        ControllerError::Refused { .. }
+        | ControllerError::StateUnreachable { .. }
+        | ControllerError::CheckpointFailed { .. }
+        | ControllerError::RemoveState(_) => Status::failed_precondition(message),
+        ControllerError::Output(_) if disk_full(&message) => Status::resource_exhausted(message),
+        ControllerError::Output(_) => Status::internal(message),
         ControllerError::ShuttingDown => Status::unavailable(message),
         ControllerError::Recording { .. } | ControllerError::Store(_) if disk_full(&message) => {
             Status::resource_exhausted(message)
@@ -56,31 +59,42 @@ pub fn status(e: ControllerError) -> Status {
     }
 }
 
-fn sql_error_msg(e: &SqlError) -> SqlErrorMsg {
+/// An error of a query as the wire carries it, with its line of `shown` (the query with secret
+/// values redacted; empty: no line).
+fn sql_error_msg(e: &SqlError, shown: &str) -> SqlErrorMsg {
+    let line = (e.line as usize)
+        .checked_sub(1)
+        .and_then(|n| shown.lines().nth(n));
     SqlErrorMsg {
         message: e.message.clone(),
         line: e.line,
         column: e.column,
+        hints: vec![],
+        source_line: line.unwrap_or_default().to_string(),
     }
 }
 
 /// `InvalidArgument` for a query that does not plan: one `line:column: message` per line, and
 /// the errors as `QueryErrors` in the details.
-fn query_errors(errors: &[SqlError]) -> Status {
+fn query_errors(errors: &[SqlError], shown: &str) -> Status {
     let text = errors
         .iter()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("\n");
     let details = QueryErrors {
-        errors: errors.iter().map(sql_error_msg).collect(),
+        errors: errors.iter().map(|e| sql_error_msg(e, shown)).collect(),
     };
     Status::with_details(Code::InvalidArgument, text, details.encode_to_vec().into())
 }
 
 /// A pipeline as the proto spells it.
 pub fn pipeline_msg(p: &Pipeline) -> PipelineMsg {
-    let v: PipelineView = p.view();
+    view_msg(p.view(), p.output().next_offset())
+}
+
+/// A pipeline's view as the proto spells it; `rows` is its output log's next offset.
+pub fn view_msg(v: PipelineView, rows: u64) -> PipelineMsg {
     PipelineMsg {
         id: v.id,
         name: v.name,
@@ -91,12 +105,22 @@ pub fn pipeline_msg(p: &Pipeline) -> PipelineMsg {
         parallelism: v.spec.parallelism,
         query: crate::secrets::redact_query(&v.spec.query),
         generation: v.generation,
-        rows: p.tail().next_offset(),
+        rows,
         desired: v.desired.as_str().to_string(),
         worker_pid: v.worker_pid,
         checkpoint_interval_ms: v.spec.checkpoint_interval.as_millis() as u64,
         state_url: v.state_url,
         last_checkpoint: v.last_checkpoint,
+        last_stop: v.last_stop.map(|s| StopOutcome {
+            mode: s.mode.name().to_string(),
+            clean: s.clean,
+            epoch: s.epoch,
+            message: s.message,
+        }),
+        memory_limit_bytes: v.spec.memory_limit,
+        subtasks: v.subtasks,
+        subtasks_ended: v.subtasks_ended,
+        restarts: v.restarts,
     }
 }
 

@@ -7,20 +7,26 @@ use std::time::Duration;
 
 use arroyod_proto::arroyod_server::Arroyod;
 use arroyod_proto::{
-    Checkpoint as CheckpointMsg, CheckpointsResponse, ListRequest, ListResponse,
-    Pipeline as PipelineMsg, PipelineRef, StopMode as StopModeMsg, StopRequest, SubmitRequest,
-    SubmitResponse, TailRequest, TailRow, ValidateRequest, ValidateResponse,
+    Checkpoint as CheckpointMsg, CheckpointsResponse, DeleteRequest, DeleteResponse,
+    ExplainRequest, ExplainResponse, ListRequest, ListResponse, LogEvent, LogsRequest, OffsetRange,
+    OperatorMetrics, Pipeline as PipelineMsg, PipelineMetrics, PipelineRef, RestartRequest,
+    RestartResponse, Restore, StopMode as StopModeMsg, StopRequest, SubmitRequest, SubmitResponse,
+    TailRequest, TailRow, UpdateRequest, ValidateRequest, ValidateResponse,
 };
 use futures::Stream;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use super::{pipeline_msg, sql_error_msg, status};
+use super::{pipeline_msg, query_errors, sql_error_msg, status, view_msg};
+use crate::controller::ControllerError;
 use crate::controller::machine::{Changes, StopMode};
-use crate::controller::{Controller, Submission};
+use crate::controller::{Controller, Keep, Submission};
 use crate::engine::plan;
-use crate::tail::TailBuffer;
+use crate::output::{OutputLog, Reader, Record};
+use crate::secrets::redact_query;
+use crate::store::{CheckpointRow, EventRow};
 
-/// Rows read from the tail buffer at a time.
+/// Records read from an output log at a time.
 const TAIL_CHUNK: usize = 1024;
 
 pub struct Api {
@@ -28,6 +34,7 @@ pub struct Api {
 }
 
 type TailStream = Pin<Box<dyn Stream<Item = Result<TailRow, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogEvent, Status>> + Send>>;
 
 /// A stop mode from the wire; unspecified is a stop with a checkpoint.
 fn stop_mode(mode: i32) -> StopMode {
@@ -38,33 +45,137 @@ fn stop_mode(mode: i32) -> StopMode {
     }
 }
 
-/// The rows of `tail` from `from`, as a stream; with `follow`, until the buffer closes.
-fn tail_rows(tail: Arc<TailBuffer>, from: u64, follow: bool) -> TailStream {
+/// A record of an output log as the proto spells it.
+fn tail_row(record: Record) -> TailRow {
+    match record {
+        Record::Row {
+            offset,
+            sink,
+            generation,
+            json,
+        } => TailRow {
+            offset,
+            json,
+            sink: sink.to_string(),
+            generation,
+            ..TailRow::default()
+        },
+        Record::Start { offset, start } => TailRow {
+            offset,
+            generation: start.generation,
+            restore: Some(Restore {
+                generation: start.generation,
+                epoch: start.restored.unwrap_or(0),
+                replayed: start.replayed.map(|(from, to)| OffsetRange { from, to }),
+                fresh: start.fresh,
+            }),
+            ..TailRow::default()
+        },
+        Record::Gap { from, to } => TailRow {
+            offset: from,
+            gap: Some(OffsetRange { from, to }),
+            ..TailRow::default()
+        },
+        Record::Lost { offset, rows } => TailRow {
+            offset,
+            lost: rows,
+            ..TailRow::default()
+        },
+    }
+}
+
+/// The records of an output log from `reader`, as a stream; with `follow`, until the log
+/// closes. Reads run off the runtime.
+fn tail_rows(log: Arc<OutputLog>, reader: Reader, follow: bool) -> TailStream {
     let stream = futures::stream::unfold(
-        (tail, from, VecDeque::new()),
-        move |(tail, mut offset, mut rows)| async move {
+        (log, Some(reader), VecDeque::new()),
+        move |(log, mut reader, mut rows)| async move {
             loop {
                 if let Some(row) = rows.pop_front() {
-                    return Some((Ok(row), (tail, offset, rows)));
+                    return Some((Ok(row), (log, reader, rows)));
                 }
-                let (first, read) = tail.read(offset, TAIL_CHUNK);
-                if read.is_empty() {
-                    if !follow || !tail.wait_for(first).await {
+                let mut r = reader.take()?;
+                let (r, read) = match tokio::task::spawn_blocking(move || {
+                    let read = r.read(TAIL_CHUNK);
+                    (r, read)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let failed = Status::internal(format!("reading the output log: {e}"));
+                        return Some((Err(failed), (log, None, rows)));
+                    }
+                };
+                let records = match read {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let failed = Status::internal(crate::engine::error_chain(&e));
+                        return Some((Err(failed), (log, None, rows)));
+                    }
+                };
+                if records.is_empty() {
+                    if !follow || !log.wait_for(r.offset()).await {
                         return None;
                     }
-                    offset = first;
-                    continue;
+                } else {
+                    rows.extend(records.into_iter().map(tail_row));
                 }
-                offset = first + read.len() as u64;
-                rows.extend(
-                    read.into_iter()
-                        .zip(first..)
-                        .map(|(json, offset)| TailRow { offset, json }),
-                );
+                reader = Some(r);
             }
         },
     );
     Box::pin(stream)
+}
+
+fn event_msg(e: EventRow) -> LogEvent {
+    LogEvent {
+        at: e.at,
+        kind: e.kind,
+        state: e.state,
+        message: e.message,
+        generation: e.generation,
+    }
+}
+
+/// `events`, then with `follow` what `feed` brings until the pipeline is gone.
+fn log_events(
+    events: Vec<EventRow>,
+    feed: broadcast::Receiver<EventRow>,
+    follow: bool,
+) -> LogStream {
+    let recorded = futures::stream::iter(events.into_iter().map(|e| Ok(event_msg(e))));
+    if !follow {
+        return Box::pin(recorded);
+    }
+    let live = futures::stream::unfold(feed, |mut feed| async move {
+        match feed.recv().await {
+            Ok(e) => Some((Ok(event_msg(e)), feed)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let missed = LogEvent {
+                    kind: "warning".into(),
+                    message: format!(
+                        "this follower missed {n} events (`arroyoctl logs` without --follow lists them)"
+                    ),
+                    ..LogEvent::default()
+                };
+                Some((Ok(missed), feed))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Box::pin(futures::StreamExt::chain(recorded, live))
+}
+
+fn checkpoint_msg(c: CheckpointRow, retained: bool) -> CheckpointMsg {
+    CheckpointMsg {
+        epoch: c.epoch,
+        bytes: c.bytes,
+        duration_ms: c.duration_ms,
+        completed_at: c.completed_at,
+        generation: c.generation,
+        retained,
+    }
 }
 
 #[tonic::async_trait]
@@ -74,14 +185,23 @@ impl Arroyod for Api {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         let r = request.into_inner();
+        let shown = redact_query(&r.query);
         let submission = Submission {
             query: r.query,
             name: Some(r.name).filter(|n| !n.is_empty()),
             parallelism: Some(r.parallelism).filter(|p| *p > 0),
             checkpoint_interval: (r.checkpoint_interval_ms > 0)
                 .then(|| Duration::from_millis(r.checkpoint_interval_ms)),
+            memory_limit: Some(r.memory_limit_bytes).filter(|m| *m > 0),
         };
-        let p = self.controller.submit(submission).await.map_err(status)?;
+        let p = self
+            .controller
+            .submit(submission)
+            .await
+            .map_err(|e| match e {
+                ControllerError::InvalidQuery(errors) => query_errors(&errors, &shown),
+                e => status(e),
+            })?;
         Ok(Response::new(SubmitResponse {
             pipeline: Some(pipeline_msg(&p)),
         }))
@@ -91,13 +211,15 @@ impl Arroyod for Api {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
-        let response = match plan(request.into_inner().query).await {
+        let query = request.into_inner().query;
+        let shown = redact_query(&query);
+        let response = match plan(query).await {
             Ok(planned) => ValidateResponse {
                 errors: vec![],
                 sinks: planned.sinks,
             },
             Err(errors) => ValidateResponse {
-                errors: errors.iter().map(sql_error_msg).collect(),
+                errors: errors.iter().map(|e| sql_error_msg(e, &shown)).collect(),
                 sinks: vec![],
             },
         };
@@ -137,13 +259,9 @@ impl Arroyod for Api {
             .map_err(status)?;
         let checkpoints = rows
             .into_iter()
-            .map(|c| CheckpointMsg {
-                epoch: c.epoch,
-                bytes: c.bytes,
-                duration_ms: c.duration_ms,
-                completed_at: c.completed_at,
-                generation: c.generation,
-                retained: retained.contains(&c.epoch),
+            .map(|c| {
+                let kept = retained.contains(&c.epoch);
+                checkpoint_msg(c, kept)
             })
             .collect();
         Ok(Response::new(CheckpointsResponse { checkpoints }))
@@ -157,7 +275,13 @@ impl Arroyod for Api {
     ) -> Result<Response<Self::TailStream>, Status> {
         let r = request.into_inner();
         let p = self.controller.find(&r.id_or_name).map_err(status)?;
-        Ok(Response::new(tail_rows(p.tail(), r.from, r.follow)))
+        let log = p.output();
+        let reader = if r.last > 0 {
+            log.reader_of_last(r.last)
+        } else {
+            log.reader(r.from)
+        };
+        Ok(Response::new(tail_rows(log, reader, r.follow)))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<PipelineMsg>, Status> {
@@ -168,5 +292,150 @@ impl Arroyod for Api {
             .await
             .map_err(status)?;
         Ok(Response::new(pipeline_msg(&p)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let keep = Keep {
+            checkpoints: r.keep_checkpoints,
+            output: r.keep_output,
+        };
+        let deleted = self
+            .controller
+            .delete(&r.id_or_name, keep)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(DeleteResponse {
+            pipeline: Some(view_msg(deleted.view, 0)),
+            removed: deleted.removed,
+            kept: deleted.kept,
+        }))
+    }
+
+    async fn restart(
+        &self,
+        request: Request<RestartRequest>,
+    ) -> Result<Response<RestartResponse>, Status> {
+        let r = request.into_inner();
+        if r.no_state {
+            return Err(Status::unimplemented(
+                "restart --no-state needs to know the query's exactly-once sinks, which this daemon cannot tell yet",
+            ));
+        }
+        let p = self
+            .controller
+            .restart(&r.id_or_name, Changes::default())
+            .await
+            .map_err(status)?;
+        let notes = vec![format!(
+            "it stops with a checkpoint (when it runs) and resumes from its newest checkpoint: exactly-once sinks continue where it left off"
+        )];
+        Ok(Response::new(RestartResponse {
+            pipeline: Some(pipeline_msg(&p)),
+            notes,
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<UpdateRequest>,
+    ) -> Result<Response<PipelineMsg>, Status> {
+        let r = request.into_inner();
+        let changes = Changes {
+            parallelism: Some(r.parallelism).filter(|p| *p > 0),
+            checkpoint_interval: Some(r.checkpoint_interval_ms)
+                .filter(|i| *i > 0)
+                .map(Duration::from_millis),
+            memory_limit: Some(r.memory_limit_bytes).filter(|m| *m > 0),
+            ..Changes::default()
+        };
+        if changes.is_empty() {
+            return Err(Status::invalid_argument(
+                "nothing to update: give a parallelism, a checkpoint interval or a memory limit",
+            ));
+        }
+        let p = self
+            .controller
+            .restart(&r.id_or_name, changes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pipeline_msg(&p)))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<CheckpointMsg>, Status> {
+        let c = self
+            .controller
+            .checkpoint_now(&request.into_inner().id_or_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(checkpoint_msg(c, true)))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        let last = Some(r.last).filter(|n| *n > 0);
+        let (events, feed) = self
+            .controller
+            .events(&r.id_or_name, last)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(log_events(events, feed, r.follow)))
+    }
+
+    async fn metrics(
+        &self,
+        request: Request<PipelineRef>,
+    ) -> Result<Response<PipelineMetrics>, Status> {
+        let p = self
+            .controller
+            .find(&request.into_inner().id_or_name)
+            .map_err(status)?;
+        let live = self.controller.metrics().live(&p.id());
+        let operators = live
+            .operators
+            .into_iter()
+            .map(|o| OperatorMetrics {
+                operator: o.operator,
+                parallelism: o.parallelism,
+                rows_in: o.rows_in,
+                rows_out: o.rows_out,
+                bytes_in: o.bytes_in,
+                bytes_out: o.bytes_out,
+                rows_in_per_second: o.rows_in_per_second,
+                rows_out_per_second: o.rows_out_per_second,
+                backpressure: o.backpressure,
+                watermark_ms: o.watermark_ms.unwrap_or(0),
+                watermark_lag_ms: o.watermark_lag_ms.unwrap_or(0),
+                late_rows_dropped: o.late_rows,
+                bad_rows_dropped: o.bad_rows,
+                checkpoint_bytes: o.checkpoint_bytes,
+                checkpoint_duration_ms: o.checkpoint_ms,
+                subtasks_ended: o.subtasks_ended,
+                blocked_ns: 0,
+            })
+            .collect();
+        Ok(Response::new(PipelineMetrics {
+            pipeline: Some(pipeline_msg(&p)),
+            operators,
+            window_seconds: live.window_seconds,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        _request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainResponse>, Status> {
+        Err(Status::unimplemented("explain is not available yet"))
     }
 }

@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::controller::Controller;
 use crate::controller::machine::{CheckpointInfo, Command, Report, StopMode};
 use crate::controller::protocol::{LinkBroken, ReportStream, StartSpec};
+use crate::metrics::{MetricsReport, OperatorReport};
+use crate::output::PREVIEW;
 
 pub struct WorkerApi {
     pub controller: Arc<Controller>,
@@ -28,8 +30,17 @@ fn report(event: worker_event::Event) -> Option<Report> {
     use worker_event::Event;
     Some(match event {
         Event::Hello(_) => return None,
-        Event::Running(_) => Report::Running,
-        Event::Rows(rows) => Report::Rows(rows.json),
+        Event::Running(r) => Report::Running {
+            restored: Some(r.restored_epoch).filter(|e| *e > 0),
+        },
+        Event::Rows(rows) => Report::Rows {
+            sink: if rows.sink.is_empty() {
+                PREVIEW.to_string()
+            } else {
+                rows.sink
+            },
+            rows: rows.json,
+        },
         Event::Finished(_) => Report::Finished,
         Event::Stopped(_) => Report::Stopped,
         Event::Failed(f) => Report::Failed(f.message),
@@ -38,6 +49,30 @@ fn report(event: worker_event::Event) -> Option<Report> {
             epoch: c.epoch,
             bytes: c.bytes,
             duration_ms: c.duration_ms,
+        }),
+        Event::Metrics(m) => Report::Metrics(MetricsReport {
+            operators: m
+                .operators
+                .into_iter()
+                .map(|o| OperatorReport {
+                    operator: o.operator,
+                    parallelism: o.parallelism,
+                    rows_in: o.rows_in,
+                    rows_out: o.rows_out,
+                    bytes_in: o.bytes_in,
+                    bytes_out: o.bytes_out,
+                    blocked_ns: o.blocked_ns,
+                    watermark_ms: Some(o.watermark_ms).filter(|w| *w != 0),
+                    late_rows: o.late_rows_dropped,
+                    bad_rows: o.bad_rows_dropped,
+                    checkpoint_bytes: o.checkpoint_bytes,
+                    checkpoint_ms: o.checkpoint_duration_ms,
+                    subtasks_ended: o.subtasks_ended,
+                })
+                .collect(),
+            window_ms: m.window_ms,
+            subtasks: m.subtasks,
+            subtasks_ended: m.subtasks_ended,
         }),
     })
 }
@@ -60,8 +95,8 @@ fn stop_mode_msg(mode: StopMode) -> StopModeMsg {
     }
 }
 
-/// A command as the wire carries it; None for one the worker protocol cannot carry yet.
-fn command_msg(command: Command) -> Option<WorkerCommand> {
+/// A command as the wire carries it.
+fn command_msg(command: Command) -> WorkerCommand {
     let command = match command {
         Command::Stop(mode) => worker_command::Command::Stop(arroyod_proto::Stop {
             mode: stop_mode_msg(mode) as i32,
@@ -69,13 +104,13 @@ fn command_msg(command: Command) -> Option<WorkerCommand> {
         Command::Commit { epoch, allowed } => {
             worker_command::Command::Commit(arroyod_proto::Commit { epoch, allowed })
         }
-        // An on-demand checkpoint needs a trigger in the engine's coordinator first; the
-        // controller does not offer it yet.
-        Command::Checkpoint => return None,
+        Command::Checkpoint => {
+            worker_command::Command::Checkpoint(arroyod_proto::TakeCheckpoint {})
+        }
     };
-    Some(WorkerCommand {
+    WorkerCommand {
         command: Some(command),
-    })
+    }
 }
 
 fn start_msg(start: StartSpec) -> WorkerCommand {
@@ -88,6 +123,7 @@ fn start_msg(start: StartSpec) -> WorkerCommand {
             state_url: start.state_url,
             checkpoint_interval_ms: start.checkpoint_interval.as_millis().max(1) as u64,
             expected_epoch: start.expected_epoch,
+            memory_limit_bytes: start.memory_limit,
         })),
     }
 }
@@ -118,8 +154,8 @@ impl WorkerControl for WorkerApi {
             )));
         };
         let start = futures::stream::once(async move { Ok(start_msg(attachment.start)) });
-        let commands = UnboundedReceiverStream::new(attachment.commands)
-            .filter_map(|c| std::future::ready(command_msg(c).map(Ok)));
+        let commands =
+            UnboundedReceiverStream::new(attachment.commands).map(|c| Ok(command_msg(c)));
         Ok(Response::new(Box::pin(start.chain(commands))))
     }
 }

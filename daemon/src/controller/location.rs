@@ -20,6 +20,17 @@ pub fn resolve(root: &StorageUrl, location: &str) -> String {
     }
 }
 
+/// The location to remove with pipeline `id` whose state is at `location`: its own directory
+/// `id` (which also holds what restarts without state made, `id/gN`) when the location is in
+/// it, else the location itself.
+pub fn owned_by<'a>(id: &'a str, location: &'a str) -> &'a str {
+    if location == id || location.starts_with(&format!("{id}/")) {
+        id
+    } else {
+        location
+    }
+}
+
 /// The location a pipeline `id` stored as `stored`, as it should now be stored; with a message
 /// when it changes (the caller persists it).
 pub fn from_stored(root: &StorageUrl, id: &str, stored: &str) -> (String, Option<String>) {

@@ -32,6 +32,7 @@
 
 use std::time::Duration;
 
+use crate::metrics::MetricsReport;
 use crate::settings::RestartPolicy;
 
 /// A pipeline's actual state.
@@ -149,6 +150,8 @@ pub struct Spec {
     /// Where its checkpoints are, relative to the daemon's state root (or, for pipelines
     /// stored before relative locations, a full URL).
     pub state_location: String,
+    /// The most memory its worker may use, in bytes; 0: no limit.
+    pub memory_limit: u64,
 }
 
 /// Changes a resume, restart or update makes to the [`Spec`].
@@ -160,6 +163,15 @@ pub struct Changes {
     pub checkpoint_interval: Option<Duration>,
     /// Start without state: checkpoints go to this new location and none is restored.
     pub fresh_state: Option<String>,
+    /// 0: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl Changes {
+    /// True when it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
 }
 
 /// A completed checkpoint as its worker reported it.
@@ -173,15 +185,23 @@ pub struct CheckpointInfo {
 /// What a worker tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
-    Running,
-    /// Rows of the default sink, as JSON objects.
-    Rows(Vec<String>),
+    /// Its dataflow runs, restored from this checkpoint.
+    Running {
+        restored: Option<u64>,
+    },
+    /// Rows of a readable sink (the default sink, `stdout` sinks), as JSON objects.
+    Rows {
+        sink: String,
+        rows: Vec<String>,
+    },
     Finished,
     Stopped,
     Failed(String),
     /// May the worker write the MANIFEST of this epoch?
     CommitRequest(u64),
     CheckpointCompleted(CheckpointInfo),
+    /// What it measured since its previous report.
+    Metrics(MetricsReport),
 }
 
 /// What the daemon tells an attached worker after Start.
@@ -217,10 +237,6 @@ pub enum Event {
     Resume(Changes),
     /// Stop (with a checkpoint when it runs), then start again with changes: `restart` (with
     /// `fresh_state` for `--no-state`) and `update`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the restart and update RPCs of issue 12 send it")
-    )]
     Restart(Changes),
     Stop(StopMode),
     /// The daemon shuts down: stop with a checkpoint, keep what the user wants.
@@ -230,13 +246,6 @@ pub enum Event {
     /// Forget a terminal pipeline.
     Delete,
     /// Take a checkpoint now.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "needs a trigger in the engine's checkpoint coordinator first"
-        )
-    )]
     CheckpointNow,
     /// A worker said Hello.
     Attached {
@@ -269,6 +278,45 @@ pub enum Event {
     Fired(Timer),
 }
 
+/// What a recorded event is about (what `arroyoctl logs` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A state change.
+    State,
+    /// A failure, with its cause.
+    Error,
+    /// Something went wrong but was handled.
+    Warning,
+    /// A crashed worker is restarted.
+    Restart,
+    Checkpoint,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Error => "error",
+            EventKind::Warning => "warning",
+            EventKind::Restart => "restart",
+            EventKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// How the last stop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopEnd {
+    /// The strongest mode asked for.
+    pub mode: StopMode,
+    /// The stop did what its mode promises: a final checkpoint for `checkpoint` (or nothing
+    /// was running), the data drained for `graceful`, the worker killed for `immediate`.
+    pub clean: bool,
+    /// The checkpoint it resumes from.
+    pub epoch: u64,
+    pub message: String,
+}
+
 /// What the pipeline's task must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -276,6 +324,7 @@ pub enum Effect {
     /// before the effects after it.
     Persist {
         message: String,
+        kind: EventKind,
     },
     /// Start a worker process for `generation`.
     Spawn {
@@ -305,17 +354,30 @@ pub enum Effect {
         timer: Timer,
         after: Duration,
     },
-    AppendRows(Vec<String>),
-    /// A new run appends to the tail buffer; followers wait for its rows.
-    OpenTail,
+    /// Rows of a readable sink go to the output log.
+    AppendRows {
+        sink: String,
+        rows: Vec<String>,
+    },
+    /// A new run will append to the output log; followers wait for its rows.
+    OpenOutput,
+    /// The run of `generation` writes from here: mark it in the output log.
+    StartOutput {
+        generation: u64,
+        restored: Option<u64>,
+        fresh: bool,
+    },
     /// No row follows: followers end.
-    CloseTail,
+    CloseOutput,
     RecordCheckpoint(CheckpointInfo),
+    RecordMetrics(MetricsReport),
+    /// A crashed worker is restarted (counted).
+    Restarted,
     /// The recorded checkpoints belong to a state that was dropped.
     ForgetCheckpoints,
     /// Remove the pipeline.
     Forget,
-    /// Something went wrong but was handled; log it as a warning.
+    /// Something went wrong but was handled; log it as a warning (and record it).
     Warn(String),
 }
 
@@ -384,8 +446,16 @@ pub struct Machine {
     /// The newest completed checkpoint (0: none): the epoch its next worker must find.
     pub last_checkpoint: u64,
     pub worker: Option<WorkerSlot>,
+    /// How the last stop ended.
+    pub last_stop: Option<StopEnd>,
+    /// Crashed workers restarted since the daemon started.
+    pub restart_count: u64,
     /// The strongest stop sent to the current worker.
     stop: Option<StopMode>,
+    /// The stop under way: its strongest mode and the newest checkpoint when it began.
+    stopping: Option<(StopMode, u64)>,
+    /// The next run starts without state.
+    fresh: bool,
     /// When crashed workers were restarted (the caller's clock).
     restarts: Vec<Duration>,
     /// A generation waits for the previous worker to exit.
@@ -416,7 +486,11 @@ impl Machine {
             spec,
             last_checkpoint: 0,
             worker: None,
+            last_stop: None,
+            restart_count: 0,
             stop: None,
+            stopping: None,
+            fresh: false,
             restarts: Vec::new(),
             pending_spawn: false,
             then: None,
@@ -472,7 +546,7 @@ impl Machine {
                     self.state = State::Stopped;
                     self.worker = None;
                     fx.push(persist("the daemon restarted while the pipeline ran"));
-                    fx.push(Effect::CloseTail);
+                    fx.push(Effect::CloseOutput);
                 }
             }
             Event::Delete => {
@@ -586,9 +660,13 @@ impl Machine {
         if let Some(i) = changes.checkpoint_interval {
             self.spec.checkpoint_interval = i;
         }
+        if let Some(limit) = changes.memory_limit {
+            self.spec.memory_limit = limit;
+        }
         if let Some(location) = changes.fresh_state {
             self.spec.state_location = location;
             self.last_checkpoint = 0;
+            self.fresh = true;
             fx.push(Effect::ForgetCheckpoints);
         }
     }
@@ -643,8 +721,9 @@ impl Machine {
         self.pending_spawn = false;
         self.generation += 1;
         self.stop = None;
+        self.stopping = None;
         self.worker = Some(WorkerSlot::new(self.generation));
-        fx.push(Effect::OpenTail);
+        fx.push(Effect::OpenOutput);
         fx.push(persist(&format!(
             "{message} (generation {})",
             self.generation
@@ -676,13 +755,26 @@ impl Machine {
         if no_worker {
             self.pending_spawn = false;
             self.state = State::Stopped;
+            self.last_stop = Some(StopEnd {
+                mode,
+                clean: true,
+                epoch: self.last_checkpoint,
+                message: format!(
+                    "no worker was running: nothing to stop (it resumes from {})",
+                    self.resume_point()
+                ),
+            });
             fx.push(persist(&format!(
                 "{message}: stopped, no worker was running"
             )));
-            fx.push(Effect::CloseTail);
+            fx.push(Effect::CloseOutput);
             return;
         }
         self.state = State::Stopping;
+        self.stopping = Some(match self.stopping {
+            Some((old, from)) => (old.max(mode), from),
+            None => (mode, self.last_checkpoint),
+        });
         let timeout = self.timeouts.stop;
         let w = self.worker.as_mut().expect("a worker, checked above");
         if mode == StopMode::Immediate || !w.attached {
@@ -729,32 +821,70 @@ impl Machine {
     fn report(&mut self, generation: u64, report: Report, fx: &mut Vec<Effect>) {
         let terminal = self.state.is_terminal();
         match report {
-            Report::Running => {
+            Report::Running { restored } => {
                 if self.state == State::Scheduling {
                     self.state = State::Running;
-                    fx.push(persist("worker running"));
+                    let fresh = std::mem::take(&mut self.fresh);
+                    fx.push(Effect::StartOutput {
+                        generation,
+                        restored,
+                        fresh,
+                    });
+                    let message = match restored {
+                        Some(epoch) => format!("worker running, restored from checkpoint {epoch}"),
+                        None if fresh => "worker running, without state".to_string(),
+                        None => "worker running".to_string(),
+                    };
+                    fx.push(persist(&message));
                 }
             }
-            Report::Rows(rows) => {
+            Report::Rows { sink, rows } => {
                 if !terminal {
-                    fx.push(Effect::AppendRows(rows));
+                    fx.push(Effect::AppendRows { sink, rows });
                 }
             }
+            Report::Metrics(m) => fx.push(Effect::RecordMetrics(m)),
             Report::Finished if !terminal => {
+                if let Some((mode, _)) = self.stopping {
+                    self.last_stop = Some(StopEnd {
+                        mode,
+                        clean: true,
+                        epoch: self.last_checkpoint,
+                        message: "every source finished before the stop completed".into(),
+                    });
+                }
                 self.state = State::Finished;
+                // Nothing is left to run: a daemon restart does not start it again.
+                self.desired = Desired::Stopped;
                 self.then = None;
                 fx.push(persist("every source finished"));
-                fx.push(Effect::CloseTail);
+                fx.push(Effect::CloseOutput);
             }
             Report::Stopped if !terminal => match self.then.take() {
                 Some(changes) => self.resume(changes, fx, "stopped; restarting"),
                 None => {
                     self.state = State::Stopped;
-                    fx.push(persist("stopped"));
-                    fx.push(Effect::CloseTail);
+                    let end = self.stopped_cleanly();
+                    let message = end.message.clone();
+                    self.last_stop = Some(end);
+                    fx.push(persist(&format!("stopped: {message}")));
+                    fx.push(Effect::CloseOutput);
                 }
             },
-            Report::Failed(message) if !terminal => self.fail(message, fx),
+            Report::Failed(message) if !terminal => {
+                if let Some((mode, _)) = self.stopping {
+                    self.last_stop = Some(StopEnd {
+                        mode,
+                        clean: false,
+                        epoch: self.last_checkpoint,
+                        message: format!(
+                            "it failed while stopping: {message} (it resumes from {})",
+                            self.resume_point()
+                        ),
+                    });
+                }
+                self.fail(message, fx)
+            }
             Report::Finished | Report::Stopped | Report::Failed(_) => {}
             Report::CommitRequest(epoch) => {
                 // A worker being killed, or one whose exit was seen, commits nothing more.
@@ -777,13 +907,60 @@ impl Machine {
         }
     }
 
+    /// Where a pipeline resumes from, in words.
+    fn resume_point(&self) -> String {
+        match self.last_checkpoint {
+            0 => "the start: no checkpoint completed".to_string(),
+            n => format!("checkpoint {n}"),
+        }
+    }
+
+    /// How a stop the worker reported as done ended.
+    fn stopped_cleanly(&self) -> StopEnd {
+        let (mode, from) = self
+            .stopping
+            .unwrap_or((StopMode::Checkpoint, self.last_checkpoint));
+        let epoch = self.last_checkpoint;
+        let (clean, message) = match mode {
+            StopMode::Checkpoint if epoch > from => {
+                (true, format!("with a final checkpoint ({epoch})"))
+            }
+            StopMode::Checkpoint => (
+                false,
+                format!(
+                    "no final checkpoint completed: it resumes from {}",
+                    self.resume_point()
+                ),
+            ),
+            StopMode::Graceful => (
+                true,
+                format!(
+                    "drained (graceful: no final checkpoint, it resumes from {})",
+                    self.resume_point()
+                ),
+            ),
+            StopMode::Immediate => (
+                true,
+                format!("at once (it resumes from {})", self.resume_point()),
+            ),
+        };
+        StopEnd {
+            mode,
+            clean,
+            epoch,
+            message,
+        }
+    }
+
     fn fail(&mut self, failure: String, fx: &mut Vec<Effect>) {
         self.state = State::Failed;
         self.then = None;
-        fx.push(persist(&failure));
-        fx.push(Effect::Warn(format!("pipeline failed: {failure}")));
+        fx.push(Effect::Persist {
+            message: format!("pipeline failed: {failure}"),
+            kind: EventKind::Error,
+        });
         self.failure = failure;
-        fx.push(Effect::CloseTail);
+        fx.push(Effect::CloseOutput);
     }
 
     /// The current worker exited and its reports are in (or their grace is over).
@@ -797,23 +974,33 @@ impl Machine {
         } else if self.shutting_down {
             self.state = State::Stopped;
             fx.push(persist("stopped at daemon shutdown"));
-            fx.push(Effect::CloseTail);
+            fx.push(Effect::CloseOutput);
         } else if self.state == State::Stopping {
             if let Some(changes) = self.then.take() {
                 self.resume(changes, fx, "stopped; restarting");
                 return;
             }
             self.state = State::Stopped;
+            let mode = self.stopping.map_or(StopMode::Immediate, |(m, _)| m);
             let message = if w.killed {
                 format!(
-                    "worker killed to stop the pipeline; it resumes from checkpoint {} (the last completed)",
-                    self.last_checkpoint
+                    "worker killed to stop the pipeline: no final checkpoint, it resumes from {}",
+                    self.resume_point()
                 )
             } else {
-                format!("worker exited while stopping ({status})")
+                format!(
+                    "worker exited while stopping ({status}): no final checkpoint, it resumes from {}",
+                    self.resume_point()
+                )
             };
+            self.last_stop = Some(StopEnd {
+                mode,
+                clean: mode == StopMode::Immediate && w.killed,
+                epoch: self.last_checkpoint,
+                message: message.clone(),
+            });
             fx.push(persist(&message));
-            fx.push(Effect::CloseTail);
+            fx.push(Effect::CloseOutput);
         } else {
             self.crashed(&status, now, fx);
         }
@@ -843,9 +1030,13 @@ impl Machine {
             .saturating_mul(1 << used.min(20))
             .min(policy.backoff_max);
         self.restarts.push(now);
+        self.restart_count += 1;
         self.state = State::Recovering;
-        fx.push(Effect::Warn(failure.clone()));
-        fx.push(persist(&format!("{failure}; restarting in {delay:?}")));
+        fx.push(Effect::Restarted);
+        fx.push(Effect::Persist {
+            message: format!("{failure}; restarting in {delay:?}"),
+            kind: EventKind::Restart,
+        });
         fx.push(Effect::Arm {
             timer: Timer::Restart {
                 generation: self.generation,
@@ -897,6 +1088,7 @@ impl Machine {
 fn persist(message: &str) -> Effect {
     Effect::Persist {
         message: message.to_string(),
+        kind: EventKind::State,
     }
 }
 

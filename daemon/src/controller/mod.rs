@@ -1,7 +1,7 @@
 //! The controller: every pipeline the daemon knows, each driven by its own task.
 //!
-//! It owns the registry of pipelines (id → the inbox, published view and tail buffer of its
-//! task) and the tasks themselves, in one [`TaskTracker`], each inside a `pipeline` tracing span
+//! It owns the registry of pipelines (id → the inbox, published view, output log and event
+//! feed of its task) and the tasks themselves, in one [`TaskTracker`], each inside a `pipeline` tracing span
 //! naming its id and name. It speaks domain types only ([`PipelineView`], [`StopMode`],
 //! [`Report`], [`Command`]): `api` translates gRPC, `run` calls it directly. It never blocks the
 //! runtime.
@@ -32,14 +32,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{CheckpointError, SqlError, retained_epochs};
+use crate::engine::{CheckpointError, SqlError, StateRootError, retained_epochs};
+use crate::metrics::Metrics;
+use crate::output::{OutputError, OutputLog};
 use crate::settings::ControllerSettings;
-use crate::store::{CheckpointRow, PipelineRow, Store, StoreError, now_rfc3339};
-use crate::tail::TailBuffer;
+use crate::store::{CheckpointRow, EventRow, PipelineRow, Store, StoreError, now_rfc3339};
 use machine::{Changes, Desired, Event, Machine, Refusal, Spec, State, StopMode, Timeouts};
 use name::NameError;
 use pipeline::{Context, Identity, PipelineTask};
@@ -49,6 +50,10 @@ use protocol::{Attachment, Envelope, PipelineView, Rejected, ReportStream};
 const REPORT_GRACE: Duration = Duration::from_secs(5);
 /// Commands a pipeline's inbox holds before callers wait.
 const INBOX: usize = 64;
+/// Events a follower of `logs` may fall behind by before it misses some.
+const EVENT_FEED: usize = 256;
+/// How long `checkpoint` waits for the checkpoint it asked for.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(120);
 
 /// Errors of the controller's operations; each says whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +95,15 @@ pub enum ControllerError {
         #[source]
         source: Box<CheckpointError>,
     },
+    /// An on-demand checkpoint did not complete.
+    #[error("pipeline '{pipeline}': the checkpoint did not complete: {reason}")]
+    CheckpointFailed { pipeline: String, reason: String },
+    /// A pipeline's output log cannot be used.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// A pipeline's state could not be removed.
+    #[error(transparent)]
+    RemoveState(#[from] StateRootError),
     /// The metadata store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -114,14 +128,33 @@ pub struct Submission {
     pub parallelism: Option<u32>,
     /// None: the daemon's.
     pub checkpoint_interval: Option<Duration>,
+    /// The most memory its worker may use, in bytes; None or 0: no limit.
+    pub memory_limit: Option<u64>,
 }
 
-/// A pipeline: its task's inbox, its published view and its tail buffer.
+/// What a delete keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep {
+    pub checkpoints: bool,
+    pub output: bool,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub view: PipelineView,
+    /// Locations removed, and kept.
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// A pipeline: its task's inbox, its published view, its output log and its event feed.
 #[derive(Clone)]
 pub struct Pipeline {
     inbox: mpsc::Sender<Envelope>,
     view: watch::Receiver<PipelineView>,
-    tail: Arc<TailBuffer>,
+    output: Arc<OutputLog>,
+    events: broadcast::Sender<EventRow>,
 }
 
 impl Pipeline {
@@ -134,9 +167,14 @@ impl Pipeline {
         self.view.borrow().id.clone()
     }
 
-    /// The rows of its default sink.
-    pub fn tail(&self) -> Arc<TailBuffer> {
-        self.tail.clone()
+    /// The rows of its readable sinks.
+    pub fn output(&self) -> Arc<OutputLog> {
+        self.output.clone()
+    }
+
+    /// Its events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRow> {
+        self.events.subscribe()
     }
 
     /// Waits until it is in a terminal state; returns its view then.
@@ -166,7 +204,8 @@ impl Controller {
         exe: PathBuf,
         worker_socket: PathBuf,
         settings: ControllerSettings,
-    ) -> Result<Arc<Controller>, StoreError> {
+        worker_log: (String, String),
+    ) -> Result<Arc<Controller>, ControllerError> {
         let rows = store.list().await?;
         let controller = Arc::new(Controller {
             ctx: Arc::new(Context {
@@ -176,6 +215,8 @@ impl Controller {
                 settings,
                 checkpointed: watch::channel(0).0,
                 clock: Instant::now(),
+                metrics: Metrics::new(),
+                worker_log,
             }),
             pipelines: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
@@ -187,7 +228,7 @@ impl Controller {
                 location::from_stored(&controller.ctx.settings.state_root, &row.id, &row.state_url);
             if let Some(message) = moved {
                 row.state_url = stored;
-                controller.ctx.store.update(&row, &message).await?;
+                controller.ctx.store.update(&row, "state", &message).await?;
             }
             let last = controller
                 .ctx
@@ -198,7 +239,7 @@ impl Controller {
                 .map_or(0, |c| c.epoch);
             let mut machine = controller.machine(&row);
             machine.last_checkpoint = last;
-            let p = controller.start_task(&row, machine);
+            let p = controller.start_task(&row, machine)?;
             if let Err(e) = controller.command(&p, Event::DaemonRestarted).await {
                 warn!(pipeline = %row.id, error = %e, "marking a pipeline stopped after a restart failed");
             }
@@ -216,6 +257,7 @@ impl Controller {
                 parallelism: row.parallelism.max(1),
                 checkpoint_interval: Duration::from_millis(row.checkpoint_interval_ms.max(1)),
                 state_location: row.state_url.clone(),
+                memory_limit: row.memory_limit_bytes,
             },
             // A state this binary does not know was written by a newer one: treat as stopped.
             State::parse(&row.state).unwrap_or(State::Stopped),
@@ -232,16 +274,20 @@ impl Controller {
     }
 
     /// Starts the task of a pipeline and registers it.
-    fn start_task(&self, row: &PipelineRow, machine: Machine) -> Pipeline {
+    fn start_task(&self, row: &PipelineRow, machine: Machine) -> Result<Pipeline, OutputError> {
         let (tx, rx) = mpsc::channel(INBOX);
-        let bytes = self.ctx.settings.tail_buffer_bytes;
-        let tail = Arc::new(match self.ctx.settings.tail_held {
-            true => TailBuffer::held(bytes),
-            false => TailBuffer::new(bytes),
-        });
-        if machine.state.is_terminal() {
-            tail.close();
+        let settings = &self.ctx.settings;
+        let output = Arc::new(OutputLog::open(
+            &settings.output_root.join(&row.id),
+            settings.output_log_bytes,
+        )?);
+        if settings.output_held {
+            output.hold();
         }
+        if machine.state.is_terminal() {
+            output.close();
+        }
+        let events = broadcast::channel(EVENT_FEED).0;
         let who = Identity {
             id: row.id.clone(),
             name: row.name.clone(),
@@ -253,20 +299,22 @@ impl Controller {
             who,
             machine,
             row.updated_at.clone(),
-            tail.clone(),
+            output.clone(),
+            events.clone(),
             rx,
         );
         self.tasks.spawn(task.run().instrument(span));
         let p = Pipeline {
             inbox: tx,
             view,
-            tail,
+            output,
+            events,
         };
         self.pipelines
             .lock()
             .expect("pipelines lock")
             .insert(row.id.clone(), p.clone());
-        p
+        Ok(p)
     }
 
     /// Sends a command to a pipeline's task and waits for its effects.
@@ -300,6 +348,42 @@ impl Controller {
     /// The metadata store; the daemon closes it after [`Controller::shutdown`].
     pub fn store(&self) -> &Store {
         &self.ctx.store
+    }
+
+    /// Every pipeline's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.ctx.metrics.clone()
+    }
+
+    /// Pipelines per state, every state named (0 when none).
+    pub fn state_counts(&self) -> Vec<(&'static str, i64)> {
+        let views: Vec<PipelineView> = self.list().iter().map(Pipeline::view).collect();
+        State::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    views.iter().filter(|v| v.state == *s).count() as i64,
+                )
+            })
+            .collect()
+    }
+
+    /// Asks every pipeline's task to answer within `patience`: false when one did not (the
+    /// controller is stuck, and the service manager's watchdog should restart the daemon).
+    pub async fn probe(&self, patience: Duration) -> bool {
+        let all = self.list();
+        let probes = all.iter().map(|p| async move {
+            let (reply, answer) = oneshot::channel();
+            if p.inbox.send(Envelope::Probe { reply }).await.is_err() {
+                // Its task ended (a deleted pipeline): nothing is stuck.
+                return true;
+            }
+            answer.await.is_ok()
+        });
+        tokio::time::timeout(patience, futures::future::join_all(probes))
+            .await
+            .is_ok_and(|answers| answers.into_iter().all(|ok| ok))
     }
 
     /// Schedules every pipeline that should run but does not: after a daemon restart (also
@@ -425,10 +509,11 @@ impl Controller {
             checkpoint_interval_ms: interval.as_millis().max(1) as u64,
             plan_hash,
             state_url: id.clone(),
+            memory_limit_bytes: submission.memory_limit.unwrap_or(0),
         };
         self.ctx.store.insert(&row).await?;
         info!(pipeline = %row.id, name = %row.name, parallelism, "pipeline submitted");
-        let p = self.start_task(&row, self.machine(&row));
+        let p = self.start_task(&row, self.machine(&row))?;
         self.command(&p, Event::Start).await?;
         Ok(p)
     }
@@ -438,7 +523,18 @@ impl Controller {
     pub async fn resume(
         &self,
         id_or_name: &str,
+        changes: Changes,
+    ) -> Result<Pipeline, ControllerError> {
+        self.start_again(id_or_name, changes, Event::Resume).await
+    }
+
+    /// Checks `changes` (a parallelism within bounds) and sends the event `to_event` makes of
+    /// them to the pipeline.
+    async fn start_again(
+        &self,
+        id_or_name: &str,
         mut changes: Changes,
+        to_event: fn(Changes) -> Event,
     ) -> Result<Pipeline, ControllerError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ControllerError::ShuttingDown);
@@ -447,7 +543,7 @@ impl Controller {
             changes.parallelism = Some(self.parallelism(Some(p))?);
         }
         let p = self.find(id_or_name)?;
-        self.command(&p, Event::Resume(changes)).await?;
+        self.command(&p, to_event(changes)).await?;
         Ok(p)
     }
 
@@ -469,13 +565,98 @@ impl Controller {
         Ok((p, rows, retained))
     }
 
-    /// Deletes a stopped, failed or finished pipeline (its rows; its checkpoints stay).
-    pub async fn delete(&self, id_or_name: &str) -> Result<(), ControllerError> {
+    /// Deletes a stopped, failed or finished pipeline: its rows and events, and unless kept
+    /// its checkpoints (the whole location of its state, with what earlier restarts without
+    /// state left there) and its output log.
+    pub async fn delete(&self, id_or_name: &str, keep: Keep) -> Result<Deleted, ControllerError> {
         let p = self.find(id_or_name)?;
-        let id = p.id();
+        let view = p.view();
         self.command(&p, Event::Delete).await?;
-        self.pipelines.lock().expect("pipelines lock").remove(&id);
-        Ok(())
+        self.pipelines
+            .lock()
+            .expect("pipelines lock")
+            .remove(&view.id);
+        self.ctx.metrics.forget(&view.id);
+        let mut deleted = Deleted {
+            view: view.clone(),
+            removed: Vec::new(),
+            kept: Vec::new(),
+        };
+        let state = location::resolve(
+            &self.ctx.settings.state_root,
+            location::owned_by(&view.id, &view.spec.state_location),
+        );
+        if keep.checkpoints {
+            deleted.kept.push(state);
+        } else {
+            crate::engine::remove_state(&state).await?;
+            deleted.removed.push(state);
+        }
+        let output = p.output.dir().display().to_string();
+        if keep.output {
+            p.output.close();
+            deleted.kept.push(output);
+        } else {
+            p.output.remove()?;
+            deleted.removed.push(output);
+        }
+        info!(pipeline = %view.id, name = %view.name, removed = ?deleted.removed, kept = ?deleted.kept, "pipeline deleted");
+        Ok(deleted)
+    }
+
+    /// Stops the pipeline with a checkpoint (when it runs) and starts it again with `changes`;
+    /// with `fresh_state`, from no state. `notes` says what it does.
+    pub async fn restart(
+        &self,
+        id_or_name: &str,
+        changes: Changes,
+    ) -> Result<Pipeline, ControllerError> {
+        self.start_again(id_or_name, changes, Event::Restart).await
+    }
+
+    /// Asks a running pipeline for a checkpoint now and waits until one newer than the last
+    /// completed; returns it.
+    pub async fn checkpoint_now(&self, id_or_name: &str) -> Result<CheckpointRow, ControllerError> {
+        let p = self.find(id_or_name)?;
+        let before = p.view().last_checkpoint;
+        let name = p.view().name;
+        self.command(&p, Event::CheckpointNow).await?;
+        let failed = |reason: String| ControllerError::CheckpointFailed {
+            pipeline: name.clone(),
+            reason,
+        };
+        let mut view = p.view.clone();
+        let waited = tokio::time::timeout(CHECKPOINT_WAIT, async move {
+            view.wait_for(|v| v.last_checkpoint > before || v.state != State::Running)
+                .await
+                .map(|v| v.clone())
+        })
+        .await;
+        let v = match waited {
+            Err(_) => return Err(failed(format!("none completed within {CHECKPOINT_WAIT:?}"))),
+            Ok(Err(_)) => return Err(ControllerError::NotFound(name)),
+            Ok(Ok(v)) => v,
+        };
+        if v.last_checkpoint <= before {
+            return Err(failed(format!("the pipeline became {}", v.state)));
+        }
+        let rows = self.ctx.store.checkpoints(&v.id).await?;
+        rows.into_iter()
+            .find(|c| c.epoch == v.last_checkpoint)
+            .ok_or_else(|| failed("it completed but was not recorded".into()))
+    }
+
+    /// A pipeline's recorded events (the newest `last` when given), and a feed of the next
+    /// ones, subscribed before they were read so that none falls between.
+    pub async fn events(
+        &self,
+        id_or_name: &str,
+        last: Option<u32>,
+    ) -> Result<(Vec<EventRow>, broadcast::Receiver<EventRow>), ControllerError> {
+        let p = self.find(id_or_name)?;
+        let feed = p.subscribe();
+        let events = self.ctx.store.events(&p.id(), last).await?;
+        Ok((events, feed))
     }
 
     /// Handles a worker's Hello: its start and commands, or None for a stale or unknown one.

@@ -22,16 +22,17 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::process::{Child, Command as Process};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::location;
-use super::machine::{Command, Effect, Event, Machine, StopMode, Timer};
+use super::machine::{Command, Effect, Event, EventKind, Machine, StopMode, Timer};
 use super::protocol::{Attachment, Envelope, PipelineView, Rejected, ReportStream, StartSpec};
 use crate::engine::error_chain;
+use crate::metrics::Metrics;
+use crate::output::{GenerationStart, OutputLog};
 use crate::settings::ControllerSettings;
-use crate::store::{CheckpointRow, PipelineRow, Store, now_rfc3339};
-use crate::tail::TailBuffer;
+use crate::store::{CheckpointRow, EventRow, PipelineRow, Store, now_rfc3339};
 
 /// What every pipeline task shares.
 pub struct Context {
@@ -44,6 +45,9 @@ pub struct Context {
     pub checkpointed: watch::Sender<u64>,
     /// The origin of the machines' clock.
     pub clock: Instant,
+    pub metrics: Arc<Metrics>,
+    /// The log filter and format workers are started with.
+    pub worker_log: (String, String),
 }
 
 /// Who a pipeline is: what never changes.
@@ -60,7 +64,10 @@ pub struct PipelineTask {
     who: Identity,
     machine: Machine,
     updated_at: String,
-    tail: Arc<TailBuffer>,
+    output: Arc<OutputLog>,
+    events: broadcast::Sender<EventRow>,
+    /// The current worker's subtasks, and how many ended, as it last reported.
+    progress: (u32, u32),
     view: watch::Sender<PipelineView>,
     inbox: mpsc::Receiver<Envelope>,
     /// The worker process and its generation.
@@ -80,16 +87,19 @@ impl PipelineTask {
         who: Identity,
         machine: Machine,
         updated_at: String,
-        tail: Arc<TailBuffer>,
+        output: Arc<OutputLog>,
+        events: broadcast::Sender<EventRow>,
         inbox: mpsc::Receiver<Envelope>,
     ) -> (PipelineTask, watch::Receiver<PipelineView>) {
-        let view = make_view(&ctx, &who, &machine, &updated_at, 0);
+        let view = make_view(&ctx, &who, &machine, &updated_at, 0, (0, 0));
         let task = PipelineTask {
             ctx,
             who,
             machine,
             updated_at,
-            tail,
+            output,
+            events,
+            progress: (0, 0),
             view: watch::Sender::new(view),
             inbox,
             child: None,
@@ -108,7 +118,14 @@ impl PipelineTask {
             .as_ref()
             .and_then(|(_, c)| c.id())
             .unwrap_or_default();
-        make_view(&self.ctx, &self.who, &self.machine, &self.updated_at, pid)
+        make_view(
+            &self.ctx,
+            &self.who,
+            &self.machine,
+            &self.updated_at,
+            pid,
+            self.progress,
+        )
     }
 
     fn now(&self) -> std::time::Duration {
@@ -128,7 +145,7 @@ impl PipelineTask {
                     // The controller let go: dropping the child kills a worker left.
                     None => break,
                 },
-                report = next_report(&mut self.reports, &self.tail), if self.reports.is_some() => Some(report),
+                report = next_report(&mut self.reports, &self.output), if self.reports.is_some() => Some(report),
                 (generation, status) = wait_child(&mut self.child), if self.child.is_some() => {
                     self.child = None;
                     let status = match status {
@@ -136,6 +153,8 @@ impl PipelineTask {
                         Err(e) => e.to_string(),
                     };
                     debug!(generation, %status, "worker exited");
+                    self.ctx.metrics.idle(&self.who.id);
+                    self.progress = (0, 0);
                     Some(Event::Exited { generation, status })
                 }
                 _ = sleep_until(next_timer), if next_timer.is_some() => {
@@ -176,6 +195,9 @@ impl PipelineTask {
                     let _ = reply.send(None);
                 }
             }
+            Envelope::Probe { reply } => {
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -211,8 +233,8 @@ impl PipelineTask {
         let mut follow = None;
         for effect in effects {
             match effect {
-                Effect::Persist { message } => {
-                    if let Err(e) = self.persist(&message).await {
+                Effect::Persist { message, kind } => {
+                    if let Err(e) = self.persist(&message, kind).await {
                         store_failed.get_or_insert(e);
                     }
                 }
@@ -267,9 +289,19 @@ impl PipelineTask {
                     self.timers
                         .push((tokio::time::Instant::now() + after, timer));
                 }
-                Effect::AppendRows(rows) => self.tail.append(rows),
-                Effect::OpenTail => self.tail.reopen(),
-                Effect::CloseTail => self.tail.close(),
+                Effect::AppendRows { sink, rows } => {
+                    self.output.append(&sink, &rows);
+                    self.ctx
+                        .metrics
+                        .output_rows(&self.who.id, &self.who.name, rows.len() as u64);
+                }
+                Effect::OpenOutput => self.output.reopen(),
+                Effect::StartOutput {
+                    generation,
+                    restored,
+                    fresh,
+                } => self.start_output(generation, restored, fresh).await,
+                Effect::CloseOutput => self.output.close(),
                 Effect::RecordCheckpoint(info) => {
                     let row = CheckpointRow {
                         epoch: info.epoch,
@@ -277,6 +309,7 @@ impl PipelineTask {
                         bytes: info.bytes,
                         duration_ms: info.duration_ms,
                         completed_at: now_rfc3339(),
+                        output_offset: self.output.next_offset(),
                     };
                     match self.ctx.store.insert_checkpoint(&self.who.id, &row).await {
                         Ok(()) => self.ctx.checkpointed.send_modify(|n| *n += 1),
@@ -284,7 +317,25 @@ impl PipelineTask {
                             warn!(epoch = info.epoch, error = %error_chain(&e), "recording a completed checkpoint failed")
                         }
                     }
+                    self.ctx.metrics.checkpoint(
+                        &self.who.id,
+                        &self.who.name,
+                        info.bytes,
+                        info.duration_ms,
+                    );
+                    let message = format!(
+                        "checkpoint {} completed: {} bytes in {} ms",
+                        info.epoch, info.bytes, info.duration_ms
+                    );
+                    self.record(EventKind::Checkpoint, message).await;
                 }
+                Effect::RecordMetrics(report) => {
+                    self.progress = (report.subtasks, report.subtasks_ended);
+                    self.ctx
+                        .metrics
+                        .report(&self.who.id, &self.who.name, &report);
+                }
+                Effect::Restarted => self.ctx.metrics.restarted(&self.who.id, &self.who.name),
                 Effect::ForgetCheckpoints => {
                     if let Err(e) = self.ctx.store.delete_checkpoints(&self.who.id).await {
                         store_failed.get_or_insert(error_chain(&e));
@@ -294,9 +345,12 @@ impl PipelineTask {
                     if let Err(e) = self.ctx.store.delete(&self.who.id).await {
                         store_failed.get_or_insert(error_chain(&e));
                     }
-                    self.tail.close();
+                    self.output.close();
                 }
-                Effect::Warn(message) => warn!("{message}"),
+                Effect::Warn(message) => {
+                    warn!("{message}");
+                    self.record(EventKind::Warning, message).await;
+                }
             }
         }
         match store_failed {
@@ -305,8 +359,49 @@ impl PipelineTask {
         }
     }
 
-    /// Writes the machine's persisted fields and an event.
-    async fn persist(&mut self, message: &str) -> Result<(), String> {
+    /// Marks the run of `generation` in the output log: the checkpoint it restored, and the
+    /// rows the previous run wrote after that checkpoint, which it may write again.
+    async fn start_output(&mut self, generation: u64, restored: Option<u64>, fresh: bool) {
+        let end = self.output.next_offset();
+        let replayed = match restored {
+            Some(epoch) => match self.ctx.store.checkpoints(&self.who.id).await {
+                Ok(rows) => rows
+                    .iter()
+                    .find(|c| c.epoch == epoch)
+                    .map(|c| (c.output_offset.min(end), end))
+                    .filter(|(from, to)| from < to),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "reading the checkpoints to mark a restore in the output log failed");
+                    Some((self.output.first_offset(), end)).filter(|(from, to)| from < to)
+                }
+            },
+            None => None,
+        };
+        self.output.start_generation(GenerationStart {
+            generation,
+            restored,
+            replayed,
+            fresh,
+        });
+    }
+
+    /// Records an event that changes nothing else, and feeds it to followers.
+    async fn record(&mut self, kind: EventKind, message: String) {
+        let event = EventRow {
+            at: now_rfc3339(),
+            kind: kind.as_str().to_string(),
+            state: self.machine.state.as_str().to_string(),
+            generation: self.machine.generation,
+            message,
+        };
+        if let Err(e) = self.ctx.store.insert_event(&self.who.id, &event).await {
+            warn!(error = %error_chain(&e), "recording an event failed");
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// Writes the machine's persisted fields and an event of `kind`.
+    async fn persist(&mut self, message: &str, kind: EventKind) -> Result<(), String> {
         self.updated_at = now_rfc3339();
         let m = &self.machine;
         let row = PipelineRow {
@@ -323,13 +418,28 @@ impl PipelineTask {
             checkpoint_interval_ms: m.spec.checkpoint_interval.as_millis().max(1) as u64,
             plan_hash: m.spec.plan_hash.clone(),
             state_url: m.spec.state_location.clone(),
+            memory_limit_bytes: m.spec.memory_limit,
         };
-        info!(state = %m.state, generation = m.generation, "{message}");
-        self.ctx
+        match kind {
+            EventKind::Error | EventKind::Restart => {
+                warn!(state = %m.state, generation = m.generation, "{message}")
+            }
+            _ => info!(state = %m.state, generation = m.generation, "{message}"),
+        }
+        let result = self
+            .ctx
             .store
-            .update(&row, message)
+            .update(&row, kind.as_str(), message)
             .await
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| error_chain(&e));
+        let _ = self.events.send(EventRow {
+            at: self.updated_at.clone(),
+            kind: kind.as_str().to_string(),
+            state: row.state,
+            generation: row.generation,
+            message: message.to_string(),
+        });
+        result
     }
 
     /// Starts `arroyod worker` for `generation`.
@@ -342,6 +452,14 @@ impl PipelineTask {
             .arg(&self.who.id)
             .arg("--generation")
             .arg(generation.to_string())
+            .arg("--log")
+            .arg(&self.ctx.worker_log.0)
+            .arg("--log-format")
+            .arg(&self.ctx.worker_log.1)
+            // The service manager hears from the daemon only.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             // Its own process group: a Ctrl-C at the terminal reaches the daemon (or `run`),
             // which stops the worker properly, not the worker directly.
@@ -371,6 +489,7 @@ impl PipelineTask {
             state_url: location::resolve(&self.ctx.settings.state_root, &m.spec.state_location),
             checkpoint_interval: m.spec.checkpoint_interval,
             expected_epoch: m.last_checkpoint,
+            memory_limit: m.spec.memory_limit,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(mode) = then_stop {
@@ -395,6 +514,7 @@ fn make_view(
     m: &Machine,
     updated_at: &str,
     worker_pid: u32,
+    progress: (u32, u32),
 ) -> PipelineView {
     PipelineView {
         id: who.id.clone(),
@@ -409,16 +529,20 @@ fn make_view(
         state_url: location::resolve(&ctx.settings.state_root, &m.spec.state_location),
         last_checkpoint: m.last_checkpoint,
         worker_pid,
+        last_stop: m.last_stop.clone(),
+        restarts: m.restart_count,
+        subtasks: progress.0,
+        subtasks_ended: progress.1,
     }
 }
 
-/// The next event of the attached worker's report stream, once the tail buffer has room for
-/// its rows (a held buffer's reader sets the pace: the worker waits on the stream meanwhile).
-async fn next_report(reports: &mut Option<(u64, ReportStream)>, tail: &TailBuffer) -> Event {
+/// The next event of the attached worker's report stream, once the output log has room for
+/// its rows (a held log's reader sets the pace: the worker waits on the stream meanwhile).
+async fn next_report(reports: &mut Option<(u64, ReportStream)>, output: &OutputLog) -> Event {
     let Some((generation, stream)) = reports.as_mut() else {
         return std::future::pending().await;
     };
-    tail.room().await;
+    output.room().await;
     let generation = *generation;
     match stream.next().await {
         Some(Ok(report)) => Event::Reported { generation, report },

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::machine::{Command, Desired, Event, Refusal, Report, Spec, State};
+use super::machine::{Command, Desired, Event, Refusal, Report, Spec, State, StopEnd};
 
 /// What a pipeline looks like from outside, published by its task after every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,13 @@ pub struct PipelineView {
     pub last_checkpoint: u64,
     /// The current worker process, 0 when none runs.
     pub worker_pid: u32,
+    /// How the last stop ended.
+    pub last_stop: Option<StopEnd>,
+    /// Crashed workers restarted since the daemon started.
+    pub restarts: u64,
+    /// The current worker's subtasks, and how many have ended (as it last reported).
+    pub subtasks: u32,
+    pub subtasks_ended: u32,
 }
 
 /// What a worker needs to run its generation.
@@ -41,6 +48,8 @@ pub struct StartSpec {
     pub checkpoint_interval: Duration,
     /// The newest checkpoint the metadata says completed: the worker must find it.
     pub expected_epoch: u64,
+    /// The most memory the worker may use, in bytes; 0: no limit.
+    pub memory_limit: u64,
 }
 
 /// The worker's connection broke.
@@ -81,4 +90,6 @@ pub enum Envelope {
         reports: ReportStream,
         reply: oneshot::Sender<Option<Attachment>>,
     },
+    /// Is the task alive? It answers at once (the watchdog asks).
+    Probe { reply: oneshot::Sender<()> },
 }

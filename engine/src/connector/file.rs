@@ -107,7 +107,7 @@ impl SourceFactory for FileSourceFactory {
         Ok(Box::new(FileSource {
             path: self.path.clone(),
             subtask: info.subtask,
-            reader: LineReader::new(self.rows.clone(), info.node.clone(), self.path.clone()),
+            reader: LineReader::new(self.rows.clone(), info, self.path.clone()),
         }))
     }
 }

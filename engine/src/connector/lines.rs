@@ -29,7 +29,8 @@ use super::debezium;
 use super::{ConnectorError, EventTimeSpec, Options, RunError, now_nanos};
 use crate::storage::StorageError;
 use crate::task::{
-    SourceContext, SourceEnd, TaskError, TaskState, timestamp_type, with_timestamp, with_updating,
+    NodeCounters, SourceContext, SourceEnd, TaskError, TaskInfo, TaskState, timestamp_type,
+    with_timestamp, with_updating,
 };
 
 /// Bytes read from the file at a time.
@@ -156,6 +157,8 @@ pub(super) struct LineReader {
     /// The file, as messages name it.
     path: String,
     dropped: u64,
+    /// The node's counters, where dropped rows are counted as they are dropped.
+    counters: Arc<NodeCounters>,
     /// How far the file has been read: what a checkpoint records.
     position: FilePosition,
 }
@@ -184,13 +187,14 @@ fn pace() -> Option<(usize, std::time::Duration)> {
 }
 
 impl LineReader {
-    /// A reader of the file `path` (as messages name it) in node `node`.
-    pub fn new(rows: Arc<Rows>, node: String, path: String) -> Self {
+    /// A reader of the file `path` (as messages name it) in the subtask `info`.
+    pub fn new(rows: Arc<Rows>, info: &TaskInfo, path: String) -> Self {
         LineReader {
             rows,
-            node,
+            node: info.node.clone(),
             path,
             dropped: 0,
+            counters: info.counters.clone(),
             position: FilePosition::default(),
         }
     }
@@ -318,6 +322,7 @@ impl LineReader {
                     }
                     BadData::Drop => {
                         self.dropped += 1;
+                        self.counters.bad(1);
                         if self.dropped <= DROP_WARNINGS {
                             warn!(at = %at, error = %e, "dropped a bad record");
                         }
@@ -446,7 +451,9 @@ impl LineReader {
             }
             let keep = datafusion::arrow::compute::is_not_null(&times)
                 .map_err(TaskError::batch(&self.node))?;
-            self.dropped += (batch.num_rows() - keep.true_count()) as u64;
+            let dropped = (batch.num_rows() - keep.true_count()) as u64;
+            self.dropped += dropped;
+            self.counters.bad(dropped);
             batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)
                 .map_err(TaskError::batch(&self.node))?;
             if let Some(r) = &retract {

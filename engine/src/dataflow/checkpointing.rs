@@ -32,7 +32,7 @@ use super::error::DataflowError;
 use super::layout::{self, File, TopologyNode};
 use crate::storage::{CheckpointStore, Manifest};
 use crate::task::protocol::{Pending, Report, TaskId};
-use crate::task::{Barrier, StopMode};
+use crate::task::{Barrier, NodeCounters, StopMode};
 
 /// Decides whether this run may still commit an epoch (false: a newer generation of the
 /// pipeline exists).
@@ -93,12 +93,18 @@ pub(crate) struct Coordinator {
     pub stop: watch::Receiver<Option<StopMode>>,
     pub completed: watch::Sender<(u64, bool)>,
     pub published: watch::Sender<Option<CompletedCheckpoint>>,
+    /// Requests for a checkpoint now (on demand), besides the interval's.
+    pub on_demand: mpsc::UnboundedReceiver<()>,
+    /// Per node, where its part of each completed checkpoint is recorded.
+    pub counters: Vec<Arc<NodeCounters>>,
 }
 
 struct InFlight {
     barrier: Barrier,
     started: Instant,
     files: HashMap<TaskId, Pending>,
+    /// Per node, ms from the trigger to its last subtask's snapshot so far.
+    snapshot_ms: HashMap<usize, u64>,
 }
 
 impl Coordinator {
@@ -113,6 +119,9 @@ impl Coordinator {
         let mut ended = Ended::new();
         let mut stop_pending = false;
         let mut stop_sent = false;
+        // A checkpoint was asked for now; and whether anyone can still ask.
+        let mut wanted = false;
+        let mut on_demand_open = true;
         // Checkpoints that failed in a row.
         let mut failures = 0;
         loop {
@@ -121,7 +130,24 @@ impl Coordinator {
                 in_flight = Some(self.start(next, true));
                 next += 1;
             }
+            if wanted
+                && in_flight.is_none()
+                && !stop_pending
+                && !self.sources.iter().all(|s| ended.contains_key(s))
+            {
+                wanted = false;
+                in_flight = Some(self.start(next, false));
+                next += 1;
+                // The next one an interval after this one.
+                ticker.reset();
+            }
             tokio::select! {
+                request = self.on_demand.recv(), if on_demand_open && !stop_pending => {
+                    match request {
+                        Some(()) => wanted = true,
+                        None => on_demand_open = false,
+                    }
+                }
                 _ = ticker.tick(), if in_flight.is_none() && !stop_pending => {
                     if self.sources.iter().all(|s| ended.contains_key(s)) {
                         continue;
@@ -146,6 +172,9 @@ impl Coordinator {
                         Report::Snapshot { task, epoch, files } => {
                             match in_flight.as_mut() {
                                 Some(f) if f.barrier.epoch == epoch => {
+                                    let ms = f.started.elapsed().as_millis() as u64;
+                                    let node = f.snapshot_ms.entry(task.0).or_default();
+                                    *node = (*node).max(ms);
                                     f.files.insert(task, files);
                                 }
                                 _ => warn!(?task, epoch, "snapshot of an epoch not in flight"),
@@ -199,6 +228,7 @@ impl Coordinator {
             barrier,
             started: Instant::now(),
             files: HashMap::new(),
+            snapshot_ms: HashMap::new(),
         }
     }
 
@@ -221,6 +251,7 @@ impl Coordinator {
             barrier: Barrier { epoch, stop: true },
             started: Instant::now(),
             files: HashMap::new(),
+            snapshot_ms: HashMap::new(),
         };
         self.commit(flight, &ended, true)
             .await
@@ -244,8 +275,8 @@ impl Coordinator {
         // Encoding is CPU work: on a blocking thread, not on the subtasks' runtime threads.
         let encoded = tokio::task::spawn_blocking(move || {
             files
-                .into_values()
-                .map(|p| layout::encode(&p, &ids))
+                .into_iter()
+                .map(|(task, p)| layout::encode(&p, &ids).map(|f| (task.0, f)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -255,7 +286,14 @@ impl Coordinator {
             )))
         })?
         .map_err(|source| Commit::Write(DataflowError::State { epoch, source }))?;
-        let mut all: Vec<File> = encoded.into_iter().flatten().collect();
+        let mut node_bytes = vec![0u64; self.counters.len()];
+        let mut all: Vec<File> = Vec::new();
+        for (node, files) in encoded {
+            if let Some(b) = node_bytes.get_mut(node) {
+                *b += files.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            }
+            all.extend(files);
+        }
         let topology = layout::topology(&self.topology)
             .map_err(|source| Commit::Write(DataflowError::Topology { epoch, source }))?;
         all.push((layout::TOPOLOGY.to_string(), topology));
@@ -283,6 +321,10 @@ impl Coordinator {
             last,
             "checkpoint completed"
         );
+        for (node, counters) in self.counters.iter().enumerate() {
+            let ms = flight.snapshot_ms.get(&node).copied().unwrap_or(0);
+            counters.checkpointed(node_bytes[node], ms);
+        }
         let _ = self.completed.send((epoch, last));
         let _ = self.published.send(Some(done));
         // Completed, not yet reported to the daemon (which records it in its database).

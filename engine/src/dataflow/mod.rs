@@ -24,4 +24,4 @@ pub use crate::task::StopMode;
 pub use checkpointing::{CheckpointConfig, CommitGate, CompletedCheckpoint};
 pub use error::DataflowError;
 pub use graph::{EdgeKind, NodeKind, Program, node_id};
-pub use runtime::{RunHandle, RunOutcome, Stopper, run};
+pub use runtime::{CheckpointTrigger, NodeMetrics, RunHandle, RunOutcome, Stopper, run};

@@ -13,8 +13,8 @@ use super::layout::{self, TopologyNode};
 use super::{EdgeKind, NodeKind, Program};
 use crate::task::protocol::{Completions, Link, Report};
 use crate::task::{
-    Background, Barrier, Collector, JobContext, Message, Operator, RestoredState, Route, Rx,
-    Source, SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
+    Background, Barrier, Collector, JobContext, Message, NodeCounters, Operator, RestoredState,
+    Route, Rx, Source, SourceContext, SourceEnd, StopMode, TaskError, TaskInfo, Tx, Watermark,
 };
 
 /// How long a run that ended waits for what its subtasks left behind.
@@ -48,11 +48,34 @@ impl Stopper {
     }
 }
 
+/// Asks a run for a checkpoint now, besides the interval's.
+#[derive(Clone)]
+pub struct CheckpointTrigger(Option<mpsc::UnboundedSender<()>>);
+
+impl CheckpointTrigger {
+    /// Asks for a checkpoint now (after the one in flight, if any); it completes and is
+    /// reported like the interval's. False when the run takes no checkpoints or its
+    /// checkpoints ended (a stop under way).
+    pub fn request(&self) -> bool {
+        self.0.as_ref().is_some_and(|tx| tx.send(()).is_ok())
+    }
+}
+
 /// The outcome of a run: every source reached its end, or a stop was requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
     Finished,
     Stopped,
+}
+
+/// One node of a running dataflow and its counters.
+#[derive(Debug, Clone)]
+pub struct NodeMetrics {
+    /// The node's stable id (what its checkpoint state is keyed by).
+    pub id: String,
+    pub label: String,
+    pub parallelism: usize,
+    pub counters: Arc<NodeCounters>,
 }
 
 /// A running dataflow.
@@ -63,6 +86,9 @@ pub struct RunHandle {
     background: Background,
     checkpoints: watch::Receiver<Option<CompletedCheckpoint>>,
     restored: Option<u64>,
+    nodes: Vec<NodeMetrics>,
+    /// Asks the coordinator for a checkpoint now; None without checkpointing.
+    on_demand: Option<mpsc::UnboundedSender<()>>,
 }
 
 impl RunHandle {
@@ -74,6 +100,16 @@ impl RunHandle {
     /// The epoch this run was restored from.
     pub fn restored(&self) -> Option<u64> {
         self.restored
+    }
+
+    /// Its nodes in topological order, with their counters.
+    pub fn nodes(&self) -> &[NodeMetrics] {
+        &self.nodes
+    }
+
+    /// What asks for a checkpoint now, from anywhere.
+    pub fn checkpoint_trigger(&self) -> CheckpointTrigger {
+        CheckpointTrigger(self.on_demand.clone())
     }
 
     /// What asks the run to stop, from anywhere; [`RunHandle::wait`] then returns
@@ -211,6 +247,7 @@ pub async fn run(
         }
     }
 
+    let counters: Vec<Arc<NodeCounters>> = (0..n).map(|_| Arc::default()).collect();
     // Checkpointing: the state to restore, the coordinator and each subtask's link to it.
     let (stop, _) = watch::channel(None);
     let (trigger, _) = watch::channel(None::<Barrier>);
@@ -220,6 +257,7 @@ pub async fn run(
     let mut restored_epoch = None;
     let mut restored: Vec<Option<RestoredState>> = vec![None; n];
     let mut links: Option<(mpsc::UnboundedSender<Report>, Completions)> = None;
+    let mut on_demand = None;
     if let Some(config) = checkpoints {
         if let Some(manifest) = &config.restore {
             restored = layout::load(&config.store, manifest, program).await?;
@@ -237,6 +275,8 @@ pub async fn run(
                 })?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (completed, completed_rx) = watch::channel((0u64, false));
+        let (on_demand_tx, on_demand_rx) = mpsc::unbounded_channel();
+        on_demand = Some(on_demand_tx);
         let all: Vec<(usize, usize)> = (0..n)
             .flat_map(|node| (0..par[node]).map(move |s| (node, s)))
             .collect();
@@ -265,6 +305,8 @@ pub async fn run(
             stop: stop.subscribe(),
             completed,
             published: published_tx,
+            on_demand: on_demand_rx,
+            counters: counters.clone(),
         };
         tasks.spawn(coordinator.run().instrument(info_span!("checkpoints")));
         links = Some((reports_tx, completed_rx));
@@ -279,11 +321,14 @@ pub async fn run(
                 job: job.clone(),
                 checkpointing: links.is_some(),
                 background: background.clone(),
+                counters: counters[node_id].clone(),
             };
             let out = Collector::new(
                 node.label.clone(),
                 routes[node_id].pop().expect("one route list per subtask"),
+                counters[node_id].clone(),
             );
+            let node_counters = counters[node_id].clone();
             let link = links.as_ref().map(|(reports, completed)| Link {
                 task: (node_id, subtask),
                 reports: reports.clone(),
@@ -307,7 +352,11 @@ pub async fn run(
                         link,
                         watermark,
                     );
-                    let task = async move { Ok(run_source(source, ctx).await?) };
+                    let task = async move {
+                        let ended = run_source(source, ctx).await;
+                        node_counters.ended();
+                        Ok(ended?)
+                    };
                     tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
                 NodeKind::Operator(factory) => {
@@ -327,18 +376,36 @@ pub async fn run(
                         link,
                         current: watermark,
                     };
-                    let task = async move { Ok(task.run(rx).await?) };
+                    let task = async move {
+                        let ended = task.run(rx).await;
+                        node_counters.ended();
+                        Ok(ended?)
+                    };
                     tasks.spawn(task.instrument(info_span!("task", %name)));
                 }
             }
         }
     }
+    let nodes = program
+        .nodes
+        .iter()
+        .zip(&par)
+        .zip(counters)
+        .map(|((node, p), counters)| NodeMetrics {
+            id: node.id.clone(),
+            label: node.label.clone(),
+            parallelism: *p,
+            counters,
+        })
+        .collect();
     Ok(RunHandle {
         stop,
         tasks,
         checkpoints: published,
         restored: restored_epoch,
         background,
+        nodes,
+        on_demand,
     })
 }
 
@@ -457,6 +524,7 @@ impl OperatorTask {
             };
             match msg {
                 Message::Data(batch) => {
+                    self.info.counters.received(&batch);
                     self.op
                         .process_batch(batch, self.slot_inputs[slot], &mut self.out)
                         .await?;

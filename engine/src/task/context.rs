@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::metrics::NodeCounters;
+
 /// Where a subtask sits in the dataflow.
 #[derive(Debug, Clone)]
 pub struct TaskInfo {
@@ -23,6 +25,9 @@ pub struct TaskInfo {
     pub checkpointing: bool,
     /// Where a subtask runs what must outlive it (the abort of an upload it leaves behind).
     pub background: Background,
+    /// The node's counters, shared by its subtasks: an operator adds the late rows it drops,
+    /// a source the bad rows it skips.
+    pub counters: Arc<NodeCounters>,
 }
 
 #[cfg(test)]
@@ -37,6 +42,7 @@ impl TaskInfo {
             job: Arc::default(),
             checkpointing: false,
             background: Background::default(),
+            counters: Arc::default(),
         }
     }
 }

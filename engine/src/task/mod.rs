@@ -11,6 +11,7 @@
 //! - the state a subtask snapshots and restores ([`TaskState`], [`RestoredState`]) and the
 //!   checkpoint protocol between a subtask and the coordinator (`protocol`: what a subtask
 //!   reports, how it learns that an epoch completed);
+//! - what a node's subtasks measure ([`NodeCounters`]: rows, bytes, backpressure, watermark);
 //! - the error a subtask fails with ([`TaskError`]) and whose fault it is ([`ErrorKind`]).
 //!
 //! Rules every implementation follows: never block the runtime, never work row by row on the
@@ -22,6 +23,7 @@ mod context;
 mod error;
 pub(crate) mod hash;
 mod message;
+mod metrics;
 mod operator;
 pub(crate) mod protocol;
 pub mod schema;
@@ -33,6 +35,7 @@ pub(crate) use collector::{Route, Rx, Tx};
 pub use context::{Background, JobContext, StopMode, TaskInfo};
 pub use error::{ErrorKind, Fault, StateError, TaskError, UserFault, datafusion_kind, error_chain};
 pub use message::{Barrier, Message, Watermark};
+pub use metrics::{NodeCounters, NodeFigures};
 pub use operator::{Operator, OperatorFactory};
 pub use schema::{TIMESTAMP_FIELD, timestamp_type, with_timestamp, with_updating};
 pub use source::{Source, SourceContext, SourceEnd, SourceFactory};

@@ -28,6 +28,7 @@ fn spec() -> Spec {
         parallelism: 1,
         checkpoint_interval: Duration::from_secs(10),
         state_location: "p1".into(),
+        memory_limit: 0,
     }
 }
 
@@ -68,7 +69,7 @@ fn running() -> Machine {
         &mut m,
         Event::Reported {
             generation: 1,
-            report: Report::Running,
+            report: Report::Running { restored: None },
         },
         MS,
     );
@@ -111,9 +112,19 @@ fn a_pipeline_runs_and_finishes() {
             then_stop: None
         }]
     );
-    ok(&mut m, report(1, Report::Running), MS);
-    let fx = ok(&mut m, report(1, Report::Rows(vec!["{}".into()])), MS);
-    assert_eq!(fx, vec![Effect::AppendRows(vec!["{}".into()])]);
+    ok(&mut m, report(1, Report::Running { restored: None }), MS);
+    let rows = Report::Rows {
+        sink: "preview".into(),
+        rows: vec!["{}".into()],
+    };
+    let fx = ok(&mut m, report(1, rows), MS);
+    assert_eq!(
+        fx,
+        vec![Effect::AppendRows {
+            sink: "preview".into(),
+            rows: vec!["{}".into()]
+        }]
+    );
     let info = CheckpointInfo {
         epoch: 4,
         bytes: 10,
@@ -134,7 +145,9 @@ fn a_pipeline_runs_and_finishes() {
     assert_eq!(m.last_checkpoint, 4);
     let fx = ok(&mut m, report(1, Report::Finished), MS);
     assert_eq!(m.state, State::Finished);
-    assert!(has(&fx, |e| *e == Effect::CloseTail));
+    // Nothing is left to run: it is not wanted running any more.
+    assert_eq!(m.desired, Desired::Stopped);
+    assert!(has(&fx, |e| *e == Effect::CloseOutput));
     ok(&mut m, Event::ReportsEnded { generation: 1 }, MS);
     let fx = ok(&mut m, exited(1), MS);
     assert!(fx.is_empty(), "{fx:?}");
@@ -184,8 +197,62 @@ fn a_stop_with_checkpoint_waits_for_the_worker_and_its_deadline_kills() {
     assert_eq!(m.state, State::Stopped);
     assert!(has(
         &fx,
-        |e| matches!(e, Effect::Persist { message } if message.contains("worker killed"))
+        |e| matches!(e, Effect::Persist { message, .. } if message.contains("worker killed"))
     ));
+}
+
+#[test]
+fn a_stop_says_whether_it_took_a_final_checkpoint() {
+    let checkpoint = |epoch| {
+        report(
+            1,
+            Report::CheckpointCompleted(CheckpointInfo {
+                epoch,
+                bytes: 1,
+                duration_ms: 1,
+            }),
+        )
+    };
+    // The final checkpoint completed before Stopped: clean.
+    let mut m = running();
+    ok(&mut m, checkpoint(3), MS);
+    ok(&mut m, Event::Stop(StopMode::Checkpoint), MS);
+    ok(&mut m, checkpoint(4), MS);
+    ok(&mut m, report(1, Report::Stopped), MS);
+    let end = m.last_stop.clone().unwrap();
+    assert!(end.clean, "{end:?}");
+    assert_eq!(end.epoch, 4);
+    assert!(end.message.contains("final checkpoint (4)"), "{end:?}");
+    // Stopped without one: not clean, and it says where it resumes from.
+    let mut m = running();
+    ok(&mut m, checkpoint(3), MS);
+    ok(&mut m, Event::Stop(StopMode::Checkpoint), MS);
+    ok(&mut m, report(1, Report::Stopped), MS);
+    let end = m.last_stop.clone().unwrap();
+    assert!(!end.clean);
+    assert!(end.message.contains("checkpoint 3"), "{end:?}");
+    // Killed at the deadline: not clean.
+    let mut m = running();
+    ok(&mut m, Event::Stop(StopMode::Checkpoint), MS);
+    ok(
+        &mut m,
+        Event::Fired(Timer::StopDeadline { generation: 1 }),
+        MS,
+    );
+    ok(&mut m, Event::ReportsEnded { generation: 1 }, MS);
+    ok(&mut m, exited(1), MS);
+    let end = m.last_stop.clone().unwrap();
+    assert!(!end.clean);
+    assert!(end.message.contains("no final checkpoint"), "{end:?}");
+    assert!(end.message.contains("the start"), "{end:?}");
+    // An immediate stop kills as asked: clean.
+    let mut m = running();
+    ok(&mut m, Event::Stop(StopMode::Immediate), MS);
+    ok(&mut m, Event::ReportsEnded { generation: 1 }, MS);
+    ok(&mut m, exited(1), MS);
+    let end = m.last_stop.clone().unwrap();
+    assert!(end.clean, "{end:?}");
+    assert_eq!(end.mode, StopMode::Immediate);
 }
 
 #[test]
@@ -265,7 +332,7 @@ fn a_crashed_worker_restarts_with_backoff_until_the_budget_is_used_up() {
         "{}",
         m.failure
     );
-    assert!(has(&fx, |e| *e == Effect::CloseTail));
+    assert!(has(&fx, |e| *e == Effect::CloseOutput));
     // Restarts older than the window do not count: a resume, then a crash much later.
     ok(&mut m, Event::Resume(Changes::default()), now);
     ok(&mut m, Event::Attached { generation: 5 }, now);
@@ -286,7 +353,7 @@ fn stale_generations_are_refused_and_ignored() {
     let fx = ok(&mut m, Event::Attached { generation: 1 }, MS);
     assert_eq!(fx, vec![Effect::Refuse { generation: 1 }]);
     for r in [
-        Report::Running,
+        Report::Running { restored: None },
         Report::Finished,
         Report::CommitRequest(9),
         Report::Failed("old".into()),
@@ -568,8 +635,11 @@ fn random_event(rng: &mut Rng, m: &Machine, world: &World) -> Event {
                     bytes: 1,
                     duration_ms: 1,
                 }),
-                9 => Report::Rows(vec!["{}".into()]),
-                _ => Report::Running,
+                9 => Report::Rows {
+                    sink: "preview".into(),
+                    rows: vec!["{}".into()],
+                },
+                _ => Report::Running { restored: None },
             };
             Event::Reported {
                 generation,
@@ -594,7 +664,7 @@ fn random_event(rng: &mut Rng, m: &Machine, world: &World) -> Event {
             Event::Fired(world.timers[i])
         }
         // A plain Running report: the commonest event of a real run.
-        _ => report(generation, Report::Running),
+        _ => report(generation, Report::Running { restored: None }),
     }
 }
 

@@ -273,8 +273,7 @@ impl FileSystemSource {
         resume: Option<Resume>,
         shown: &str,
     ) -> Result<(SourceEnd, Resume), TaskError> {
-        let mut rows =
-            LineReader::new(self.rows.clone(), self.info.node.clone(), shown.to_string());
+        let mut rows = LineReader::new(self.rows.clone(), &self.info, shown.to_string());
         let (offset, lines) = match resume {
             Some(Resume::Lines { offset, lines }) => (offset, lines),
             _ => (0, 0),
@@ -348,8 +347,7 @@ impl FileSystemSource {
         resume: Option<Resume>,
         shown: &str,
     ) -> Result<(SourceEnd, Resume), TaskError> {
-        let mut rows =
-            LineReader::new(self.rows.clone(), self.info.node.clone(), shown.to_string());
+        let mut rows = LineReader::new(self.rows.clone(), &self.info, shown.to_string());
         let skip = match resume {
             Some(Resume::Rows(n)) => n,
             _ => 0,

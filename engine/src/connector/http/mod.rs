@@ -389,7 +389,7 @@ impl SourceFactory for HttpSourceFactory {
         info: &crate::task::TaskInfo,
     ) -> Result<Box<dyn crate::task::Source>, TaskError> {
         let shown = |what: &str, endpoint: &Endpoint| format!("{what} {endpoint}");
-        let reader = |label: String| LineReader::new(self.rows.clone(), info.node.clone(), label);
+        let reader = |label: String| LineReader::new(self.rows.clone(), info, label);
         let reads = info.subtask == 0;
         Ok(match &self.config {
             HttpConfig::Sse(c) => Box::new(

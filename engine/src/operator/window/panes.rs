@@ -216,7 +216,9 @@ impl WindowAggregateOp {
         for ends in assignments {
             for (end, idx) in group_by_end(&ends) {
                 if self.watermark.is_some_and(|w| end <= w) {
-                    self.late += idx.len(ends.len()) as u64;
+                    let late = idx.len(ends.len()) as u64;
+                    self.late += late;
+                    self.info.counters.late(late);
                     continue;
                 }
                 let key_slice = take_all(&keys, &idx)?;

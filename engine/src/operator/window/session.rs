@@ -167,6 +167,8 @@ impl Operator for SessionOp {
             Some(w) => {
                 let ts = timestamps(&batch);
                 let keep: BooleanArray = ts.iter().map(|t| Some(t + self.gap > w)).collect();
+                let late = (batch.num_rows() - keep.true_count()) as u64;
+                self.info.counters.late(late);
                 datafusion::arrow::compute::filter_record_batch(&batch, &keep)
                     .map_err(|e| TaskError::expression(&self.plan.label)(e.into()))?
             }
