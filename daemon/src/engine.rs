@@ -12,6 +12,7 @@ use object_store::ObjectStore;
 use crate::secrets;
 
 pub use arroyod_engine::error_chain;
+pub use arroyod_engine::failpoint;
 pub use arroyod_engine::job::{
     self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec,
     Outcome as RunOutcome, StopMode as EngineStop,

@@ -104,21 +104,51 @@ fn tokens(sql: &str) -> Vec<(Token, usize, usize)> {
 }
 
 /// The byte ranges (inside the quotes) of the values of options named like secrets:
-/// `'name' = 'value'` or `name = 'value'`.
+/// `'name' = 'value'` or `name = 'value'`; and in a Kafka table's `client_configs =
+/// 'k1=v1,k2=v2'`, the values of the entries named like secrets (`sasl.password`,
+/// `ssl.key.password`, ...).
 fn secret_ranges(sql: &str) -> Vec<(usize, usize)> {
     let t = tokens(sql);
     t.windows(3)
-        .filter_map(|w| match w {
+        .flat_map(|w| match w {
             [
                 (Token::Name | Token::Literal, ns, ne),
                 (Token::Equals, ..),
                 (Token::Literal, vs, ve),
-            ] if is_secret_name(sql[*ns..*ne].trim_matches(['\'', '"'])) && ve - vs >= 2 => {
-                Some((vs + 1, ve - 1))
+            ] if ve - vs >= 2 => {
+                let name = sql[*ns..*ne].trim_matches(['\'', '"']);
+                if is_secret_name(name) {
+                    vec![(vs + 1, ve - 1)]
+                } else if name.eq_ignore_ascii_case("client_configs") {
+                    secret_entries(sql, vs + 1, ve - 1)
+                } else {
+                    Vec::new()
+                }
             }
-            _ => None,
+            _ => Vec::new(),
         })
         .collect()
+}
+
+/// The byte ranges of the values of `key=value` entries named like secrets in the
+/// comma-separated list `sql[start..end]`.
+fn secret_entries(sql: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let mut at = start;
+    for entry in sql[start..end].split(',') {
+        if let Some((key, value)) = entry.split_once('=')
+            && is_secret_name(key.trim())
+        {
+            let value_start = at + key.len() + 1;
+            let trimmed = value.trim();
+            if !trimmed.is_empty() {
+                let lead = value.len() - value.trim_start().len();
+                ranges.push((value_start + lead, value_start + lead + trimmed.len()));
+            }
+        }
+        at += entry.len() + 1;
+    }
+    ranges
 }
 
 /// The values of options named like secrets in `sql`, longest first, `''` unescaped.
@@ -252,6 +282,17 @@ mod tests {
                 &secret_values(sql)
             ),
             "bad value '****' for the key id"
+        );
+    }
+
+    #[test]
+    fn secret_entries_of_client_configs_are_redacted() {
+        let sql = "CREATE TABLE k WITH (connector = 'kafka', client_configs = 'linger.ms=5, sasl.password = hunter22 ,ssl.key.password=p4ss,acks=all');";
+        assert_eq!(secret_values(sql), vec!["hunter22", "p4ss"]);
+        let shown = redact_query(sql);
+        assert!(
+            shown.contains("client_configs = 'linger.ms=5, sasl.password = **** ,ssl.key.password=****,acks=all'"),
+            "{shown}"
         );
     }
 

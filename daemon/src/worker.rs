@@ -117,6 +117,7 @@ fn event(e: worker_event::Event) -> WorkerEvent {
 
 pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Result<(), WorkerError> {
     die_with_parent();
+    crate::engine::failpoint::setup();
     let channel = unix_channel(&socket)
         .await
         .map_err(|source| WorkerError::Connect {
@@ -173,6 +174,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         parallelism: start.parallelism as usize,
         checkpointing: checkpointing(&start, &events, &pending),
         preview: Some(preview_tx),
+        pipeline: pipeline_id.clone(),
     };
     let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,

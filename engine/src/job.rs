@@ -36,6 +36,10 @@ pub struct JobSpec {
     /// Where the default sink (a bare SELECT) sends its rows, as JSON objects in batches;
     /// None: they are dropped.
     pub preview: Option<mpsc::Sender<Vec<String>>>,
+    /// The pipeline's id: it names what the job leaves on outside systems that must survive a
+    /// restart (a Kafka sink's transactional ids, a Kafka source's consumer group). Empty
+    /// outside a pipeline.
+    pub pipeline: String,
 }
 
 /// Where and how often a job checkpoints.
@@ -90,6 +94,7 @@ pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowE
     };
     debug!(parallelism = spec.parallelism, plan = %query.program.describe(), "starting a job");
     let context = Arc::new(JobContext {
+        pipeline: spec.pipeline,
         preview: spec.preview,
     });
     let handle = dataflow::run(&query.program, spec.parallelism, context, checkpoints).await?;
@@ -156,6 +161,7 @@ mod tests {
                 expected_epoch: 0,
             }),
             preview: Some(preview),
+            ..JobSpec::default()
         };
         let (tx, rx) = mpsc::channel(16);
         let (job, before) = (start(&query, spec(tx)).await.unwrap(), count(rx));
@@ -198,6 +204,7 @@ mod tests {
                 expected_epoch: 4,
             }),
             preview: None,
+            ..JobSpec::default()
         };
         let err = match start(&query, spec).await {
             Ok(_) => panic!("a job started over"),

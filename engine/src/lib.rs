@@ -34,11 +34,12 @@
 
 pub(crate) mod connector;
 pub(crate) mod dataflow;
+pub mod failpoint;
 pub mod job;
 pub(crate) mod operator;
 pub mod sql;
 pub mod storage;
 pub(crate) mod task;
 
-pub use connector::{ValueError, parse_duration};
+pub use connector::{HostAccess, HostAccessKind, ValueError, kafka_host_settings, parse_duration};
 pub use task::{ErrorKind, TIMESTAMP_FIELD, UserFault, error_chain};

@@ -67,6 +67,7 @@ async fn rows(
         parallelism,
         checkpointing,
         preview: Some(tx),
+        ..JobSpec::default()
     };
     let running = job::start(&planned, spec).await.unwrap();
     let collect = async {

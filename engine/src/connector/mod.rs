@@ -12,12 +12,14 @@ pub(crate) mod debezium;
 mod file;
 mod filesystem;
 mod impulse;
+mod kafka;
 mod lines;
 mod nexmark;
 mod options;
 mod run;
 mod sink;
 
+pub use kafka::host_settings as kafka_host_settings;
 pub use options::{Options, ValueError, parse_data_size, parse_duration};
 pub use run::RunError;
 pub use sink::PREVIEW_SINK;
@@ -33,11 +35,19 @@ use crate::task::{OperatorFactory, SourceFactory};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectorError {
     /// `connector = '...'` names no connector this engine has.
-    #[error("unknown connector '{0}' (known: {known})", known = KNOWN_CONNECTORS.join(", "))]
+    #[error("unknown connector '{name}'{hint} (known: {known})", name = .0, hint = did_you_mean(&options::closest(.0, KNOWN_CONNECTORS.iter().copied())), known = KNOWN_CONNECTORS.join(", "))]
     UnknownConnector(String),
-    /// An option no part of the table definition uses.
-    #[error("unknown option '{option}' for connector '{connector}'")]
-    UnknownOption { connector: String, option: String },
+    /// An option no part of the table definition uses (with the known option it is closest
+    /// to, if one is close).
+    #[error(
+        "unknown option '{option}' for connector '{connector}'{}",
+        did_you_mean(suggestion)
+    )]
+    UnknownOption {
+        connector: String,
+        option: String,
+        suggestion: Option<String>,
+    },
     /// A required option is missing.
     #[error("connector '{connector}' needs the option '{option}'")]
     MissingOption { connector: String, option: String },
@@ -51,6 +61,13 @@ pub enum ConnectorError {
     /// The table is used the wrong way round (reading from a sink, writing to a source).
     #[error("{0}")]
     Usage(String),
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|s| format!(" (did you mean '{s}'?)"))
+        .unwrap_or_default()
 }
 
 /// The wall clock as an event time: nanoseconds since the Unix epoch.
@@ -69,6 +86,7 @@ pub const KNOWN_CONNECTORS: &[&str] = &[
     "filesystem",
     "stdout",
     "blackhole",
+    "kafka",
 ];
 
 /// Whether a table is read or written.
@@ -76,6 +94,40 @@ pub const KNOWN_CONNECTORS: &[&str] = &[
 pub enum TableKind {
     Source,
     Sink,
+}
+
+/// Virtual columns: index in the table schema and expression over the other columns.
+pub(crate) type Generated = Vec<(usize, Arc<dyn datafusion::physical_expr::PhysicalExpr>)>;
+
+/// A column filled from what the connector knows of a record (`col TYPE METADATA FROM
+/// 'key'`), not from the record's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataColumn {
+    /// Its index in the table's schema.
+    pub index: usize,
+    /// What it holds, as the connector names it (Kafka: `offset_id`, `partition`, `topic`,
+    /// `timestamp`, `key`).
+    pub key: String,
+}
+
+/// A table option that makes a worker use its host beyond the network: read a file, load a
+/// library, run a command. The daemon refuses these for pipelines of users other than its
+/// own (see [`ConnectorTable::host_access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAccess {
+    pub table: String,
+    /// The option, as written (a `client_configs` entry: `client_configs: <key>`).
+    pub option: String,
+    pub value: String,
+    pub kind: HostAccessKind,
+}
+
+/// What a [`HostAccess`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAccessKind {
+    ReadsFile,
+    LoadsCode,
+    RunsCommand,
 }
 
 /// A table backed by a connector, as planning understood its definition.
@@ -91,7 +143,9 @@ pub struct ConnectorTable {
     /// Virtual columns (`GENERATED ALWAYS AS (expr)`): their index in `schema` and the
     /// expression over the other columns, in `schema` order without them. A source reads the
     /// other columns and computes these.
-    pub generated: Vec<(usize, Arc<dyn datafusion::physical_expr::PhysicalExpr>)>,
+    pub generated: Generated,
+    /// Metadata columns (`METADATA FROM`): a source fills them from each record.
+    pub metadata: Vec<MetadataColumn>,
 }
 
 /// A source's event time and watermark.
@@ -130,6 +184,25 @@ pub enum ConnectorConfig {
     FileSystemSource(filesystem::FileSystemSourceConfig),
     /// Part files written under a directory or object-store prefix.
     FileSystemSink(filesystem::FileSystemSinkConfig),
+    /// A topic of a Kafka-protocol broker, read or written.
+    Kafka(kafka::KafkaConfig),
+}
+
+/// `type = 'source' | 'sink'`, which `connector` requires.
+fn source_or_sink(connector: &str, declared: Option<&str>) -> Result<TableKind, ConnectorError> {
+    match declared {
+        Some("source") => Ok(TableKind::Source),
+        Some("sink") => Ok(TableKind::Sink),
+        None => Err(ConnectorError::MissingOption {
+            connector: connector.into(),
+            option: "type".into(),
+        }),
+        Some(other) => Err(ConnectorError::InvalidOption {
+            option: "type".into(),
+            value: other.into(),
+            reason: "expected 'source' or 'sink'".into(),
+        }),
+    }
 }
 
 impl ConnectorTable {
@@ -170,8 +243,8 @@ impl ConnectorTable {
                     TableKind::Source,
                 )
             }
-            "filesystem" => match declared_type.as_deref() {
-                Some("source") => (
+            "filesystem" => match source_or_sink(connector, declared_type.as_deref())? {
+                TableKind::Source => (
                     ConnectorConfig::FileSystemSource(
                         filesystem::FileSystemSourceConfig::from_options(options)?,
                     ),
@@ -182,27 +255,37 @@ impl ConnectorTable {
                     })?,
                     TableKind::Source,
                 ),
-                Some("sink") => (
+                TableKind::Sink => (
                     ConnectorConfig::FileSystemSink(
                         filesystem::FileSystemSinkConfig::from_options(options)?,
                     ),
                     columns.clone().unwrap_or_else(|| Arc::new(Schema::empty())),
                     TableKind::Sink,
                 ),
-                None => {
-                    return Err(ConnectorError::MissingOption {
-                        connector: connector.into(),
-                        option: "type".into(),
-                    });
-                }
-                Some(other) => {
-                    return Err(ConnectorError::InvalidOption {
-                        option: "type".into(),
-                        value: other.into(),
-                        reason: "expected 'source' or 'sink'".into(),
-                    });
-                }
             },
+            "kafka" => {
+                let kind = source_or_sink(connector, declared_type.as_deref())?;
+                let config = kafka::KafkaConfig::from_options(kind, options, columns.as_ref())?;
+                let schema = match (&columns, kind, config.format) {
+                    (Some(schema), _, _) => schema.clone(),
+                    // raw_string defines its one column.
+                    (None, TableKind::Source, lines::LineFormat::Raw) => {
+                        Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+                            "value",
+                            datafusion::arrow::datatypes::DataType::Utf8,
+                            true,
+                        )]))
+                    }
+                    (None, TableKind::Source, _) => {
+                        return Err(ConnectorError::Usage(
+                            "a kafka source needs its columns declared (or format = 'raw_string')"
+                                .into(),
+                        ));
+                    }
+                    (None, TableKind::Sink, _) => Arc::new(Schema::empty()),
+                };
+                (ConnectorConfig::Kafka(config), schema, kind)
+            }
             "stdout" | "blackhole" | "single_file" => {
                 if connector == "single_file" && declared_type.is_none() {
                     return Err(ConnectorError::MissingOption {
@@ -264,6 +347,7 @@ impl ConnectorTable {
             return Err(ConnectorError::UnknownOption {
                 connector: connector.to_string(),
                 option: option.to_string(),
+                suggestion: options.suggestion(option),
             });
         }
         Ok(ConnectorTable {
@@ -273,12 +357,65 @@ impl ConnectorTable {
             config,
             event_time,
             generated: Vec::new(),
+            metadata: Vec::new(),
         })
+    }
+
+    /// Makes `column` a metadata column holding `key` (`column TYPE METADATA FROM 'key'`).
+    pub fn add_metadata(&mut self, column: &str, key: &str) -> Result<(), ConnectorError> {
+        let usage = |m: String| Err(ConnectorError::Usage(m));
+        if !matches!(self.config, ConnectorConfig::Kafka(_)) || self.kind != TableKind::Source {
+            return usage(format!(
+                "METADATA FROM: table '{}' is not a kafka source; only kafka sources have metadata columns",
+                self.name
+            ));
+        }
+        let Ok(index) = self.schema.index_of(column) else {
+            return usage(format!(
+                "METADATA FROM: table '{}' has no column '{column}'",
+                self.name
+            ));
+        };
+        let Some((_, read_as)) = kafka::MetadataField::parse(key) else {
+            return usage(format!(
+                "unknown metadata '{key}'{} (known: offset_id, partition, topic, timestamp, key)",
+                did_you_mean(&options::closest(
+                    key,
+                    ["offset_id", "partition", "topic", "timestamp", "key"].into_iter()
+                ))
+            ));
+        };
+        let wanted = self.schema.field(index).data_type();
+        if !datafusion::arrow::compute::can_cast_types(&read_as, wanted) {
+            return usage(format!(
+                "metadata '{key}' is {read_as} and cannot fill column '{column}' of type {wanted}"
+            ));
+        }
+        self.metadata.push(MetadataColumn {
+            index,
+            key: key.to_string(),
+        });
+        Ok(())
+    }
+
+    /// The options of this table that make a worker read a file, load code or run a command
+    /// on its host. Planning refuses none of them: the daemon's access policy decides, per
+    /// caller, with this list (today only Kafka's `client_configs` entries, such as
+    /// `ssl.key.location` or `plugin.library.paths`).
+    pub fn host_access(&self) -> Vec<HostAccess> {
+        match &self.config {
+            ConnectorConfig::Kafka(config) => kafka::host_access(&self.name, &config.connection),
+            _ => Vec::new(),
+        }
     }
 
     /// True for a source of changes (retractions and inserts), such as a Debezium source.
     pub fn updating(&self) -> bool {
-        matches!(&self.config, ConnectorConfig::FileSource(c) if c.updating())
+        match &self.config {
+            ConnectorConfig::FileSource(c) => c.updating(),
+            ConnectorConfig::Kafka(c) => c.updating(),
+            _ => false,
+        }
     }
 
     /// The default sink of a bare SELECT with this schema.
@@ -290,6 +427,7 @@ impl ConnectorTable {
             config: ConnectorConfig::Preview,
             event_time: EventTimeSpec::default(),
             generated: Vec::new(),
+            metadata: Vec::new(),
         }
     }
 
@@ -324,6 +462,9 @@ impl ConnectorTable {
                     projection,
                 )))
             }
+            ConnectorConfig::Kafka(config) if self.kind == TableKind::Source => Ok(Arc::new(
+                kafka::KafkaSourceFactory::new(config, self, projection)?,
+            )),
             _ if !self.generated.is_empty() => Err(ConnectorError::Usage(format!(
                 "table '{}' cannot have virtual columns",
                 self.name
@@ -345,6 +486,11 @@ impl ConnectorTable {
         }
         if let ConnectorConfig::FileSystemSink(config) = &self.config {
             return Ok(Arc::new(filesystem::FileSystemSinkFactory::new(
+                self, config, updating,
+            )?));
+        }
+        if let ConnectorConfig::Kafka(config) = &self.config {
+            return Ok(Arc::new(kafka::KafkaSinkFactory::new(
                 self, config, updating,
             )?));
         }

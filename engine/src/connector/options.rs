@@ -1,5 +1,5 @@
 //! A table's WITH options, consumed one by one so that whatever is left over is reported as
-//! unknown.
+//! unknown, with the option the connector asked for that is closest to it ("did you mean").
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,26 +11,53 @@ use super::ConnectorError;
 pub struct Options {
     entries: Vec<(String, String)>,
     taken: Vec<bool>,
+    /// Every key a connector asked for: the options it knows.
+    asked: Vec<String>,
 }
 
 impl Options {
     pub fn new(entries: Vec<(String, String)>) -> Self {
         let taken = vec![false; entries.len()];
-        Options { entries, taken }
+        Options {
+            entries,
+            taken,
+            asked: Vec::new(),
+        }
     }
 
     /// Takes the value of `key`, marking it used.
     pub fn take(&mut self, key: &str) -> Option<String> {
+        if !self.asked.iter().any(|k| k == key) {
+            self.asked.push(key.to_string());
+        }
         let i = self.entries.iter().position(|(k, _)| k == key)?;
         self.taken[i] = true;
         Some(self.entries[i].1.clone())
     }
 
-    /// Takes a required option.
+    /// Takes a required option. When it is missing and an unknown option is a near miss of
+    /// it, that option is the error (with the suggestion), not the missing one.
     pub fn require(&mut self, connector: &str, key: &str) -> Result<String, ConnectorError> {
-        self.take(key).ok_or_else(|| ConnectorError::MissingOption {
-            connector: connector.to_string(),
-            option: key.to_string(),
+        if let Some(value) = self.take(key) {
+            return Ok(value);
+        }
+        let typo = self
+            .entries
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|((k, _), _)| k)
+            .find(|k| closest(k, std::iter::once(key)).is_some());
+        Err(match typo {
+            Some(typo) => ConnectorError::UnknownOption {
+                connector: connector.to_string(),
+                option: typo.clone(),
+                suggestion: Some(key.to_string()),
+            },
+            None => ConnectorError::MissingOption {
+                connector: connector.to_string(),
+                option: key.to_string(),
+            },
         })
     }
 
@@ -93,6 +120,11 @@ impl Options {
             .transpose()
     }
 
+    /// The option the connector asked for that `unknown` is a near miss of, if any.
+    pub fn suggestion(&self, unknown: &str) -> Option<String> {
+        closest(unknown, self.asked.iter().map(String::as_str))
+    }
+
     /// Names of the options nobody took, in the order written.
     pub fn unused(&self) -> impl Iterator<Item = &str> {
         self.entries
@@ -124,6 +156,20 @@ pub enum ValueError {
     /// A size beyond 64 bits.
     #[error("'{0}' is too large")]
     TooLarge(String),
+}
+
+/// The candidate closest to `word`, if it is a near miss (a typo, a changed separator): a
+/// Damerau-Levenshtein distance of at most a third of the word, or the same words in
+/// another spelling (`idle.time` for `idle_time`).
+pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    let normal = |s: &str| s.to_ascii_lowercase().replace(['.', '-', ' '], "_");
+    let word_n = normal(word);
+    candidates
+        .filter(|c| *c != word)
+        .map(|c| (strsim::damerau_levenshtein(&word_n, &normal(c)), c))
+        .filter(|(d, _)| *d <= (word.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_string())
 }
 
 /// Parses a duration such as `10s`, `1.5 seconds`, `250ms`, `2 minutes`, `1h`.
@@ -207,6 +253,33 @@ mod tests {
         assert_eq!(parse_data_size("1k"), Ok(1024));
         assert!(parse_data_size("1.5MB").is_err());
         assert!(parse_data_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn near_misses_are_suggested() {
+        let mut o = Options::new(vec![("bootstrap_server".into(), "x".into())]);
+        assert_eq!(o.take("bootstrap_servers"), None);
+        assert_eq!(o.take("topic"), None);
+        assert_eq!(
+            o.suggestion("bootstrap_server").as_deref(),
+            Some("bootstrap_servers")
+        );
+        assert_eq!(o.suggestion("sink.commit-mode"), None);
+        o.take("sink.commit_mode");
+        assert_eq!(
+            o.suggestion("sink.commit-mode").as_deref(),
+            Some("sink.commit_mode")
+        );
+        assert_eq!(o.suggestion("colour"), None);
+        // A required option written wrong is reported as the unknown one.
+        assert_eq!(
+            o.require("kafka", "bootstrap_servers"),
+            Err(ConnectorError::UnknownOption {
+                connector: "kafka".into(),
+                option: "bootstrap_server".into(),
+                suggestion: Some("bootstrap_servers".into()),
+            })
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ impl OperatorFactory for SinkFactory {
                 restored: None,
             }),
             ConnectorConfig::Impulse(_)
+            | ConnectorConfig::Kafka(_)
             | ConnectorConfig::Nexmark(_)
             | ConnectorConfig::FileSource(_)
             | ConnectorConfig::FileSystemSource(_)
@@ -173,36 +174,48 @@ pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, 
     Ok(buf)
 }
 
-impl Sink {
-    /// Wraps JSON lines as Debezium change events: a retraction is a delete, anything else a
-    /// create.
-    fn debezium_lines(&self, batch: &RecordBatch, lines: &[u8]) -> Vec<u8> {
-        let retract = (self.hidden == 2).then(|| {
-            batch
-                .column(batch.num_columns() - 2)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                .expect("the retraction flag is a boolean")
-                .clone()
-        });
-        let mut out = Vec::with_capacity(lines.len() + batch.num_rows() * 40);
-        for (i, line) in lines
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            if retract.as_ref().is_some_and(|r| r.value(i)) {
-                out.extend_from_slice(b"{\"before\":");
-                out.extend_from_slice(line);
-                out.extend_from_slice(b",\"after\":null,\"op\":\"d\"}\n");
-            } else {
-                out.extend_from_slice(b"{\"before\":null,\"after\":");
-                out.extend_from_slice(line);
-                out.extend_from_slice(b",\"op\":\"c\"}\n");
-            }
-        }
-        out
+/// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines, or as
+/// Debezium change events with `debezium` (a retraction is a delete, anything else a create;
+/// timestamps as epoch milliseconds).
+pub(super) fn encode_rows(
+    batch: &RecordBatch,
+    hidden: usize,
+    debezium: bool,
+) -> Result<Vec<u8>, RunError> {
+    if !debezium {
+        return encode_json_lines(batch, hidden);
     }
+    let visible: Vec<usize> = (0..batch.num_columns() - hidden).collect();
+    let rows = batch
+        .project(&visible)
+        .and_then(|b| super::debezium::timestamps_as_millis(&b))
+        .map_err(RunError::Encode)?;
+    let lines = encode_json_lines(&rows, 0)?;
+    let retract = (hidden == 2).then(|| {
+        batch
+            .column(batch.num_columns() - 2)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+            .expect("the retraction flag is a boolean")
+            .clone()
+    });
+    let mut out = Vec::with_capacity(lines.len() + batch.num_rows() * 40);
+    for (i, line) in lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        if retract.as_ref().is_some_and(|r| r.value(i)) {
+            out.extend_from_slice(b"{\"before\":");
+            out.extend_from_slice(line);
+            out.extend_from_slice(b",\"after\":null,\"op\":\"d\"}\n");
+        } else {
+            out.extend_from_slice(b"{\"before\":null,\"after\":");
+            out.extend_from_slice(line);
+            out.extend_from_slice(b",\"op\":\"c\"}\n");
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -216,19 +229,7 @@ impl Operator for Sink {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
-        let mut lines = if self.debezium {
-            let visible: Vec<usize> = (0..batch.num_columns() - self.hidden).collect();
-            let rows = batch
-                .project(&visible)
-                .and_then(|b| super::debezium::timestamps_as_millis(&b))
-                .map_err(|e| self.fail(RunError::Encode(e)))?;
-            encode_json_lines(&rows, 0).map_err(|e| self.fail(e))?
-        } else {
-            encode_json_lines(&batch, self.hidden).map_err(|e| self.fail(e))?
-        };
-        if self.debezium {
-            lines = self.debezium_lines(&batch, &lines);
-        }
+        let lines = encode_rows(&batch, self.hidden, self.debezium).map_err(|e| self.fail(e))?;
         match &mut self.target {
             Target::Blackhole => Ok(()),
             Target::Stdout => {

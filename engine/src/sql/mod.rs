@@ -83,6 +83,9 @@ pub struct PlannedQuery {
     /// parsed and printed back, each query's logical plan), blind to whitespace, comments
     /// and keyword case.
     pub fingerprint: String,
+    /// Options of its tables that read files, load code or run commands on the worker's
+    /// host ([`ConnectorTable::host_access`]): for the daemon's access policy.
+    pub host_access: Vec<crate::connector::HostAccess>,
 }
 
 fn parser_options() -> ParserOptions {
@@ -117,6 +120,11 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         return Err(errors);
     }
     let sinks = builder.sinks().to_vec();
+    let mut host_access: Vec<_> = catalog
+        .connector_tables()
+        .flat_map(|t| t.host_access())
+        .collect();
+    host_access.sort_by(|a, b| (&a.table, &a.option).cmp(&(&b.table, &b.option)));
     let fingerprint = format!(
         "{:016x}",
         crate::storage::checksum::fnv1a64(prints.join("\n;\n").as_bytes())
@@ -125,6 +133,7 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         program: builder.finish(),
         sinks,
         fingerprint,
+        host_access,
     })
 }
 
@@ -148,6 +157,9 @@ fn plan_statement(
     }
     if !matches!(stmt, Statement::Query(_) | Statement::Insert(_)) {
         let mut print = stmt.to_string();
+        for m in &raw.metadata {
+            print.push_str(&format!(" METADATA {} FROM {}", m.column, m.key));
+        }
         for w in &raw.watermarks {
             // The expression as parsed and printed back, like the rest of the statement.
             let expr = w.expr.as_ref().map(|tokens| {
@@ -173,6 +185,16 @@ fn plan_statement(
         Statement::CreateTable(create) => {
             let name = table_name(&create.name);
             let mut table = create_table(create, raw.start, catalog)?;
+            for m in &raw.metadata {
+                let TableEntry::Connector(t) = &mut table else {
+                    return Err(SqlError::at(
+                        "a memory table has no metadata columns",
+                        m.start,
+                    ));
+                };
+                t.add_metadata(&m.column, &m.key)
+                    .map_err(|e| SqlError::at(e.to_string(), m.start))?;
+            }
             if let Some(w) = raw.watermarks.first() {
                 let TableEntry::Connector(t) = &mut table else {
                     return Err(SqlError::at("a memory table has no watermark", w.start));

@@ -120,6 +120,14 @@ impl Catalog {
         true
     }
 
+    /// The connector tables defined so far.
+    pub fn connector_tables(&self) -> impl Iterator<Item = &crate::connector::ConnectorTable> {
+        self.tables.values().filter_map(|e| match e.as_ref() {
+            TableEntry::Connector(t) => Some(t),
+            _ => None,
+        })
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<TableEntry>> {
         self.tables.get(name)
     }

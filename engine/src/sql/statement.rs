@@ -4,7 +4,9 @@
 //! 1. `WATERMARK FOR col [AS expr]` inside a CREATE TABLE's column list is cut out and kept
 //!    as a [`WatermarkClause`].
 //! 2. A quoted option key in `WITH ('json.unstructured' = 'true')` becomes a quoted identifier.
-//! 3. A lone `?` is the JSON operator `json ? key`, not a placeholder.
+//! 3. `METADATA FROM 'key'` after a column's type is cut out and kept as a
+//!    [`MetadataClause`].
+//! 4. A lone `?` is the JSON operator `json ? key`, not a placeholder.
 
 use datafusion::sql::sqlparser::dialect::Dialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -20,6 +22,16 @@ pub struct RawStatement {
     pub start: Location,
     /// `WATERMARK FOR` clauses cut out of a CREATE TABLE.
     pub watermarks: Vec<WatermarkClause>,
+    /// `METADATA FROM` clauses cut out of a CREATE TABLE's columns.
+    pub metadata: Vec<MetadataClause>,
+}
+
+/// `column TYPE METADATA FROM 'key'`.
+#[derive(Debug, Clone)]
+pub struct MetadataClause {
+    pub column: String,
+    pub key: String,
+    pub start: Location,
 }
 
 /// `WATERMARK FOR column [AS expr]`.
@@ -79,6 +91,7 @@ fn push_statement(out: &mut Vec<RawStatement>, tokens: Vec<TokenWithSpan>) {
         tokens,
         start,
         watermarks: vec![],
+        metadata: vec![],
     };
     if is_create_table(&stmt.tokens) {
         rewrite_create_table(&mut stmt);
@@ -116,6 +129,8 @@ fn rewrite_create_table(stmt: &mut RawStatement) {
     let mut in_columns = false;
     let mut in_options = false;
     let mut seen_columns = false;
+    // Where the current column's definition starts in `out`.
+    let mut column_start = 0;
     let mut i = 0;
     while i < tokens.len() {
         let t = &tokens[i];
@@ -128,9 +143,43 @@ fn rewrite_create_table(stmt: &mut RawStatement) {
                     } else if !seen_columns {
                         in_columns = true;
                         seen_columns = true;
+                        column_start = out.len() + 1;
                     }
                 }
                 depth += 1;
+            }
+            Token::Comma if in_columns && depth == 1 => column_start = out.len() + 1,
+            Token::Word(w)
+                if in_columns && depth == 1 && w.value.eq_ignore_ascii_case("metadata") =>
+            {
+                let mut rest = tokens[i + 1..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| !is_trivia(&t.token));
+                if let (Some((_, from)), Some((k, key))) = (rest.next(), rest.next())
+                    && is_word(&from.token, Keyword::FROM)
+                {
+                    let column = out[column_start.min(out.len())..]
+                        .iter()
+                        .find(|t| !is_trivia(&t.token))
+                        .map(|t| match &t.token {
+                            Token::Word(w) if w.quote_style.is_some() => w.value.clone(),
+                            Token::Word(w) => w.value.to_ascii_lowercase(),
+                            other => other.to_string(),
+                        })
+                        .unwrap_or_default();
+                    let key = match &key.token {
+                        Token::SingleQuotedString(k) | Token::DoubleQuotedString(k) => k.clone(),
+                        other => other.to_string(),
+                    };
+                    stmt.metadata.push(MetadataClause {
+                        column,
+                        key,
+                        start: t.span.start,
+                    });
+                    i += k + 2;
+                    continue;
+                }
             }
             Token::RParen => {
                 depth -= 1;
@@ -253,6 +302,24 @@ mod tests {
         let rest = text(&s[0].tokens);
         assert!(rest.contains("NOT NULL, x INT"), "{rest}");
         assert!(rest.contains("\"json.unstructured\" = 'true'"), "{rest}");
+    }
+
+    #[test]
+    fn cuts_metadata_clauses_out_of_column_definitions() {
+        let sql = "CREATE TABLE t (v TEXT, \"Off\" BIGINT METADATA FROM 'offset_id', p INT NOT NULL METADATA FROM 'partition') WITH (connector = 'kafka')";
+        let s = split(sql, &GenericDialect {}).unwrap();
+        let m: Vec<(&str, &str)> = s[0]
+            .metadata
+            .iter()
+            .map(|m| (m.column.as_str(), m.key.as_str()))
+            .collect();
+        assert_eq!(m, vec![("Off", "offset_id"), ("p", "partition")]);
+        assert_eq!(s[0].metadata[0].start.column, 38);
+        let rest = text(&s[0].tokens);
+        assert!(
+            rest.contains("(v TEXT, \"Off\" BIGINT , p INT NOT NULL )"),
+            "{rest}"
+        );
     }
 
     #[test]

@@ -44,6 +44,10 @@ impl TaskInfo {
 /// What a run gets from the process that embeds the engine.
 #[derive(Debug, Clone, Default)]
 pub struct JobContext {
+    /// The pipeline's id: it names what the run leaves on outside systems that must survive
+    /// a restart (a Kafka sink's transactional ids, a source's consumer group). Empty outside
+    /// a pipeline.
+    pub pipeline: String,
     /// Where the default sink sends its rows, as JSON objects in batches. Without it the
     /// default sink discards its rows.
     pub preview: Option<mpsc::Sender<Vec<String>>>,

@@ -121,6 +121,20 @@ impl SourceContext {
         }
     }
 
+    /// The epoch of the barrier waiting to be sent, if one is.
+    pub fn due_epoch(&self) -> Option<u64> {
+        self.barrier_due()
+            .then(|| self.trigger.borrow().map(|b| b.epoch))
+            .flatten()
+    }
+
+    /// The completed epochs (newest, and whether it is the run's last), for a source that
+    /// acts once a checkpoint it took part in is complete (commits its position elsewhere).
+    /// None without checkpointing.
+    pub(crate) fn completions(&self) -> Option<super::protocol::Completions> {
+        self.link.as_ref().map(|l| l.completed.clone())
+    }
+
     /// True when a checkpoint barrier is waiting to be sent.
     pub fn barrier_due(&self) -> bool {
         self.link.is_some()

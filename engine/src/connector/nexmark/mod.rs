@@ -466,7 +466,8 @@ mod tests {
             err,
             ConnectorError::UnknownOption {
                 connector: "nexmark".into(),
-                option: "message_count".into()
+                option: "message_count".into(),
+                suggestion: None,
             }
         );
         let mut o = options(&[("event_rate", "10")]);
