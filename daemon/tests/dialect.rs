@@ -220,7 +220,7 @@ fn unknown_settings_and_outer_windowless_joins_are_refused() {
     );
     // At the JOIN, saying what is supported.
     assert!(
-        err.contains(":3:31: LEFT joins need both sides grouped by the same window"),
+        err.contains(":3:31: error: LEFT joins need both sides grouped by the same window"),
         "{err}"
     );
 }

@@ -470,13 +470,13 @@ CREATE TABLE g WITH (connector = 'sse', endpoint = 'http://127.0.0.1:1/x', forma
 SELECT 1;";
     let stderr = query_refused(sql);
     for expected in [
-        "<stdin>:1:87: unknown option 'evnts' for connector 'sse'",
-        "<stdin>:2:96: invalid value 'sometimes' for option 'emit_behavior': expected 'all' or 'changed'",
-        "<stdin>:3:47: invalid value 'http://127.0.0.1:1…' for option 'endpoint': the scheme must be 'ws' or 'wss'",
-        "<stdin>:4:80: invalid value '0' for option 'batch.max_rows': must be above 0",
-        "<stdin>:5:1: give either 'subscription_message' or 'subscription_messages.N', not both",
-        "<stdin>:6:108: invalid value 'often' for option 'poll_interval_ms'",
-        "<stdin>:7:99: invalid value 'Authorization' for option 'headers'",
+        "<stdin>:1:87: error: unknown option 'evnts' for connector 'sse'",
+        "<stdin>:2:96: error: invalid value 'sometimes' for option 'emit_behavior': expected 'all' or 'changed'",
+        "<stdin>:3:47: error: invalid value 'http://127.0.0.1:1…' for option 'endpoint': the scheme must be 'ws' or 'wss'",
+        "<stdin>:4:80: error: invalid value '0' for option 'batch.max_rows': must be above 0",
+        "<stdin>:5:1: error: give either 'subscription_message' or 'subscription_messages.N', not both",
+        "<stdin>:6:108: error: invalid value 'often' for option 'poll_interval_ms'",
+        "<stdin>:7:99: error: invalid value 'Authorization' for option 'headers'",
     ] {
         assert!(
             stderr.contains(expected),

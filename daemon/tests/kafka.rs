@@ -894,10 +894,10 @@ CREATE TABLE e (n BIGINT, o BIGINT METADATA FROM 'ofset_id') WITH (connector = '
 SELECT 1;";
     let stderr = harness::query_refused(sql);
     for wanted in [
-        "2:3: unknown option 'bootstrap_server' for connector 'kafka' (did you mean 'bootstrap_servers'?)",
-        "4:33: invalid value 'beginning' for option 'source.offset'",
+        "2:3: error: unknown option 'bootstrap_server' for connector 'kafka' (did you mean 'bootstrap_servers'?)",
+        "4:33: error: invalid value 'beginning' for option 'source.offset'",
         "unknown connector 'kafak' (did you mean 'kafka'?)",
-        "6:36: unknown metadata 'ofset_id' (did you mean 'offset_id'?)",
+        "6:36: error: unknown metadata 'ofset_id' (did you mean 'offset_id'?)",
     ] {
         assert!(stderr.contains(wanted), "wanted '{wanted}' in:\n{stderr}");
     }

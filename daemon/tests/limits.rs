@@ -354,7 +354,11 @@ fn input_edge_cases_are_read_or_refused_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 500);
-    assert_eq!(stderr.matches("dropped a bad record").count(), 10, "{stderr}");
+    assert_eq!(
+        stderr.matches("dropped a bad record").count(),
+        10,
+        "{stderr}"
+    );
     assert!(stderr.contains("dropped=500"), "{stderr}");
 
     // A missing event time under `fail`: the file and the line.

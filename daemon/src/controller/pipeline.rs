@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::location;
-use super::machine::{Command, Effect, Event, EventKind, Machine, StopMode, Timer};
+use super::machine::{Command, Effect, Event, EventKind, Machine, Refusal, StopMode, Timer};
 use super::protocol::{Attachment, Envelope, PipelineView, Rejected, ReportStream, StartSpec};
 use crate::engine::error_chain;
 use crate::metrics::Metrics;
@@ -78,6 +78,9 @@ pub struct PipelineTask {
     reports: Option<(u64, ReportStream)>,
     /// A Hello waiting for the machine's answer.
     attaching: Option<(ReportStream, oneshot::Sender<Option<Attachment>>)>,
+    /// Commands refused only because the previous worker is still exiting: applied again
+    /// once it has exited, so `stop` then `delete` works without the caller retrying.
+    parked: Vec<(Event, oneshot::Sender<Result<PipelineView, Rejected>>)>,
     timers: Vec<(tokio::time::Instant, Timer)>,
 }
 
@@ -106,6 +109,7 @@ impl PipelineTask {
             commands: None,
             reports: None,
             attaching: None,
+            parked: Vec::new(),
             timers: Vec::new(),
         };
         let rx = task.view.subscribe();
@@ -163,10 +167,16 @@ impl PipelineTask {
                     due.map(|i| Event::Fired(self.timers.swap_remove(i).1))
                 }
             };
+            let exited = matches!(event, Some(Event::Exited { .. }));
             if let Some(event) = event
                 && let Err(e) = self.handle(event).await
             {
                 debug!(error = %e, "an internal event was refused");
+            }
+            if exited {
+                for (event, reply) in std::mem::take(&mut self.parked) {
+                    self.command(event, reply).await;
+                }
             }
             if self.machine.is_deleted() {
                 break;
@@ -174,12 +184,24 @@ impl PipelineTask {
         }
     }
 
+    /// Applies a caller's command and replies, or parks it until the previous worker exits.
+    async fn command(
+        &mut self,
+        event: Event,
+        reply: oneshot::Sender<Result<PipelineView, Rejected>>,
+    ) {
+        let result = self.handle(event.clone()).await;
+        if matches!(result, Err(Rejected::Refused(Refusal::WorkerExiting))) && self.child.is_some()
+        {
+            self.parked.push((event, reply));
+            return;
+        }
+        let _ = reply.send(result.map(|()| self.snapshot()));
+    }
+
     async fn on_envelope(&mut self, envelope: Envelope) {
         match envelope {
-            Envelope::Command { event, reply } => {
-                let result = self.handle(event).await;
-                let _ = reply.send(result.map(|()| self.snapshot()));
-            }
+            Envelope::Command { event, reply } => self.command(event, reply).await,
             Envelope::Attach {
                 generation,
                 reports,

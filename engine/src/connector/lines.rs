@@ -509,7 +509,8 @@ impl LineReader {
         first_line: u64,
     ) -> Result<(), TaskError> {
         let batches = self.decode(part, first_line)?;
-        self.emit_batches(ctx, batches, Some((part, first_line))).await
+        self.emit_batches(ctx, batches, Some((part, first_line)))
+            .await
     }
 
     /// Decodes whole messages (each one record: a JSON object, or a text for `raw_string`)
