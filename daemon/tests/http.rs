@@ -403,7 +403,7 @@ fn a_webhook_refusal_fails_the_pipeline_naming_the_status() {
     let dir = tempfile::tempdir().unwrap();
     let sql = format!(
         "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '100');
-         CREATE TABLE hook WITH (connector = 'webhook', endpoint = '{}');
+         CREATE TABLE hook WITH (connector = 'webhook', endpoint = '{}', max_in_flight = '1');
          INSERT INTO hook SELECT counter FROM impulse;",
         server.server.url(&format!("/hook?token={SECRET}"))
     );
@@ -416,7 +416,7 @@ fn a_webhook_refusal_fails_the_pipeline_naming_the_status() {
     );
     assert!(log.contains(&shown), "{log}");
     assert_no_secret(&log);
-    // Refused, not retried.
+    // Refused, not retried (one request under way at a time, so nothing else was sent).
     assert_eq!(server.requests().len(), 1);
 }
 

@@ -26,8 +26,13 @@ use super::{Backoff, Endpoint, HttpError, IDLE_WATERMARK_EVERY, MAX_BACKOFF, Ret
 use crate::connector::lines::LineReader;
 use crate::task::{Source, SourceContext, SourceEnd, TaskError};
 
-/// One connection's items as they arrive; an error ends the connection (its text is logged).
-pub(super) type Connection<I> = Pin<Box<dyn Stream<Item = Result<I, String>> + Send>>;
+/// One connection's items as they arrive; an error ends the connection (and is logged).
+pub(super) type Connection<I> = Pin<Box<dyn Stream<Item = Result<I, Broken>> + Send>>;
+
+/// Why a connection ended: logged as a warning, then the source reconnects.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Broken(pub String);
 
 /// How a connection attempt failed.
 pub(super) enum Failed {
@@ -126,7 +131,7 @@ pub(super) async fn run<F: Feed>(
         };
         let mut batch = Vec::new();
         // What ended the connection, once the items before it are out.
-        let mut ended: Option<String> = None;
+        let mut ended: Option<Broken> = None;
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
@@ -136,7 +141,7 @@ pub(super) async fn run<F: Feed>(
                     break;
                 }
                 None => {
-                    ended = Some("the server ended it".into());
+                    ended = Some(Broken("the server ended it".into()));
                     break;
                 }
             }
@@ -162,7 +167,7 @@ pub(super) async fn run<F: Feed>(
             log.warn(
                 &endpoint,
                 &format!("the {} broke off", F::WHAT),
-                &error,
+                &error.0,
                 delay,
             );
             retry_at = Instant::now() + delay;

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CACHE_CONTROL, HeaderName};
 use tracing::info;
 
-use super::feed::{self, Connection, Failed, Feed};
+use super::feed::{self, Broken, Connection, Failed, Feed};
 use super::{
     Endpoint, HttpError, SourceOptions, Verdict, describe, stay_idle, verdict, with_headers,
 };
@@ -136,9 +136,11 @@ impl Feed for SseSource {
         match verdict(response.status()) {
             Verdict::Ok => Ok(Box::pin(response.bytes_stream().eventsource().map(
                 |item| {
-                    item.map_err(|e| match e {
-                        EventStreamError::Transport(e) => describe(e),
-                        other => other.to_string(),
+                    item.map_err(|e| {
+                        Broken(match e {
+                            EventStreamError::Transport(e) => describe(e),
+                            other => other.to_string(),
+                        })
                     })
                 },
             ))),

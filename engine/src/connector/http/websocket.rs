@@ -20,7 +20,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::feed::{self, Connection, Failed, Feed};
+use super::feed::{self, Broken, Connection, Failed, Feed};
 use super::{CONNECT_TIMEOUT, Endpoint, HttpError, SourceOptions, Verdict, stay_idle, verdict};
 use crate::connector::lines::LineReader;
 use crate::connector::{ConnectorError, Options};
@@ -153,12 +153,12 @@ impl Feed for WebSocketSource {
                 .map_err(|e| Failed::Retry(format!("sending the subscription: {e}")))?;
         }
         Ok(Box::pin(socket.map(|item| match item {
-            Ok(Message::Close(frame)) => Err(match frame {
+            Ok(Message::Close(frame)) => Err(Broken(match frame {
                 Some(f) => format!("the server closed it ({}: {})", f.code, f.reason),
                 None => "the server closed it".into(),
-            }),
+            })),
             Ok(message) => Ok(message),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Broken(e.to_string())),
         })))
     }
 
