@@ -12,6 +12,7 @@
 //!
 //! Planning is pure: it reads no file and starts nothing, so `validate` is just `plan`.
 
+mod balance;
 #[cfg(test)]
 mod dialect_tests;
 mod json_fn;
@@ -161,7 +162,7 @@ fn plan_statement(
     prints: &mut Vec<String>,
 ) -> Result<(), SqlError> {
     let mut parser = new_parser(dialect, raw.tokens.clone());
-    let stmt = parser.parse_statement().map_err(|e| match e {
+    let mut stmt = parser.parse_statement().map_err(|e| match e {
         // Where the parser gave up: the nesting too deep.
         ParserError::RecursionLimitExceeded => parser_error(e, parser.peek_token().span.start),
         e => parser_error(e, raw.start),
@@ -173,6 +174,7 @@ fn plan_statement(
             next.span.start,
         ));
     }
+    balance::balance_chains(&mut stmt);
     if !matches!(stmt, Statement::Query(_) | Statement::Insert(_)) {
         let mut print = stmt.to_string();
         for m in &raw.metadata {
