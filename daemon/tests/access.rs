@@ -102,14 +102,24 @@ fn assert_refused(out: &Output, needles: &[&str]) {
     }
 }
 
-fn single_file_copy(from: &Path, to: &Path) -> String {
+/// A query copying the JSON rows of `from` (read with `source`: `single_file` for a file,
+/// `filesystem` for a directory) into the file `to`.
+fn copy_query(source: &str, from: &Path, to: &Path) -> String {
     format!(
-        "CREATE TABLE src (n BIGINT) WITH (connector = 'single_file', type = 'source', path = '{}', format = 'json');
+        "CREATE TABLE src (n BIGINT) WITH (connector = '{source}', type = 'source', path = '{}', format = 'json');
          CREATE TABLE dst (n BIGINT) WITH (connector = 'single_file', type = 'sink', path = '{}');
          INSERT INTO dst SELECT n FROM src;",
         from.display(),
         to.display()
     )
+}
+
+fn single_file_copy(from: &Path, to: &Path) -> String {
+    copy_query("single_file", from, to)
+}
+
+fn directory_copy(from: &Path, to: &Path) -> String {
+    copy_query("filesystem", from, to)
 }
 
 #[test]
@@ -258,13 +268,7 @@ fn a_group_members_pipeline_gets_none_of_the_daemons_rights() {
     std::fs::create_dir(&files).unwrap();
     std::fs::write(files.join("a.json"), "{\"n\": 7}\n").unwrap();
     std::os::unix::fs::symlink(&shadow, files.join("b.json")).unwrap();
-    let listed = format!(
-        "CREATE TABLE src (n BIGINT) WITH (connector = 'filesystem', type = 'source', path = '{}', format = 'json');
-         CREATE TABLE dst (n BIGINT) WITH (connector = 'single_file', type = 'sink', path = '{}');
-         INSERT INTO dst SELECT n FROM src;",
-        files.display(),
-        allowed.join("listed.json").display()
-    );
+    let listed = directory_copy(&files, &allowed.join("listed.json"));
     let id = submitted(&submit_as(&d, MEMBER, "listed", &listed));
     let s = d.wait_state(&id, "Failed");
     let failure = s["failure"].as_str().unwrap_or_default();
@@ -331,13 +335,7 @@ fn no_pipeline_may_name_the_daemons_files_proc_or_sys() {
     let own = dir.join("own");
     std::fs::create_dir(&own).unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", own.join("x.json")).unwrap();
-    let listed = format!(
-        "CREATE TABLE src (n BIGINT) WITH (connector = 'filesystem', type = 'source', path = '{}', format = 'json');
-         CREATE TABLE dst (n BIGINT) WITH (connector = 'single_file', type = 'sink', path = '{}');
-         INSERT INTO dst SELECT n FROM src;",
-        own.display(),
-        dir.join("listed.json").display()
-    );
+    let listed = directory_copy(&own, &dir.join("listed.json"));
     let id = d.submit("listed", &listed);
     let s = d.wait_state(&id, "Failed");
     assert!(
@@ -373,4 +371,102 @@ fn header_values_and_secrets_in_worker_log_lines_are_never_shown() {
     let log = d.log();
     assert!(log.contains("no files to read"), "{log}");
     assert!(!log.contains(secret), "{log}");
+}
+
+/// A loopback HTTP listener that answers every request 403 and keeps its request heads.
+struct Recorder {
+    port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+                kept.lock().unwrap().push(head);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Recorder { port, heads }
+    }
+
+    /// Waits for the first request head and returns it.
+    fn first(&self) -> String {
+        harness::wait_until(harness::DEADLINE, "a request to the store", || {
+            self.heads.lock().unwrap().first().cloned()
+        })
+    }
+}
+
+#[test]
+fn a_group_members_object_stores_get_no_host_credentials() {
+    let mut d = shared_daemon();
+    d.envs.extend([
+        ("AWS_ACCESS_KEY_ID".to_string(), "AKIADAEMONKEY".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "daemon-secret".to_string(),
+        ),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+    ]);
+    d.restart();
+    let s3_source = |endpoint: u16, extra: &str| {
+        format!(
+            "CREATE TABLE src (n BIGINT) WITH (connector = 'filesystem', type = 'source',
+               path = 's3://bucket/in/', format = 'json',
+               'storage.aws_endpoint' = 'http://127.0.0.1:{endpoint}', 'storage.aws_allow_http' = 'true'{extra});
+             SELECT n FROM src;"
+        )
+    };
+    // The daemon's own pipeline signs with the daemon's credentials: the test can tell.
+    let own = Recorder::start();
+    d.submit("own_s3", &s3_source(own.port, ""));
+    let head = own.first();
+    assert!(head.contains("Credential=AKIADAEMONKEY/"), "{head}");
+
+    // A member's pipeline sends no credentials of the daemon: its requests are unsigned.
+    let member = Recorder::start();
+    let id = submitted(&submit_as(
+        &d,
+        MEMBER,
+        "member_s3",
+        &s3_source(member.port, ""),
+    ));
+    let head = member.first();
+    assert!(!head.contains("AKIADAEMONKEY"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization:"),
+        "{head}"
+    );
+    d.ctl_ok(&["stop", &id, "--mode", "immediate"]);
+
+    // Store settings that read a credential file of the host are refused when opened.
+    let quiet = Recorder::start();
+    let token = ", 'storage.aws_web_identity_token_file' = '/etc/passwd', 'storage.aws_role_arn' = 'arn:aws:iam::1:role/r'";
+    let id = submitted(&submit_as(
+        &d,
+        MEMBER,
+        "token_file",
+        &s3_source(quiet.port, token),
+    ));
+    let s = d.wait_state(&id, "Failed");
+    assert!(
+        s["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("storage.aws_web_identity_token_file"),
+        "{s}"
+    );
+    assert!(quiet.heads.lock().unwrap().is_empty());
 }

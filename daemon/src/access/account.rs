@@ -9,6 +9,23 @@ use std::ffi::{CStr, CString};
 /// The largest buffer a lookup grows to before it gives up.
 const MAX_BUFFER: usize = 1 << 20;
 
+/// Runs `lookup` (a `get*_r` call) with a buffer, doubled while it answers `ERANGE`; what it
+/// found, None when it failed or found nothing.
+fn with_buffer<T>(
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> Option<T> {
+    let mut size = 1024;
+    loop {
+        let mut buffer = vec![0 as libc::c_char; size];
+        let (rc, found) = lookup(&mut buffer);
+        if rc == libc::ERANGE && size < MAX_BUFFER {
+            size *= 2;
+            continue;
+        }
+        return if rc == 0 { found } else { None };
+    }
+}
+
 /// The id of the group `name` (or `name` itself when it is a number); None when the host knows
 /// no such group.
 pub fn group_id(name: &str) -> Option<u32> {
@@ -16,64 +33,51 @@ pub fn group_id(name: &str) -> Option<u32> {
         return Some(gid);
     }
     let c_name = CString::new(name).ok()?;
-    let mut size = 1024;
-    loop {
-        let mut buffer = vec![0 as libc::c_char; size];
+    with_buffer(|buffer| {
         let mut group = std::mem::MaybeUninit::<libc::group>::uninit();
         let mut found: *mut libc::group = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call: the name is NUL-terminated, `group` and
-        // `found` are writable, and `buffer` is `size` bytes long.
+        // `found` are writable, and `buffer` is as long as the length passed.
         let rc = unsafe {
             libc::getgrnam_r(
                 c_name.as_ptr(),
                 group.as_mut_ptr(),
                 buffer.as_mut_ptr(),
-                size,
+                buffer.len(),
                 &mut found,
             )
         };
-        if rc == libc::ERANGE && size < MAX_BUFFER {
-            size *= 2;
-            continue;
-        }
-        if rc != 0 || found.is_null() {
-            return None;
-        }
-        // SAFETY: `found` is non-null, so `group` was filled in.
-        return Some(unsafe { group.assume_init() }.gr_gid);
-    }
+        // SAFETY: a non-null `found` means `group` was filled in.
+        let gid = (!found.is_null()).then(|| unsafe { group.assume_init() }.gr_gid);
+        (rc, gid)
+    })
 }
 
 /// The name and primary group of user `uid`; None when the host knows no such user.
 fn user(uid: u32) -> Option<(CString, u32)> {
-    let mut size = 1024;
-    loop {
-        let mut buffer = vec![0 as libc::c_char; size];
+    with_buffer(|buffer| {
         let mut passwd = std::mem::MaybeUninit::<libc::passwd>::uninit();
         let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: `passwd` and `found` are writable and `buffer` is `size` bytes long.
+        // SAFETY: `passwd` and `found` are writable and `buffer` is as long as the length
+        // passed.
         let rc = unsafe {
             libc::getpwuid_r(
                 uid,
                 passwd.as_mut_ptr(),
                 buffer.as_mut_ptr(),
-                size,
+                buffer.len(),
                 &mut found,
             )
         };
-        if rc == libc::ERANGE && size < MAX_BUFFER {
-            size *= 2;
-            continue;
-        }
-        if rc != 0 || found.is_null() {
-            return None;
-        }
-        // SAFETY: `found` is non-null, so `passwd` was filled in, and its name points into
-        // `buffer`, alive here; the name is copied out before `buffer` is dropped.
-        let passwd = unsafe { passwd.assume_init() };
-        let name = unsafe { CStr::from_ptr(passwd.pw_name) }.to_owned();
-        return Some((name, passwd.pw_gid));
-    }
+        let user = (!found.is_null()).then(|| {
+            // SAFETY: a non-null `found` means `passwd` was filled in; its name points into
+            // `buffer`, alive here, and is copied out.
+            let passwd = unsafe { passwd.assume_init() };
+            let name = unsafe { CStr::from_ptr(passwd.pw_name) }.to_owned();
+            (name, passwd.pw_gid)
+        });
+        (rc, user)
+    })
 }
 
 /// Every group of user `uid`: its primary group and its supplementary groups, as the group

@@ -53,7 +53,7 @@ pub enum StorageError {
     /// A checkpoint's MANIFEST lists no such file.
     #[error("checkpoint {epoch} has no file {name}")]
     NoSuchFile { epoch: u64, name: String },
-    /// A path the process's confinement does not allow (see [`super::access`]).
+    /// A path the confinement of the process does not allow (its `access` module).
     #[error("{path} may not be used: {reason}")]
     Denied { path: String, reason: String },
     /// A blocking file task panicked or was cancelled.

@@ -231,35 +231,50 @@ impl Location {
         Ok(match self.scheme {
             Scheme::Local => Arc::new(LocalFileSystem::new()),
             Scheme::S3 => {
-                let b = match confined {
-                    true => AmazonS3Builder::new(),
-                    false => AmazonS3Builder::from_env(),
+                let b = if confined {
+                    AmazonS3Builder::new()
+                } else {
+                    AmazonS3Builder::from_env()
                 };
-                let mut b = b.with_url(&self.base).with_skip_signature(unsigned);
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }
             Scheme::Gcs => {
-                let b = match confined {
-                    true => GoogleCloudStorageBuilder::new(),
-                    false => GoogleCloudStorageBuilder::from_env(),
+                let b = if confined {
+                    GoogleCloudStorageBuilder::new()
+                } else {
+                    GoogleCloudStorageBuilder::from_env()
                 };
-                let mut b = b.with_url(&self.base).with_skip_signature(unsigned);
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }
             Scheme::Azure => {
-                let b = match confined {
-                    true => MicrosoftAzureBuilder::new(),
-                    false => MicrosoftAzureBuilder::from_env(),
+                let b = if confined {
+                    MicrosoftAzureBuilder::new()
+                } else {
+                    MicrosoftAzureBuilder::from_env()
                 };
-                let mut b = b.with_url(&self.base).with_skip_signature(unsigned);
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }
