@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::Policy;
+use crate::access::{Policy, PolicyError};
 use crate::engine::{LocationError, StorageUrl, absolute_path, fnv1a64};
 
 /// The default config file, read when it exists and no `--config` is given.
@@ -68,12 +68,9 @@ pub enum SettingsError {
     /// `log_format` is not `text` nor `json`.
     #[error("log_format '{0}': use text or json")]
     LogFormat(String),
-    /// `allowed_group` names no group of this host.
-    #[error("allowed_group '{0}': no such group on this host")]
-    AllowedGroup(String),
-    /// An entry of `allowed_paths` is not an absolute path.
-    #[error("allowed_paths entry '{}': must be an absolute path", .0.display())]
-    AllowedPath(PathBuf),
+    /// `allowed_group` or `allowed_paths` cannot be used.
+    #[error(transparent)]
+    Access(#[from] PolicyError),
 }
 
 /// When a crashed worker is restarted, and how often before its pipeline fails.
@@ -442,31 +439,19 @@ fn access_policy(
     own: &[&Path],
     state_root: &StorageUrl,
 ) -> Result<Policy, SettingsError> {
-    let allowed_group = match env("ARROYO_ALLOWED_GROUP").or(file.allowed_group.clone()) {
-        None => None,
-        Some(name) => {
-            let gid = crate::access::account::group_id(&name)
-                .ok_or_else(|| SettingsError::AllowedGroup(name.clone()))?;
-            Some((name, gid))
-        }
-    };
-    let allowed_paths = match std::env::var_os("ARROYO_ALLOWED_PATHS") {
+    let group = env("ARROYO_ALLOWED_GROUP").or(file.allowed_group.clone());
+    let allowed = match std::env::var_os("ARROYO_ALLOWED_PATHS") {
         Some(list) => std::env::split_paths(&list)
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
         None => file.allowed_paths.clone().unwrap_or_default(),
     };
-    if let Some(relative) = allowed_paths.iter().find(|p| !p.is_absolute()) {
-        return Err(SettingsError::AllowedPath(relative.clone()));
-    }
-    let mut denied_paths: Vec<PathBuf> = own.iter().map(|p| p.to_path_buf()).collect();
-    denied_paths.extend(state_root.local_path());
-    Ok(Policy {
-        daemon_uid: arroyod_proto::socket::real_uid().unwrap_or(u32::MAX),
-        allowed_group,
-        allowed_paths: allowed_paths.into_iter().map(absolute).collect(),
-        denied_paths,
-    })
+    let own = own.iter().map(|p| p.to_path_buf());
+    Ok(Policy::new(
+        group,
+        allowed,
+        own.chain(state_root.local_path()).collect(),
+    )?)
 }
 
 impl Settings {

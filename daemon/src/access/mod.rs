@@ -48,7 +48,47 @@ pub struct Policy {
     pub denied_paths: Vec<PathBuf>,
 }
 
+/// Errors of building a [`Policy`] from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// `allowed_group` names no group of this host.
+    #[error("allowed_group '{0}': no such group on this host")]
+    UnknownGroup(String),
+    /// An entry of `allowed_paths` is not an absolute path.
+    #[error("allowed_paths entry '{}': must be an absolute path", .0.display())]
+    RelativePath(PathBuf),
+}
+
 impl Policy {
+    /// The policy of a daemon of this process's user: members of `group` (a name or a gid)
+    /// admitted, foreign pipelines' files under `allowed` (absolute paths), and no pipeline's
+    /// under `own`.
+    pub fn new(
+        group: Option<String>,
+        allowed: Vec<PathBuf>,
+        own: Vec<PathBuf>,
+    ) -> Result<Policy, PolicyError> {
+        let allowed_group = match group {
+            None => None,
+            Some(name) => match account::group_id(&name) {
+                Some(gid) => Some((name, gid)),
+                None => return Err(PolicyError::UnknownGroup(name)),
+            },
+        };
+        if let Some(relative) = allowed.iter().find(|p| !p.is_absolute()) {
+            return Err(PolicyError::RelativePath(relative.clone()));
+        }
+        Ok(Policy {
+            daemon_uid: arroyod_proto::socket::real_uid().unwrap_or(u32::MAX),
+            allowed_group,
+            allowed_paths: allowed
+                .iter()
+                .map(|p| crate::engine::absolute_path(p))
+                .collect(),
+            denied_paths: own,
+        })
+    }
+
     /// True when a pipeline submitted by `submitter` (None: stored before submitters were
     /// recorded, or by `arroyod run`: the daemon's own) gets none of the daemon's rights.
     pub fn foreign(&self, submitter: Option<u32>) -> bool {
@@ -170,6 +210,17 @@ mod tests {
         assert_eq!(position(q, "/work/in/x.json"), (2, 10));
         assert_eq!(position(q, "in/x.json"), (2, 10));
         assert_eq!(position(q, "/elsewhere"), (0, 0));
+    }
+
+    #[test]
+    fn unknown_groups_and_relative_paths_are_refused() {
+        let refused = Policy::new(Some("no-such-group-of-arroyod".into()), vec![], vec![]);
+        assert!(matches!(refused, Err(PolicyError::UnknownGroup(_))));
+        let refused = Policy::new(None, vec!["rel/dir".into()], vec![]);
+        assert!(matches!(refused, Err(PolicyError::RelativePath(_))));
+        let p = Policy::new(Some("0".into()), vec!["/srv/a/../b".into()], vec![]).unwrap();
+        assert_eq!(p.allowed_group, Some(("0".to_string(), 0)));
+        assert_eq!(p.allowed_paths, vec![PathBuf::from("/srv/b")]);
     }
 
     #[test]
