@@ -34,6 +34,7 @@ use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -219,6 +220,16 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, BootstrapErro
     Ok(listener)
 }
 
+/// Gives the public socket to `allowed_group`, so that its members can connect (mode 0660);
+/// a daemon that may not (not root, not in the group) says so and goes on.
+fn give_socket_to_group(socket: &Path, policy: &crate::access::Policy) {
+    if let Some((name, gid)) = &policy.allowed_group
+        && let Err(e) = std::os::unix::fs::chown(socket, None, Some(*gid))
+    {
+        warn!(socket = %socket.display(), group = %name, error = %e, "cannot give the socket to allowed_group: its members may not reach it");
+    }
+}
+
 /// Where the worker socket of a data dir lives. Unix socket paths are short (108 bytes): a
 /// long data dir puts it under the temp dir instead.
 fn worker_socket_path(data_dir: &Path) -> PathBuf {
@@ -363,6 +374,11 @@ impl Daemon {
             check_metadata_not_lost(&store, settings).await?;
         }
         let worker_socket = worker_socket_path(data_dir);
+        let mut controller_settings = settings.controller.clone();
+        controller_settings
+            .access
+            .denied_paths
+            .push(worker_socket.clone());
         let exe =
             std::env::current_exe().map_err(io("finding the binary", Path::new("arroyod")))?;
         let worker_log = (
@@ -373,7 +389,7 @@ impl Daemon {
             store,
             exe,
             worker_socket.clone(),
-            settings.controller.clone(),
+            controller_settings,
             worker_log,
         )
         .await
@@ -397,11 +413,16 @@ impl Daemon {
                 controller: controller.clone(),
             })
             .max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES);
+            // Every call is checked against the caller's SO_PEERCRED first.
+            let policy = settings.controller.access.clone();
+            let api = InterceptedService::new(api, move |r| policy.admit(r));
+            let listener = bind_socket(socket, 0o660)?;
+            give_socket_to_group(socket, &settings.controller.access);
             spawn_server(
                 &mut servers,
                 "api_server",
                 tonic::transport::Server::builder().add_service(api),
-                bind_socket(socket, 0o660)?,
+                listener,
                 stop_serving.clone(),
             );
         }

@@ -5,7 +5,7 @@
 //! them without the daemon noticing beyond this file. It owns no state and never blocks the
 //! runtime: planning goes through `spawn_blocking`, storage through object_store's async API.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use object_store::ObjectStore;
 
@@ -18,17 +18,28 @@ pub use arroyod_engine::job::{
     NodeMetrics, Outcome as RunOutcome, StopMode as EngineStop,
 };
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
+pub use arroyod_engine::storage::access::{
+    Confinement, check_with as check_path, confine, lexical_absolute,
+};
 pub use arroyod_engine::storage::checksum::fnv1a64;
 pub use arroyod_engine::storage::{
     CheckpointStore, Location, StorageError as CheckpointError, StorageError as LocationError,
     durable,
 };
+pub use arroyod_engine::{HostAccess, HostAccessKind};
 
 /// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing), once
 /// its `{{ VAR }}`s are substituted from this process's environment. Errors never show the
 /// values of secret options.
 pub async fn plan(query: String) -> Result<PlannedQuery, Vec<SqlError>> {
-    let query = secrets::substitute(&query, |name| std::env::var(name).ok()).map_err(|unset| {
+    plan_with_env(query, true).await
+}
+
+/// [`plan`], its `{{ VAR }}`s taken from this process's environment only when `from_env`
+/// (without: every one is unset, as for a pipeline of another user than the daemon's).
+pub async fn plan_with_env(query: String, from_env: bool) -> Result<PlannedQuery, Vec<SqlError>> {
+    let lookup = |name: &str| from_env.then(|| std::env::var(name).ok()).flatten();
+    let query = secrets::substitute(&query, lookup).map_err(|unset| {
         unset
             .into_iter()
             .map(|u| SqlError {
@@ -87,18 +98,7 @@ async fn plan_on_large_stack(query: String) -> Result<PlannedQuery, Vec<SqlError
 /// `path` made absolute against the working directory, with `.` and `..` resolved lexically
 /// (as object_store's local paths are): done once, when settings are built.
 pub fn absolute_path(path: &Path) -> PathBuf {
-    let joined = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
+    lexical_absolute(path)
 }
 
 /// A storage location as given at start, made absolute once: a local path (resolved against

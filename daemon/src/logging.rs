@@ -8,9 +8,12 @@
 //! - JSON, one object per line, on request (`log_format = "json"`).
 //!
 //! Workers log the same way: the daemon passes its filter and format on their command line,
-//! and each worker's lines carry its pipeline id and generation in a `worker` span.
+//! and each worker's lines carry its pipeline id and generation in a `worker` span. A worker
+//! names the values of its query's secret options ([`hide`]): every line it writes, the
+//! engine's and its libraries' included, has them cut out.
 
 use std::fmt;
+use std::sync::RwLock;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -82,12 +85,42 @@ where
     }
 }
 
+/// Values no log line may show (a worker's secret option values).
+static HIDDEN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Cuts `values` out of every log line from now on.
+pub fn hide(values: Vec<String>) {
+    if let Ok(mut hidden) = HIDDEN.write() {
+        *hidden = values;
+    }
+}
+
+/// Stderr, with the [`hide`]den values cut out of each line (the formatter writes a line in
+/// one call).
+struct Redacting;
+
+impl std::io::Write for Redacting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let hidden = HIDDEN.read().map(|h| h.clone()).unwrap_or_default();
+        if hidden.is_empty() {
+            return std::io::stderr().write(buf);
+        }
+        let line = crate::secrets::redact(&String::from_utf8_lossy(buf), &hidden);
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Installs the global subscriber: `RUST_LOG` if set, else `filter`; in `format`.
 pub fn init(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Redacting);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
         LogFormat::Text if stderr_is_journal() => builder
@@ -104,6 +137,15 @@ pub fn init(filter: &str, format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn hidden_values_are_cut_out_of_lines() {
+        hide(vec!["s3cr3t-value".into()]);
+        let mut w = Redacting;
+        assert_eq!(w.write(b"connecting with s3cr3t-value\n").unwrap(), 29);
+        hide(Vec::new());
+    }
 
     #[test]
     fn levels_map_to_syslog_priorities() {

@@ -8,6 +8,7 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error.
 
+mod access;
 mod api;
 mod backup;
 mod bootstrap;

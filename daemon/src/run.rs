@@ -308,6 +308,7 @@ async fn start_pipeline(
                 parallelism: Some(args.parallelism),
                 checkpoint_interval: None,
                 memory_limit,
+                submitter: None,
             };
             (controller.submit_planned(submission, fingerprint).await?, 0)
         }

@@ -15,7 +15,7 @@ pub const REDACTED: &str = "****";
 /// True for an option name that holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "key", "token"]
+    ["password", "secret", "key", "token", "credential"]
         .iter()
         .any(|word| name.contains(word))
 }
@@ -117,10 +117,13 @@ fn secret_ranges(sql: &str) -> Vec<(usize, usize)> {
                 (Token::Literal, vs, ve),
             ] if ve - vs >= 2 => {
                 let name = sql[*ns..*ne].trim_matches(['\'', '"']);
-                if is_secret_name(name) {
+                if name.eq_ignore_ascii_case("headers") {
+                    // HTTP headers carry `Authorization`, API keys, cookies: every value.
+                    entries(sql, vs + 1, ve - 1, ':', |_| true)
+                } else if is_secret_name(name) {
                     vec![(vs + 1, ve - 1)]
                 } else if name.eq_ignore_ascii_case("client_configs") {
-                    secret_entries(sql, vs + 1, ve - 1)
+                    entries(sql, vs + 1, ve - 1, '=', is_secret_name)
                 } else {
                     Vec::new()
                 }
@@ -130,14 +133,20 @@ fn secret_ranges(sql: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The byte ranges of the values of `key=value` entries named like secrets in the
-/// comma-separated list `sql[start..end]`.
-fn secret_entries(sql: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
+/// The byte ranges of the values of the `key<separator>value` entries whose key is `secret`
+/// in the comma-separated list `sql[start..end]`.
+fn entries(
+    sql: &str,
+    start: usize,
+    end: usize,
+    separator: char,
+    secret: fn(&str) -> bool,
+) -> Vec<(usize, usize)> {
     let mut ranges = Vec::new();
     let mut at = start;
     for entry in sql[start..end].split(',') {
-        if let Some((key, value)) = entry.split_once('=')
-            && is_secret_name(key.trim())
+        if let Some((key, value)) = entry.split_once(separator)
+            && secret(key.trim())
         {
             let value_start = at + key.len() + 1;
             let trimmed = value.trim();
@@ -176,21 +185,29 @@ pub fn redact_query(sql: &str) -> String {
     out
 }
 
-/// The shortest value [`redact`] cuts out of free text: shorter ones (`'id'` of a `*key*`
-/// option) would mangle every word they occur in, and are no credentials.
-const MIN_REDACTED: usize = 4;
+/// The shortest value [`redact`] cuts out wherever it occurs in free text: a shorter one
+/// (`'id'` of a `*key*` option, a 3-letter password) would mangle every word it occurs in, so
+/// it is cut out only where it stands quoted, as messages quote option values.
+pub const MIN_REDACTED: usize = 4;
 
-/// `text` with every one of `secrets` (of [`MIN_REDACTED`] bytes or more) replaced by
-/// [`REDACTED`].
+/// `text` with every one of `secrets` replaced by [`REDACTED`]: everywhere for those of
+/// [`MIN_REDACTED`] bytes or more, only in quotes (`'abc'`, `"abc"`) for shorter ones.
 pub fn redact(text: &str, secrets: &[String]) -> String {
     secrets
         .iter()
-        .filter(|s| s.len() >= MIN_REDACTED)
-        .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |t, s| {
+            if s.len() >= MIN_REDACTED {
+                return t.replace(s.as_str(), REDACTED);
+            }
+            ['\'', '"'].iter().fold(t, |t, q| {
+                t.replace(&format!("{q}{s}{q}"), &format!("{q}{REDACTED}{q}"))
+            })
+        })
 }
 
 /// 1-based line and column of byte `at` in `text`.
-fn position(text: &str, at: usize) -> (u32, u32) {
+pub fn position(text: &str, at: usize) -> (u32, u32) {
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -282,6 +299,26 @@ mod tests {
                 &secret_values(sql)
             ),
             "bad value '****' for the key id"
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_cut_out_where_quoted_and_headers_are_secret() {
+        let hidden = vec!["hunter22".to_string(), "abc".to_string()];
+        assert_eq!(
+            redact(
+                "password 'abc' refused; abcd and \"abc\" and hunter22x",
+                &hidden
+            ),
+            "password '****' refused; abcd and \"****\" and ****x"
+        );
+        let sql = "CREATE TABLE s WITH (connector = 'sse', endpoint = 'http://h/',
+             headers = 'Authorization: Bearer t0k3n, X-Key:k', format = 'json');";
+        assert_eq!(secret_values(sql), vec!["Bearer t0k3n", "k"]);
+        assert!(
+            redact_query(sql).contains("headers = 'Authorization: ****, X-Key:****'"),
+            "{}",
+            redact_query(sql)
         );
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{Policy, PolicyError};
 use crate::engine::{LocationError, StorageUrl, absolute_path, fnv1a64};
 
 /// The default config file, read when it exists and no `--config` is given.
@@ -67,6 +68,9 @@ pub enum SettingsError {
     /// `log_format` is not `text` nor `json`.
     #[error("log_format '{0}': use text or json")]
     LogFormat(String),
+    /// `allowed_group` or `allowed_paths` cannot be used.
+    #[error(transparent)]
+    Access(#[from] PolicyError),
 }
 
 /// When a crashed worker is restarted, and how often before its pipeline fails.
@@ -110,6 +114,8 @@ pub struct ControllerSettings {
     pub restarts: RestartPolicy,
     /// How long a stop may take before the worker is killed.
     pub stop_timeout: Duration,
+    /// Who may call, and what each one's pipelines may reach.
+    pub access: Policy,
 }
 
 /// Where the metadata comes from at start when `backup_url` is set.
@@ -244,6 +250,8 @@ struct FileConfig {
     restart_window: Option<String>,
     restart_backoff: Option<String>,
     stop_timeout: Option<String>,
+    allowed_group: Option<String>,
+    allowed_paths: Option<Vec<PathBuf>>,
 }
 
 /// A number key as the file gives it: `64` or `"64"`.
@@ -419,8 +427,31 @@ impl ControllerKeys {
                 backoff_max: defaults.backoff_max.max(backoff),
             },
             stop_timeout: duration("stop_timeout", self.stop_timeout, DEFAULT_STOP_TIMEOUT)?,
+            access: Policy::default(),
         })
     }
+}
+
+/// The access policy: `allowed_group` and `allowed_paths` from the environment over the
+/// file; the daemon's own files (`own`, plus a local state root) denied to every pipeline.
+fn access_policy(
+    file: &FileConfig,
+    own: &[&Path],
+    state_root: &StorageUrl,
+) -> Result<Policy, SettingsError> {
+    let group = env("ARROYO_ALLOWED_GROUP").or(file.allowed_group.clone());
+    let allowed = match std::env::var_os("ARROYO_ALLOWED_PATHS") {
+        Some(list) => std::env::split_paths(&list)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        None => file.allowed_paths.clone().unwrap_or_default(),
+    };
+    let own = own.iter().map(|p| p.to_path_buf());
+    Ok(Policy::new(
+        group,
+        allowed,
+        own.chain(state_root.local_path()).collect(),
+    )?)
 }
 
 impl Settings {
@@ -473,8 +504,12 @@ impl Settings {
             Some(url) => location("state_url", &url)?,
             None => location("state_url", &data_dir.join("state").display().to_string())?,
         };
-        let controller = ControllerKeys::layered(&file, flags.checkpoint_interval.clone())
+        let mut controller = ControllerKeys::layered(&file, flags.checkpoint_interval.clone())
             .build(state_root, &data_dir)?;
+        let backup_dir = backup_url.as_ref().and_then(StorageUrl::local_path);
+        let mut own = vec![data_dir.as_path(), socket.as_path()];
+        own.extend(backup_dir.as_deref());
+        controller.access = access_policy(&file, &own, &controller.state_root)?;
         Ok(Settings {
             socket: Some(socket),
             data_dir,
@@ -519,6 +554,11 @@ impl Settings {
                 .build(state_root, &data_dir)?;
         // stdout applies backpressure: no row is dropped for a slow reader.
         controller.output_held = true;
+        controller.access = access_policy(
+            &FileConfig::default(),
+            &[data_dir.as_path()],
+            &controller.state_root,
+        )?;
         Ok(Settings {
             socket: None,
             data_dir,
@@ -549,6 +589,17 @@ impl Settings {
             restart_window: humantime::format_duration(c.restarts.window).to_string(),
             restart_backoff: humantime::format_duration(c.restarts.backoff).to_string(),
             stop_timeout: humantime::format_duration(c.stop_timeout).to_string(),
+            allowed_group: c
+                .access
+                .allowed_group
+                .as_ref()
+                .map(|(name, _)| name.clone()),
+            allowed_paths: c
+                .access
+                .allowed_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         };
         toml::to_string(&shown).unwrap_or_default()
     }
@@ -574,6 +625,9 @@ struct Shown {
     restart_window: String,
     restart_backoff: String,
     stop_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_group: Option<String>,
+    allowed_paths: Vec<String>,
 }
 
 /// Parses a size such as `512MiB`, `2GB` or `1048576` (bytes), above zero.

@@ -61,6 +61,8 @@ pub struct PipelineRow {
     pub state_url: String,
     /// The most memory its worker may use, in bytes; 0: no limit.
     pub memory_limit_bytes: u64,
+    /// Who submitted it (the caller's uid); None: the daemon's own user. Never updated.
+    pub submitter_uid: Option<u32>,
 }
 
 /// Completed checkpoints remembered per pipeline (the state URL keeps fewer: those are the
@@ -112,6 +114,7 @@ pub fn test_row(id: &str) -> PipelineRow {
         plan_hash: "0123456789abcdef".into(),
         state_url: "/tmp/state".into(),
         memory_limit_bytes: 0,
+        submitter_uid: None,
     }
 }
 
@@ -191,6 +194,9 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> PipelineRow {
         plan_hash: r.get("plan_hash"),
         state_url: r.get("state_url"),
         memory_limit_bytes: r.get::<i64, _>("memory_limit_bytes") as u64,
+        submitter_uid: r
+            .get::<Option<i64>, _>("submitter_uid")
+            .and_then(|uid| u32::try_from(uid).ok()),
     }
 }
 
@@ -246,8 +252,8 @@ impl Store {
 
     pub async fn insert(&self, p: &PipelineRow) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at, checkpoint_interval_ms, plan_hash, state_url, memory_limit_bytes)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO pipelines (id, name, query, parallelism, desired, state, failure, generation, created_at, updated_at, checkpoint_interval_ms, plan_hash, state_url, memory_limit_bytes, submitter_uid)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&p.id)
         .bind(&p.name)
@@ -263,6 +269,7 @@ impl Store {
         .bind(&p.plan_hash)
         .bind(&p.state_url)
         .bind(p.memory_limit_bytes as i64)
+        .bind(p.submitter_uid.map(i64::from))
         .execute(&self.pool)
         .await;
         match result {
@@ -522,6 +529,7 @@ mod tests {
         let mut p = PipelineRow {
             name: "one".into(),
             parallelism: 2,
+            submitter_uid: Some(65534),
             ..test_row("p1")
         };
         store.insert(&p).await.unwrap();

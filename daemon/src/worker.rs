@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{
-    Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, EngineStop, JobSpec,
-    NodeFigures, NodeMetrics, RunOutcome, error_chain, job,
+    Checkpointing, CommitGate, CompletedCheckpoint, Confinement, DataflowError, EngineStop,
+    JobSpec, NodeFigures, NodeMetrics, RunOutcome, error_chain, job,
 };
 use arroyod_proto::worker_control_client::WorkerControlClient;
 use arroyod_proto::{StopMode, WorkerEvent, worker_command, worker_event};
@@ -170,6 +170,16 @@ fn die_with_parent() {
     }
 }
 
+/// The engine's confinement from its wire form.
+fn confinement(c: arroyod_proto::Confinement) -> Confinement {
+    let paths = |v: Vec<String>| v.into_iter().map(std::path::PathBuf::from).collect();
+    Confinement {
+        foreign: c.foreign,
+        allowed: paths(c.allowed_paths),
+        denied: paths(c.denied_paths),
+    }
+}
+
 fn event(e: worker_event::Event) -> WorkerEvent {
     WorkerEvent { event: Some(e) }
 }
@@ -216,12 +226,18 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
 
     // Failure messages never carry the values of secret options.
     let hidden = Arc::new(crate::secrets::secrets_of(&start.query));
+    crate::logging::hide(hidden.to_vec());
     let failed = move |message: String| {
         event(worker_event::Event::Failed(arroyod_proto::Failed {
             message: crate::secrets::redact(&message, &hidden),
         }))
     };
-    let planned = match crate::engine::plan(start.query.clone()).await {
+    // What this pipeline's tables may reach, set before anything is planned or opened: every
+    // connector checks its paths against it when it opens them.
+    let confinement = confinement(start.confinement.clone().unwrap_or_default());
+    let foreign = confinement.foreign;
+    crate::engine::confine(confinement.clone());
+    let planned = match crate::engine::plan_with_env(start.query.clone(), !foreign).await {
         Ok(planned) => planned,
         Err(errors) => {
             let message = errors
@@ -233,6 +249,12 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             return finish(events, commands).await;
         }
     };
+    let refused = crate::access::refusals(&confinement, &planned.host_access, &start.query);
+    if !refused.is_empty() {
+        let reasons: Vec<String> = refused.iter().map(|e| e.to_string()).collect();
+        events.send(failed(reasons.join("; "))).await?;
+        return finish(events, commands).await;
+    }
     let (preview_tx, mut preview_rx) = mpsc::channel::<Vec<String>>(16);
     let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>> = Arc::default();
     let spec = JobSpec {

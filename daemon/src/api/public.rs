@@ -18,13 +18,19 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::{pipeline_msg, query_errors, sql_error_msg, status, view_msg};
+use crate::access::Caller;
 use crate::controller::ControllerError;
 use crate::controller::machine::{Changes, StopMode};
 use crate::controller::{Controller, Keep, Submission};
-use crate::engine::plan;
 use crate::output::{OutputLog, Reader, Record};
 use crate::secrets::redact_query;
 use crate::store::{CheckpointRow, EventRow};
+
+/// The uid of an admitted caller ([`crate::access::Policy::admit`]); None when the request
+/// did not come through the public socket's check.
+fn caller_uid<T>(request: &Request<T>) -> Option<u32> {
+    request.extensions().get::<Caller>().map(|c| c.uid)
+}
 
 /// Records read from an output log at a time.
 const TAIL_CHUNK: usize = 1024;
@@ -184,6 +190,7 @@ impl Arroyod for Api {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let submitter = caller_uid(&request);
         let r = request.into_inner();
         let shown = redact_query(&r.query);
         let submission = Submission {
@@ -193,6 +200,7 @@ impl Arroyod for Api {
             checkpoint_interval: (r.checkpoint_interval_ms > 0)
                 .then(|| Duration::from_millis(r.checkpoint_interval_ms)),
             memory_limit: Some(r.memory_limit_bytes).filter(|m| *m > 0),
+            submitter,
         };
         let p = self
             .controller
@@ -211,9 +219,10 @@ impl Arroyod for Api {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
+        let submitter = caller_uid(&request);
         let query = request.into_inner().query;
         let shown = redact_query(&query);
-        let response = match plan(query).await {
+        let response = match self.controller.plan_for(query, submitter).await {
             Ok(planned) => ValidateResponse {
                 errors: vec![],
                 sinks: planned.sinks,

@@ -113,6 +113,10 @@ fn command_msg(command: Command) -> WorkerCommand {
     }
 }
 
+fn paths(paths: &[std::path::PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
 fn start_msg(start: StartSpec) -> WorkerCommand {
     WorkerCommand {
         command: Some(worker_command::Command::Start(arroyod_proto::Start {
@@ -124,6 +128,11 @@ fn start_msg(start: StartSpec) -> WorkerCommand {
             checkpoint_interval_ms: start.checkpoint_interval.as_millis().max(1) as u64,
             expected_epoch: start.expected_epoch,
             memory_limit_bytes: start.memory_limit,
+            confinement: Some(arroyod_proto::Confinement {
+                foreign: start.confinement.foreign,
+                allowed_paths: paths(&start.confinement.allowed),
+                denied_paths: paths(&start.confinement.denied),
+            }),
         })),
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::engine::{CheckpointError, SqlError, StateRootError, retained_epochs};
+use crate::engine::{CheckpointError, PlannedQuery, SqlError, StateRootError, retained_epochs};
 use crate::metrics::Metrics;
 use crate::output::{OutputError, OutputLog};
 use crate::settings::ControllerSettings;
@@ -130,6 +130,8 @@ pub struct Submission {
     pub checkpoint_interval: Option<Duration>,
     /// The most memory its worker may use, in bytes; None or 0: no limit.
     pub memory_limit: Option<u64>,
+    /// The caller's uid; None: the daemon's own user (`arroyod run`).
+    pub submitter: Option<u32>,
 }
 
 /// What a delete keeps.
@@ -292,6 +294,7 @@ impl Controller {
             id: row.id.clone(),
             name: row.name.clone(),
             created_at: row.created_at.clone(),
+            submitter: row.submitter_uid,
         };
         let span = info_span!("pipeline", id = %row.id, name = %row.name);
         let (task, view) = PipelineTask::new(
@@ -456,10 +459,30 @@ impl Controller {
 
     /// Plans, stores and schedules a new pipeline.
     pub async fn submit(&self, submission: Submission) -> Result<Pipeline, ControllerError> {
-        let planned = crate::engine::plan(submission.query.clone())
+        let planned = self
+            .plan_for(submission.query.clone(), submission.submitter)
             .await
             .map_err(ControllerError::InvalidQuery)?;
         self.submit_planned(submission, planned.fingerprint).await
+    }
+
+    /// Plans `query` for `submitter`: a foreign user's `{{ VAR }}`s take nothing from the
+    /// daemon's environment, and a plan whose tables reach what the submitter may not is
+    /// refused, with every reason and its position.
+    pub async fn plan_for(
+        &self,
+        query: String,
+        submitter: Option<u32>,
+    ) -> Result<PlannedQuery, Vec<SqlError>> {
+        let policy = &self.ctx.settings.access;
+        let planned =
+            crate::engine::plan_with_env(query.clone(), !policy.foreign(submitter)).await?;
+        let confinement = policy.confinement(submitter);
+        let refused = crate::access::refusals(&confinement, &planned.host_access, &query);
+        if !refused.is_empty() {
+            return Err(refused);
+        }
+        Ok(planned)
     }
 
     /// Checks a parallelism against the bound; 0 is 1.
@@ -510,9 +533,10 @@ impl Controller {
             plan_hash,
             state_url: id.clone(),
             memory_limit_bytes: submission.memory_limit.unwrap_or(0),
+            submitter_uid: submission.submitter,
         };
         self.ctx.store.insert(&row).await?;
-        info!(pipeline = %row.id, name = %row.name, parallelism, "pipeline submitted");
+        info!(pipeline = %row.id, name = %row.name, parallelism, submitter = ?row.submitter_uid, "pipeline submitted");
         let p = self.start_task(&row, self.machine(&row))?;
         self.command(&p, Event::Start).await?;
         Ok(p)

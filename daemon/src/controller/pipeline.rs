@@ -56,6 +56,17 @@ pub struct Identity {
     pub id: String,
     pub name: String,
     pub created_at: String,
+    /// The uid that submitted it; None: the daemon's own user.
+    pub submitter: Option<u32>,
+}
+
+/// The variables a foreign user's worker keeps of the daemon's environment: none that can hold
+/// a credential (`ARROYO_TEST_*` are the tests' pacing hooks).
+fn worker_may_inherit(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "LANG" | "LC_ALL" | "TZ" | "TMPDIR" | "RUST_LOG" | "RUST_BACKTRACE"
+    ) || name.starts_with("ARROYO_TEST_")
 }
 
 /// The task of one pipeline.
@@ -437,6 +448,7 @@ impl PipelineTask {
             generation: m.generation,
             created_at: self.who.created_at.clone(),
             updated_at: self.updated_at.clone(),
+            submitter_uid: self.who.submitter,
             checkpoint_interval_ms: m.spec.checkpoint_interval.as_millis().max(1) as u64,
             plan_hash: m.spec.plan_hash.clone(),
             state_url: m.spec.state_location.clone(),
@@ -466,7 +478,15 @@ impl PipelineTask {
 
     /// Starts `arroyod worker` for `generation`.
     fn spawn(&mut self, generation: u64) -> std::io::Result<()> {
-        let child = Process::new(&self.ctx.exe)
+        let mut process = Process::new(&self.ctx.exe);
+        if self.ctx.settings.access.foreign(self.who.submitter) {
+            // Another user's pipeline gets nothing of the daemon's environment: no
+            // credentials, no `{{ VAR }}` values.
+            process.env_clear().envs(
+                std::env::vars_os().filter(|(k, _)| worker_may_inherit(&k.to_string_lossy())),
+            );
+        }
+        let child = process
             .arg("worker")
             .arg("--socket")
             .arg(&self.ctx.worker_socket)
@@ -512,6 +532,7 @@ impl PipelineTask {
             checkpoint_interval: m.spec.checkpoint_interval,
             expected_epoch: m.last_checkpoint,
             memory_limit: m.spec.memory_limit,
+            confinement: self.ctx.settings.access.confinement(self.who.submitter),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(mode) = then_stop {

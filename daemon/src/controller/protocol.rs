@@ -2,6 +2,7 @@
 //! inbox, the view it publishes, and the domain side of a worker's attachment (the start it
 //! receives, the reports it sends, the commands it gets). No gRPC here: `api` translates.
 
+use crate::engine::Confinement;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct StartSpec {
     pub expected_epoch: u64,
     /// The most memory the worker may use, in bytes; 0: no limit.
     pub memory_limit: u64,
+    /// What its tables may reach on the host.
+    pub confinement: Confinement,
 }
 
 /// The worker's connection broke.

@@ -27,6 +27,11 @@ pub struct FileSourceConfig {
 }
 
 impl FileSourceConfig {
+    /// The file, as the table names it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// True when the source emits retractions (Debezium changes).
     pub fn updating(&self) -> bool {
         self.format == LineFormat::Debezium
@@ -130,6 +135,8 @@ impl Source for FileSource {
             return Ok(SourceEnd::Finished);
         }
         let path = self.path.clone();
+        crate::storage::access::check(std::path::Path::new(&path))
+            .map_err(|e| self.reader.fail(e))?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.reader.fail(StorageError::io("opening", &path)(e)))?;

@@ -130,6 +130,9 @@ pub struct HostAccess {
 /// What a [`HostAccess`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostAccessKind {
+    /// A table's local path (`path` of `single_file` and `filesystem`), read or written; its
+    /// value is the path made absolute. Checked again when the worker opens it.
+    LocalPath,
     ReadsFile,
     LoadsCode,
     RunsCommand,
@@ -414,8 +417,23 @@ impl ConnectorTable {
     /// caller, with this list (today only Kafka's `client_configs` entries, such as
     /// `ssl.key.location` or `plugin.library.paths`).
     pub fn host_access(&self) -> Vec<HostAccess> {
+        let path = |path: Option<std::path::PathBuf>| {
+            path.map(|p| HostAccess {
+                table: self.name.clone(),
+                option: "path".to_string(),
+                value: p.display().to_string(),
+                kind: HostAccessKind::LocalPath,
+            })
+            .into_iter()
+            .collect()
+        };
+        let absolute = |p: &str| Some(crate::storage::access::lexical_absolute(p.as_ref()));
         match &self.config {
             ConnectorConfig::Kafka(config) => kafka::host_access(&self.name, &config.connection),
+            ConnectorConfig::SingleFile { path: p, .. } => path(absolute(p)),
+            ConnectorConfig::FileSource(c) => path(absolute(c.path())),
+            ConnectorConfig::FileSystemSource(c) => path(c.location().local_dir()),
+            ConnectorConfig::FileSystemSink(c) => path(c.location().local_dir()),
             _ => Vec::new(),
         }
     }

@@ -112,6 +112,7 @@ impl OutputFile {
     fn writer(&mut self) -> Result<&mut BufWriter<File>, RunError> {
         if self.writer.is_none() {
             let path = &self.path;
+            crate::storage::access::check(std::path::Path::new(path))?;
             let file = match self.restored {
                 // The new file's name must survive a crash as its checkpointed length does.
                 None => durable::create(std::path::Path::new(path))

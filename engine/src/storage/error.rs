@@ -53,6 +53,9 @@ pub enum StorageError {
     /// A checkpoint's MANIFEST lists no such file.
     #[error("checkpoint {epoch} has no file {name}")]
     NoSuchFile { epoch: u64, name: String },
+    /// A path the confinement of the process does not allow (its `access` module).
+    #[error("{path} may not be used: {reason}")]
+    Denied { path: String, reason: String },
     /// A blocking file task panicked or was cancelled.
     #[error("a blocking file task failed")]
     Join(#[from] tokio::task::JoinError),
@@ -88,7 +91,8 @@ impl StorageError {
         match self {
             StorageError::BadLocation { .. }
             | StorageError::BadOption { .. }
-            | StorageError::Setup { .. } => ErrorKind::User(UserFault::BadOption),
+            | StorageError::Setup { .. }
+            | StorageError::Denied { .. } => ErrorKind::User(UserFault::BadOption),
             StorageError::Store { .. }
             | StorageError::Io { .. }
             | StorageError::Corrupt { .. }

@@ -34,28 +34,56 @@ pub struct Location {
     /// Store settings (`storage.<key>` options without the `storage.`), checked against the
     /// store's keys.
     storage: Vec<(String, String)>,
+    /// A pipeline table's location (not the daemon's state): a worker's confinement applies
+    /// to it ([`super::access`]).
+    table: bool,
 }
 
 /// `path` made absolute (against the working directory) and free of `.` and `..`.
 fn absolute_local(path: &str) -> PathBuf {
-    use std::path::Component;
-    let given = std::path::Path::new(path);
-    let joined = if given.is_absolute() {
-        given.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(given)
-    };
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
+    super::access::lexical_absolute(std::path::Path::new(path))
+}
+
+/// Store settings that make a store read a file or ask a credential service of the host: a
+/// foreign user's table may not use them (see [`super::access`]).
+fn host_setting(scheme: Scheme, key: &str) -> bool {
+    match scheme {
+        Scheme::Local => false,
+        Scheme::S3 => matches!(
+            key.parse::<AmazonS3ConfigKey>(),
+            Ok(AmazonS3ConfigKey::MetadataEndpoint
+                | AmazonS3ConfigKey::ContainerCredentialsRelativeUri
+                | AmazonS3ConfigKey::ContainerCredentialsFullUri
+                | AmazonS3ConfigKey::ContainerAuthorizationTokenFile
+                | AmazonS3ConfigKey::WebIdentityTokenFile)
+        ),
+        Scheme::Gcs => matches!(
+            key.parse::<GoogleConfigKey>(),
+            Ok(GoogleConfigKey::ServiceAccount | GoogleConfigKey::ApplicationCredentials)
+        ),
+        Scheme::Azure => matches!(
+            key.parse::<AzureConfigKey>(),
+            Ok(AzureConfigKey::MsiEndpoint
+                | AzureConfigKey::FederatedTokenFile
+                | AzureConfigKey::UseAzureCli)
+        ),
     }
-    out
+}
+
+/// True when the store settings carry credentials of their own.
+fn has_credentials(scheme: Scheme, storage: &[(String, String)]) -> bool {
+    storage.iter().any(|(key, _)| match scheme {
+        Scheme::Local => false,
+        Scheme::S3 => matches!(key.parse(), Ok(AmazonS3ConfigKey::AccessKeyId)),
+        Scheme::Gcs => matches!(key.parse(), Ok(GoogleConfigKey::ServiceAccountKey)),
+        Scheme::Azure => matches!(
+            key.parse(),
+            Ok(AzureConfigKey::AccessKey
+                | AzureConfigKey::SasKey
+                | AzureConfigKey::Token
+                | AzureConfigKey::ClientSecret)
+        ),
+    })
 }
 
 impl Location {
@@ -129,6 +157,7 @@ impl Location {
             base,
             prefix,
             storage,
+            table: false,
         };
         // Building a store reads the environment but does no I/O: its errors (no region, no
         // account) are the location's.
@@ -138,32 +167,114 @@ impl Location {
         Ok(location)
     }
 
-    /// Builds the store: from the environment, then the store settings.
+    /// [`Location::parse`] of a table's `path`: the worker's confinement applies to it when it
+    /// is opened ([`Location::open_store`]).
+    pub fn for_table(path: &str, storage: Vec<(String, String)>) -> Result<Location, StorageError> {
+        let mut location = Location::parse(path, storage)?;
+        location.table = true;
+        Ok(location)
+    }
+
+    /// The store, for a table about to read or write: a local directory must be one the
+    /// worker's confinement allows, now ([`super::access::check`]).
+    pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
+        if let Some(dir) = self.local_dir().filter(|_| self.table) {
+            super::access::check(&dir)?;
+        }
+        self.store()
+    }
+
+    /// Checks that a foreign user's table may open `object` (a local file, symlinks
+    /// followed) now; nothing for an object store.
+    pub fn check_object(&self, object: &Path) -> Result<(), StorageError> {
+        if self.table
+            && let Some(path) = self.local_path(object)
+        {
+            super::access::check(&path)?;
+        }
+        Ok(())
+    }
+
+    /// The directory of a local location (None for an object store).
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        self.is_local()
+            .then(|| PathBuf::from(format!("/{}", self.prefix)))
+    }
+
+    /// True when the store is built without the host's credentials: a foreign user's table.
+    fn confined(&self) -> bool {
+        self.table && super::access::foreign()
+    }
+
+    /// Builds the store: from the environment, then the store settings. A foreign user's
+    /// table gets nothing from the host: no environment, no credential services, no
+    /// credential files; without credentials in its settings its requests go unsigned.
     pub fn store(&self) -> Result<Arc<dyn ObjectStore>, StorageError> {
         let failed = |source: object_store::Error| StorageError::Setup {
             base: self.base.clone(),
             source: Box::new(source),
         };
+        let confined = self.confined();
+        if confined
+            && let Some((key, value)) = self
+                .storage
+                .iter()
+                .find(|(k, _)| host_setting(self.scheme, k))
+        {
+            return Err(StorageError::BadOption {
+                key: format!("storage.{key}"),
+                value: value.clone(),
+                reason: "it reads a file or a credential service of the daemon's host, which a pipeline of another user may not".into(),
+            });
+        }
+        let unsigned = confined && !has_credentials(self.scheme, &self.storage);
         Ok(match self.scheme {
             Scheme::Local => Arc::new(LocalFileSystem::new()),
             Scheme::S3 => {
-                let mut b = AmazonS3Builder::from_env().with_url(&self.base);
+                let b = if confined {
+                    AmazonS3Builder::new()
+                } else {
+                    AmazonS3Builder::from_env()
+                };
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }
             Scheme::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_url(&self.base);
+                let b = if confined {
+                    GoogleCloudStorageBuilder::new()
+                } else {
+                    GoogleCloudStorageBuilder::from_env()
+                };
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }
             Scheme::Azure => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(&self.base);
+                let b = if confined {
+                    MicrosoftAzureBuilder::new()
+                } else {
+                    MicrosoftAzureBuilder::from_env()
+                };
+                let mut b = b.with_url(&self.base);
                 for (k, v) in &self.storage {
                     b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
                 }
                 Arc::new(b.build().map_err(failed)?)
             }

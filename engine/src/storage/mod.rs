@@ -9,11 +9,14 @@
 //! - [`checksum`]: CRC-32 for new checkpoint files, FNV-1a 64 for what was written with it;
 //! - [`CheckpointStore`]: a pipeline's checkpoints under its state location, and the rule that
 //!   makes a checkpoint exist (a valid MANIFEST, written last);
+//! - [`access`]: which local paths a worker's tables may open, and whether their stores may
+//!   use the host's credentials (the daemon's access policy, checked at open time);
 //! - [`StorageError`]: the one error of all of it.
 //!
 //! Nothing here blocks the runtime: object stores are async, and local fsyncs go through
 //! `spawn_blocking` ([`durable::sync`]).
 
+pub mod access;
 mod checkpoint;
 pub mod checksum;
 pub mod durable;

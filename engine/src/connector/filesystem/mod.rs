@@ -96,7 +96,7 @@ pub(super) fn take_location_and_format(
             (k["storage.".len()..].to_string(), value)
         })
         .collect();
-    let location = Location::parse(&path, storage).map_err(|e| location_error(&path, e))?;
+    let location = Location::for_table(&path, storage).map_err(|e| location_error(&path, e))?;
     let format = match options.require(CONNECTOR, "format")?.as_str() {
         "json" => FileFormat::Json,
         "parquet" => FileFormat::Parquet,

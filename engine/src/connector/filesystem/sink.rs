@@ -81,6 +81,11 @@ fn parquet_compression(key: &str, value: &str) -> Result<Compression, ConnectorE
 }
 
 impl FileSystemSinkConfig {
+    /// Where the files are.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
         let (location, format) = take_location_and_format(options)?;
         let compression = take_either(
@@ -272,7 +277,7 @@ pub(super) struct SinkState {
 impl SinkState {
     /// The writer of subtask `info`, with a new staging directory.
     pub fn new(info: &TaskInfo, config: Arc<FileSystemSinkConfig>) -> Result<Self, RunError> {
-        let store = config.location.store()?;
+        let store = config.location.open_store()?;
         let staging = Staging::new(
             info.node.clone(),
             store.clone(),

@@ -56,6 +56,11 @@ pub struct FileSystemSourceConfig {
 }
 
 impl FileSystemSourceConfig {
+    /// Where the files are.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
         let (location, format) = take_location_and_format(options)?;
         let regex = take_either(
@@ -461,7 +466,11 @@ fn align(batch: &RecordBatch, schema: &SchemaRef, path: &str) -> Result<RecordBa
 #[async_trait]
 impl Source for FileSystemSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
-        let store = self.config.location.store().map_err(|e| self.fail(e))?;
+        let store = self
+            .config
+            .location
+            .open_store()
+            .map_err(|e| self.fail(e))?;
         let files = self.list(&store).await?;
         let total = files.len();
         let (me, parallelism) = (self.info.subtask, self.info.parallelism.max(1));
@@ -502,6 +511,11 @@ impl Source for FileSystemSource {
                 return Ok(SourceEnd::Stopped);
             }
             let shown = self.config.location.display(&meta.location);
+            // A file under the directory may be a symlink out of what the worker may read.
+            self.config
+                .location
+                .check_object(&meta.location)
+                .map_err(|e| self.fail(e))?;
             let resume = self.progress.partial.get(name).copied();
             let (end, at) = match self.config.format {
                 FileFormat::Json => {
