@@ -388,23 +388,13 @@ fn input_edge_cases_are_read_or_refused_clearly() {
 fn state_over_the_memory_limit_fails_the_pipeline_clearly_and_the_daemon_lives_on() {
     let d = harness::TestDaemon::start();
     // Every counter is a group of its own: the updating aggregate's state grows without end.
-    let path = d.dir.path().join("groups.sql");
-    std::fs::write(
-        &path,
+    let id = d.submit_with(
+        "groups",
         "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
          CREATE TABLE out (counter BIGINT UNSIGNED, n BIGINT) WITH (connector = 'blackhole');
          INSERT INTO out SELECT counter, count(*) AS n FROM impulse GROUP BY counter;",
-    )
-    .unwrap();
-    let out = d.ctl_ok(&[
-        "submit",
-        path.to_str().unwrap(),
-        "--name",
-        "groups",
-        "--memory-limit",
-        "512MiB",
-    ]);
-    let id = out.split_whitespace().last().unwrap().to_string();
+        &["--memory-limit", "512MiB"],
+    );
     let s = harness::wait_until(Duration::from_secs(180), "the pipeline to fail", || {
         let s = d.status(&id);
         (s["state"] == "Failed").then_some(s)

@@ -121,17 +121,7 @@ fn explain_shows_operators_edges_keys_and_parallelism() {
     assert!(dot::parse(&dot_text.replacen("->", "--", 1)).is_err());
 
     // A pipeline: its stored query at its own parallelism, by name or id prefix.
-    let path = d.dir.path().join("p.sql");
-    std::fs::write(&path, KEYED).unwrap();
-    let out = d.ctl_ok(&[
-        "submit",
-        path.to_str().unwrap(),
-        "--name",
-        "keyed",
-        "--parallelism",
-        "2",
-    ]);
-    let id = out.split_whitespace().last().unwrap().to_string();
+    let id = d.submit_with("keyed", KEYED, &["--parallelism", "2"]);
     let by_name: Value = serde_json::from_str(&d.ctl_ok(&["--json", "explain", "keyed"])).unwrap();
     assert_eq!(node(&by_name, "sink")["parallelism"], 2, "{by_name}");
     let by_prefix: Value =
@@ -300,13 +290,20 @@ fn run_serves_metrics_that_move_on_its_metrics_addr() {
     assert!(!socket.exists());
 }
 
-/// The lines of the daemon's log that are not empty.
-fn log_lines(d: &TestDaemon) -> Vec<String> {
-    d.log()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect()
+/// The lines of the daemon's log that are not empty, once a worker has logged its start.
+fn lines_once_a_worker_started(d: &TestDaemon) -> Vec<String> {
+    wait_until(DEADLINE, "the worker's lines", || {
+        let lines: Vec<String> = d
+            .log()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect();
+        lines
+            .iter()
+            .any(|l| l.contains("worker starting"))
+            .then_some(lines)
+    })
 }
 
 #[test]
@@ -324,13 +321,7 @@ fn log_lines_for_the_journal_carry_a_priority_and_no_timestamp() {
     d.wait_state(&id, "Running");
     let out = d.ctl(&["stop", &id, "--mode", "immediate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines = wait_until(DEADLINE, "the worker's lines", || {
-        let lines = log_lines(&d);
-        lines
-            .iter()
-            .any(|l| l.contains("worker starting"))
-            .then_some(lines)
-    });
+    let lines = lines_once_a_worker_started(&d);
     for line in &lines {
         let (priority, rest) = line
             .strip_prefix('<')
@@ -368,13 +359,7 @@ fn log_lines_are_json_on_request_for_the_daemon_and_its_workers() {
     let d = TestDaemon::start_with(&["--log-format", "json"]);
     let id = d.submit("structured", KEYED);
     d.wait_state(&id, "Running");
-    let lines = wait_until(DEADLINE, "the worker's lines", || {
-        let lines = log_lines(&d);
-        lines
-            .iter()
-            .any(|l| l.contains("worker starting"))
-            .then_some(lines)
-    });
+    let lines = lines_once_a_worker_started(&d);
     let objects: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

@@ -330,8 +330,8 @@ impl UpdatingOp {
         });
         let keys = super::group_keys(&self.plan.keys, batch)?;
         let key_rows = self.converter.convert_columns(&keys)?;
-        if rows > 0 {
-            self.key_bytes = key_rows.size() / rows;
+        if let Some(per_row) = key_rows.size().checked_div(rows) {
+            self.key_bytes = per_row;
         }
         let args: Vec<Vec<ArrayRef>> = self
             .plan
