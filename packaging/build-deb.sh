@@ -11,7 +11,8 @@
 # Layout (what arroyod.service expects): /usr/bin/arroyod, /usr/bin/arroyoctl,
 # /usr/lib/systemd/system/arroyod.service, /usr/lib/sysusers.d/arroyod.conf,
 # /usr/lib/tmpfiles.d/arroyod.conf, /etc/arroyod/arroyod.toml (a conffile),
-# /usr/share/man/man1/arroyoctl*.1.gz, completions for bash, zsh and fish.
+# /usr/share/man/man1/arroyod*.1.gz and arroyoctl*.1.gz, completions of both for bash, zsh
+# and fish.
 set -euo pipefail
 
 bin_dir=${1:?usage: build-deb.sh BIN_DIR OUT_DIR [--fast]}
@@ -41,14 +42,16 @@ install -m 0644 "$here/arroyod.tmpfiles" "$root/usr/lib/tmpfiles.d/arroyod.conf"
 install -m 0644 "$here/arroyod.toml" "$root/etc/arroyod/arroyod.toml"
 install -m 0644 "$here/../README.md" "$root/usr/share/doc/arroyod/README.md"
 
-# Man pages and completions come from arroyoctl's clap definition.
-"$root/usr/bin/arroyoctl" manpages "$stage/man"
+# Man pages and completions come from the binaries' clap definitions.
+for b in arroyod arroyoctl; do
+    "$root/usr/bin/$b" manpages "$stage/man"
+    "$root/usr/bin/$b" completions bash >"$root/usr/share/bash-completion/completions/$b"
+    "$root/usr/bin/$b" completions zsh >"$root/usr/share/zsh/vendor-completions/_$b"
+    "$root/usr/bin/$b" completions fish >"$root/usr/share/fish/vendor_completions.d/$b.fish"
+done
 for page in "$stage"/man/*.1; do
     gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
 done
-"$root/usr/bin/arroyoctl" completions bash >"$root/usr/share/bash-completion/completions/arroyoctl"
-"$root/usr/bin/arroyoctl" completions zsh >"$root/usr/share/zsh/vendor-completions/_arroyoctl"
-"$root/usr/bin/arroyoctl" completions fish >"$root/usr/share/fish/vendor_completions.d/arroyoctl.fish"
 
 installed_size=$(du -sk "$root" | cut -f1)
 cat >"$root/DEBIAN/control" <<EOF

@@ -15,7 +15,7 @@ pub use arroyod_engine::error_chain;
 pub use arroyod_engine::failpoint;
 pub use arroyod_engine::job::{
     self, Checkpointing, CommitGate, CompletedCheckpoint, DataflowError, JobSpec, NodeFigures,
-    NodeMetrics, Outcome as RunOutcome, StopMode as EngineStop,
+    NodeMetrics, Outcome as RunOutcome, Role, Route, Shape, StopMode as EngineStop,
 };
 pub use arroyod_engine::sql::{PlannedQuery, SqlError};
 pub use arroyod_engine::storage::access::{

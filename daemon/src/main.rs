@@ -5,6 +5,7 @@
 //! - `arroyod worker ...`: a worker process, started by the daemon only.
 //! - `arroyod config`: prints the effective configuration.
 //! - `arroyod restore-db --backup-url U --to PATH`: writes the newest metadata snapshot.
+//! - `arroyod completions SHELL`, `arroyod manpages DIR`: what the package ships.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage error.
 
@@ -15,6 +16,7 @@ mod bootstrap;
 mod controller;
 mod engine;
 mod logging;
+mod manual;
 mod metrics;
 mod notify;
 mod output;
@@ -29,7 +31,7 @@ mod worker;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing::Instrument;
 
 use settings::LogFormat;
@@ -96,6 +98,18 @@ enum Command {
         /// The database file to write (replaced when it exists).
         #[arg(long)]
         to: PathBuf,
+    },
+    /// Print a completion script for a shell.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages of arroyod and its subcommands to a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        dir: PathBuf,
     },
     /// Run one pipeline generation (started by the daemon).
     #[command(hide = true)]
@@ -212,6 +226,13 @@ fn main() -> ExitCode {
                 .block_on(run::run(args))
                 .map_err(anyhow::Error::from)
         }
+        Some(Command::Completions { shell }) => {
+            manual::print_completions(Cli::command(), shell);
+            Ok(0)
+        }
+        Some(Command::Manpages { dir }) => manual::write_pages(Cli::command(), &dir)
+            .map(|_| 0)
+            .map_err(anyhow::Error::from),
         Some(Command::RestoreDb { backup_url, to }) => {
             logging::init("warn", LogFormat::Text);
             runtime()

@@ -10,7 +10,9 @@
 //!    the current generation may commit; then it reports the completed checkpoint.
 //! 5. It reports Finished, Stopped or Failed and exits.
 //!
-//! With a memory limit, a watch task samples the process's resident memory every
+//! With a memory limit, the operators' state is held to a share of it by DataFusion's memory
+//! pool in the engine (a subtask whose state would outgrow it fails the run, naming the
+//! limit), and a watch task samples the process's resident memory every
 //! [`MEMORY_SAMPLE`]: over the limit, the worker reports Failed (saying so) and exits, before
 //! the kernel's OOM killer picks a process (possibly the daemon). An address-space limit
 //! (`RLIMIT_AS`) well above the limit stops a runaway allocation between two samples.
@@ -262,6 +264,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
         checkpointing: checkpointing(&start, &events, &pending),
         preview: Some(preview_tx),
         pipeline: pipeline_id.clone(),
+        memory_limit: Some(start.memory_limit_bytes).filter(|m| *m > 0),
     };
     let handle = match job::start(&planned, spec).await {
         Ok(handle) => handle,

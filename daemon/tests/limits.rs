@@ -1,6 +1,6 @@
 //! Regression tests of issue 9's defects of size and shape, through the real binaries: a slow
 //! reader of `arroyod run` (2), rows beyond a message's limit (4), deep and long expressions
-//! (3).
+//! (3); and a pipeline whose state outgrows its memory limit (issue 12).
 
 mod harness;
 
@@ -382,4 +382,42 @@ fn input_edge_cases_are_read_or_refused_clearly() {
         stderr.contains("times.json at line 4") && stderr.contains("has no event time"),
         "{stderr}"
     );
+}
+
+#[test]
+fn state_over_the_memory_limit_fails_the_pipeline_clearly_and_the_daemon_lives_on() {
+    let d = harness::TestDaemon::start();
+    // Every counter is a group of its own: the updating aggregate's state grows without end.
+    let id = d.submit_with(
+        "groups",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
+         CREATE TABLE out (counter BIGINT UNSIGNED, n BIGINT) WITH (connector = 'blackhole');
+         INSERT INTO out SELECT counter, count(*) AS n FROM impulse GROUP BY counter;",
+        &["--memory-limit", "512MiB"],
+    );
+    let s = harness::wait_until(Duration::from_secs(180), "the pipeline to fail", || {
+        let s = d.status(&id);
+        (s["state"] == "Failed").then_some(s)
+    });
+    let failure = s["failure"].as_str().unwrap();
+    // DataFusion's memory pool refused the aggregate's state, before the worker's resident
+    // memory reached the limit (the watch's message would say "resident").
+    assert!(
+        failure.contains("went over its memory limit of 512 MiB")
+            && failure.contains("its operators' state may hold 256 MiB")
+            && failure.contains("--memory-limit")
+            && !failure.contains("resident"),
+        "{s}"
+    );
+    assert_eq!(s["generation"], 1, "no restart loop: {s}");
+    // The daemon lives on and runs other pipelines.
+    assert!(alive(d.pid()));
+    let other = d.submit(
+        "after",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='10');
+         SELECT counter FROM impulse;",
+    );
+    d.wait_state(&other, "Finished");
+    let logs = d.ctl_ok(&["logs", &id]);
+    assert!(logs.contains("memory limit of 512 MiB"), "{logs}");
 }

@@ -1,7 +1,10 @@
 //! The .deb (issue 12): packaging/build-deb.sh packages the binaries this test run built, the
-//! package is unpacked with `dpkg -x` into a root (`dpkg -i` would change the machine that runs
-//! the tests), and the files are where the unit expects them; the unit verifies clean, the
-//! example configuration is one arroyod accepts, and the maintainer scripts parse.
+//! package is unpacked with `dpkg -x` into a root, and the files are where the unit expects
+//! them; the unit verifies clean, the example configuration is one arroyod accepts, and the
+//! maintainer scripts parse. Then it is installed with `dpkg -i` into a root of its own
+//! (`--root`, scripts run chrootless with `DPKG_ROOT`), where systemd is not PID 1: the
+//! postinst takes its adduser path (adduser, getent and chown are stand-ins that record their
+//! arguments, so the machine that runs the tests gains no user), and a purge removes the state.
 
 mod harness;
 
@@ -11,6 +14,20 @@ use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the .deb of this test run's binaries into `out`; its path.
+fn build_deb(out: &Path) -> PathBuf {
+    // The binaries of this build: arroyoctl is built beside arroyod by `cargo test --workspace`.
+    harness::arroyoctl_bin();
+    let bin_dir = harness::arroyod_bin().parent().unwrap().to_path_buf();
+    let deb = run(Command::new(repo().join("packaging/build-deb.sh"))
+        .arg(&bin_dir)
+        .arg(out)
+        .arg("--fast"));
+    let deb = PathBuf::from(deb.trim());
+    assert!(deb.exists(), "{}", deb.display());
+    deb
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -25,17 +42,8 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn the_deb_holds_what_the_unit_expects_and_the_unit_verifies() {
-    // The binaries of this build: arroyoctl is built beside arroyod by `cargo test --workspace`.
-    harness::arroyoctl_bin();
-    let bin_dir = harness::arroyod_bin().parent().unwrap().to_path_buf();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let deb = run(Command::new(repo().join("packaging/build-deb.sh"))
-        .arg(&bin_dir)
-        .arg(&out)
-        .arg("--fast"));
-    let deb = PathBuf::from(deb.trim());
-    assert!(deb.exists(), "{}", deb.display());
+    let deb = build_deb(&dir.path().join("out"));
 
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
     assert!(info.contains("Package: arroyod"), "{info}");
@@ -59,6 +67,11 @@ fn the_deb_holds_what_the_unit_expects_and_the_unit_verifies() {
     }
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
     for file in [
+        "usr/share/man/man1/arroyod.1.gz",
+        "usr/share/man/man1/arroyod-run.1.gz",
+        "usr/share/bash-completion/completions/arroyod",
+        "usr/share/zsh/vendor-completions/_arroyod",
+        "usr/share/fish/vendor_completions.d/arroyod.fish",
         "usr/lib/sysusers.d/arroyod.conf",
         "usr/lib/tmpfiles.d/arroyod.conf",
         "etc/arroyod/arroyod.toml",
@@ -113,4 +126,92 @@ fn the_deb_holds_what_the_unit_expects_and_the_unit_verifies() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
     }
+}
+
+/// A stand-in for a command of the postinst: it appends its name and arguments to `log`, and
+/// exits with `status`.
+fn stand_in(dir: &Path, name: &str, log: &Path, status: i32) {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"{name} $*\" >>'{}'\nexit {status}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn the_package_installs_and_purges_where_systemd_is_not_pid_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let deb = build_deb(&dir.path().join("out"));
+    // An empty dpkg database in a root of its own; no run/systemd/system in it.
+    let root = dir.path().join("root");
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let bin = dir.path().join("stand-ins");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = dir.path().join("calls.log");
+    stand_in(&bin, "adduser", &calls, 0);
+    // No such user yet.
+    stand_in(&bin, "getent", &calls, 2);
+    stand_in(&bin, "chown", &calls, 0);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let dpkg = |args: &[&str]| {
+        let mut cmd = Command::new("dpkg");
+        cmd.arg(format!("--root={}", root.display()))
+            .args([
+                "--force-script-chrootless",
+                "--force-depends",
+                "--force-not-root",
+                "--log=/dev/null",
+            ])
+            .args(args)
+            .env("PATH", &path);
+        run(&mut cmd)
+    };
+    dpkg(&["-i", deb.to_str().unwrap()]);
+
+    let calls_made = std::fs::read_to_string(&calls).unwrap();
+    let state = root.join("var/lib/arroyod");
+    assert!(
+        calls_made
+            .contains("adduser --system --group --home /var/lib/arroyod --no-create-home arroyod"),
+        "{calls_made}"
+    );
+    assert!(
+        calls_made.contains(&format!("chown arroyod:arroyod {}", state.display())),
+        "{calls_made}"
+    );
+    assert!(!calls_made.contains("systemctl"), "{calls_made}");
+    assert!(state.is_dir());
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for file in [
+        "usr/bin/arroyod",
+        "usr/bin/arroyoctl",
+        "usr/lib/systemd/system/arroyod.service",
+        "etc/arroyod/arroyod.toml",
+        "usr/share/man/man1/arroyod.1.gz",
+    ] {
+        assert!(root.join(file).is_file(), "{file} is not installed");
+    }
+    let status = dpkg(&["--status", "arroyod"]);
+    assert!(status.contains("Status: install ok installed"), "{status}");
+
+    // A purge takes the state and the configuration with it.
+    dpkg(&["--purge", "arroyod"]);
+    assert!(!state.exists());
+    assert!(!root.join("etc/arroyod").exists());
+    assert!(!root.join("usr/bin/arroyod").exists());
 }

@@ -14,16 +14,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::dataflow::{self, CheckpointConfig, RunHandle};
 use crate::storage::{CheckpointStore, Manifest, Passed, Restorable, StorageError};
-use crate::task::JobContext;
+use crate::task::{JobContext, MemoryBudget};
 
 pub use crate::dataflow::{
-    CheckpointTrigger, CommitGate, CompletedCheckpoint, DataflowError, NodeMetrics,
-    RunOutcome as Outcome, StopMode, Stopper,
+    CheckpointTrigger, CommitGate, CompletedCheckpoint, DataflowError, EdgeShape, NodeMetrics,
+    NodeShape, Role, Route, RunOutcome as Outcome, Shape, StopMode, Stopper,
 };
 pub use crate::sql::PlannedQuery;
 pub use crate::task::NodeFigures;
@@ -42,7 +43,16 @@ pub struct JobSpec {
     /// restart (a Kafka sink's transactional ids, a Kafka source's consumer group). Empty
     /// outside a pipeline.
     pub pipeline: String,
+    /// The pipeline's memory limit, in bytes: the operators' state may hold
+    /// [`STATE_SHARE_PERCENT`] of it, through a DataFusion memory pool; a subtask whose state
+    /// would grow past that fails the run. None: no limit.
+    pub memory_limit: Option<u64>,
 }
+
+/// The share of a memory limit that operators' state may hold; the rest is for batches in
+/// flight, buffers, the runtime and the process itself (which the daemon's worker watches as
+/// a whole).
+pub const STATE_SHARE_PERCENT: u64 = 50;
 
 /// Where and how often a job checkpoints.
 #[derive(Clone)]
@@ -85,9 +95,15 @@ pub async fn start(query: &PlannedQuery, spec: JobSpec) -> Result<Job, DataflowE
         }
     };
     debug!(parallelism = spec.parallelism, plan = %query.program.describe(), "starting a job");
+    let memory = spec.memory_limit.map(|limit| {
+        let state = (u128::from(limit) * u128::from(STATE_SHARE_PERCENT) / 100) as u64;
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(state as usize));
+        MemoryBudget { pool, limit, state }
+    });
     let context = Arc::new(JobContext {
         pipeline: spec.pipeline,
         preview: spec.preview,
+        memory,
     });
     let handle = dataflow::run(&query.program, spec.parallelism, context, checkpoints).await?;
     Ok(Job { handle })
@@ -283,6 +299,7 @@ mod tests {
             }),
             preview: Some(tx),
             pipeline: String::new(),
+            memory_limit: None,
         };
         let job = start(&query, spec).await.unwrap();
         let rows = count(rx);
@@ -344,5 +361,36 @@ mod tests {
         );
         assert!(err.to_string().contains("(the metadata says so)"), "{err}");
         assert!(err.to_string().contains("no complete checkpoint"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn state_beyond_the_memory_limit_fails_the_job_naming_the_limit() {
+        // Every counter is a group of its own: the state grows without end.
+        let query = crate::sql::plan(
+            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '10000000');
+             SELECT counter, count(*) AS n FROM impulse GROUP BY counter;",
+        )
+        .expect("plans");
+        let spec = JobSpec {
+            parallelism: 2,
+            memory_limit: Some(8 << 20),
+            ..JobSpec::default()
+        };
+        let job = start(&query, spec).await.unwrap();
+        let failed = tokio::time::timeout(Duration::from_secs(120), job.wait())
+            .await
+            .expect("fails within two minutes")
+            .expect_err("the state outgrows the limit");
+        let message = crate::error_chain(&failed);
+        assert!(
+            message.contains("went over its memory limit of 8 MiB")
+                && message.contains("state may hold 4 MiB of it"),
+            "{message}"
+        );
+        assert_eq!(
+            failed.kind(),
+            crate::ErrorKind::User(crate::UserFault::BadOption),
+            "{message}"
+        );
     }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use arroyod_proto::arroyod_server::Arroyod;
 use arroyod_proto::{
     Checkpoint as CheckpointMsg, CheckpointsResponse, DeleteRequest, DeleteResponse,
-    ExplainRequest, ExplainResponse, ListRequest, ListResponse, LogEvent, LogsRequest, OffsetRange,
-    OperatorMetrics, Pipeline as PipelineMsg, PipelineMetrics, PipelineRef, RestartRequest,
-    RestartResponse, Restore, StopMode as StopModeMsg, StopRequest, SubmitRequest, SubmitResponse,
-    TailRequest, TailRow, UpdateRequest, ValidateRequest, ValidateResponse,
+    ExplainRequest, ExplainResponse, GraphEdge, GraphNode, ListRequest, ListResponse, LogEvent,
+    LogsRequest, OffsetRange, OperatorMetrics, Pipeline as PipelineMsg, PipelineMetrics,
+    PipelineRef, RestartRequest, RestartResponse, Restore, StopMode as StopModeMsg, StopRequest,
+    SubmitRequest, SubmitResponse, TailRequest, TailRow, UpdateRequest, ValidateRequest,
+    ValidateResponse,
 };
 use futures::Stream;
 use tokio::sync::broadcast;
@@ -22,6 +23,7 @@ use crate::access::Caller;
 use crate::controller::ControllerError;
 use crate::controller::machine::{Changes, StopMode};
 use crate::controller::{Controller, Keep, Submission};
+use crate::engine::{Role, Route, Shape, plan};
 use crate::output::{OutputLog, Reader, Record};
 use crate::secrets::redact_query;
 use crate::store::{CheckpointRow, EventRow};
@@ -48,6 +50,49 @@ fn stop_mode(mode: i32) -> StopMode {
         Ok(StopModeMsg::Graceful) => StopMode::Graceful,
         Ok(StopModeMsg::Immediate) => StopMode::Immediate,
         Ok(StopModeMsg::Checkpoint | StopModeMsg::Unspecified) | Err(_) => StopMode::Checkpoint,
+    }
+}
+
+/// A dataflow graph as the proto spells it.
+fn graph_msg(shape: &Shape) -> ExplainResponse {
+    let nodes = shape
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(index, n)| GraphNode {
+            index: index as u32,
+            id: n.id.clone(),
+            label: n.label.clone(),
+            kind: match n.role {
+                Role::Source => "source",
+                Role::Operator => "operator",
+                Role::Sink => "sink",
+            }
+            .to_owned(),
+            parallelism: n.parallelism as u32,
+        })
+        .collect();
+    let edges = shape
+        .edges
+        .iter()
+        .map(|e| {
+            let (kind, keys) = match &e.route {
+                Route::Forward => ("forward", vec![]),
+                Route::Rebalance => ("rebalance", vec![]),
+                Route::Shuffle(keys) => ("shuffle", keys.clone()),
+            };
+            GraphEdge {
+                from: e.from as u32,
+                to: e.to as u32,
+                kind: kind.to_owned(),
+                keys,
+            }
+        })
+        .collect();
+    ExplainResponse {
+        nodes,
+        edges,
+        errors: vec![],
     }
 }
 
@@ -441,10 +486,27 @@ impl Arroyod for Api {
         }))
     }
 
+    /// A pipeline's graph is its stored query planned again at its parallelism; a query's at
+    /// the parallelism asked (1 by default). Planning is pure: nothing runs.
     async fn explain(
         &self,
-        _request: Request<ExplainRequest>,
+        request: Request<ExplainRequest>,
     ) -> Result<Response<ExplainResponse>, Status> {
-        Err(Status::unimplemented("explain is not available yet"))
+        let r = request.into_inner();
+        let (query, parallelism) = if r.id_or_name.is_empty() {
+            (r.query, r.parallelism.max(1))
+        } else {
+            let view = self.controller.find(&r.id_or_name).map_err(status)?.view();
+            (view.spec.query, view.spec.parallelism.max(1))
+        };
+        let shown = redact_query(&query);
+        let response = match plan(query).await {
+            Ok(planned) => graph_msg(&planned.shape(parallelism as usize)),
+            Err(errors) => ExplainResponse {
+                errors: errors.iter().map(|e| sql_error_msg(e, &shown)).collect(),
+                ..ExplainResponse::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 }

@@ -295,12 +295,19 @@ impl TestDaemon {
 
     /// Writes `sql` to a file in the temp dir and submits it; returns the pipeline id.
     pub fn submit(&self, name: &str, sql: &str) -> String {
+        self.submit_with(name, sql, &[])
+    }
+
+    /// Like [`TestDaemon::submit`], with more `submit` flags (`--parallelism 2`...).
+    pub fn submit_with(&self, name: &str, sql: &str, flags: &[&str]) -> String {
         let path = self.dir.path().join(format!("{name}.sql"));
         std::fs::File::create(&path)
             .unwrap()
             .write_all(sql.as_bytes())
             .unwrap();
-        let out = self.ctl_ok(&["submit", path.to_str().unwrap(), "--name", name]);
+        let mut args = vec!["submit", path.to_str().unwrap(), "--name", name];
+        args.extend_from_slice(flags);
+        let out = self.ctl_ok(&args);
         out.split_whitespace().last().unwrap().to_string()
     }
 

@@ -182,3 +182,122 @@ impl Program {
         s
     }
 }
+
+/// What a node does in the graph, as `explain` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Operator,
+    /// An operator without outputs.
+    Sink,
+}
+
+/// A node as `explain` shows it.
+#[derive(Debug, Clone)]
+pub struct NodeShape {
+    pub id: String,
+    pub label: String,
+    pub role: Role,
+    /// Its subtasks at the parallelism the shape was made for.
+    pub parallelism: usize,
+}
+
+/// How an edge routes batches, as `explain` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Subtask i feeds subtask i.
+    Forward,
+    /// A forward edge between nodes of different parallelism: round robin.
+    Rebalance,
+    /// By the hash of these key expressions (column references without their index).
+    Shuffle(Vec<String>),
+}
+
+/// An edge as `explain` shows it; nodes by their index in [`Shape::nodes`].
+#[derive(Debug, Clone)]
+pub struct EdgeShape {
+    pub from: usize,
+    pub to: usize,
+    pub route: Route,
+}
+
+/// The graph of a program at one parallelism: what runs, and how batches move.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// In topological order.
+    pub nodes: Vec<NodeShape>,
+    pub edges: Vec<EdgeShape>,
+}
+
+/// An expression as DataFusion prints it, without the `@index` of its column references.
+fn key_text(expr: &dyn PhysicalExpr) -> String {
+    let printed = expr.to_string();
+    let mut out = String::with_capacity(printed.len());
+    let mut chars = printed.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '@' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Program {
+    /// The graph as it runs at `parallelism` (nodes with a fixed parallelism keep it), the
+    /// same rule as the runtime's.
+    pub fn shape(&self, parallelism: usize) -> Shape {
+        let par: Vec<usize> = self
+            .nodes
+            .iter()
+            .map(|n| n.parallelism.unwrap_or(parallelism).max(1))
+            .collect();
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeShape {
+                id: n.id.clone(),
+                label: n.label.clone(),
+                role: match n.kind {
+                    NodeKind::Source(_) => Role::Source,
+                    NodeKind::Operator(_) if self.out_edges(i).next().is_none() => Role::Sink,
+                    NodeKind::Operator(_) => Role::Operator,
+                },
+                parallelism: par[i],
+            })
+            .collect();
+        let edges = self
+            .edges
+            .iter()
+            .map(|e| EdgeShape {
+                from: e.from,
+                to: e.to,
+                route: match &e.kind {
+                    EdgeKind::Forward if par[e.from] == par[e.to] => Route::Forward,
+                    EdgeKind::Forward => Route::Rebalance,
+                    EdgeKind::Shuffle(keys) => {
+                        Route::Shuffle(keys.iter().map(|k| key_text(k.as_ref())).collect())
+                    }
+                },
+            })
+            .collect();
+        Shape { nodes, edges }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_shown_without_column_indexes() {
+        let key = Column::new("bidder", 3);
+        assert_eq!(key_text(&key), "bidder");
+    }
+}

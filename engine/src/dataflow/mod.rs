@@ -23,5 +23,5 @@ mod runtime;
 pub use crate::task::StopMode;
 pub use checkpointing::{CheckpointConfig, CommitGate, CompletedCheckpoint};
 pub use error::DataflowError;
-pub use graph::{EdgeKind, NodeKind, Program, node_id};
+pub use graph::{EdgeKind, EdgeShape, NodeKind, NodeShape, Program, Role, Route, Shape, node_id};
 pub use runtime::{CheckpointTrigger, NodeMetrics, RunHandle, RunOutcome, Stopper, run};

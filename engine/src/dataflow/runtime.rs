@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -368,8 +369,13 @@ pub async fn run(
                     }
                     let rx = std::mem::take(&mut receivers[node_id][subtask]);
                     let inputs = std::mem::take(&mut slot_inputs[node_id][subtask]);
+                    let memory = job
+                        .memory
+                        .as_ref()
+                        .map(|budget| MemoryConsumer::new(name.clone()).register(&budget.pool));
                     let task = OperatorTask {
                         op,
+                        memory,
                         info,
                         slot_inputs: inputs,
                         out,
@@ -430,6 +436,8 @@ async fn run_source(mut source: Box<dyn Source>, mut ctx: SourceContext) -> Resu
 /// One operator subtask and what it needs to run.
 struct OperatorTask {
     op: Box<dyn Operator>,
+    /// Its share of the run's memory pool: as large as the operator's state.
+    memory: Option<MemoryReservation>,
     info: TaskInfo,
     /// Per input slot, the in-edge it belongs to.
     slot_inputs: Vec<usize>,
@@ -501,6 +509,8 @@ impl OperatorTask {
         if slots.is_empty() {
             return self.close().await;
         }
+        // What a restore brought back counts too.
+        self.account()?;
         let mut aligning: Option<Barrier> = None;
         let mut next_slot = 0;
         let mut completed = self.link.as_ref().map(|l| l.completed.clone());
@@ -528,10 +538,12 @@ impl OperatorTask {
                     self.op
                         .process_batch(batch, self.slot_inputs[slot], &mut self.out)
                         .await?;
+                    self.account()?;
                 }
                 Message::Watermark(wm) => {
                     slots[slot].mark = Some(wm);
                     self.combine_watermarks(&slots, &mut idle).await?;
+                    self.account()?;
                 }
                 Message::Barrier(barrier) => {
                     aligning = Some(barrier);
@@ -559,6 +571,28 @@ impl OperatorTask {
                 }
             }
         }
+    }
+
+    /// Resizes the subtask's reservation to its operator's state; fails when the run's memory
+    /// pool cannot grant it.
+    fn account(&mut self) -> Result<(), TaskError> {
+        let Some(reservation) = self.memory.as_mut() else {
+            return Ok(());
+        };
+        let wanted = self.op.state_bytes();
+        if wanted == reservation.size() {
+            return Ok(());
+        }
+        reservation.try_resize(wanted).map_err(|source| {
+            let budget = self.info.job.memory.as_ref();
+            TaskError::MemoryLimit {
+                node: self.info.node.clone(),
+                limit: budget.map_or(0, |b| b.limit),
+                state: budget.map_or(0, |b| b.state),
+                wanted: wanted as u64,
+                source,
+            }
+        })
     }
 
     /// The combined watermark: the minimum over open, non-idle slots; undefined while some
@@ -696,6 +730,7 @@ mod tests {
         let (out, mut forwarded) = Collector::for_test(64);
         let task = OperatorTask {
             op: Box::new(Forward),
+            memory: None,
             info: TaskInfo::for_test(0, 1),
             slot_inputs: vec![0, 1],
             out,

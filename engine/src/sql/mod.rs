@@ -89,6 +89,13 @@ pub struct PlannedQuery {
     pub host_access: Vec<crate::connector::HostAccess>,
 }
 
+impl PlannedQuery {
+    /// Its dataflow graph as it would run at `parallelism`: what `explain` shows.
+    pub fn shape(&self, parallelism: usize) -> crate::dataflow::Shape {
+        self.program.shape(parallelism)
+    }
+}
+
 /// How deep expressions and queries may nest (parentheses, CASE, function calls, subqueries):
 /// deeper is refused where the parser gave up, so that planning never exhausts its stack.
 /// Flat chains (`a OR b OR ...`, `x + y + ...`) are not nesting: they parse iteratively, of

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datafusion::execution::memory_pool::MemoryPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -57,6 +58,20 @@ pub struct JobContext {
     /// Where the default sink sends its rows, as JSON objects in batches. Without it the
     /// default sink discards its rows.
     pub preview: Option<mpsc::Sender<Vec<String>>>,
+    /// What the operators' state may hold; None: no limit.
+    pub memory: Option<MemoryBudget>,
+}
+
+/// The memory the operators' state of a run may hold: a DataFusion memory pool shared by
+/// every subtask, each of which keeps a reservation the size of its operator's state.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    pub pool: Arc<dyn MemoryPool>,
+    /// The pipeline's memory limit, in bytes, of which the pool holds a share (what an error
+    /// names).
+    pub limit: u64,
+    /// The pool's size, in bytes.
+    pub state: u64,
 }
 
 /// Tasks that subtasks leave behind (the abort of an upload a dropped file had under way),

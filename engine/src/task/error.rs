@@ -100,6 +100,23 @@ pub enum TaskError {
         #[source]
         source: ConnectorFailure,
     },
+    /// The operator's state would grow past what the pipeline's memory limit leaves for
+    /// state (the run's memory pool refused to grow its reservation).
+    #[error(
+        "{node}: the pipeline went over its memory limit of {}: its operators' state may hold {} of it, and would grow past that (this subtask's to {}); raise it with `arroyoctl update --memory-limit`, or hold less state (fewer keys, a shorter updating_ttl, smaller windows)",
+        size(*limit), size(*state), size(*wanted)
+    )]
+    MemoryLimit {
+        node: String,
+        /// The pipeline's memory limit, in bytes.
+        limit: u64,
+        /// The part of it the operators' state may hold.
+        state: u64,
+        /// What this subtask's state would hold.
+        wanted: u64,
+        #[source]
+        source: DataFusionError,
+    },
     /// A downstream subtask went away while this one still had data for it.
     #[error("channel closed")]
     ChannelClosed,
@@ -137,11 +154,32 @@ impl TaskError {
         match self {
             TaskError::Expression { source, .. } => datafusion_kind(source),
             TaskError::Connector { source, .. } => source.kind(),
+            // The limit is the user's setting: too low for the state the query holds.
+            TaskError::MemoryLimit { .. } => ErrorKind::User(UserFault::BadOption),
             TaskError::Batch { .. }
             | TaskError::Setup { .. }
             | TaskError::State(_)
             | TaskError::ChannelClosed => ErrorKind::Internal,
         }
+    }
+}
+
+/// A size in bytes as `64 MiB` or `1.5 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -242,5 +280,12 @@ mod tests {
         let e = TaskError::expression("t")(DataFusionError::Internal("oops".into()));
         assert_eq!(e.kind(), ErrorKind::Internal);
         assert_eq!(TaskError::ChannelClosed.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(64 << 20), "64 MiB");
+        assert_eq!(size(3 << 29), "1.5 GiB");
     }
 }

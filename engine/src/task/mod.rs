@@ -32,7 +32,7 @@ mod state;
 
 pub use collector::Collector;
 pub(crate) use collector::{Route, Rx, Tx};
-pub use context::{Background, JobContext, StopMode, TaskInfo};
+pub use context::{Background, JobContext, MemoryBudget, StopMode, TaskInfo};
 pub use error::{ErrorKind, Fault, StateError, TaskError, UserFault, datafusion_kind, error_chain};
 pub use message::{Barrier, Message, Watermark};
 pub use metrics::{NodeCounters, NodeFigures};

@@ -44,6 +44,14 @@ pub trait Operator: Send {
             .await
     }
 
+    /// The bytes its state holds in memory, as well as it can tell: the run's memory budget
+    /// (DataFusion's memory pool) holds a reservation of this size after every batch and
+    /// watermark, and fails the subtask when the pool cannot grant it. Called often, so it
+    /// must not walk the state. Stateless operators keep the default.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// Every input has ended; flush what is held. End of data is forwarded afterwards.
     async fn on_close(&mut self, _out: &mut Collector) -> Result<(), TaskError> {
         Ok(())

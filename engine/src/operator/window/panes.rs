@@ -297,6 +297,16 @@ impl Operator for WindowAggregateOp {
             .map_err(TaskError::expression(&self.plan.label))
     }
 
+    /// What DataFusion's group values and accumulators of every open window say they hold.
+    fn state_bytes(&self) -> usize {
+        self.panes
+            .values()
+            .map(|pane| {
+                pane.groups.size() + pane.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            })
+            .sum()
+    }
+
     async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
         self.watermark = Some(watermark);
         let open = match watermark.checked_add(1) {
