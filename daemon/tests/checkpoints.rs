@@ -9,6 +9,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use harness::fault::committed_counters;
 use harness::{
     DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, parent_of, path_str, signal,
     signal_group, wait_exit, wait_until,
@@ -389,34 +390,6 @@ fn the_daemon_killed_with_9_resumes_its_pipeline_exactly_once() {
     daemon.ctl_ok(&["stop", &id]);
     let last = exactly_once(&s.out);
     assert_grew(first, last);
-}
-
-/// The counters in every visible JSON file under `dir` (staged files are hidden).
-fn committed_counters(dir: &Path) -> Vec<u64> {
-    fn walk(dir: &Path, out: &mut Vec<u64>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                let text = std::fs::read_to_string(e.path()).unwrap();
-                out.extend(text.lines().map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                        .as_u64()
-                        .unwrap()
-                }));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out
 }
 
 #[test]
