@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use harness::fault::{
-    complete_epochs, counters_query, exactly_once, files_query, flip_a_byte, interrupt, mode,
-    run_to_three_checkpoints, start_run, tally, wait_rows,
+    complete_epochs, counters_query, exactly_once, files_query, flip_a_byte, interrupt,
+    largest_file, mode, run_to_three_checkpoints, start_run, tally, wait_rows,
 };
 use harness::{DEADLINE, arroyod_bin, counters_in, path_str, wait_exit};
 
@@ -269,13 +269,7 @@ fn each_kind_of_corrupt_checkpoint_falls_back_or_fails_naming_the_file() {
         let [.., older, newest] = epochs.as_slice() else {
             panic!("{epochs:?}")
         };
-        let file = std::fs::read_dir(newest)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name() != "MANIFEST")
-            .max_by_key(|e| e.metadata().unwrap().len())
-            .unwrap()
-            .path();
+        let file = largest_file(newest);
         let target = Target {
             epoch: newest.clone(),
             file,

@@ -69,6 +69,15 @@ fn kill_9_loops_of_the_worker_and_of_run_keep_every_counter_once() {
     report("run kill -9", kills, &out);
 }
 
+/// Submits the counters query to `d`; its id.
+fn submit_counters(d: &TestDaemon, query: &std::path::Path) -> String {
+    d.ctl_ok(&["submit", path_str(query), "--name", "counters"])
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn a_kill_9_loop_of_the_daemon_keeps_every_counter_once() {
     let mut d = TestDaemon::unstarted(&[]);
@@ -79,12 +88,7 @@ fn a_kill_9_loop_of_the_daemon_keeps_every_counter_once() {
     d.restart();
     let out = d.dir.path().join("out.json");
     let query = counters_query(d.dir.path(), &out);
-    let id = d
-        .ctl_ok(&["submit", path_str(&query), "--name", "counters"])
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = submit_counters(&d, &query);
     let (mut rng, kills) = fault_loop("daemon kill -9");
     for _ in 0..kills {
         d.wait_state(&id, "Running");
@@ -207,12 +211,7 @@ fn a_crash_in_a_snapshot_upload_keeps_every_counter_once() {
     d.restart();
     let out = d.dir.path().join("out.json");
     let query = counters_query(d.dir.path(), &out);
-    let id = d
-        .ctl_ok(&["submit", path_str(&query), "--name", "counters"])
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = submit_counters(&d, &query);
     wait_until(DEADLINE * 2, "the crash at snapshot_uploaded", || {
         (!token.exists() && !alive(d.pid())).then_some(())
     });

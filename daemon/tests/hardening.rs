@@ -5,7 +5,7 @@ mod harness;
 
 use std::process::{Child, Output, Stdio};
 
-use harness::fault::{in_private_tmpfs, on_small_tmpfs};
+use harness::fault::{assert_lost_during_the_call, in_private_tmpfs, on_small_tmpfs};
 
 use harness::{DEADLINE, TestDaemon, alive, parent_of, wait_until};
 
@@ -312,14 +312,7 @@ fn a_daemon_killed_during_a_call_is_exit_3_with_a_hint() {
         .unwrap();
     d.wait_state(&id, "Stopping");
     d.kill9();
-    let out = stop.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("during the call"), "{stderr}");
-    assert!(
-        stderr.contains("hint:") && stderr.contains("arroyoctl list"),
-        "{stderr}"
-    );
+    assert_lost_during_the_call(&stop.wait_with_output().unwrap());
     wait_until(DEADLINE, "the worker to die with its daemon", || {
         (!alive(worker)).then_some(())
     });

@@ -73,16 +73,21 @@ pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Flips one byte in the middle of the largest state file of the epoch at `dir` (its length
-/// stays: only the checksum can tell).
-pub fn flip_a_byte(dir: &Path) {
-    let file = std::fs::read_dir(dir)
+/// The largest state file of the epoch at `dir` (its MANIFEST aside).
+pub fn largest_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name() != "MANIFEST")
         .max_by_key(|e| e.metadata().unwrap().len())
         .unwrap()
-        .path();
+        .path()
+}
+
+/// Flips one byte in the middle of the largest state file of the epoch at `dir` (its length
+/// stays: only the checksum can tell).
+pub fn flip_a_byte(dir: &Path) {
+    let file = largest_file(dir);
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -307,5 +312,17 @@ pub fn run_to_three_checkpoints(state: &Path, query: &Path, log: &Path) {
         status.success(),
         "{}",
         std::fs::read_to_string(log).unwrap()
+    );
+}
+
+/// Asserts that `out` is a client's answer to a daemon lost during its call: exit 3, saying
+/// so, with a hint to check `list` before retrying.
+pub fn assert_lost_during_the_call(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("during the call"), "{stderr}");
+    assert!(
+        stderr.contains("hint:") && stderr.contains("arroyoctl list"),
+        "{stderr}"
     );
 }
