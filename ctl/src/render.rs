@@ -41,6 +41,8 @@ pub fn pipeline_json(p: &Pipeline) -> Value {
         "subtasks": p.subtasks,
         "subtasks_ended": p.subtasks_ended,
         "restarts": p.restarts,
+        "bad_rows_dropped": p.bad_rows_dropped,
+        "late_rows_dropped": p.late_rows_dropped,
         "query": p.query,
     })
 }
@@ -223,6 +225,10 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
             or_dash_0(p.memory_limit_bytes, |b| bytesize::ByteSize(b).to_string()),
         ),
         ("restarts", p.restarts.to_string()),
+        (
+            "dropped",
+            format!("{} bad, {} late", p.bad_rows_dropped, p.late_rows_dropped),
+        ),
         (
             "last_stop",
             p.last_stop.as_ref().map_or("-".to_owned(), |s| {

@@ -27,7 +27,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::engine::{Location, LocationError as ConnectorError, durable, error_chain, fnv1a64};
+use crate::engine::{
+    Location, LocationError as ConnectorError, durable, error_chain, failpoint, fnv1a64,
+};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -308,6 +310,7 @@ impl Backup {
             .put(&object, bytes.into())
             .await
             .map_err(self.remote("uploading", &object))?;
+        failpoint::point("snapshot_uploaded");
 
         // 4: the pointer, once the snapshot is complete.
         let latest = self.object(LATEST);

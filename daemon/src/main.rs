@@ -151,6 +151,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() -> ExitCode {
+    // Crash points of test builds (none in a shipped binary), in every process: once.
+    engine::failpoint::setup();
     let cli = Cli::parse();
     let overrides = |args: &ServeArgs| {
         // Flags after the subcommand win over flags before it.

@@ -98,6 +98,15 @@ pub struct OperatorLive {
     pub subtasks_ended: u32,
 }
 
+/// Rows a pipeline dropped since the daemon started, over all its operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// As bad data (`bad_data = 'drop'`).
+    pub bad: u64,
+    /// As late (after the watermark passed their window).
+    pub late: u64,
+}
+
 /// A pipeline's live figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PipelineLive {
@@ -368,6 +377,17 @@ impl Metrics {
                 o.backpressure = 0.0;
             }
         }
+    }
+
+    /// The rows pipeline `id` dropped, summed over its operators: what `status` shows.
+    pub fn dropped(&self, id: &str) -> Dropped {
+        let live = self.live.lock().expect("metrics lock");
+        live.get(id)
+            .map(|(_, p)| Dropped {
+                bad: p.operators.iter().map(|o| o.bad_rows).sum(),
+                late: p.operators.iter().map(|o| o.late_rows).sum(),
+            })
+            .unwrap_or_default()
     }
 
     /// The live figures of pipeline `id`.

@@ -328,11 +328,12 @@ impl OutputLog {
         inner.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Appends rows of `sink`. A failed write is logged once and counted: the next write that
+    /// Appends rows of `sink`. A failed write is returned (the pipeline's task fails the
+    /// pipeline with it: a full disk is not a silent loss), and counted: a later write that
     /// succeeds records how many rows were lost.
-    pub fn append(&self, sink: &str, rows: &[String]) {
+    pub fn append(&self, sink: &str, rows: &[String]) -> Result<(), OutputError> {
         if rows.is_empty() {
-            return;
+            return Ok(());
         }
         let mut inner = self.inner.lock().expect("output log lock");
         let mut text = String::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
@@ -368,12 +369,11 @@ impl OutputLog {
                 let next = inner.next;
                 drop(inner);
                 self.end.send_modify(|e| e.next = next);
+                Ok(())
             }
             Err(e) => {
-                if inner.lost == 0 {
-                    warn!(error = %crate::engine::error_chain(&e), rows = rows.len(), "writing the output log failed; rows are lost until a write succeeds");
-                }
                 inner.lost += rows.len() as u64;
+                Err(e)
             }
         }
     }
@@ -804,7 +804,8 @@ mod tests {
             fresh: false,
         });
         for chunk in 0..100 {
-            log.append(PREVIEW, &rows(chunk * 100..(chunk + 1) * 100));
+            log.append(PREVIEW, &rows(chunk * 100..(chunk + 1) * 100))
+                .unwrap();
         }
         assert_eq!(log.next_offset(), 10_000);
         let segments = std::fs::read_dir(&path).unwrap().count();
@@ -850,7 +851,7 @@ mod tests {
         drop(log);
         let log = Arc::new(OutputLog::open(&path, 256 << 10).unwrap());
         assert_eq!(log.next_offset(), 10_000);
-        log.append("out", &rows(10_000..10_002));
+        log.append("out", &rows(10_000..10_002)).unwrap();
         let got = log.reader(9_999).read(10).unwrap();
         assert_eq!(offsets(&got), vec![9_999, 10_000, 10_001]);
         let sinks: Vec<&str> = got
@@ -870,7 +871,7 @@ mod tests {
         let log = Arc::new(OutputLog::open(&dir.path().join("p"), 64 * 1024).unwrap());
         let wide = |i: u64| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(1000));
         for i in 0..1000 {
-            log.append(PREVIEW, &[wide(i)]);
+            log.append(PREVIEW, &[wide(i)]).unwrap();
         }
         assert!(log.bytes() <= 64 * 1024 + 8 * 1024, "{} bytes", log.bytes());
         let first = log.first_offset();
@@ -893,7 +894,8 @@ mod tests {
         log.append(
             PREVIEW,
             &["{\"a\":1}".to_string(), "plain\ntext".to_string()],
-        );
+        )
+        .unwrap();
         let start = GenerationStart {
             generation: 2,
             restored: Some(5),
@@ -901,7 +903,7 @@ mod tests {
             fresh: false,
         };
         log.start_generation(start);
-        log.append(PREVIEW, &["{\"a\":2}".to_string()]);
+        log.append(PREVIEW, &["{\"a\":2}".to_string()]).unwrap();
         let got = log.reader(0).read(10).unwrap();
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(matches!(&got[1], Record::Row { json, offset: 1, .. } if json == "plain\ntext"));
@@ -924,7 +926,7 @@ mod tests {
             let log = log.clone();
             tokio::spawn(async move { log.wait_for(0).await })
         };
-        log.append(PREVIEW, &rows(0..1));
+        log.append(PREVIEW, &rows(0..1)).unwrap();
         assert!(f.await.unwrap());
         let f = {
             let log = log.clone();

@@ -188,7 +188,6 @@ fn event(e: worker_event::Event) -> WorkerEvent {
 
 pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Result<(), WorkerError> {
     die_with_parent();
-    crate::engine::failpoint::setup();
     let channel = unix_channel(&socket)
         .await
         .map_err(|source| WorkerError::Connect {

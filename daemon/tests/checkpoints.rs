@@ -9,8 +9,9 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use harness::fault::{committed_counters, files_query, worker_of};
 use harness::{
-    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, parent_of, path_str, signal,
+    DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, path_str, signal,
     signal_group, wait_exit, wait_until,
 };
 
@@ -124,20 +125,6 @@ fn restarts_exactly_once(daemon: &mut TestDaemon, id: &str, out: &Path) {
     daemon.ctl_ok(&["stop", id]);
     let n = exactly_once(out);
     assert!(n > now, "{n} rows after {now}");
-}
-
-/// The worker process a run (or daemon) with pid `parent` started.
-fn worker_of(parent: u32) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            parent_of(*pid) == Some(parent)
-                && alive(*pid)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"worker"))
-        })
 }
 
 struct Setup {
@@ -391,51 +378,12 @@ fn the_daemon_killed_with_9_resumes_its_pipeline_exactly_once() {
     assert_grew(first, last);
 }
 
-/// The counters in every visible JSON file under `dir` (staged files are hidden).
-fn committed_counters(dir: &Path) -> Vec<u64> {
-    fn walk(dir: &Path, out: &mut Vec<u64>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                let text = std::fs::read_to_string(e.path()).unwrap();
-                out.extend(text.lines().map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["counter"]
-                        .as_u64()
-                        .unwrap()
-                }));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out
-}
-
 #[test]
 fn a_filesystem_sink_commits_each_row_once_across_a_worker_crash() {
     let dir = tempfile::tempdir().unwrap();
     let files = dir.path().join("files");
-    let query_file = dir.path().join("files.sql");
+    let query_file = files_query(dir.path(), &files);
     let log = dir.path().join("run.log");
-    std::fs::write(
-        &query_file,
-        format!(
-            "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '2000');
-             CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'filesystem', type = 'sink',
-               path = '{}', format = 'json', 'rolling_policy.file_size' = '2kb');
-             INSERT INTO out SELECT counter FROM impulse;",
-            files.display()
-        ),
-    )
-    .unwrap();
     let state = dir.path().join("state");
     let run = start_run(path_str(&state), &query_file, &[], &log);
     let wait_committed = |n: usize| {

@@ -421,3 +421,40 @@ fn state_over_the_memory_limit_fails_the_pipeline_clearly_and_the_daemon_lives_o
     let logs = d.ctl_ok(&["logs", &id]);
     assert!(logs.contains("memory limit of 512 MiB"), "{logs}");
 }
+
+/// Issue 9.14 and 12: the rows a pipeline drops, as bad data (`bad_data = 'drop'`) and as
+/// late, are counted in `status` (and in the operators' metrics, which `status` sums).
+#[test]
+fn dropped_rows_are_counted_in_status() {
+    let mut d = harness::TestDaemon::unstarted(&[]);
+    // One line per batch, so that each row comes after the watermark of the ones before.
+    d.envs = vec![("ARROYO_TEST_FILE_PACE".into(), "1:5".into())];
+    d.restart();
+    let input = d.dir.path().join("in.json");
+    let mut lines = Vec::new();
+    for s in 0..20 {
+        lines.push(format!(r#"{{"n": {s}, "at": "2024-01-01T00:00:{s:02}Z"}}"#));
+        if s % 3 == 2 {
+            lines.push("not json".to_string());
+        }
+    }
+    // After the watermark passed second 10: late for its window.
+    for s in 0..4 {
+        lines.push(format!(r#"{{"n": {s}, "at": "2024-01-01T00:00:01Z"}}"#));
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let bad = lines.iter().filter(|l| *l == "not json").count() as u64;
+    let id = d.submit(
+        "drops",
+        &format!(
+            "CREATE TABLE t (n BIGINT, at TIMESTAMP, WATERMARK FOR at AS at) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'source', bad_data = 'drop');
+             SELECT count(*) AS c FROM t GROUP BY tumble(interval '1 second');",
+            input.display()
+        ),
+    );
+    let s = d.wait_state(&id, "Finished");
+    assert_eq!(s["bad_rows_dropped"], bad, "{s}");
+    assert_eq!(s["late_rows_dropped"], 4, "{s}");
+    let text = d.ctl_ok(&["status", &id]);
+    assert!(text.contains(&format!("{bad} bad, 4 late")), "{text}");
+}

@@ -18,6 +18,16 @@
 //! - `checkpoint_manifest_written`: the MANIFEST is written, old epochs not yet collected;
 //! - `checkpoint_completed`: the checkpoint completed, the daemon has not recorded it;
 //! - `sink_committed`: a filesystem sink renamed a checkpoint's files to their final names.
+//!
+//! Points in the daemon and `arroyod run` (grep `failpoint::point`), fired in that process
+//! (its workers die with it):
+//! - `checkpoint_recording`: a worker reported a completed checkpoint, the database has no
+//!   row of it yet;
+//! - `checkpoint_recorded`: its row is committed, no metadata snapshot has been taken of it;
+//! - `snapshot_uploaded`: a metadata snapshot is uploaded to `backup_url`, its `LATEST`
+//!   pointer not yet moved to it.
+//!
+//! [`setup`] runs once per process, first thing in `main`.
 
 /// Arms the crash points named in `FAILPOINTS` for the life of the process; a no-op
 /// without the `failpoints` feature.
@@ -42,6 +52,17 @@ pub fn crash(name: &str, token: Option<String>) {
         libc::kill(libc::getpid(), libc::SIGKILL);
     }
     std::process::abort()
+}
+
+/// Fires crash point `name` if it is armed: for the processes that embed the engine (the
+/// engine's own points use [`crash_point!`]). Without the feature it does nothing.
+pub fn point(name: &'static str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(token) = fail::eval(name, |arg| arg) {
+        crash(name, token);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }
 
 /// Marks a crash point named `$name` (a string literal): see the module documentation.

@@ -121,6 +121,16 @@ fn choose_restore(
     program: &crate::dataflow::Program,
 ) -> Result<Option<Manifest>, DataflowError> {
     let location = store.display().to_string();
+    if let Some(m) = &found.manifest
+        && !found.unlisted.is_empty()
+    {
+        warn!(
+            epoch = m.epoch,
+            "checkpoint {} holds files its MANIFEST does not list, which are ignored: {}",
+            m.epoch,
+            found.unlisted.join(", ")
+        );
+    }
     let corrupt: Vec<&Passed> = found
         .passed
         .iter()

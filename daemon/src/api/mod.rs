@@ -121,6 +121,8 @@ pub fn view_msg(v: PipelineView, rows: u64) -> PipelineMsg {
         subtasks: v.subtasks,
         subtasks_ended: v.subtasks_ended,
         restarts: v.restarts,
+        bad_rows_dropped: v.bad_rows_dropped,
+        late_rows_dropped: v.late_rows_dropped,
     }
 }
 

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::location;
 use super::machine::{Command, Effect, Event, EventKind, Machine, Refusal, StopMode, Timer};
 use super::protocol::{Attachment, Envelope, PipelineView, Rejected, ReportStream, StartSpec};
-use crate::engine::error_chain;
+use crate::engine::{error_chain, failpoint};
 use crate::metrics::Metrics;
 use crate::output::{GenerationStart, OutputLog};
 use crate::settings::ControllerSettings;
@@ -323,7 +323,11 @@ impl PipelineTask {
                         .push((tokio::time::Instant::now() + after, timer));
                 }
                 Effect::AppendRows { sink, rows } => {
-                    self.output.append(&sink, &rows);
+                    // A log that cannot be written (a full disk) fails the pipeline, naming
+                    // the file and the reason; the rows are counted as lost in the log.
+                    if let Err(e) = self.output.append(&sink, &rows) {
+                        store_failed.get_or_insert(error_chain(&e));
+                    }
                     self.ctx
                         .metrics
                         .output_rows(&self.who.id, &self.who.name, rows.len() as u64);
@@ -344,8 +348,12 @@ impl PipelineTask {
                         completed_at: now_rfc3339(),
                         output_offset: self.output.next_offset(),
                     };
+                    failpoint::point("checkpoint_recording");
                     match self.ctx.store.insert_checkpoint(&self.who.id, &row).await {
-                        Ok(()) => self.ctx.checkpointed.send_modify(|n| *n += 1),
+                        Ok(()) => {
+                            failpoint::point("checkpoint_recorded");
+                            self.ctx.checkpointed.send_modify(|n| *n += 1)
+                        }
                         Err(e) => {
                             warn!(epoch = info.epoch, error = %error_chain(&e), "recording a completed checkpoint failed")
                         }
@@ -559,6 +567,7 @@ fn make_view(
     worker_pid: u32,
     progress: (u32, u32),
 ) -> PipelineView {
+    let dropped = ctx.metrics.dropped(&who.id);
     PipelineView {
         id: who.id.clone(),
         name: who.name.clone(),
@@ -574,6 +583,8 @@ fn make_view(
         worker_pid,
         last_stop: m.last_stop.clone(),
         restarts: m.restart_count,
+        bad_rows_dropped: dropped.bad,
+        late_rows_dropped: dropped.late,
         subtasks: progress.0,
         subtasks_ended: progress.1,
     }

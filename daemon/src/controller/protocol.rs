@@ -33,6 +33,9 @@ pub struct PipelineView {
     pub last_stop: Option<StopEnd>,
     /// Crashed workers restarted since the daemon started.
     pub restarts: u64,
+    /// Rows dropped as bad data, and as late, since the daemon started (all operators).
+    pub bad_rows_dropped: u64,
+    pub late_rows_dropped: u64,
     /// The current worker's subtasks, and how many have ended (as it last reported).
     pub subtasks: u32,
     pub subtasks_ended: u32,

@@ -3,6 +3,8 @@
 //! can kill -9, terminate and restart the daemon.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

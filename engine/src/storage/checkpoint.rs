@@ -131,6 +131,9 @@ pub struct Restorable {
     pub manifest: Option<Manifest>,
     /// The newer epochs passed over, newest first.
     pub passed: Vec<Passed>,
+    /// Files in the restored checkpoint's directory that its MANIFEST does not list (never
+    /// read: a checkpoint is what its MANIFEST says).
+    pub unlisted: Vec<String>,
 }
 
 /// An epoch passed over when looking for the checkpoint to restore.
@@ -350,9 +353,11 @@ impl CheckpointStore {
             };
             match self.verify(&manifest).await {
                 Ok(()) => {
+                    let unlisted = self.unlisted(&manifest).await?;
                     return Ok(Restorable {
                         manifest: Some(manifest),
                         passed,
+                        unlisted,
                     });
                 }
                 Err(e @ StorageError::Corrupt { .. }) => passed.push(Passed {
@@ -366,7 +371,41 @@ impl CheckpointStore {
         Ok(Restorable {
             manifest: None,
             passed,
+            unlisted: Vec::new(),
         })
+    }
+
+    /// The files of `manifest`'s epoch that it does not list, as messages name them.
+    async fn unlisted(&self, manifest: &Manifest) -> Result<Vec<String>, StorageError> {
+        let dir = self.dir.clone().join(epoch_dir(manifest.epoch));
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(self.failed("listing", &dir))?;
+        let known = |o: &object_store::ObjectMeta| {
+            o.location == self.path(manifest.epoch, MANIFEST)
+                || manifest
+                    .files
+                    .iter()
+                    .any(|f| o.location == self.path(manifest.epoch, &f.name))
+        };
+        Ok(listed
+            .iter()
+            .filter(|o| !known(o))
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    self.shown,
+                    o.location
+                        .as_ref()
+                        .strip_prefix(self.dir.as_ref())
+                        .unwrap_or(o.location.as_ref())
+                        .trim_start_matches('/')
+                )
+            })
+            .collect())
     }
 
     /// Reads every file of `manifest`, checking its length and checksum.

@@ -24,7 +24,7 @@ use super::KafkaError;
 use crate::connector::debezium;
 use crate::connector::lines::{BadData, LineFormat};
 use crate::connector::{EventTimeSpec, MetadataColumn};
-use crate::task::{timestamp_type, with_timestamp, with_updating};
+use crate::task::{NodeCounters, timestamp_type, with_timestamp, with_updating};
 
 /// How far the default watermark trails the newest event time.
 const DEFAULT_DELAY: i64 = 1_000_000_000;
@@ -196,18 +196,23 @@ impl RowSpec {
         }
     }
 
-    /// Decodes `records`; None when every record was dropped.
-    pub fn decode(&self, records: &Records) -> Result<Option<Rows>, KafkaError> {
+    /// Decodes `records`; None when every record was dropped. Records dropped under
+    /// `bad_data = 'drop'` are counted in `counters`.
+    pub fn decode(
+        &self,
+        records: &Records,
+        counters: &NodeCounters,
+    ) -> Result<Option<Rows>, KafkaError> {
         let payload = match self.decode_all(records, 0..records.len()) {
             Ok(p) => p,
-            Err(_) => self.decode_each(records)?,
+            Err(_) => self.decode_each(records, counters)?,
         };
         if payload.rows.num_rows() == 0 {
             return Ok(None);
         }
         let source = UInt32Array::from(payload.source);
         let table = self.with_metadata_and_generated(&payload.rows, records, &source)?;
-        self.finish(table, payload.retract, records, source)
+        self.finish(table, payload.retract, records, source, counters)
     }
 
     /// Decodes the payloads of `range` in one pass; Err when one is bad.
@@ -297,7 +302,11 @@ impl RowSpec {
     }
 
     /// The slow path: record by record, failing on or dropping the bad ones.
-    fn decode_each(&self, records: &Records) -> Result<Payload, KafkaError> {
+    fn decode_each(
+        &self,
+        records: &Records,
+        counters: &NodeCounters,
+    ) -> Result<Payload, KafkaError> {
         let mut parts = Vec::new();
         let mut dropped = 0;
         let mut first_bad: Option<(usize, String)> = None;
@@ -320,6 +329,7 @@ impl RowSpec {
             }
         }
         if let Some((i, reason)) = first_bad {
+            counters.bad(dropped);
             warn!(topic = %self.topic, partition = records.partitions[i], offset = records.offsets[i], %reason, dropped, "bad_data = 'drop': records dropped");
         }
         let rows: Vec<RecordBatch> = parts.iter().map(|p| p.rows.clone()).collect();
@@ -412,6 +422,7 @@ impl RowSpec {
         mut retract: Option<BooleanArray>,
         records: &Records,
         mut source: UInt32Array,
+        counters: &NodeCounters,
     ) -> Result<Option<Rows>, KafkaError> {
         let mut times = self.event_times(&table, records, &source)?;
         if times.null_count() > 0 {
@@ -430,7 +441,9 @@ impl RowSpec {
                 });
             }
             let keep = datafusion::arrow::compute::is_not_null(&times).map_err(Self::rows_error)?;
-            warn!(topic = %self.topic, partition = records.partitions[record], offset = records.offsets[record], dropped = table.num_rows() - keep.true_count(), "bad_data = 'drop': rows without an event time dropped");
+            let dropped = table.num_rows() - keep.true_count();
+            counters.bad(dropped as u64);
+            warn!(topic = %self.topic, partition = records.partitions[record], offset = records.offsets[record], dropped, "bad_data = 'drop': rows without an event time dropped");
             let filter = |a: &dyn Array| {
                 datafusion::arrow::compute::filter(a, &keep).map_err(Self::rows_error)
             };
@@ -591,7 +604,7 @@ mod tests {
             (1, 9, r#"{"n":2}"#),
             (0, 6, r#"{"n":3}"#),
         ]);
-        let rows = s.decode(&r).unwrap().unwrap();
+        let rows = s.decode(&r, &NodeCounters::default()).unwrap().unwrap();
         assert_eq!(rows.batch.num_rows(), 3);
         let p = column::<Int32Array>(&rows, 1);
         assert_eq!(p.values().to_vec(), vec![0, 1, 0]);
@@ -605,17 +618,20 @@ mod tests {
     #[test]
     fn a_bad_record_fails_naming_it_or_is_dropped() {
         let items = [(0, 1, r#"{"n":1}"#), (2, 7, "not json"), (0, 2, "")];
+        let counters = NodeCounters::default();
         let err = spec(LineFormat::Json, BadData::Fail)
-            .decode(&records(&items))
+            .decode(&records(&items), &counters)
             .err()
             .unwrap();
         let err = crate::task::error_chain(&err);
         assert!(err.contains("partition 2 offset 7"), "{err}");
         let rows = spec(LineFormat::Json, BadData::Drop)
-            .decode(&records(&items))
+            .decode(&records(&items), &counters)
             .unwrap()
             .unwrap();
         assert_eq!(rows.batch.num_rows(), 1);
+        // The dropped records are counted (issue 12: `status` and metrics show them).
+        assert!(counters.read().bad_rows >= 1, "{:?}", counters.read());
     }
 
     #[test]
@@ -625,7 +641,7 @@ mod tests {
             (3, 1, r#"{"before":null,"after":{"n":1},"op":"c"}"#),
             (1, 2, r#"{"before":{"n":1},"after":{"n":2},"op":"u"}"#),
         ]);
-        let rows = s.decode(&r).unwrap().unwrap();
+        let rows = s.decode(&r, &NodeCounters::default()).unwrap().unwrap();
         assert_eq!(rows.batch.num_rows(), 3);
         let p = column::<Int32Array>(&rows, 1);
         assert_eq!(p.values().to_vec(), vec![3, 1, 1]);

@@ -18,8 +18,8 @@ use super::decode::{Records, RowSpec};
 use super::{KafkaConfig, KafkaError, Role, SourceOptions, StartOffset};
 use crate::connector::ConnectorTable;
 use crate::task::{
-    RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError, TaskInfo, TaskState,
-    error_chain,
+    NodeCounters, RestoredState, Source, SourceContext, SourceEnd, SourceFactory, TaskError,
+    TaskInfo, TaskState, error_chain,
 };
 
 /// Records decoded together at most.
@@ -86,6 +86,7 @@ impl SourceFactory for KafkaSourceFactory {
             config: self.config.clone(),
             options: self.options.clone(),
             rows: self.rows.clone(),
+            counters: info.counters.clone(),
             partitions: BTreeMap::new(),
             restored: false,
             live: BTreeMap::new(),
@@ -109,6 +110,8 @@ struct KafkaSource {
     config: KafkaConfig,
     options: SourceOptions,
     rows: Arc<RowSpec>,
+    /// The node's counters, where records dropped as bad data are counted.
+    counters: Arc<NodeCounters>,
     /// This subtask's partitions and where each goes on: what a checkpoint records.
     partitions: BTreeMap<i32, PartitionState>,
     /// The run restored a checkpoint: a partition it does not know is new.
@@ -179,7 +182,10 @@ impl KafkaSource {
         if records.is_empty() {
             return Ok(());
         }
-        let decoded = self.rows.decode(records).map_err(|e| self.fail(e));
+        let decoded = self
+            .rows
+            .decode(records, &self.counters)
+            .map_err(|e| self.fail(e));
         records.clear();
         if let Some(rows) = decoded? {
             for (p, w) in rows.watermarks {
