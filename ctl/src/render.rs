@@ -594,6 +594,8 @@ mod tests {
             "memory_limit_bytes",
             "restarts",
             "query",
+            "bad_rows_dropped",
+            "late_rows_dropped",
         ] {
             assert!(v.get(key).is_some(), "no {key} in {v}");
         }
@@ -603,7 +605,7 @@ mod tests {
         assert_eq!(v["checkpoint_interval_ms"], 10_000);
         assert_eq!(v["state_url"], "file:///var/lib/arroyod/state/p1");
         assert_eq!(v["last_checkpoint"], 7);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(20));
+        assert_eq!(v.as_object().map(|o| o.len()), Some(22));
     }
 
     #[test]

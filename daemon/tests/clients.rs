@@ -312,8 +312,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn a_daemon_killed_during_submit_is_exit_3_with_a_hint() {
     let mut d = TestDaemon::start();
-    // A flat chain of 2,000 terms takes seconds to plan in a debug build.
-    let terms: Vec<String> = (0..2000).map(|i| format!("counter = {i}")).collect();
+    // A flat chain of 40,000 terms takes seconds to plan in a debug build (n log n: long
+    // chains are rebalanced before planning).
+    let terms: Vec<String> = (0..40_000).map(|i| format!("counter = {i}")).collect();
     let query = d.dir.path().join("long.sql");
     std::fs::write(
         &query,
