@@ -97,7 +97,13 @@ fn errors_json(file: &str, errors: &[SqlError]) -> Value {
 
 /// The answer of `validate` as `{"errors": [...], "sinks": [..]}`.
 pub fn validate_json(file: &str, response: &ValidateResponse) -> Value {
-    json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks })
+    let mut warnings = errors_json(file, &response.warnings);
+    if let Value::Array(list) = &mut warnings {
+        for w in list {
+            w["severity"] = json!("warning");
+        }
+    }
+    json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks, "warnings": warnings })
 }
 
 /// The errors of a refused `submit` as `{"errors": [...]}`.
@@ -258,6 +264,18 @@ pub fn diagnostic(file: &str, e: &SqlError) -> String {
         hints: &e.hints,
     }
     .render_line(Some(e.source_line.as_str()).filter(|l| !l.is_empty()))
+}
+
+/// A warning of `validate`, rendered as a diagnostic with severity `warning`.
+pub fn warning(file: &str, w: &SqlError) -> String {
+    Diagnostic {
+        file,
+        line: w.line,
+        column: w.column,
+        message: &w.message,
+        hints: &w.hints,
+    }
+    .render_warning_line(Some(w.source_line.as_str()).filter(|l| !l.is_empty()))
 }
 
 /// A record of the output log as a JSON frame: `{"offset", "sink", "generation", "row"}` for
@@ -798,11 +816,12 @@ mod tests {
                     source_line: String::new(),
                 }],
                 sinks: vec!["stdout".to_owned()],
+                warnings: vec![],
             },
         );
         assert_eq!(
             v,
-            json!({"errors": [{"file": "q.sql", "message": "m", "line": 1, "column": 2, "severity": "error", "hints": ["h"]}], "sinks": ["stdout"]})
+            json!({"errors": [{"file": "q.sql", "message": "m", "line": 1, "column": 2, "severity": "error", "hints": ["h"]}], "sinks": ["stdout"], "warnings": []})
         );
     }
 
