@@ -97,13 +97,19 @@ fn errors_json(file: &str, errors: &[SqlError]) -> Value {
 
 /// The answer of `validate` as `{"errors": [...], "sinks": [..]}`.
 pub fn validate_json(file: &str, response: &ValidateResponse) -> Value {
-    let mut warnings = errors_json(file, &response.warnings);
-    if let Value::Array(list) = &mut warnings {
-        for w in list {
-            w["severity"] = json!("warning");
+    let mut answer =
+        json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks });
+    // Only when there are any: the answer of a query without warnings stays as it was.
+    if !response.warnings.is_empty() {
+        let mut warnings = errors_json(file, &response.warnings);
+        if let Value::Array(list) = &mut warnings {
+            for w in list {
+                w["severity"] = json!("warning");
+            }
         }
+        answer["warnings"] = warnings;
     }
-    json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks, "warnings": warnings })
+    answer
 }
 
 /// The errors of a refused `submit` as `{"errors": [...]}`.
@@ -821,7 +827,7 @@ mod tests {
         );
         assert_eq!(
             v,
-            json!({"errors": [{"file": "q.sql", "message": "m", "line": 1, "column": 2, "severity": "error", "hints": ["h"]}], "sinks": ["stdout"], "warnings": []})
+            json!({"errors": [{"file": "q.sql", "message": "m", "line": 1, "column": 2, "severity": "error", "hints": ["h"]}], "sinks": ["stdout"]})
         );
     }
 

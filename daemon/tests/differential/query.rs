@@ -308,7 +308,7 @@ const STAT_AGGREGATES: &[&str] = &[
     "approx_distinct(v)",
 ];
 /// Mixed into the seed of [`Gen::stats`].
-const STATS_SEED: u64 = 0x5157_A7_0000;
+const STATS_SEED: u64 = 0x0051_57A7_0000;
 const DISTINCT_AGGREGATES: &[&str] = &[
     "count(DISTINCT s)",
     "count(DISTINCT g)",

@@ -42,7 +42,7 @@ impl Compression {
 
 /// A push decoder: compressed bytes in, decompressed bytes out.
 enum Decoder {
-    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
 
@@ -50,9 +50,9 @@ impl Decoder {
     fn new(compression: Compression) -> io::Result<Option<Decoder>> {
         Ok(match compression {
             Compression::None => None,
-            Compression::Gzip => Some(Decoder::Gzip(
-                flate2::write::MultiGzDecoder::new(Vec::new()),
-            )),
+            Compression::Gzip => Some(Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(
+                Vec::new(),
+            )))),
             Compression::Zstd => Some(Decoder::Zstd(
                 zstd::stream::write::Decoder::new(Vec::new())?,
             )),

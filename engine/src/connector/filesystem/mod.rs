@@ -347,7 +347,7 @@ mod tests {
                     ("type", "source"),
                     ("path", "/x"),
                     ("format", "json"),
-                    ("source.compression", "gzip"),
+                    ("source.compression", "bz2"),
                 ],
                 "source.compression",
             ),
