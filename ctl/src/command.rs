@@ -337,6 +337,12 @@ impl Session {
             let label = query_label(file);
             write_stdout(|w| render::write_json(w, &render::validate_json(&label, &response)))?;
         } else if response.errors.is_empty() {
+            let label = query_label(file);
+            let mut stderr = io::stderr().lock();
+            for warning in &response.warnings {
+                let _ = write!(stderr, "{}", render::warning(&label, warning));
+            }
+            drop(stderr);
             write_stdout(|w| {
                 writeln!(w, "ok")?;
                 writeln!(w, "{}", render::sinks_line(&response.sinks))

@@ -99,7 +99,19 @@ fn errors_json(file: &str, errors: &[SqlError]) -> Value {
 
 /// The answer of `validate` as `{"errors": [...], "sinks": [..]}`.
 pub fn validate_json(file: &str, response: &ValidateResponse) -> Value {
-    json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks })
+    let mut answer =
+        json!({ "errors": errors_json(file, &response.errors), "sinks": response.sinks });
+    // Only when there are any: the answer of a query without warnings stays as it was.
+    if !response.warnings.is_empty() {
+        let mut warnings = errors_json(file, &response.warnings);
+        if let Value::Array(list) = &mut warnings {
+            for w in list {
+                w["severity"] = json!("warning");
+            }
+        }
+        answer["warnings"] = warnings;
+    }
+    answer
 }
 
 /// The errors of a refused `submit` as `{"errors": [...]}`.
@@ -264,6 +276,18 @@ pub fn diagnostic(file: &str, e: &SqlError) -> String {
         hints: &e.hints,
     }
     .render_line(Some(e.source_line.as_str()).filter(|l| !l.is_empty()))
+}
+
+/// A warning of `validate`, rendered as a diagnostic with severity `warning`.
+pub fn warning(file: &str, w: &SqlError) -> String {
+    Diagnostic {
+        file,
+        line: w.line,
+        column: w.column,
+        message: &w.message,
+        hints: &w.hints,
+    }
+    .render_warning_line(Some(w.source_line.as_str()).filter(|l| !l.is_empty()))
 }
 
 /// A record of the output log as a JSON frame: `{"offset", "sink", "generation", "row"}` for
@@ -806,6 +830,7 @@ mod tests {
                     source_line: String::new(),
                 }],
                 sinks: vec!["stdout".to_owned()],
+                warnings: vec![],
             },
         );
         assert_eq!(

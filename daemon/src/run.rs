@@ -166,6 +166,19 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
             return Ok(1);
         }
     };
+    for w in &planned.warnings {
+        let d = arroyod_proto::diagnostic::Diagnostic {
+            file: &source,
+            line: w.line,
+            column: w.column,
+            message: &w.message,
+            hints: &[],
+        };
+        eprint!(
+            "{}",
+            d.render_warning(Some(&crate::secrets::redact_query(&query)))
+        );
+    }
     let name = args.name();
     let state_dir = args
         .state_dir

@@ -237,3 +237,161 @@ fn ordered_aggregates_see_their_order_by() {
         vec![serde_json::json!({"a": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], "f": 9})]
     );
 }
+
+/// Runs `sql` through `arroyod run -` with `envs`; returns (stdout rows, stderr), or panics.
+fn rows_with_env(sql: &str, envs: &[(&str, &str)]) -> (Vec<serde_json::Value>, String) {
+    use std::io::Write;
+    let state = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(harness::arroyod_bin())
+        .args(["run", "-s", harness::path_str(&state.path().join("s")), "-"])
+        .env_remove("RUST_LOG")
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let rows = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (rows, stderr)
+}
+
+#[test]
+fn watermark_field_names_the_column_whose_value_is_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    // The third row is 30 s behind the second: late for 10 s windows under the default
+    // watermark (the event time less 1 s), in time under one that trails by a minute.
+    std::fs::write(
+        &input,
+        "{\"ts\": \"2024-01-01T00:00:10\"}\n{\"ts\": \"2024-01-01T00:00:50\"}\n{\"ts\": \"2024-01-01T00:00:20\"}\n{\"ts\": \"2024-01-01T00:02:00\"}\n",
+    )
+    .unwrap();
+    let query = |columns: &str, options: &str| {
+        format!(
+            "CREATE TABLE t (ts TIMESTAMP NOT NULL{columns}) WITH (connector = 'single_file', path = '{}',
+               format = 'json', type = 'source', event_time_field = 'ts'{options});
+             SELECT count(*) AS n FROM t GROUP BY tumble(interval '10 seconds');",
+            input.display()
+        )
+    };
+    let total =
+        |rows: &[serde_json::Value]| rows.iter().map(|r| r["n"].as_i64().unwrap()).sum::<i64>();
+    // One line a step: each line's watermark goes out before the next line.
+    let paced = [("ARROYO_TEST_FILE_PACE", "1:0")];
+    let (rows, _) = rows_with_env(&query("", ""), &paced);
+    assert_eq!(total(&rows), 3, "the late row is dropped: {rows:?}");
+    let (rows, _) = rows_with_env(
+        &query(
+            ", wm TIMESTAMP GENERATED ALWAYS AS (ts - INTERVAL '1 minute') STORED",
+            ", watermark_field = 'wm'",
+        ),
+        &paced,
+    );
+    assert_eq!(total(&rows), 4, "nothing is late: {rows:?}");
+    // The same as WATERMARK FOR: both at once is refused, as is a column that is not a time.
+    let err = refused(&query(
+        ", WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE",
+        ", watermark_field = 'ts'",
+    ));
+    assert!(
+        err.contains("both WATERMARK FOR and the option watermark_field"),
+        "{err}"
+    );
+    let err = refused(&query(", n BIGINT", ", watermark_field = 'n'"));
+    assert!(err.contains("must be a TIMESTAMP column"), "{err}");
+}
+
+#[test]
+fn misspelled_functions_suggest_the_nearest_only_when_near() {
+    let err = refused(&(cars_table("", "") + "SELECT apporx_median(driver_id) FROM cars;"));
+    assert!(
+        err.contains("unknown function 'apporx_median' (did you mean 'approx_median'?)"),
+        "{err}"
+    );
+    let err = refused(&(cars_table("", "") + "SELECT qqqzzzxxx(driver_id) FROM cars;"));
+    assert!(err.contains("unknown function 'qqqzzzxxx'"), "{err}");
+    assert!(!err.contains("did you mean"), "{err}");
+    // Options have theirs too.
+    let err = refused(&cars_table("", ", event_tme_field = 'timestamp'"));
+    assert!(err.contains("did you mean 'event_time_field'"), "{err}");
+}
+
+#[test]
+fn windows_on_processing_time_are_a_warning_not_an_error() {
+    let windowed = "SELECT count(*) AS n FROM cars GROUP BY tumble(interval '1 hour');";
+    let (_, stderr) = rows_with_env(&(cars_table("", "") + windowed), &[]);
+    assert!(
+        stderr.contains("warning: windows over 'cars' run on processing time"),
+        "{stderr}"
+    );
+    let (_, stderr) = rows_with_env(
+        &(cars_table("", ", event_time_field = 'timestamp'") + windowed),
+        &[],
+    );
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    // No window, no warning.
+    let (_, stderr) = rows_with_env(&(cars_table("", "") + "SELECT driver_id FROM cars;"), &[]);
+    assert!(!stderr.contains("warning:"), "{stderr}");
+}
+
+#[test]
+fn validate_shows_warnings_and_refuses_with_positions() {
+    let d = harness::TestDaemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, sql: String| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, sql).unwrap();
+        let out = d.ctl(&["validate", file.to_str().unwrap()]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(
+        "warn.sql",
+        cars_table("", "") + "SELECT count(*) AS n FROM cars GROUP BY tumble(interval '1 hour');",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warn.sql:3:1: warning: windows over 'cars' run on processing time"),
+        "{stderr}"
+    );
+    let out = dir.path().join("out");
+    for (sql, message) in [
+        (
+            format!(
+                "CREATE TABLE out (driver_id BIGINT) WITH (connector = 'filesystem', type = 'sink', path = '{}', format = 'json', partition_fields = 'nope');
+                 INSERT INTO out SELECT driver_id FROM cars;",
+                out.display()
+            ),
+            "partitioned by 'nope'",
+        ),
+        (
+            "CREATE TABLE out WITH (connector = 'stdout', format = 'raw_string');
+             INSERT INTO out SELECT driver_id, event_type FROM cars;"
+                .to_string(),
+            "format 'raw_string', which writes one text column",
+        ),
+        (
+            "SELECT apporx_median(driver_id) FROM cars;".to_string(),
+            "did you mean 'approx_median'",
+        ),
+    ] {
+        let (code, stderr) = check("bad.sql", cars_table("", "") + &sql);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("bad.sql:") && stderr.contains(message), "{stderr}");
+    }
+}

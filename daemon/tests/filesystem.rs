@@ -242,3 +242,112 @@ fn option_errors_name_the_option() {
     );
     assert!(err.contains("rolling_policy.file_size"), "{err}");
 }
+
+/// JSON lines `{"n": from..to}` with an event time.
+fn numbered_lines(from: u64, to: u64) -> String {
+    (from..to)
+        .map(|n| {
+            format!(
+                "{{\"n\": {n}, \"ts\": \"2024-01-01T00:{:02}:{:02}\"}}\n",
+                n / 60 % 60,
+                n % 60
+            )
+        })
+        .collect()
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(text.as_bytes()).unwrap();
+    e.finish().unwrap()
+}
+
+/// Every `n` read from the rows, sorted.
+fn sorted_n(rows: &[serde_json::Value]) -> Vec<u64> {
+    let mut n: Vec<u64> = rows.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn gzip_and_zstd_json_files_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("gz");
+    let zst = dir.path().join("zst");
+    std::fs::create_dir_all(&gz).unwrap();
+    std::fs::create_dir_all(&zst).unwrap();
+    // Two gzip members in one file (`cat a.gz b.gz`), and a second file.
+    let members = [
+        gzip(&numbered_lines(0, 500)),
+        gzip(&numbered_lines(500, 1000)),
+    ]
+    .concat();
+    std::fs::write(gz.join("a.json.gz"), members).unwrap();
+    std::fs::write(gz.join("b.json.gz"), gzip(&numbered_lines(1000, 1200))).unwrap();
+    let text = numbered_lines(0, 1200);
+    std::fs::write(
+        zst.join("a.json.zst"),
+        zstd::encode_all(text.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+    for (p, path, option) in [
+        (1, &gz, "compression_format = 'gzip'"),
+        (2, &zst, "'source.compression' = 'zstd'"),
+    ] {
+        let rows = run(
+            p,
+            &format!(
+                "CREATE TABLE src (n BIGINT, ts TIMESTAMP) WITH (connector = 'filesystem',
+                   type = 'source', path = '{}', format = 'json', {option});
+                 SELECT n FROM src;",
+                path_str(path)
+            ),
+        );
+        assert_eq!(sorted_n(&rows), (0..1200).collect::<Vec<_>>(), "{option}");
+    }
+    // Compressed input is JSON's: Parquet compresses its own pages.
+    let err = refused(&format!(
+        "CREATE TABLE src (n BIGINT) WITH (connector = 'filesystem', type = 'source', path = '{}',
+           format = 'parquet', compression_format = 'gzip');
+         SELECT n FROM src;",
+        path_str(&gz)
+    ));
+    assert!(err.contains("for format = 'json'"), "{err}");
+    let err = refused(&format!(
+        "CREATE TABLE src (n BIGINT) WITH (connector = 'filesystem', type = 'source', path = '{}',
+           format = 'json', compression_format = 'bz2');
+         SELECT n FROM src;",
+        path_str(&gz)
+    ));
+    assert!(err.contains("expected 'none', 'gzip' or 'zstd'"), "{err}");
+}
+
+#[test]
+fn a_gzip_file_resumes_in_its_decompressed_text_after_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.json.gz"), gzip(&numbered_lines(0, 3000))).unwrap();
+    let out = dir.path().join("out.json");
+    let query = dir.path().join("q.sql");
+    std::fs::write(
+        &query,
+        format!(
+            "CREATE TABLE src (n BIGINT, ts TIMESTAMP) WITH (connector = 'filesystem', type = 'source',
+               path = '{}', format = 'json', compression_format = 'gzip');
+             CREATE TABLE out (n BIGINT) WITH (connector = 'single_file', path = '{}', format = 'json', type = 'sink');
+             INSERT INTO out SELECT n FROM src;",
+            path_str(&input),
+            path_str(&out)
+        ),
+    )
+    .unwrap();
+    harness::run_stopped_and_restored(&query, &dir.path().join("state"), (1, 2), 100, 3);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sorted_n(&rows), (0..3000).collect::<Vec<_>>());
+}

@@ -484,3 +484,39 @@ SELECT 1;";
         );
     }
 }
+
+#[test]
+fn an_idle_source_no_longer_holds_back_the_windows_of_the_others() {
+    // `quiet` answers one body, then the same one (emit_behavior 'changed': nothing more);
+    // `busy` moves its event time on as the test changes its body.
+    let row = |ts: &str, k: &str| format!("{{\"ts\": \"2024-01-01T{ts}\", \"k\": \"{k}\"}}");
+    let quiet = PollServer::start(&row("00:00:05", "quiet"), vec![Step::Status(200)]);
+    let busy = PollServer::start(&row("00:00:10", "busy"), vec![Step::Status(200)]);
+    let dir = tempfile::tempdir().unwrap();
+    let table = |name: &str, server: &PollServer, idle: &str| {
+        format!(
+            "CREATE TABLE {name} (ts TIMESTAMP NOT NULL, k TEXT, WATERMARK FOR ts) WITH (
+                connector = 'polling_http', endpoint = '{}', poll_interval_ms = '50',
+                emit_behavior = 'changed', idle_time = '{idle}');\n",
+            server.server.url("/")
+        )
+    };
+    let sql = table("quiet", &quiet, "1s")
+        + &table("busy", &busy, "1h")
+        + "SELECT window.start AS ws, n FROM (
+             SELECT tumble(interval '1 minute') AS window, count(*) AS n
+             FROM (SELECT ts FROM quiet UNION ALL SELECT ts FROM busy) GROUP BY window);";
+    let mut run = Run::start(dir.path(), "idle", 1, &sql);
+    let polls = quiet.polls();
+    wait_until(LONG, "both sources to have answered", || {
+        (quiet.polls() > polls + 2 && busy.polls() > 2).then_some(())
+    });
+    // Past the first minute: the window closes once `quiet` is idle, which its idle_time of
+    // 1 s allows (without idleness its watermark, 00:00:05, would hold it open for ever).
+    busy.set_body(&row("00:02:00", "busy"));
+    let rows = run.wait_rows(1);
+    assert_eq!(rows[0]["ws"], "2024-01-01T00:00:00");
+    assert_eq!(rows[0]["n"], 2, "{rows:?}");
+    let (_, log) = run.interrupt();
+    assert!(!log.contains("ERROR"), "{log}");
+}

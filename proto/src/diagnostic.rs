@@ -31,6 +31,11 @@ pub struct Diagnostic<'a> {
 impl Diagnostic<'_> {
     /// The first line: `FILE:LINE:COL: error: message`.
     pub fn headline(&self) -> String {
+        self.headline_as("error")
+    }
+
+    /// The first line with another severity (`warning`).
+    fn headline_as(&self, severity: &str) -> String {
         let Diagnostic {
             file,
             line,
@@ -39,10 +44,23 @@ impl Diagnostic<'_> {
             ..
         } = self;
         match (line, column) {
-            (0, _) => format!("{file}: error: {message}"),
-            (line, 0) => format!("{file}:{line}: error: {message}"),
-            (line, column) => format!("{file}:{line}:{column}: error: {message}"),
+            (0, _) => format!("{file}: {severity}: {message}"),
+            (line, 0) => format!("{file}:{line}: {severity}: {message}"),
+            (line, column) => format!("{file}:{line}:{column}: {severity}: {message}"),
         }
+    }
+
+    /// Every line of a warning (`FILE:LINE:COL: warning: message`), like [`Self::render`].
+    pub fn render_warning(&self, source: Option<&str>) -> String {
+        let text = source.and_then(|s| s.lines().nth(self.line.checked_sub(1)? as usize));
+        self.render_warning_line(text)
+    }
+
+    /// Every line of a warning, like [`Self::render_line`].
+    pub fn render_warning_line(&self, text: Option<&str>) -> String {
+        let error = self.render_line(text);
+        let (_, rest) = error.split_once('\n').unwrap_or((&error, ""));
+        format!("{}\n{rest}", self.headline_as("warning"))
     }
 
     /// Every line, with the source line and caret when `source` (the whole file) is given.

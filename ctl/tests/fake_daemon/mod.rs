@@ -263,7 +263,11 @@ impl Arroyod for Service {
         } else {
             Vec::new()
         };
-        Ok(Response::new(ValidateResponse { errors, sinks }))
+        Ok(Response::new(ValidateResponse {
+            errors,
+            sinks,
+            warnings: vec![],
+        }))
     }
 
     async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {

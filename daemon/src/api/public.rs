@@ -271,10 +271,16 @@ impl Arroyod for Api {
             Ok(planned) => ValidateResponse {
                 errors: vec![],
                 sinks: planned.sinks,
+                warnings: planned
+                    .warnings
+                    .iter()
+                    .map(|w| sql_error_msg(w, &shown))
+                    .collect(),
             },
             Err(errors) => ValidateResponse {
                 errors: errors.iter().map(|e| sql_error_msg(e, &shown)).collect(),
                 sinks: vec![],
+                warnings: vec![],
             },
         };
         Ok(Response::new(response))

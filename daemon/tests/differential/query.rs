@@ -228,6 +228,7 @@ pub fn generate(seed: u64) -> Case {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut g = Gen {
         rng: &mut rng,
+        stats: StdRng::seed_from_u64(seed ^ STATS_SEED),
         tags: BTreeSet::new(),
         sessions: Vec::new(),
     };
@@ -284,6 +285,30 @@ const AGGREGATES: &[&str] = &[
     "count(*)", "count(v)", "count(s)", "sum(v)", "min(v)", "max(v)", "avg(v)", "sum(f)", "min(f)",
     "max(f)", "avg(f)", "min(s)", "max(s)", "min(ts)", "max(ts)",
 ];
+/// Statistical aggregates whose merged result does not depend on how the rows were split
+/// (DataFusion's HyperLogLog merges registers by max, so `approx_distinct` is one of them);
+/// the same text in both engines. `approx_median` and `approx_percentile_cont` merge t-digests,
+/// whose result depends on the order: `tests/statistics.rs` checks them within their error.
+const STAT_AGGREGATES: &[&str] = &[
+    "covar_samp(v, f)",
+    "covar_pop(f, v)",
+    "corr(v, f)",
+    "regr_slope(f, v)",
+    "regr_intercept(f, v)",
+    "regr_count(v, f)",
+    "regr_r2(f, v)",
+    "regr_avgx(f, v)",
+    "regr_avgy(f, v)",
+    "regr_sxx(f, v)",
+    "regr_syy(f, v)",
+    "regr_sxy(f, v)",
+    "stddev(f)",
+    "var_pop(v)",
+    "approx_distinct(s)",
+    "approx_distinct(v)",
+];
+/// Mixed into the seed of [`Gen::stats`].
+const STATS_SEED: u64 = 0x0051_57A7_0000;
 const DISTINCT_AGGREGATES: &[&str] = &[
     "count(DISTINCT s)",
     "count(DISTINCT g)",
@@ -299,6 +324,9 @@ const JOIN_KEY_SETS: &[&[&str]] = &[&[], &["k"], &["g"]];
 
 struct Gen<'a> {
     rng: &'a mut StdRng,
+    /// Draws the statistical aggregates added to a case: a stream of its own, so that adding
+    /// them left every other choice of a seed (and the regression seeds) as it was.
+    stats: StdRng,
     tags: BTreeSet<String>,
     sessions: Vec<SessionStep>,
 }
@@ -464,6 +492,13 @@ impl Gen<'_> {
                 out.push(self.pick(DISTINCT_AGGREGATES).to_string());
             }
             self.tag("distinct");
+        }
+        if self.stats.random_bool(0.4) {
+            let stat = STAT_AGGREGATES
+                .choose(&mut self.stats)
+                .expect("a statistical aggregate");
+            out.push(stat.to_string());
+            self.tag("aggregate:statistical");
         }
         if (1..out.len()).any(|i| out[..i].contains(&out[i])) {
             self.tag("aggregates:repeated");

@@ -27,7 +27,9 @@ use super::compare::{self, Row};
 use super::data;
 use super::oracle::Expected;
 use super::query::{Case, Output};
-use crate::harness::{DEADLINE, arroyod_bin, path_str, signal, wait_exit, wait_until};
+use crate::harness::{
+    DEADLINE, arroyod_bin, newest_checkpoint, path_str, signal, wait_exit, wait_until,
+};
 
 /// At most this many steps (one per checkpoint) read a file in the first run of a restored run.
 const PACED_STEPS: usize = 40;
@@ -278,18 +280,6 @@ fn run_arroyod(args: &[&str], envs: &[(&str, String)]) -> Result<process::Output
             .unwrap_or_else(|_| b"<stderr stayed open after the exit>".to_vec()),
     };
     if killed { Err(out) } else { Ok(out) }
-}
-
-/// The newest epoch with a complete checkpoint (a MANIFEST) in the state dir `state`.
-fn newest_checkpoint(state: &Path) -> Option<u64> {
-    let pipelines = std::fs::read_dir(state.join("state")).ok()?;
-    pipelines
-        .flatten()
-        .filter_map(|p| std::fs::read_dir(p.path().join("checkpoints")).ok())
-        .flat_map(|epochs| epochs.flatten())
-        .filter(|e| e.path().join("MANIFEST").exists())
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .max()
 }
 
 /// The first run of a restored run: checkpoints every 20 ms, file sources paced to at most

@@ -576,3 +576,74 @@ pub fn query_refused(sql: &str) -> String {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     stderr
 }
+
+/// The newest complete checkpoint (one with a MANIFEST) under the state dir of `arroyod run -s`.
+pub fn newest_checkpoint(state: &Path) -> Option<u64> {
+    let pipelines = std::fs::read_dir(state.join("state")).ok()?;
+    pipelines
+        .flatten()
+        .filter_map(|p| std::fs::read_dir(p.path().join("checkpoints")).ok())
+        .flat_map(|epochs| epochs.flatten())
+        .filter(|e| e.path().join("MANIFEST").exists())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .max()
+}
+
+/// Runs the query file `query` with `arroyod run -p FIRST -s STATE`, checkpointing every 20 ms
+/// and its file sources reading `pace_lines` lines per checkpoint, stops it with SIGINT once
+/// checkpoint `epoch` is complete, then runs it again at `-p SECOND` on the same state to the
+/// end; the second run must resume the pipeline. Both runs' stderr go to files beside `state`.
+pub fn run_stopped_and_restored(
+    query: &Path,
+    state: &Path,
+    (first, second): (u32, u32),
+    pace_lines: usize,
+    epoch: u64,
+) {
+    let log = state.with_extension("first.log");
+    let mut child = Command::new(arroyod_bin())
+        .args([
+            "run",
+            "-p",
+            &first.to_string(),
+            "-s",
+            path_str(state),
+            path_str(query),
+        ])
+        .env_remove("RUST_LOG")
+        .env("ARROYO_CHECKPOINT_INTERVAL", "20ms")
+        .env("ARROYO_TEST_FILE_PACE", format!("{pace_lines}:1000"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(DEADLINE, "a checkpoint of the first run", || {
+        newest_checkpoint(state)
+            .is_some_and(|n| n >= epoch)
+            .then_some(())
+    });
+    signal(child.id(), "INT");
+    let status = wait_exit(&mut child, DEADLINE);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the first run: {text}");
+    assert!(
+        text.contains("state=Stopped"),
+        "not stopped part-way: {text}"
+    );
+    let out = try_run_query(
+        &[
+            "-p",
+            &second.to_string(),
+            "-s",
+            path_str(state),
+            path_str(query),
+        ],
+        DEADLINE * 2,
+    )
+    .unwrap_or_else(|o| panic!("did not end: {}", String::from_utf8_lossy(&o.stderr)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(state.with_extension("second.log"), stderr.as_bytes()).unwrap();
+    assert!(out.status.success(), "the restored run: {stderr}");
+    assert!(stderr.contains("resuming it"), "{stderr}");
+}

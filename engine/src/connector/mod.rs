@@ -10,7 +10,7 @@
 mod counters;
 pub(crate) mod debezium;
 mod file;
-mod filesystem;
+pub(crate) mod filesystem;
 mod http;
 mod impulse;
 mod kafka;
@@ -167,6 +167,32 @@ pub struct EventTimeSpec {
     pub watermark: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
 }
 
+/// `watermark_field = 'col'` (Arroyo's older spelling of `WATERMARK FOR ... AS col`): the
+/// watermark is the largest value of TIMESTAMP column `col` (stored or virtual) seen.
+fn watermark_column(
+    table: &str,
+    schema: &Schema,
+    field: &str,
+) -> Result<Arc<dyn datafusion::physical_expr::PhysicalExpr>, ConnectorError> {
+    let invalid = |reason: String| ConnectorError::InvalidOption {
+        option: "watermark_field".into(),
+        value: field.to_string(),
+        reason,
+    };
+    let index = schema
+        .index_of(field)
+        .map_err(|_| invalid(format!("table '{table}' has no column '{field}'")))?;
+    let t = schema.field(index).data_type();
+    if !matches!(t, datafusion::arrow::datatypes::DataType::Timestamp(..)) {
+        return Err(invalid(format!(
+            "the watermark must be a TIMESTAMP column, not {t}"
+        )));
+    }
+    Ok(Arc::new(
+        datafusion::physical_expr::expressions::Column::new(field, index),
+    ))
+}
+
 /// Per-connector settings parsed from the table's options.
 #[derive(Debug, Clone)]
 pub enum ConnectorConfig {
@@ -174,15 +200,13 @@ pub enum ConnectorConfig {
     /// The Nexmark benchmark's auction events.
     Nexmark(nexmark::NexmarkConfig),
     Stdout {
-        debezium: bool,
+        format: sink::LineSinkFormat,
     },
     Blackhole,
-    /// A JSON-lines file written by the sink.
+    /// A file of lines written by the sink.
     SingleFile {
         path: String,
-        /// `format = 'debezium_json'`: rows as `{"before", "after", "op"}`, which updating
-        /// results need.
-        debezium: bool,
+        format: sink::LineSinkFormat,
     },
     /// The default sink of a bare SELECT: rows go to the embedding process.
     Preview,
@@ -304,23 +328,29 @@ impl ConnectorTable {
                     });
                 }
                 let schema = columns.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
-                let debezium = match options.take("format").as_deref() {
-                    None | Some("json") => false,
-                    Some("debezium_json") if connector != "blackhole" => true,
+                let format = match options.take("format").as_deref() {
+                    None | Some("json") => sink::LineSinkFormat::Json,
+                    Some("debezium_json") if connector != "blackhole" => {
+                        sink::LineSinkFormat::Debezium
+                    }
+                    Some("raw_string") if connector != "blackhole" => {
+                        sink::LineSinkFormat::RawString
+                    }
                     Some(other) => {
                         return Err(ConnectorError::InvalidOption {
                             option: "format".into(),
                             value: other.into(),
-                            reason: "this connector writes 'json' or 'debezium_json'".into(),
+                            reason: "this connector writes 'json', 'debezium_json' or 'raw_string'"
+                                .into(),
                         });
                     }
                 };
                 let config = match connector {
-                    "stdout" => ConnectorConfig::Stdout { debezium },
+                    "stdout" => ConnectorConfig::Stdout { format },
                     "blackhole" => ConnectorConfig::Blackhole,
                     _ => ConnectorConfig::SingleFile {
                         path: options.require("single_file", "path")?,
-                        debezium,
+                        format,
                     },
                 };
                 (config, schema, TableKind::Sink)
@@ -356,6 +386,11 @@ impl ConnectorTable {
                     reason: format!("table '{name}' has no column '{field}'"),
                 })?;
             event_time.field = Some(index);
+        }
+        if kind == TableKind::Source
+            && let Some(field) = options.take("watermark_field")
+        {
+            event_time.watermark = Some(watermark_column(name, &schema, &field)?);
         }
         if let Some(option) = options.unused().next() {
             return Err(ConnectorError::UnknownOption {
@@ -506,8 +541,13 @@ impl ConnectorTable {
         }
     }
 
-    /// A factory for the sink's subtasks; `updating` when its input is an updating result.
-    pub fn sink_factory(&self, updating: bool) -> Result<Arc<dyn OperatorFactory>, ConnectorError> {
+    /// A factory for the sink's subtasks; `updating` when its input is an updating result,
+    /// `input` the columns written (without the hidden ones).
+    pub fn sink_factory(
+        &self,
+        updating: bool,
+        input: &Schema,
+    ) -> Result<Arc<dyn OperatorFactory>, ConnectorError> {
         if self.kind != TableKind::Sink {
             return Err(ConnectorError::Usage(format!(
                 "table '{}' is a source and cannot be written to",
@@ -516,7 +556,7 @@ impl ConnectorTable {
         }
         if let ConnectorConfig::FileSystemSink(config) = &self.config {
             return Ok(Arc::new(filesystem::FileSystemSinkFactory::new(
-                self, config, updating,
+                self, config, updating, input,
             )?));
         }
         if let ConnectorConfig::Http(config) = &self.config {
@@ -527,19 +567,23 @@ impl ConnectorTable {
                 self, config, updating,
             )?));
         }
-        let debezium = match &self.config {
-            ConnectorConfig::SingleFile { debezium, .. } | ConnectorConfig::Stdout { debezium } => {
-                *debezium
+        let format = match &self.config {
+            ConnectorConfig::SingleFile { format, .. } | ConnectorConfig::Stdout { format } => {
+                *format
             }
-            ConnectorConfig::Preview => updating,
-            _ => false,
+            ConnectorConfig::Preview if updating => sink::LineSinkFormat::Debezium,
+            _ => sink::LineSinkFormat::Json,
         };
-        if updating && !debezium && !matches!(self.config, ConnectorConfig::Blackhole) {
+        if updating
+            && format != sink::LineSinkFormat::Debezium
+            && !matches!(self.config, ConnectorConfig::Blackhole)
+        {
             return Err(ConnectorError::Usage(format!(
                 "'{}' receives updating results (an aggregate without a window): its format must be 'debezium_json'",
                 self.name
             )));
         }
-        Ok(Arc::new(sink::SinkFactory::new(self, updating, debezium)))
+        let encoding = sink::Encoding::of(format, &self.name, input)?;
+        Ok(Arc::new(sink::SinkFactory::new(self, updating, encoding)))
     }
 }

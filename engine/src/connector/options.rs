@@ -15,6 +15,9 @@ pub struct Options {
     asked: Vec<String>,
 }
 
+/// Arroyo's default idle time of a source (`idle_micros`).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+
 impl Options {
     pub fn new(entries: Vec<(String, String)>) -> Self {
         let taken = vec![false; entries.len()];
@@ -118,6 +121,28 @@ impl Options {
                 })
             })
             .transpose()
+    }
+
+    /// Takes Arroyo's `idle_micros` (or `idle_time`): how long a source partition or subtask
+    /// may go without data before it stops holding the watermark back. A number is
+    /// microseconds, anything else a duration (`'30s'`); zero or less turns idleness off;
+    /// 5 minutes by default, as in Arroyo.
+    pub fn take_idle(&mut self) -> Result<Option<Duration>, ConnectorError> {
+        let (key, value) = match (self.take("idle_micros"), self.take("idle_time")) {
+            (Some(_), Some(_)) => {
+                return Err(ConnectorError::Usage(
+                    "give either 'idle_micros' or 'idle_time', not both".into(),
+                ));
+            }
+            (Some(v), None) => ("idle_micros", v),
+            (None, Some(v)) => ("idle_time", v),
+            (None, None) => return Ok(Some(DEFAULT_IDLE)),
+        };
+        if value.trim().parse::<i64>().is_ok_and(|n| n <= 0) {
+            return Ok(None);
+        }
+        let mut one = Options::new(vec![(key.to_string(), value)]);
+        one.take_duration(key)
     }
 
     /// The option the connector asked for that `unknown` is a near miss of, if any.

@@ -9,13 +9,16 @@
 //! at-least-once: rows after the last checkpoint are sent again by a restored run.
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use tokio::sync::mpsc;
 
-use super::{ConnectorConfig, ConnectorTable, RunError};
+use super::{ConnectorConfig, ConnectorError, ConnectorTable, RunError};
 use crate::storage::StorageError;
 use crate::storage::durable;
 use crate::task::{Collector, TaskError};
@@ -26,22 +29,80 @@ use datafusion::error::DataFusionError;
 /// Name of the default sink a bare SELECT writes to.
 pub const PREVIEW_SINK: &str = "preview";
 
+/// The `format` of the line sinks (`stdout`, `single_file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineSinkFormat {
+    /// One JSON object per row.
+    Json,
+    /// `{"before", "after", "op"}` per row, which updating results need.
+    Debezium,
+    /// One column's text per line (Arroyo's `raw_string`).
+    RawString,
+}
+
+/// How a line sink encodes its rows, with the column a `raw_string` sink writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Debezium,
+    /// The text of column `.0` (a null is an empty line).
+    Raw(usize),
+}
+
+impl Encoding {
+    /// The encoding of `format` for the columns `input` of sink `table`: a `raw_string` sink
+    /// writes its column `value` (Arroyo's rule) or its only column, and it must be text.
+    pub fn of(format: LineSinkFormat, table: &str, input: &Schema) -> Result<Self, ConnectorError> {
+        Ok(match format {
+            LineSinkFormat::Json => Encoding::Json,
+            LineSinkFormat::Debezium => Encoding::Debezium,
+            LineSinkFormat::RawString => {
+                let column = match input.index_of("value") {
+                    Ok(i) => i,
+                    Err(_) if input.fields().len() == 1 => 0,
+                    Err(_) => {
+                        return Err(ConnectorError::Usage(format!(
+                            "'{table}' has format 'raw_string', which writes one text column: \
+                             name it `value` (SELECT ... AS value) or select only one column \
+                             (it has {})",
+                            input.fields().len()
+                        )));
+                    }
+                };
+                let field = input.field(column);
+                if !matches!(
+                    field.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) {
+                    return Err(ConnectorError::Usage(format!(
+                        "'{table}' has format 'raw_string', which writes a TEXT column, but `{}` is {}: \
+                         cast it (CAST({} AS TEXT))",
+                        field.name(),
+                        field.data_type(),
+                        field.name()
+                    )));
+                }
+                Encoding::Raw(column)
+            }
+        })
+    }
+}
+
 pub struct SinkFactory {
     table: String,
     config: ConnectorConfig,
     /// The input carries a retraction flag before the event time.
     updating: bool,
-    /// Rows are written as `{"before", "after", "op"}`.
-    debezium: bool,
+    encoding: Encoding,
 }
 
 impl SinkFactory {
-    pub fn new(table: &ConnectorTable, updating: bool, debezium: bool) -> Self {
+    pub fn new(table: &ConnectorTable, updating: bool, encoding: Encoding) -> Self {
         SinkFactory {
             table: table.name.clone(),
             config: table.config.clone(),
             updating,
-            debezium,
+            encoding,
         }
     }
 }
@@ -83,7 +144,7 @@ impl OperatorFactory for SinkFactory {
             node: info.node.clone(),
             target,
             hidden: if self.updating { 2 } else { 1 },
-            debezium: self.debezium,
+            encoding: self.encoding,
         }))
     }
 }
@@ -161,7 +222,7 @@ struct Sink {
     /// Hidden columns at the end of each batch: the event time, and for an updating stream the
     /// retraction flag before it.
     hidden: usize,
-    debezium: bool,
+    encoding: Encoding,
 }
 
 impl Sink {
@@ -180,6 +241,18 @@ pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, 
     writer.finish().map_err(RunError::Encode)?;
     drop(writer);
     Ok(buf)
+}
+
+/// The text of column `column` of `batch`, one line a row (a null is an empty line).
+pub(super) fn encode_raw(batch: &RecordBatch, column: usize) -> Result<Vec<u8>, RunError> {
+    let text = cast(batch.column(column), &DataType::Utf8).map_err(RunError::Encode)?;
+    let text = text.as_string::<i32>();
+    let mut out = Vec::with_capacity(text.value_data().len() + text.len());
+    for value in text.iter() {
+        out.extend_from_slice(value.unwrap_or_default().as_bytes());
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 /// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines, or as
@@ -237,7 +310,12 @@ impl Operator for Sink {
         if matches!(self.target, Target::Blackhole) {
             return Ok(());
         }
-        let lines = encode_rows(&batch, self.hidden, self.debezium).map_err(|e| self.fail(e))?;
+        let lines = match self.encoding {
+            Encoding::Json => encode_rows(&batch, self.hidden, false),
+            Encoding::Debezium => encode_rows(&batch, self.hidden, true),
+            Encoding::Raw(column) => encode_raw(&batch, column),
+        }
+        .map_err(|e| self.fail(e))?;
         match &mut self.target {
             Target::Blackhole => Ok(()),
             Target::Stdout => {

@@ -21,6 +21,7 @@ mod provider;
 mod rewrite;
 mod row_time;
 mod statement;
+mod warning;
 pub mod window_fn;
 
 use std::fmt;
@@ -87,6 +88,8 @@ pub struct PlannedQuery {
     /// Options of its tables that read files, load code or run commands on the worker's
     /// host ([`ConnectorTable::host_access`]): for the daemon's access policy.
     pub host_access: Vec<crate::connector::HostAccess>,
+    /// What plans but is probably not meant ([`warning`]): shown, never refused.
+    pub warnings: Vec<SqlError>,
 }
 
 impl PlannedQuery {
@@ -128,8 +131,13 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
     let mut builder = rewrite::Builder::default();
     let mut errors = Vec::new();
     let mut prints = Vec::new();
+    let mut warnings = Vec::new();
     for raw in &statements {
-        if let Err(e) = plan_statement(raw, &dialect, &mut catalog, &mut builder, &mut prints) {
+        let mut out = Output {
+            prints: &mut prints,
+            warnings: &mut warnings,
+        };
+        if let Err(e) = plan_statement(raw, &dialect, &mut catalog, &mut builder, &mut out) {
             errors.push(e);
         }
     }
@@ -158,7 +166,15 @@ pub fn plan(sql: &str) -> Result<PlannedQuery, Vec<SqlError>> {
         sinks,
         fingerprint,
         host_access,
+        warnings,
     })
+}
+
+/// What planning a statement gives besides the dataflow.
+struct Output<'a> {
+    /// The statement as parsed and printed back (for the fingerprint).
+    prints: &'a mut Vec<String>,
+    warnings: &'a mut Vec<SqlError>,
 }
 
 fn plan_statement(
@@ -166,8 +182,9 @@ fn plan_statement(
     dialect: &GenericDialect,
     catalog: &mut Catalog,
     builder: &mut rewrite::Builder,
-    prints: &mut Vec<String>,
+    out: &mut Output,
 ) -> Result<(), SqlError> {
+    let prints = &mut *out.prints;
     let mut parser = new_parser(dialect, raw.tokens.clone());
     let mut stmt = parser.parse_statement().map_err(|e| match e {
         // Where the parser gave up: the nesting too deep.
@@ -210,7 +227,7 @@ fn plan_statement(
     match stmt {
         Statement::CreateTable(create) => {
             let name = table_name(&create.name);
-            let mut table = create_table(create, raw.start, catalog)?;
+            let mut table = create_table(create, raw, catalog)?;
             for m in &raw.metadata {
                 let TableEntry::Connector(t) = &mut table else {
                     return Err(SqlError::at(
@@ -240,6 +257,7 @@ fn plan_statement(
             let schema: Schema = plan.schema().as_arrow().clone();
             let preview = ConnectorTable::preview(Arc::new(schema));
             prints.push(format!("SELECT\n{}", plan.display_indent_schema()));
+            out.warnings.extend(warning::of_query(&plan, raw.start));
             builder
                 .add_insert(&preview, &plan)
                 .map_err(|e| statement_error(e, raw, dialect, catalog))
@@ -298,6 +316,7 @@ fn plan_statement(
                 "INSERT INTO {target}\n{}",
                 input.display_indent_schema()
             ));
+            out.warnings.extend(warning::of_query(&input, raw.start));
             builder
                 .add_insert(&table, &input)
                 .map_err(|e| statement_error(e, raw, dialect, catalog))
@@ -444,9 +463,10 @@ fn normalize(ident: &ast::Ident) -> String {
 
 fn create_table(
     create: ast::CreateTable,
-    start: Location,
+    raw: &statement::RawStatement,
     catalog: &Catalog,
 ) -> Result<TableEntry, SqlError> {
+    let start = raw.start;
     let name = table_name(&create.name);
     let options = match create.table_options {
         CreateTableOptions::None => vec![],
@@ -491,6 +511,11 @@ fn create_table(
             positions.push((key_name.clone(), at));
             entries.push((key_name, text));
         }
+    }
+    if let Some(p) = &raw.partitioned_by {
+        let entry = p.option(connector.as_deref())?;
+        positions.push((entry.0.clone(), p.start));
+        entries.push(entry);
     }
     let Some(connector) = connector else {
         if !entries.is_empty() {
@@ -587,6 +612,15 @@ fn apply_watermark(
             clause.start,
         ));
     };
+    if table.event_time.watermark.is_some() {
+        return Err(SqlError::at(
+            format!(
+                "table '{}' has both WATERMARK FOR and the option watermark_field: give one",
+                table.name
+            ),
+            clause.start,
+        ));
+    }
     if table.event_time.field.is_none() {
         table.event_time.field = Some(index);
     }
@@ -651,7 +685,25 @@ fn df_error(e: DataFusionError, fallback: Location) -> SqlError {
         DataFusionError::Diagnostic(_, inner) => inner.message().into_owned(),
         root => root.message().into_owned(),
     };
-    SqlError::at(message, at)
+    SqlError::at(unknown_function(&message).unwrap_or(message), at)
+}
+
+/// DataFusion's "Invalid function 'x'.\nDid you mean 'y'?", which names the nearest function
+/// however far it is, as "unknown function 'x'" with the suggestion only when it is a near
+/// miss (as the options' "did you mean").
+fn unknown_function(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Invalid function '")?;
+    let (name, rest) = rest.split_once("'.")?;
+    let suggestion = rest
+        .trim()
+        .strip_prefix("Did you mean '")?
+        .strip_suffix("'?")?;
+    let distance = strsim::levenshtein(&name.to_lowercase(), &suggestion.to_lowercase());
+    Some(if distance <= (name.chars().count() / 3).max(2) {
+        format!("unknown function '{name}' (did you mean '{suggestion}'?)")
+    } else {
+        format!("unknown function '{name}'")
+    })
 }
 
 /// An error of the rewrite of a statement: a [`Refusal`] at what it is about (a window

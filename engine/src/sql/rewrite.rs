@@ -139,7 +139,7 @@ impl Builder {
             Some(&node) => node,
             None => {
                 let factory = table
-                    .sink_factory(updating)
+                    .sink_factory(updating, plan.schema().as_arrow())
                     .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string()))?;
                 let id = node_id("sink", &format!("table {}", table.name), &[]);
                 let node = self.program.add_node(

@@ -7,6 +7,9 @@
 //! 3. `METADATA FROM 'key'` after a column's type is cut out and kept as a
 //!    [`MetadataClause`].
 //! 4. A lone `?` is the JSON operator `json ? key`, not a placeholder.
+//! 5. `PARTITIONED BY (col, ...)` after a CREATE TABLE's column list or options is cut out and
+//!    kept as a [`PartitionedBy`] (sqlparser reads Hive's form, with types, and only before
+//!    `WITH`).
 
 use datafusion::sql::sqlparser::dialect::Dialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -24,6 +27,15 @@ pub struct RawStatement {
     pub watermarks: Vec<WatermarkClause>,
     /// `METADATA FROM` clauses cut out of a CREATE TABLE's columns.
     pub metadata: Vec<MetadataClause>,
+    /// `PARTITIONED BY (...)` cut out of a CREATE TABLE.
+    pub partitioned_by: Option<PartitionedBy>,
+}
+
+/// `PARTITIONED BY (col, ...)`: the columns, or the first token that is not a column name.
+#[derive(Debug, Clone)]
+pub struct PartitionedBy {
+    pub columns: Result<Vec<String>, String>,
+    pub start: Location,
 }
 
 /// `column TYPE METADATA FROM 'key'`.
@@ -113,6 +125,7 @@ fn push_statement(out: &mut Vec<RawStatement>, tokens: Vec<TokenWithSpan>) {
         start,
         watermarks: vec![],
         metadata: vec![],
+        partitioned_by: None,
     };
     if is_create_table(&stmt.tokens) {
         rewrite_create_table(&mut stmt);
@@ -170,6 +183,13 @@ fn rewrite_create_table(stmt: &mut RawStatement) {
                 depth += 1;
             }
             Token::Comma if in_columns && depth == 1 => column_start = out.len() + 1,
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::PARTITIONED => {
+                if let Some((clause, end)) = partitioned_by(&tokens, i) {
+                    stmt.partitioned_by = Some(clause);
+                    i = end;
+                    continue;
+                }
+            }
             Token::Word(w)
                 if in_columns && depth == 1 && w.value.eq_ignore_ascii_case("metadata") =>
             {
@@ -250,6 +270,94 @@ fn rewrite_create_table(stmt: &mut RawStatement) {
     stmt.tokens = out;
 }
 
+impl PartitionedBy {
+    /// The option entry that stands for the clause on a table of `connector` (see
+    /// `connector::filesystem::PARTITIONED_BY`); only the filesystem connector takes one.
+    pub fn option(&self, connector: Option<&str>) -> Result<(String, String), SqlError> {
+        if connector != Some("filesystem") {
+            return Err(SqlError::at(
+                "PARTITIONED BY is only supported on filesystem sink tables \
+                 (or give the option partitioning.fields)",
+                self.start,
+            ));
+        }
+        match &self.columns {
+            Ok(columns) if !columns.is_empty() => Ok((
+                crate::connector::filesystem::PARTITIONED_BY.to_string(),
+                columns.join(","),
+            )),
+            Ok(_) => Err(SqlError::at(
+                "PARTITIONED BY needs at least one column",
+                self.start,
+            )),
+            Err(token) => Err(SqlError::at(
+                format!(
+                    "PARTITIONED BY takes column names, separated by ',': unexpected '{token}' \
+                     (partition transforms such as bucket() or day() are not supported; \
+                     use partitioning.time_pattern for time directories)"
+                ),
+                self.start,
+            )),
+        }
+    }
+}
+
+/// `PARTITIONED BY ( ... )` starting at `start`, and the index just past its `)`; None when
+/// the tokens there are not that.
+fn partitioned_by(tokens: &[TokenWithSpan], start: usize) -> Option<(PartitionedBy, usize)> {
+    let significant: Vec<usize> = (start..tokens.len())
+        .filter(|&i| !is_trivia(&tokens[i].token))
+        .collect();
+    let (&by, &open) = (significant.get(1)?, significant.get(2)?);
+    if !is_word(&tokens[by].token, Keyword::BY) || tokens[open].token != Token::LParen {
+        return None;
+    }
+    let mut columns = Ok(Vec::new());
+    let mut expect_name = true;
+    // Parentheses opened inside the clause (a transform's arguments).
+    let mut depth = 0;
+    for &i in &significant[3..] {
+        let t = &tokens[i].token;
+        match t {
+            Token::LParen => {
+                depth += 1;
+                if columns.is_ok() {
+                    columns = Err("(".to_string());
+                }
+            }
+            Token::RParen if depth > 0 => depth -= 1,
+            Token::RParen => {
+                if expect_name && columns.as_ref().is_ok_and(|c: &Vec<String>| !c.is_empty()) {
+                    columns = Err(")".to_string());
+                }
+                let clause = PartitionedBy {
+                    columns,
+                    start: tokens[start].span.start,
+                };
+                return Some((clause, i + 1));
+            }
+            Token::Word(w) if expect_name => {
+                let name = if w.quote_style.is_some() {
+                    w.value.clone()
+                } else {
+                    w.value.to_ascii_lowercase()
+                };
+                if let Ok(c) = &mut columns {
+                    c.push(name);
+                }
+                expect_name = false;
+            }
+            Token::Comma if !expect_name => expect_name = true,
+            other => {
+                if columns.is_ok() {
+                    columns = Err(other.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Index just past the clause starting at `start`: the next top-level `,` or `)` of the
 /// column list.
 fn clause_end(tokens: &[TokenWithSpan], start: usize) -> usize {
@@ -323,6 +431,22 @@ mod tests {
         let rest = text(&s[0].tokens);
         assert!(rest.contains("NOT NULL, x INT"), "{rest}");
         assert!(rest.contains("\"json.unstructured\" = 'true'"), "{rest}");
+    }
+
+    #[test]
+    fn cuts_partitioned_by_out_after_the_options() {
+        let sql = "CREATE TABLE t (k TEXT, \"Day\" TEXT) WITH (connector = 'filesystem') PARTITIONED BY (k, \"Day\")";
+        let s = split(sql, &GenericDialect {}).unwrap();
+        let p = s[0].partitioned_by.as_ref().unwrap();
+        assert_eq!(p.columns, Ok(vec!["k".to_string(), "Day".to_string()]));
+        assert!(text(&s[0].tokens).ends_with("(connector = 'filesystem') "));
+        let sql =
+            "CREATE TABLE t (k TEXT) WITH (connector = 'filesystem') PARTITIONED BY (bucket(k, 4))";
+        let s = split(sql, &GenericDialect {}).unwrap();
+        assert_eq!(
+            s[0].partitioned_by.as_ref().unwrap().columns,
+            Err("(".to_string())
+        );
     }
 
     #[test]

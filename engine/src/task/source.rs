@@ -58,6 +58,8 @@ pub struct SourceContext {
     /// The epoch of the last barrier sent.
     injected: u64,
     watermark: Option<i64>,
+    /// Idleness was announced and no watermark sent since.
+    idle: bool,
 }
 
 impl SourceContext {
@@ -77,6 +79,7 @@ impl SourceContext {
             link,
             injected: 0,
             watermark,
+            idle: false,
         }
     }
 
@@ -93,11 +96,14 @@ impl SourceContext {
         self.out.collect(batch).await
     }
 
-    /// Advances the watermark to `t` (ignored unless it moves forward).
+    /// Advances the watermark to `t` (ignored unless it moves forward, or the subtask was idle:
+    /// then its watermark, at least the last one, is sent again and it is no longer idle).
     pub async fn watermark(&mut self, t: i64) -> Result<(), TaskError> {
-        if self.watermark.is_some_and(|w| w >= t) {
+        if !self.idle && self.watermark.is_some_and(|w| w >= t) {
             return Ok(());
         }
+        self.idle = false;
+        let t = self.watermark.map_or(t, |w| w.max(t));
         self.watermark = Some(t);
         self.out
             .broadcast(Message::Watermark(Watermark::EventTime(t)))
@@ -106,6 +112,7 @@ impl SourceContext {
 
     /// Tells downstream this subtask has no data for now (a subtask with nothing to read).
     pub async fn idle(&mut self) -> Result<(), TaskError> {
+        self.idle = true;
         self.out
             .broadcast(Message::Watermark(Watermark::Idle))
             .await

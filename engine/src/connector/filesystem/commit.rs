@@ -208,8 +208,10 @@ impl Staging {
             },
             Err(e) => return Err(failed(e)),
         }
-        // The new name in the sink's directory.
-        self.sync_local(&target, 1).await
+        // The new name in its directory, and the partition directories above it up to the
+        // sink's, which the rename may have made.
+        let levels = target.parts().count() - self.location.prefix().parts().count();
+        self.sync_local(&target, levels.max(1)).await
     }
 
     /// Step 4, first half: takes the state of every old subtask (`docs`, by old subtask): the

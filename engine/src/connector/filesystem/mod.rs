@@ -15,11 +15,14 @@
 //! file, how far it read.
 
 mod commit;
+mod compression;
 mod names;
+mod partition;
 mod sink;
 mod source;
 mod writer;
 
+pub use partition::PARTITIONED_BY;
 pub use sink::{FileSystemSinkConfig, FileSystemSinkFactory};
 pub use source::{FileSystemSourceConfig, FileSystemSourceFactory};
 
@@ -33,10 +36,6 @@ const CONNECTOR: &str = "filesystem";
 /// Arroyo options this connector knows but does not implement: planning refuses them by name
 /// rather than as unknown. The value given is accepted when it asks for nothing.
 const UNSUPPORTED: &[(&str, Option<&str>)] = &[
-    ("partitioning.fields", None),
-    ("partitioning.time_pattern", None),
-    ("partition_fields", None),
-    ("time_partition_pattern", None),
     ("shuffle_by_partition.enabled", Some("false")),
     ("partitioning.shuffle_by_partition.enabled", Some("false")),
     ("rolling_policy.watermark_expiration", Some("false")),
@@ -303,9 +302,9 @@ mod tests {
                     ("type", "sink"),
                     ("path", "/x"),
                     ("format", "json"),
-                    ("partitioning.fields", "n"),
+                    ("partitioning.time_pattern", "%Q"),
                 ],
-                "partitioning.fields",
+                "partitioning.time_pattern",
             ),
             (
                 &[
@@ -348,7 +347,7 @@ mod tests {
                     ("type", "source"),
                     ("path", "/x"),
                     ("format", "json"),
-                    ("source.compression", "gzip"),
+                    ("source.compression", "bz2"),
                 ],
                 "source.compression",
             ),

@@ -9,11 +9,13 @@
 //!
 //! Updating results (retractions) cannot be written: neither format can express them.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use object_store::ObjectStore;
 use tokio::sync::Mutex;
@@ -23,6 +25,7 @@ use tracing::{Instrument, info};
 
 use super::commit::{SINK_TABLE, SinkCheckpoint, Staging};
 use super::names::{self, NameStrategy};
+use super::partition::{self, Partitioner, Partitioning};
 use super::writer::OpenFile;
 use super::{
     FileFormat, invalid, take_data_size, take_duration, take_either, take_location_and_format,
@@ -58,6 +61,8 @@ pub struct FileSystemSinkConfig {
     part_size: u64,
     max_parts: u64,
     prefix: Option<String>,
+    /// Directories by the rows' fields and event time ([`super::partition`]).
+    partitioning: Partitioning,
     suffix: String,
     strategy: NameStrategy,
 }
@@ -156,6 +161,7 @@ impl FileSystemSinkConfig {
                 trimmed.to_string()
             }
         };
+        let partitioning = Partitioning::from_options(options)?;
         match options.take("sink.version").as_deref() {
             None | Some("v1") | Some("v2") => {}
             Some(other) => return Err(invalid("sink.version", other, "expected 'v1' or 'v2'")),
@@ -208,6 +214,7 @@ impl FileSystemSinkConfig {
             max_parts: take_either(options, "multipart.max_parts", "max_parts", take_positive)?
                 .unwrap_or(DEFAULT_MAX_PARTS),
             prefix,
+            partitioning,
             suffix,
             strategy,
         })
@@ -225,14 +232,17 @@ impl FileSystemSinkConfig {
 
 pub struct FileSystemSinkFactory {
     config: Arc<FileSystemSinkConfig>,
+    partitioner: Option<Partitioner>,
 }
 
 impl FileSystemSinkFactory {
-    /// A sink of `table`; `updating` input is refused (neither format has retractions).
+    /// A sink of `table` writing the columns `input`; `updating` input is refused (neither
+    /// format has retractions).
     pub fn new(
         table: &ConnectorTable,
         config: &FileSystemSinkConfig,
         updating: bool,
+        input: &Schema,
     ) -> Result<Self, ConnectorError> {
         if updating {
             return Err(ConnectorError::Usage(format!(
@@ -240,16 +250,21 @@ impl FileSystemSinkFactory {
                 table.name
             )));
         }
+        let partitioner = (!config.partitioning.is_empty())
+            .then(|| config.partitioning.resolve(&table.name, input))
+            .transpose()?;
         Ok(FileSystemSinkFactory {
             config: Arc::new(config.clone()),
+            partitioner,
         })
     }
 }
 
 impl OperatorFactory for FileSystemSinkFactory {
     fn create(&self, info: &TaskInfo) -> Result<Box<dyn Operator>, TaskError> {
-        let state = SinkState::new(info, self.config.clone())
+        let mut state = SinkState::new(info, self.config.clone())
             .map_err(|e| TaskError::connector(&info.node, e))?;
+        state.partitioner = self.partitioner.clone();
         Ok(Box::new(FileSystemSink::new(
             info,
             state,
@@ -266,7 +281,9 @@ pub(super) struct SinkState {
     config: Arc<FileSystemSinkConfig>,
     subtask: usize,
     next_index: u64,
-    pub open: Option<OpenFile>,
+    /// The open file of each partition (one, under no directory, without partitioning).
+    pub open: BTreeMap<Vec<String>, OpenFile>,
+    partitioner: Option<Partitioner>,
     /// Files closed so far.
     written: u64,
     pub staging: Staging,
@@ -291,14 +308,20 @@ impl SinkState {
             config,
             subtask: info.subtask,
             next_index: 0,
-            open: None,
+            open: BTreeMap::new(),
+            partitioner: None,
             written: 0,
             staging,
             background: info.background.clone(),
         })
     }
 
-    fn open_file(&mut self, batch: &RecordBatch) -> Result<OpenFile, RunError> {
+    /// A new file for `batch`'s rows in the partition directory `segments`.
+    fn open_file(
+        &mut self,
+        batch: &RecordBatch,
+        segments: &[String],
+    ) -> Result<OpenFile, RunError> {
         let config = &self.config;
         let name = names::file_name(
             config.strategy,
@@ -307,7 +330,7 @@ impl SinkState {
             self.next_index,
             self.subtask,
         );
-        let target = config.location.prefix().clone().join(name.as_str());
+        let target = partition::under(config.location.prefix(), segments).join(name.as_str());
         let location = self.staging.staged_name(&name);
         let shown = config.location.display(&location);
         self.next_index += 1;
@@ -321,28 +344,64 @@ impl SinkState {
         )
     }
 
-    fn due_on_time(&self, now: Instant) -> bool {
-        self.open.as_ref().is_some_and(|f| {
-            self.config
-                .interval
-                .is_some_and(|d| now.duration_since(f.opened) >= d)
-                || self
-                    .config
-                    .inactivity
-                    .is_some_and(|d| now.duration_since(f.last_write) >= d)
-        })
+    fn due_on_time(&self, file: &OpenFile, now: Instant) -> bool {
+        self.config
+            .interval
+            .is_some_and(|d| now.duration_since(file.opened) >= d)
+            || self
+                .config
+                .inactivity
+                .is_some_and(|d| now.duration_since(file.last_write) >= d)
     }
 
+    /// Closes the files open for longer than `rolling_policy.interval` or not written for
+    /// `rolling_policy.inactivity_interval`.
+    pub async fn close_due(&mut self, now: Instant) -> Result<(), RunError> {
+        let due: Vec<Vec<String>> = self
+            .open
+            .iter()
+            .filter(|(_, f)| self.due_on_time(f, now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in due {
+            self.close_one(&partition).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` (the visible columns, then the hidden event time), each row into the
+    /// file of its partition.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), RunError> {
         let now = Instant::now();
-        if self.due_on_time(now) {
-            self.close().await?;
+        self.close_due(now).await?;
+        match self.partitioner.clone() {
+            Some(partitioner) => {
+                for (segments, part) in partitioner.split(batch)? {
+                    self.write_to(segments, &part, now).await?;
+                }
+                Ok(())
+            }
+            None => {
+                // The hidden event-time column is never written.
+                let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
+                let batch = batch.project(&visible).map_err(RunError::Encode)?;
+                self.write_to(vec![], &batch, now).await
+            }
         }
-        if self.open.is_none() {
-            self.open = Some(self.open_file(batch)?);
+    }
+
+    async fn write_to(
+        &mut self,
+        partition: Vec<String>,
+        batch: &RecordBatch,
+        now: Instant,
+    ) -> Result<(), RunError> {
+        if !self.open.contains_key(&partition) {
+            let file = self.open_file(batch, &partition)?;
+            self.open.insert(partition.clone(), file);
         }
         let config = self.config.clone();
-        let file = self.open.as_mut().expect("a file is open");
+        let file = self.open.get_mut(&partition).expect("a file is open");
         file.encode(batch, config.row_group_bytes)?;
         file.last_write = now;
         file.upload_parts(&self.store, config.part_size, config.max_parts)
@@ -350,15 +409,24 @@ impl SinkState {
         let full = file.parts + 1 >= config.max_parts
             || config.file_size.is_some_and(|limit| file.size() >= limit);
         if full {
-            self.close().await?;
+            self.close_one(&partition).await?;
         }
         Ok(())
     }
 
-    /// Closes the open file, if any: it is finished under its staged name and waits for the
-    /// next barrier.
+    /// Closes every open file: each is finished under its staged name and waits for the next
+    /// barrier.
     pub async fn close(&mut self) -> Result<(), RunError> {
-        let Some(mut file) = self.open.take() else {
+        let open: Vec<Vec<String>> = self.open.keys().cloned().collect();
+        for partition in open {
+            self.close_one(&partition).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open file of `partition`, if any.
+    async fn close_one(&mut self, partition: &[String]) -> Result<(), RunError> {
+        let Some(mut file) = self.open.remove(partition) else {
             return Ok(());
         };
         let size = file.finish(&self.store).await?;
@@ -459,9 +527,7 @@ impl FileSystemSink {
                 loop {
                     ticker.tick().await;
                     let mut state = state.lock().await;
-                    if state.due_on_time(Instant::now())
-                        && let Err(e) = state.close().await
-                    {
+                    if let Err(e) = state.close_due(Instant::now()).await {
                         *failure.lock().expect("not poisoned") = Some(e);
                         return;
                     }
@@ -492,11 +558,6 @@ impl Operator for FileSystemSink {
         }
         self.recover().await?;
         self.start_timer();
-        // The hidden event-time column is never written.
-        let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(1)).collect();
-        let batch = batch
-            .project(&visible)
-            .map_err(TaskError::batch(&self.node))?;
         let result = self.state.lock().await.write(&batch).await;
         result.map_err(|e| self.fail(e))
     }
@@ -651,7 +712,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = small_parts_sink(dir.path(), "json");
         for i in 0..10 {
-            sink.write(&rows(i * 50, 50)).await.unwrap();
+            sink.write(&timed(rows(i * 50, 50))).await.unwrap();
         }
         sink.finish_all().await.unwrap();
         let names = names(dir.path());
@@ -680,7 +741,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = small_parts_sink(dir.path(), "parquet");
         for i in 0..20 {
-            sink.write(&rows(i * 100, 100)).await.unwrap();
+            sink.write(&timed(rows(i * 100, 100))).await.unwrap();
         }
         sink.finish_all().await.unwrap();
         let mut n = Vec::new();
@@ -709,7 +770,12 @@ mod tests {
         let tick = state.config.tick();
         let mut sink = FileSystemSink::new(&TaskInfo::for_test(1, 2), state, tick, false);
         sink.start_timer();
-        sink.state.lock().await.write(&rows(0, 3)).await.unwrap();
+        sink.state
+            .lock()
+            .await
+            .write(&timed(rows(0, 3)))
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while sink.state.lock().await.staging.staged.is_empty() {
             assert!(Instant::now() < deadline, "the idle file was never closed");
@@ -717,7 +783,7 @@ mod tests {
         }
         let token = {
             let state = sink.state.lock().await;
-            assert!(state.open.is_none());
+            assert!(state.open.is_empty());
             state.staging.token.clone()
         };
         sink.check_timer().unwrap();
@@ -930,7 +996,7 @@ mod tests {
         let config = small_files(dir.path());
         let mut s = SinkState::new(&TaskInfo::for_test(0, 1), config.clone()).unwrap();
         for i in 0..10 {
-            s.write(&rows(i * 10, 10)).await.unwrap();
+            s.write(&timed(rows(i * 10, 10))).await.unwrap();
         }
         let checkpoint = s.barrier().await.unwrap();
         assert!(checkpoint.pending.len() > 1);

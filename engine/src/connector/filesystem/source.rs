@@ -6,7 +6,8 @@
 //! `source.regex_pattern`, sorts them by name, and subtask `i` of `p` reads files `i, i + p,
 //! ...`; then it finishes. JSON lines are decoded by the reader `single_file` uses
 //! ([`crate::connector::lines`]: `bad_data`, event time, virtual columns); Parquet columns are
-//! matched by name and cast to the declared types. `source.compression` only accepts `none`.
+//! matched by name and cast to the declared types. JSON files may be compressed
+//! (`source.compression`: `gzip`, `zstd`; see [`super::compression`]).
 //!
 //! At a checkpoint a subtask records (table `files`, one JSON document) the files it read to
 //! the end and, for a file read part of the way, how far: the byte offset and line count of
@@ -36,6 +37,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::compression::{self, Compression};
 use super::{FileFormat, invalid, take_either, take_location_and_format};
 use crate::connector::lines::{
     BATCH_ROWS, BadData, FilePosition, Generated, LineFormat, LineReader, Rows, take_bad_data,
@@ -53,6 +55,8 @@ pub struct FileSystemSourceConfig {
     bad_data: BadData,
     /// `source.regex_pattern`: only files whose path in the store matches are read.
     regex: Option<String>,
+    /// `source.compression` / `compression_format` of JSON files.
+    compression: Compression,
 }
 
 impl FileSystemSourceConfig {
@@ -84,13 +88,15 @@ impl FileSystemSourceConfig {
             "compression_format",
             |o, k| Ok(o.take(k).map(|v| (k.to_string(), v))),
         )?;
-        if let Some((key, value)) = compression
-            && value != "none"
-        {
-            return Err(invalid(
-                &key,
-                &value,
-                "only uncompressed files ('none') can be read",
+        let compression = match compression {
+            None => Compression::None,
+            Some((key, value)) => Compression::parse(&key, &value)?,
+        };
+        if compression != Compression::None && format != FileFormat::Json {
+            return Err(ConnectorError::Usage(
+                "compressed input ('gzip', 'zstd') is read for format = 'json'; \
+                 Parquet files compress their own pages"
+                    .into(),
             ));
         }
         Ok(FileSystemSourceConfig {
@@ -98,6 +104,7 @@ impl FileSystemSourceConfig {
             format,
             bad_data: take_bad_data(options)?,
             regex,
+            compression,
         })
     }
 }
@@ -283,6 +290,12 @@ impl FileSystemSource {
             Some(Resume::Lines { offset, lines }) => (offset, lines),
             _ => (0, 0),
         };
+        let compressed = self.config.compression != Compression::None;
+        if compressed {
+            return self
+                .read_compressed(ctx, store, meta, name, (offset, lines), shown)
+                .await;
+        }
         if offset > 0 && offset >= meta.size {
             // Every line was emitted before the checkpoint.
             return Ok((SourceEnd::Finished, Resume::Lines { offset, lines }));
@@ -331,6 +344,61 @@ impl FileSystemSource {
                 rows.read_lines(ctx, reader, snapshot).await?
             }
         };
+        let p = rows.position();
+        Ok((
+            end,
+            Resume::Lines {
+                offset: p.offset,
+                lines: p.lines,
+            },
+        ))
+    }
+
+    /// Reads one compressed JSON-lines file from the decompressed position `(offset, lines)`:
+    /// the file is decompressed from its start and the text before the offset skipped.
+    async fn read_compressed(
+        &self,
+        ctx: &mut SourceContext,
+        store: &Arc<dyn ObjectStore>,
+        meta: &ObjectMeta,
+        name: &str,
+        (offset, lines): (u64, u64),
+        shown: &str,
+    ) -> Result<(SourceEnd, Resume), TaskError> {
+        use tokio::io::AsyncReadExt;
+        let mut rows = LineReader::new(self.rows.clone(), &self.info, shown.to_string());
+        rows.resume_at(FilePosition {
+            offset,
+            lines,
+            done: false,
+        });
+        let payload = store
+            .get(&meta.location)
+            .await
+            .map_err(|e| self.fail(StorageError::store("opening", shown.to_string())(e)))?;
+        let bytes = payload.into_stream().map_err(std::io::Error::from);
+        let stream = compression::decompressed(bytes, self.config.compression)
+            .map_err(|e| self.fail(StorageError::io("decompressing", shown.to_string())(e)))?;
+        let mut reader = tokio_util::io::StreamReader::new(stream);
+        let skipped = tokio::io::copy(&mut (&mut reader).take(offset), &mut tokio::io::sink())
+            .await
+            .map_err(|e| self.fail(StorageError::io("decompressing", shown.to_string())(e)))?;
+        if skipped < offset {
+            return Err(self.fail(RunError::BadCheckpoint(format!(
+                "resumes {shown} at byte {offset} of its decompressed text, which has only {skipped}"
+            ))));
+        }
+        let snapshot = |r: &LineReader| {
+            let p = r.position();
+            self.snapshot_with(Some((
+                name,
+                Resume::Lines {
+                    offset: p.offset,
+                    lines: p.lines,
+                },
+            )))
+        };
+        let end = rows.read_lines(ctx, reader, snapshot).await?;
         let p = rows.position();
         Ok((
             end,

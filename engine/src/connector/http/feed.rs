@@ -11,7 +11,8 @@
 //! 3. The connection ends or breaks: the items before are emitted first, then it reconnects.
 //!    A batch that brought something resets the backoff.
 //! 4. While no data comes, a source whose event time is the arrival time moves its
-//!    watermark on each second.
+//!    watermark on each second; any other tells downstream it is idle once nothing has come
+//!    for `idle_micros` ([`super::Quiet`]).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::{Backoff, Endpoint, HttpError, IDLE_WATERMARK_EVERY, MAX_BACKOFF, RetryLog};
+use super::{Backoff, Endpoint, HttpError, IDLE_WATERMARK_EVERY, MAX_BACKOFF, Quiet, RetryLog};
 use crate::connector::lines::LineReader;
 use crate::task::{Source, SourceContext, SourceEnd, TaskError};
 
@@ -50,6 +51,9 @@ pub(super) trait Feed: Source {
     const WHAT: &'static str;
 
     fn endpoint(&self) -> &Endpoint;
+
+    /// The idle time (`idle_micros`), if idleness is on.
+    fn idle_after(&self) -> Option<Duration>;
 
     fn reader(&mut self) -> &mut LineReader;
 
@@ -81,6 +85,7 @@ pub(super) async fn run<F: Feed>(
     let mut log = RetryLog::new(Duration::from_secs(10));
     let mut retry_at = Instant::now();
     let mut tick = tokio::time::interval(IDLE_WATERMARK_EVERY);
+    let mut quiet = Quiet::new(feed.idle_after());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if ctx.should_stop() {
@@ -93,7 +98,7 @@ pub(super) async fn run<F: Feed>(
             tokio::select! {
                 _ = tokio::time::sleep_until(retry_at) => {}
                 _ = tick.tick() => {
-                    super::idle_watermark(feed.reader(), ctx).await?;
+                    quiet.tick(feed.reader(), ctx).await?;
                     continue;
                 }
                 _ = ctx.stopped() => continue,
@@ -124,7 +129,7 @@ pub(super) async fn run<F: Feed>(
         let first = tokio::select! {
             next = items.next() => next,
             _ = tick.tick() => {
-                super::idle_watermark(feed.reader(), ctx).await?;
+                quiet.tick(feed.reader(), ctx).await?;
                 continue;
             }
             _ = ctx.stopped() => continue,
@@ -151,6 +156,7 @@ pub(super) async fn run<F: Feed>(
             next = items.next().now_or_never();
         }
         if !batch.is_empty() {
+            quiet.data();
             feed.reader().emit_messages(ctx, &batch).await?;
         }
         if feed.emitted() {

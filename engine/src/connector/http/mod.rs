@@ -239,6 +239,9 @@ pub struct SourceOptions {
     headers: Headers,
     format: LineFormat,
     bad_data: BadData,
+    /// `idle_micros` / `idle_time`: with no message for this long, subtask 0 stops holding
+    /// the watermark back (see [`Quiet`]).
+    idle: Option<Duration>,
 }
 
 impl SourceOptions {
@@ -254,6 +257,7 @@ impl SourceOptions {
             headers: Headers::take(options)?,
             format: take_format(connector, options)?,
             bad_data: take_bad_data(options)?,
+            idle: options.take_idle()?,
         })
     }
 }
@@ -435,12 +439,47 @@ async fn stay_idle(ctx: &mut SourceContext) -> Result<SourceEnd, TaskError> {
     }
 }
 
-/// Moves the watermark on with the clock when the event time is the arrival time.
-async fn idle_watermark(reader: &LineReader, ctx: &mut SourceContext) -> Result<(), TaskError> {
-    if let Some(w) = reader.arrival_watermark() {
-        ctx.watermark(w).await?;
+/// What a reading subtask does while no message comes, each [`IDLE_WATERMARK_EVERY`]: when
+/// the event time is the arrival time, it moves the watermark on with the clock; otherwise,
+/// once nothing has come for the idle time, it tells downstream it is idle (Arroyo's
+/// `idle_micros`), so that a quiet stream does not hold back the windows of the others. The
+/// next message's watermark ends the idleness.
+struct Quiet {
+    after: Option<Duration>,
+    since: tokio::time::Instant,
+    announced: bool,
+}
+
+impl Quiet {
+    fn new(after: Option<Duration>) -> Quiet {
+        Quiet {
+            after,
+            since: tokio::time::Instant::now(),
+            announced: false,
+        }
     }
-    Ok(())
+
+    /// Messages came.
+    fn data(&mut self) {
+        self.since = tokio::time::Instant::now();
+        self.announced = false;
+    }
+
+    async fn tick(
+        &mut self,
+        reader: &LineReader,
+        ctx: &mut SourceContext,
+    ) -> Result<(), TaskError> {
+        if let Some(w) = reader.arrival_watermark() {
+            return ctx.watermark(w).await;
+        }
+        if !self.announced && self.after.is_some_and(|d| self.since.elapsed() >= d) {
+            self.announced = true;
+            tracing::debug!(node = %ctx.info().node, "source idle");
+            ctx.idle().await?;
+        }
+        Ok(())
+    }
 }
 
 /// The HTTP client of a connector: connection timeout and keep-alive set; `timeout` bounds a

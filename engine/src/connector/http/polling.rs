@@ -22,9 +22,7 @@ use bytes::Bytes;
 use reqwest::Method;
 use tokio::time::Instant;
 
-use super::{
-    HttpError, IDLE_WATERMARK_EVERY, RetryLog, SourceOptions, describe, idle_watermark, stay_idle,
-};
+use super::{HttpError, IDLE_WATERMARK_EVERY, Quiet, RetryLog, SourceOptions, describe, stay_idle};
 use crate::connector::lines::LineReader;
 use crate::connector::{ConnectorError, Options};
 use crate::task::{RestoredState, Source, SourceContext, SourceEnd, TaskError, TaskState};
@@ -184,6 +182,7 @@ impl Source for PollingSource {
             return stay_idle(ctx).await;
         }
         let mut next_poll = Instant::now();
+        let mut quiet = Quiet::new(self.config.source.idle);
         loop {
             if ctx.should_stop() {
                 return Ok(SourceEnd::Stopped);
@@ -197,7 +196,7 @@ impl Source for PollingSource {
                 _ = ctx.stopped() => continue,
             }
             if Instant::now() < next_poll {
-                idle_watermark(&self.reader, ctx).await?;
+                quiet.tick(&self.reader, ctx).await?;
                 continue;
             }
             let started = Instant::now();
@@ -209,9 +208,10 @@ impl Source for PollingSource {
             next_poll = started + self.config.interval;
             let Some(body) = body else { continue };
             if self.config.emit == EmitBehavior::Changed && self.last.as_ref() == Some(&body) {
-                idle_watermark(&self.reader, ctx).await?;
+                quiet.tick(&self.reader, ctx).await?;
                 continue;
             }
+            quiet.data();
             self.reader.emit_messages(ctx, &[&body]).await?;
             if self.config.emit == EmitBehavior::Changed {
                 self.last = Some(body);

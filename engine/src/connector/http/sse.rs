@@ -114,6 +114,10 @@ impl Feed for SseSource {
         &self.config.source.endpoint
     }
 
+    fn idle_after(&self) -> Option<Duration> {
+        self.config.source.idle
+    }
+
     fn reader(&mut self) -> &mut LineReader {
         &mut self.reader
     }

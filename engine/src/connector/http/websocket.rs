@@ -113,6 +113,10 @@ impl Feed for WebSocketSource {
         &self.config.source.endpoint
     }
 
+    fn idle_after(&self) -> Option<std::time::Duration> {
+        self.config.source.idle
+    }
+
     fn reader(&mut self) -> &mut LineReader {
         &mut self.reader
     }

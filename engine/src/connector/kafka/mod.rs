@@ -257,8 +257,6 @@ pub struct KafkaConfig {
     pub role: Role,
 }
 
-/// Arroyo's default for `idle_micros`.
-const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 /// How long a client may take at start by default (`startup_timeout`).
 const DEFAULT_STARTUP: Duration = Duration::from_secs(60);
 
@@ -491,15 +489,7 @@ impl KafkaConfig {
                     "source.read_mode",
                     &["read_committed", "read_uncommitted"],
                 )? == Some("read_committed");
-                let idle = match options.take("idle_micros").or(options.take("idle_time")) {
-                    None => Some(DEFAULT_IDLE),
-                    // Arroyo: zero or less turns idleness off.
-                    Some(v) if v.trim().parse::<i64>().is_ok_and(|n| n <= 0) => None,
-                    Some(v) => {
-                        let mut one = Options::new(vec![("idle_micros".into(), v)]);
-                        one.take_duration("idle_micros")?
-                    }
-                };
+                let idle = options.take_idle()?;
                 Role::Source(SourceOptions {
                     offset,
                     group_id: options.take("source.group_id"),
@@ -615,7 +605,7 @@ mod tests {
             panic!("a source")
         };
         assert_eq!(s.offset, StartOffset::Latest);
-        assert_eq!(s.idle, Some(DEFAULT_IDLE));
+        assert_eq!(s.idle, Some(crate::connector::options::DEFAULT_IDLE));
         let mut entries = BASE.to_vec();
         entries.push(("idle_time", "0"));
         let c = parse(TableKind::Source, &entries).unwrap();
