@@ -290,17 +290,17 @@ impl CheckpointStore {
     }
 
     /// The MANIFEST of `epoch` if it is a complete checkpoint, or why it is not.
-    async fn check(&self, epoch: u64) -> Result<Result<Manifest, String>, StorageError> {
+    async fn check(&self, epoch: u64) -> Result<Result<Manifest, Incomplete>, StorageError> {
         let path = self.path(epoch, MANIFEST);
         let text = match self.store.get(&path).await {
             Ok(got) => got.bytes().await.map_err(self.failed("reading", &path))?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Ok(Err("it has no MANIFEST".into()));
+                return Ok(Err(Incomplete::NoManifest));
             }
             Err(e) => return Err(self.failed("reading", &path)(e)),
         };
         let manifest = match std::str::from_utf8(&text).ok().and_then(Manifest::parse) {
-            None => return Ok(Err("its MANIFEST does not parse".into())),
+            None => return Ok(Err(Incomplete::Unparsable)),
             Some(Parsed::Manifest(m)) => m,
             Some(Parsed::Newer(format)) => {
                 return Err(StorageError::NewerFormat {
@@ -311,7 +311,7 @@ impl CheckpointStore {
             }
         };
         if manifest.epoch != epoch {
-            return Ok(Err(format!("its MANIFEST is of epoch {}", manifest.epoch)));
+            return Ok(Err(Incomplete::OtherEpoch(manifest.epoch)));
         }
         let listed: Vec<object_store::ObjectMeta> = self
             .store
@@ -327,10 +327,10 @@ impl CheckpointStore {
         });
         Ok(match missing {
             None => Ok(manifest),
-            Some(f) => Err(format!(
-                "its file {} is missing or not {} bytes long",
-                f.name, f.length
-            )),
+            Some(f) => Err(Incomplete::Missing {
+                name: f.name.clone(),
+                length: f.length,
+            }),
         })
     }
 
@@ -345,7 +345,7 @@ impl CheckpointStore {
                 Err(reason) => {
                     passed.push(Passed {
                         epoch,
-                        reason,
+                        reason: reason.to_string(),
                         complete: false,
                     });
                     continue;
@@ -491,6 +491,21 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+
+/// Why an epoch's directory is not a complete checkpoint (a crash before its MANIFEST was
+/// written, or damage): a restore passes over it to an older one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Incomplete {
+    #[error("it has no MANIFEST")]
+    NoManifest,
+    #[error("its MANIFEST does not parse")]
+    Unparsable,
+    #[error("its MANIFEST is of epoch {0}")]
+    OtherEpoch(u64),
+    #[error("its file {name} is missing or not {length} bytes long")]
+    Missing { name: String, length: u64 },
 }
 
 #[cfg(test)]
