@@ -18,6 +18,7 @@ mod dialect_tests;
 mod json_fn;
 mod optimizer;
 mod provider;
+mod refusal;
 mod rewrite;
 mod row_time;
 mod statement;
@@ -43,7 +44,7 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 use crate::connector::{ConnectorError, ConnectorTable, Options};
 use crate::dataflow::Program;
 pub use provider::{Catalog, TableEntry};
-use rewrite::{Anchor, Refusal};
+use refusal::{Anchor, Refusal};
 
 /// An error in a query, with the position it refers to (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -493,7 +493,6 @@ impl CheckpointStore {
     }
 }
 
-
 /// Why an epoch's directory is not a complete checkpoint (a crash before its MANIFEST was
 /// written, or damage): a restore passes over it to an older one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -82,7 +82,8 @@ impl Partitioning {
         let time_pattern = match time_pattern {
             None => None,
             Some((key, pattern)) => {
-                check_pattern(&pattern).map_err(|reason| invalid(&key, &pattern, reason))?;
+                check_pattern(&pattern)
+                    .map_err(|reason| invalid(&key, &pattern, reason.to_string()))?;
                 Some(pattern)
             }
         };
@@ -146,14 +147,23 @@ fn format_time(pattern: &str, column: &ArrayRef) -> Result<Vec<String>, String> 
         .collect()
 }
 
-fn check_pattern(pattern: &str) -> Result<(), String> {
+/// Why a `time_partition_pattern` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadPattern {
+    #[error("must not be empty")]
+    Empty,
+    #[error("not a valid strftime pattern (for example '%Y/%m/%d/%H')")]
+    NotStrftime,
+}
+
+fn check_pattern(pattern: &str) -> Result<(), BadPattern> {
     if pattern.trim().is_empty() {
-        return Err("must not be empty".into());
+        return Err(BadPattern::Empty);
     }
     let sample: ArrayRef = std::sync::Arc::new(TimestampNanosecondArray::from(vec![0]));
     format_time(pattern, &sample)
         .map(|_| ())
-        .map_err(|_| "not a valid strftime pattern (for example '%Y/%m/%d/%H')".into())
+        .map_err(|_| BadPattern::NotStrftime)
 }
 
 /// Splits batches by partition.
