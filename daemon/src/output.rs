@@ -528,12 +528,9 @@ impl OutputLog {
         }
     }
 
-    /// A reader of the last `n` rows held.
-    pub fn reader_of_last(self: &Arc<Self>, n: u64) -> Reader {
-        let from = self
-            .next_offset()
-            .saturating_sub(n)
-            .max(self.first_offset());
+    /// A reader of the last `n` rows held before `end` (the log's end when asked).
+    pub fn reader_of_last(self: &Arc<Self>, n: u64, end: u64) -> Reader {
+        let from = end.saturating_sub(n).max(self.first_offset());
         self.reader(from)
     }
 
@@ -862,7 +859,13 @@ mod tests {
             })
             .collect();
         assert_eq!(sinks, vec![PREVIEW, "out", "out"]);
-        assert_eq!(log.reader_of_last(2).read(10).unwrap().len(), 2);
+        assert_eq!(
+            log.reader_of_last(2, log.next_offset())
+                .read(10)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -135,9 +135,10 @@ fn tail_row(record: Record) -> TailRow {
     }
 }
 
-/// The records of an output log from `reader`, as a stream; with `follow`, until the log
-/// closes. Reads run off the runtime.
-fn tail_rows(log: Arc<OutputLog>, reader: Reader, follow: bool) -> TailStream {
+/// The records of an output log from `reader`, as a stream: up to `until` (the end of the
+/// log when the call came, so that `tail -n N` is N rows however fast the pipeline writes),
+/// or, without it, following until the log closes. Reads run off the runtime.
+fn tail_rows(log: Arc<OutputLog>, reader: Reader, until: Option<u64>) -> TailStream {
     let stream = futures::stream::unfold(
         (log, Some(reader), VecDeque::new()),
         move |(log, mut reader, mut rows)| async move {
@@ -165,12 +166,21 @@ fn tail_rows(log: Arc<OutputLog>, reader: Reader, follow: bool) -> TailStream {
                         return Some((Err(failed), (log, None, rows)));
                     }
                 };
-                if records.is_empty() {
-                    if !follow || !log.wait_for(r.offset()).await {
+                let read_any = !records.is_empty();
+                rows.extend(
+                    records
+                        .into_iter()
+                        .map(tail_row)
+                        .filter(|row| until.is_none_or(|u| row.offset < u)),
+                );
+                if rows.is_empty() {
+                    let more = match until {
+                        Some(u) => read_any && r.offset() < u,
+                        None => read_any || log.wait_for(r.offset()).await,
+                    };
+                    if !more {
                         return None;
                     }
-                } else {
-                    rows.extend(records.into_iter().map(tail_row));
                 }
                 reader = Some(r);
             }
@@ -336,12 +346,16 @@ impl Arroyod for Api {
         let r = request.into_inner();
         let p = self.controller.find(&r.id_or_name).map_err(status)?;
         let log = p.output();
+        // The end as the call came: the last rows are counted back from it, and without
+        // --follow nothing past it is sent.
+        let end = log.next_offset();
         let reader = if r.last > 0 {
-            log.reader_of_last(r.last)
+            log.reader_of_last(r.last, end)
         } else {
             log.reader(r.from)
         };
-        Ok(Response::new(tail_rows(log, reader, r.follow)))
+        let until = (!r.follow).then_some(end);
+        Ok(Response::new(tail_rows(log, reader, until)))
     }
 
     async fn stop(&self, request: Request<StopRequest>) -> Result<Response<PipelineMsg>, Status> {

@@ -221,6 +221,18 @@ impl FileSystemSource {
 
     /// The subtask's state: its progress, with `current` (the file being read and how far)
     /// over it.
+    /// The snapshot of a read of the lines of `name` that stopped where `reader` is.
+    fn lines_snapshot(&self, name: &str, reader: &LineReader) -> Result<TaskState, TaskError> {
+        let p = reader.position();
+        self.snapshot_with(Some((
+            name,
+            Resume::Lines {
+                offset: p.offset,
+                lines: p.lines,
+            },
+        )))
+    }
+
     fn snapshot_with(&self, current: Option<(&str, Resume)>) -> Result<TaskState, TaskError> {
         let mut progress = self.progress.clone();
         if let Some((file, at)) = current {
@@ -314,16 +326,7 @@ impl FileSystemSource {
                 let at = format!("{shown} at byte {offset}");
                 self.fail(StorageError::store("opening", at)(e))
             })?;
-        let snapshot = |r: &LineReader| {
-            let p = r.position();
-            self.snapshot_with(Some((
-                name,
-                Resume::Lines {
-                    offset: p.offset,
-                    lines: p.lines,
-                },
-            )))
-        };
+        let snapshot = |r: &LineReader| self.lines_snapshot(name, r);
         let end = match payload {
             GetResultPayload::File(f, _) => {
                 // A local file comes open at its start, whatever the range.
@@ -388,16 +391,7 @@ impl FileSystemSource {
                 "resumes {shown} at byte {offset} of its decompressed text, which has only {skipped}"
             ))));
         }
-        let snapshot = |r: &LineReader| {
-            let p = r.position();
-            self.snapshot_with(Some((
-                name,
-                Resume::Lines {
-                    offset: p.offset,
-                    lines: p.lines,
-                },
-            )))
-        };
+        let snapshot = |r: &LineReader| self.lines_snapshot(name, r);
         let end = rows.read_lines(ctx, reader, snapshot).await?;
         let p = rows.position();
         Ok((
