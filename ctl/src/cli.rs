@@ -98,10 +98,9 @@ pub enum Command {
     },
     /// Stop a pipeline (with a checkpoint when it runs) and start it again
     ///
-    /// It resumes from its newest checkpoint. With --no-state it starts from no state at all
-    /// (Arroyo's "restart without state"): its output then starts over, so it is refused when
-    /// an exactly-once sink (`single_file`, `filesystem`) would mix two runs' output, unless
-    /// --force.
+    /// It resumes from its newest checkpoint. --no-state (Arroyo's "restart without state") is
+    /// not available yet: the daemon refuses it, saying why; delete the pipeline and submit
+    /// its query again to start from nothing.
     Restart {
         /// Id or name of the pipeline
         #[arg(value_name = "ID|NAME")]
