@@ -393,7 +393,15 @@ fn webhook_retries_5xx_429_and_dropped_connections_and_delivers_every_row_once()
         );
         assert_eq!(r.header("authorization"), Some(format!("Bearer {SECRET}")));
     }
-    assert!(log.contains("503"), "retries are warnings:\n{log}");
+    // Retries are warnings: the first failure answered is logged at once (which of the
+    // concurrent requests' failures comes back first varies), the rest counted.
+    assert!(
+        log.contains("a webhook request was not delivered; retrying")
+            && ["503", "429", "500", "connection"]
+                .iter()
+                .any(|e| log.contains(e)),
+        "retries are warnings:\n{log}"
+    );
     assert_no_secret(&log);
 }
 
