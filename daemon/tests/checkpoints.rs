@@ -9,7 +9,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use harness::fault::{committed_counters, files_query, worker_of};
+use harness::fault::{committed_counters, files_query, start_run_in, worker_of};
 use harness::{
     DEADLINE, S3Server, TestDaemon, alive, arroyod_bin, counters_in, path_str, signal,
     signal_group, wait_exit, wait_until,
@@ -75,33 +75,6 @@ fn start_run(state: &str, query_file: &Path, envs: &[(&str, String)], log: &Path
 /// `arroyod run ARGS` in its own process group.
 fn start_run_with(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
     start_run_in(None, args, envs, log)
-}
-
-/// `arroyod run ARGS` in its own process group, in working directory `cwd` when given.
-fn start_run_in(cwd: Option<&Path>, args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(arroyod_bin());
-    if let Some(cwd) = cwd {
-        cmd.current_dir(cwd);
-    }
-    cmd.arg("run")
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("ARROYO_CHECKPOINT_INTERVAL", INTERVAL)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap(),
-        )
-        .process_group(0);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("starting arroyod run")
 }
 
 /// Stops a run with SIGINT; it must exit 0.
@@ -227,12 +200,12 @@ fn a_relative_state_dir_resumes_from_another_working_directory() {
     std::fs::create_dir_all(&b).unwrap();
     let query = path_str(&s.query);
 
-    let run = start_run_in(Some(&a), &["-s", "st", query], &[], &s.log);
+    let run = start_run_in::<&str>(Some(&a), &["-s", "st", query], &[], &s.log);
     wait_rows(&s.out, STEP);
     interrupt(run, &s.log);
     let first = exactly_once(&s.out);
 
-    let run = start_run_in(Some(&b), &["-s", "../../a/st", query], &[], &s.log);
+    let run = start_run_in::<&str>(Some(&b), &["-s", "../../a/st", query], &[], &s.log);
     wait_rows(&s.out, first + STEP);
     interrupt(run, &s.log);
     let last = exactly_once(&s.out);

@@ -21,12 +21,27 @@ pub fn start_run(state: &Path, query: &Path, log: &Path) -> Child {
 
 /// [`start_run`] with more environment.
 pub fn start_run_with(state: &Path, query: &Path, log: &Path, envs: &[(&str, &str)]) -> Child {
+    start_run_in(None, &["-s", path_str(state), path_str(query)], envs, log)
+}
+
+/// `arroyod run ARGS` in its own process group, in working directory `cwd` when given,
+/// checkpointing every [`INTERVAL`] and logging to `log`.
+pub fn start_run_in<V: AsRef<std::ffi::OsStr>>(
+    cwd: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, V)],
+    log: &Path,
+) -> Child {
     use std::os::unix::process::CommandExt;
-    Command::new(arroyod_bin())
-        .args(["run", "-s", path_str(state), path_str(query)])
+    let mut cmd = Command::new(arroyod_bin());
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.arg("run")
+        .args(args)
         .env_remove("RUST_LOG")
         .env("ARROYO_CHECKPOINT_INTERVAL", INTERVAL)
-        .envs(envs.iter().copied())
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(
