@@ -98,9 +98,11 @@ pub enum Command {
     },
     /// Stop a pipeline (with a checkpoint when it runs) and start it again
     ///
-    /// It resumes from its newest checkpoint. --no-state (Arroyo's "restart without state") is
-    /// not available yet: the daemon refuses it, saying why; delete the pipeline and submit
-    /// its query again to start from nothing.
+    /// It resumes from its newest checkpoint. With --no-state (Arroyo's "restart without
+    /// state") it starts from nothing: its sources read from their start and no checkpoint is
+    /// restored. The answer says what that does to each sink; it is refused, unless --force,
+    /// when exactly-once sinks (single_file, filesystem, Kafka in exactly_once mode) hold
+    /// committed output that the new run would write over or beside.
     Restart {
         /// Id or name of the pipeline
         #[arg(value_name = "ID|NAME")]

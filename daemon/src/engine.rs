@@ -26,7 +26,7 @@ pub use arroyod_engine::storage::{
     CheckpointStore, Location, StorageError as CheckpointError, StorageError as LocationError,
     durable,
 };
-pub use arroyod_engine::{HostAccess, HostAccessKind};
+pub use arroyod_engine::{HostAccess, HostAccessKind, PlannedSink};
 
 /// Plans `query` off the runtime (planning is pure: it reads no file and starts nothing), once
 /// its `{{ VAR }}`s are substituted from this process's environment. Errors never show the

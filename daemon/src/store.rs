@@ -341,6 +341,19 @@ impl Store {
     }
 
     /// The events of pipeline `id`, oldest first; only the newest `last` when given.
+    /// True when pipeline `id` has recorded an event of `kind` (in any generation).
+    pub async fn has_event(&self, id: &str, kind: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM pipeline_events WHERE pipeline_id = ? AND kind = ? LIMIT 1",
+        )
+        .bind(id)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(found.is_some())
+    }
+
     pub async fn events(&self, id: &str, last: Option<u32>) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, kind, state, generation, message FROM pipeline_events

@@ -15,16 +15,6 @@ use harness::{DEADLINE, Lines, TestDaemon, alive, wait_exit, wait_until};
 
 const UNBOUNDED: &str = "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); SELECT counter FROM impulse;";
 
-/// Submits `sql` as `name` with extra `submit` flags; returns the id.
-fn submit_with(d: &TestDaemon, name: &str, sql: &str, flags: &[&str]) -> String {
-    let path = d.dir.path().join(format!("{name}.sql"));
-    std::fs::write(&path, sql).unwrap();
-    let mut args = vec!["submit", path.to_str().unwrap(), "--name", name];
-    args.extend_from_slice(flags);
-    let out = d.ctl_ok(&args);
-    out.split_whitespace().last().unwrap().to_string()
-}
-
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -43,10 +33,116 @@ fn tail_json(d: &TestDaemon, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A generation's start mark carries the offset of the row that will follow it. A bounded
+/// `tail` taken before any row followed still shows it (the lifecycle test raced on this).
+#[test]
+fn a_start_mark_with_no_row_after_it_is_tailed() {
+    let d = TestDaemon::start();
+    let silent = "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); \
+                  SELECT counter FROM impulse WHERE counter < 0;";
+    let id = d.submit_with("silent", silent, &[]);
+    wait_until(DEADLINE, "the pipeline to run", || {
+        (d.status(&id)["state"] == "Running").then_some(())
+    });
+    let frames = tail_json(&d, &[&id]);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["offset"], 0, "{frames:?}");
+    assert_eq!(frames[0]["restore"]["generation"], 1, "{frames:?}");
+}
+
+/// `restart --no-state`: refused while an exactly-once sink holds committed output unless
+/// forced; forced, the new run reads from the start, writes its file over the old, marks its
+/// rows in the output log as fresh and keeps its checkpoints apart; with no exactly-once sink
+/// it needs no force.
+#[test]
+fn a_restart_without_state_says_what_it_does_to_each_sink() {
+    let d = TestDaemon::start();
+    let out = d.dir.path().join("out.json");
+    let sql = format!(
+        "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '1000', message_count = '50');
+         CREATE TABLE out (counter BIGINT UNSIGNED) WITH (connector = 'single_file', type = 'sink', path = '{}');
+         INSERT INTO out SELECT counter FROM impulse;
+         SELECT counter FROM impulse;",
+        out.display()
+    );
+    let id = d.submit("once", &sql);
+    d.wait_state(&id, "Finished");
+    let first = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(harness::counters_in(&first), (0..50).collect::<Vec<_>>());
+
+    // Its file holds committed output: refused, naming the sink and the way out.
+    let refused = d.ctl(&["restart", "once", "--no-state"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(err.contains("would mix two runs' output"), "{err}");
+    assert!(
+        err.contains(&format!("sink out (single_file {})", out.display())),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let s = d.status(&id);
+    assert_eq!(
+        (s["state"].as_str(), s["generation"].as_u64()),
+        (Some("Finished"), Some(1))
+    );
+
+    // Forced: each sink is named with what the new run does to it.
+    let said = d.ctl_ok(&["restart", "once", "--no-state", "--force"]);
+    assert!(said.contains("starts from no state"), "{said}");
+    assert!(said.contains(&format!("{id}/g2")), "{said}");
+    assert!(said.contains("sink out (single_file"), "{said}");
+    assert!(said.contains("writes over the output"), "{said}");
+    assert!(said.contains("sink preview (the output log)"), "{said}");
+    wait_until(DEADLINE, "the fresh run to finish", || {
+        let s = d.status(&id);
+        (s["state"] == "Finished" && s["generation"] == 2).then_some(())
+    });
+    // The file was written again from the start, not appended to.
+    let second = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(harness::counters_in(&second), (0..50).collect::<Vec<_>>());
+    // The output log holds both runs, the second marked as started without state.
+    let frames = tail_json(&d, &[&id]);
+    let rows = frames.iter().filter(|f| f.get("row").is_some()).count();
+    assert_eq!(rows, 100, "{frames:?}");
+    let fresh: Vec<(u64, bool)> = frames
+        .iter()
+        .filter_map(|f| f.get("restore"))
+        .map(|r| (r["generation"].as_u64().unwrap(), r["fresh"] == true))
+        .collect();
+    assert_eq!(fresh, [(1, false), (2, true)], "{frames:?}");
+    // Its checkpoints went apart from the first run's; delete removes both.
+    let state = d.data_dir().join("state").join(&id);
+    assert!(state.join("g2").join("checkpoints").is_dir());
+    assert!(state.join("checkpoints").is_dir());
+    d.ctl_ok(&["delete", &id]);
+    assert!(!state.exists());
+
+    // Only the output log: nothing to force.
+    let id = d.submit(
+        "marked",
+        "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '1000', message_count = '5');
+         SELECT counter FROM impulse;",
+    );
+    d.wait_state(&id, "Finished");
+    let said = d.ctl_ok(&["restart", &id, "--no-state"]);
+    assert!(said.contains("sink preview (the output log)"), "{said}");
+    assert!(!said.contains("exactly-once"), "{said}");
+    wait_until(DEADLINE, "the second run to finish", || {
+        let s = d.status(&id);
+        (s["state"] == "Finished" && s["generation"] == 2).then_some(())
+    });
+    let frames = tail_json(&d, &[&id]);
+    let counters: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| f["row"]["counter"].as_u64())
+        .collect();
+    assert_eq!(counters, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4], "{frames:?}");
+}
+
 #[test]
 fn update_restart_and_delete_through_the_lifecycle() {
     let d = TestDaemon::start();
-    let id = submit_with(&d, "life", UNBOUNDED, &["--checkpoint-interval", "300ms"]);
+    let id = d.submit_with("life", UNBOUNDED, &["--checkpoint-interval", "300ms"]);
     wait_until(DEADLINE, "a checkpoint", || {
         let s = d.status(&id);
         (s["state"] == "Running" && s["last_checkpoint"].as_u64() > Some(0)).then_some(())
@@ -136,7 +232,7 @@ fn update_restart_and_delete_through_the_lifecycle() {
     );
     assert!(!state.exists() && !output.exists());
     assert_eq!(d.ctl(&["status", &id]).status.code(), Some(1));
-    let again = submit_with(&d, "life", UNBOUNDED, &[]);
+    let again = d.submit_with("life", UNBOUNDED, &[]);
     assert_ne!(again, id);
 
     // --keep-checkpoints keeps them, and says where.
@@ -154,7 +250,7 @@ fn a_stop_without_a_final_checkpoint_says_so_and_exits_1() {
     let mut d = TestDaemon::unstarted(&[]);
     d.envs = vec![("ARROYO_STOP_TIMEOUT".into(), "3s".into())];
     d.restart();
-    let id = submit_with(&d, "frozen", UNBOUNDED, &["--checkpoint-interval", "200ms"]);
+    let id = d.submit_with("frozen", UNBOUNDED, &["--checkpoint-interval", "200ms"]);
     let s = wait_until(DEADLINE, "a checkpoint", || {
         let s = d.status(&id);
         (s["last_checkpoint"].as_u64() > Some(0)).then_some(s)
@@ -200,7 +296,7 @@ fn a_finished_pipeline_is_not_wanted_running() {
 #[test]
 fn the_output_log_is_lossless_across_a_daemon_restart_with_offsets_and_gaps() {
     let mut d = TestDaemon::start();
-    let id = submit_with(&d, "out", UNBOUNDED, &["--checkpoint-interval", "300ms"]);
+    let id = d.submit_with("out", UNBOUNDED, &["--checkpoint-interval", "300ms"]);
     wait_until(DEADLINE, "300 rows", || {
         (d.status(&id)["rows"].as_u64() >= Some(300)).then_some(())
     });
@@ -271,7 +367,7 @@ fn a_reader_behind_retention_gets_an_explicit_gap() {
 #[test]
 fn logs_follow_state_changes_errors_and_checkpoints() {
     let d = TestDaemon::start();
-    let id = submit_with(&d, "logged", UNBOUNDED, &["--checkpoint-interval", "200ms"]);
+    let id = d.submit_with("logged", UNBOUNDED, &["--checkpoint-interval", "200ms"]);
     d.wait_state(&id, "Running");
     let mut follower = d
         .ctl_command(&["--json", "logs", &id, "--follow"])
@@ -356,7 +452,7 @@ fn metrics_are_served_on_a_loopback_address() {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = TestDaemon::start_with(&["--metrics-addr", &addr]);
     // Checkpoints only on demand (an hour is beyond every deadline here).
-    let id = submit_with(&d, "measured", UNBOUNDED, &["--checkpoint-interval", "1h"]);
+    let id = d.submit_with("measured", UNBOUNDED, &["--checkpoint-interval", "1h"]);
     d.wait_state(&id, "Running");
     let body = http_get(&addr, "/metrics");
     assert!(

@@ -41,5 +41,7 @@ pub mod sql;
 pub mod storage;
 pub(crate) mod task;
 
-pub use connector::{HostAccess, HostAccessKind, ValueError, kafka_host_settings, parse_duration};
+pub use connector::{
+    HostAccess, HostAccessKind, PlannedSink, Rerun, ValueError, kafka_host_settings, parse_duration,
+};
 pub use task::{ErrorKind, TIMESTAMP_FIELD, UserFault, error_chain};

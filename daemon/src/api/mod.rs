@@ -48,6 +48,7 @@ pub fn status(e: ControllerError) -> Status {
         ControllerError::Refused { .. }
         | ControllerError::StateUnreachable { .. }
         | ControllerError::CheckpointFailed { .. }
+        | ControllerError::WouldMixOutput { .. }
         | ControllerError::RemoveState(_) => Status::failed_precondition(message),
         ControllerError::Output(_) if disk_full(&message) => Status::resource_exhausted(message),
         ControllerError::Output(_) => Status::internal(message),

@@ -171,7 +171,7 @@ fn tail_rows(log: Arc<OutputLog>, reader: Reader, until: Option<u64>) -> TailStr
                     records
                         .into_iter()
                         .map(tail_row)
-                        .filter(|row| until.is_none_or(|u| row.offset < u)),
+                        .filter(|row| until.is_none_or(|u| before_end(row, u))),
                 );
                 if rows.is_empty() {
                     let more = match until {
@@ -187,6 +187,14 @@ fn tail_rows(log: Arc<OutputLog>, reader: Reader, until: Option<u64>) -> TailStr
         },
     );
     Box::pin(stream)
+}
+
+/// Whether `row` was in the log when a bounded tail ended it at row offset `until`: rows
+/// before it, and the marks (a generation's start, a gap, a loss) written at it, since a
+/// mark carries the offset of the row that follows it and none may have followed yet.
+fn before_end(row: &TailRow, until: u64) -> bool {
+    let mark = row.restore.is_some() || row.gap.is_some() || row.lost > 0;
+    row.offset < until || (mark && row.offset == until)
 }
 
 fn event_msg(e: EventRow) -> LogEvent {
@@ -280,7 +288,7 @@ impl Arroyod for Api {
         let response = match self.controller.plan_for(query, submitter).await {
             Ok(planned) => ValidateResponse {
                 errors: vec![],
-                sinks: planned.sinks,
+                sinks: planned.sinks.into_iter().map(|s| s.table).collect(),
                 warnings: planned
                     .warnings
                     .iter()
@@ -394,19 +402,22 @@ impl Arroyod for Api {
         request: Request<RestartRequest>,
     ) -> Result<Response<RestartResponse>, Status> {
         let r = request.into_inner();
-        if r.no_state {
-            return Err(Status::unimplemented(
-                "restart --no-state needs to know the query's exactly-once sinks, which this daemon cannot tell yet",
-            ));
-        }
-        let p = self
-            .controller
-            .restart(&r.id_or_name, Changes::default())
-            .await
-            .map_err(status)?;
-        let notes = vec![format!(
-            "it stops with a checkpoint (when it runs) and resumes from its newest checkpoint: exactly-once sinks continue where it left off"
-        )];
+        let (p, notes) = if r.no_state {
+            let fresh = self
+                .controller
+                .restart_without_state(&r.id_or_name, r.force)
+                .await
+                .map_err(status)?;
+            (fresh.pipeline, fresh.notes)
+        } else {
+            let p = self
+                .controller
+                .restart(&r.id_or_name, Changes::default())
+                .await
+                .map_err(status)?;
+            let note = "it stops with a checkpoint (when it runs) and resumes from its newest checkpoint: exactly-once sinks continue where it left off";
+            (p, vec![note.to_string()])
+        };
         Ok(Response::new(RestartResponse {
             pipeline: Some(pipeline_msg(&p)),
             notes,

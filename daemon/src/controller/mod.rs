@@ -20,6 +20,7 @@
 //!    A worker that exits without a final report is restarted (with backoff, within a budget)
 //!    unless a stop was asked for.
 
+mod fresh;
 mod location;
 pub mod machine;
 pub mod name;
@@ -104,6 +105,16 @@ pub enum ControllerError {
     /// A pipeline's state could not be removed.
     #[error(transparent)]
     RemoveState(#[from] StateRootError),
+    /// A restart without state would mix two runs' output in exactly-once sinks, each
+    /// described, and was not forced.
+    #[error(
+        "pipeline '{pipeline}': a restart without state would mix two runs' output in its exactly-once sinks:\n  {}\nrestart it with --force to do so anyway, or delete it and submit its query again with new sink paths or topics",
+        sinks.join("\n  ")
+    )]
+    WouldMixOutput {
+        pipeline: String,
+        sinks: Vec<String>,
+    },
     /// The metadata store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -628,8 +639,8 @@ impl Controller {
         Ok(deleted)
     }
 
-    /// Stops the pipeline with a checkpoint (when it runs) and starts it again with `changes`;
-    /// with `fresh_state`, from no state. `notes` says what it does.
+    /// Stops the pipeline with a checkpoint (when it runs) and starts it again with `changes`
+    /// (without state: [`Controller::restart_without_state`]).
     pub async fn restart(
         &self,
         id_or_name: &str,

@@ -573,6 +573,7 @@ fn make_view(
         name: who.name.clone(),
         created_at: who.created_at.clone(),
         updated_at: updated_at.to_string(),
+        submitter: who.submitter,
         state: m.state,
         desired: m.desired,
         failure: m.failure.clone(),

@@ -18,6 +18,8 @@ pub struct PipelineView {
     pub name: String,
     pub created_at: String,
     pub updated_at: String,
+    /// Who submitted it (None: the daemon's own user, or not known).
+    pub submitter: Option<u32>,
     pub state: State,
     pub desired: Desired,
     pub failure: String,

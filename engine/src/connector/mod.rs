@@ -17,11 +17,13 @@ mod kafka;
 mod lines;
 mod nexmark;
 mod options;
+mod rerun;
 mod run;
 mod sink;
 
 pub use kafka::host_settings as kafka_host_settings;
 pub use options::{Options, ValueError, parse_data_size, parse_duration};
+pub use rerun::{PlannedSink, Rerun, rerun};
 pub use run::RunError;
 pub use sink::PREVIEW_SINK;
 

@@ -80,8 +80,9 @@ impl std::error::Error for SqlError {}
 #[derive(Debug, Clone)]
 pub struct PlannedQuery {
     pub(crate) program: Program,
-    /// The tables written to, in the order first written; the default sink is `preview`.
-    pub sinks: Vec<String>,
+    /// The tables written to, in the order first written (the default sink is `preview`),
+    /// with what a run without state does to each.
+    pub sinks: Vec<crate::connector::PlannedSink>,
     /// Identifies the pipeline across reruns: a hash of its normalised plan (the DDL as
     /// parsed and printed back, each query's logical plan), blind to whitespace, comments
     /// and keyword case.
@@ -838,7 +839,8 @@ mod tests {
             "{IMPULSE}SELECT counter FROM impulse WHERE counter % 2 = 0;"
         ))
         .unwrap();
-        assert_eq!(q.sinks, vec!["preview".to_string()]);
+        assert_eq!(q.sinks[0].table, "preview");
+        assert_eq!(q.sinks.len(), 1);
         assert!(q.program.nodes.len() >= 2, "{}", q.program.describe());
     }
 

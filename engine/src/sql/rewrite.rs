@@ -21,6 +21,7 @@ use super::provider::TableEntry;
 use super::refusal::{Anchor, check_window_calls, refuse, unsupported};
 use super::row_time::evaluate_row_time;
 use super::window_fn::{WindowSpec, is_window_struct, plan_window, window_spec};
+use crate::connector::PlannedSink;
 use crate::operator::aggregate::{AggregateSpec, key_schema};
 use crate::operator::instant::{InstantJoin, JoinKind, RankSpec, Ranking, WindowFunctions};
 use crate::operator::window::{WindowAggregate, WindowKind};
@@ -62,7 +63,7 @@ pub struct Builder {
     /// Source nodes by table and projected columns.
     scans: HashMap<(String, Option<Vec<usize>>), usize>,
     sinks: HashMap<String, usize>,
-    sink_order: Vec<String>,
+    sink_order: Vec<PlannedSink>,
     props: ExecutionProps,
 }
 
@@ -80,8 +81,8 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Table names written to, in the order first written.
-    pub fn sinks(&self) -> &[String] {
+    /// The tables written to, in the order first written.
+    pub fn sinks(&self) -> &[PlannedSink] {
         &self.sink_order
     }
 
@@ -122,7 +123,7 @@ impl Builder {
                     self.program.nodes[node].parallelism = Some(1);
                 }
                 self.sinks.insert(table.name.clone(), node);
-                self.sink_order.push(table.name.clone());
+                self.sink_order.push(crate::connector::rerun(table));
                 node
             }
         };

@@ -91,6 +91,12 @@ impl FileSystemSinkConfig {
         &self.location
     }
 
+    /// True when part files are named by their index (`filename.strategy = 'serial'`): the
+    /// same names on every run.
+    pub fn serial_names(&self) -> bool {
+        self.strategy == NameStrategy::Serial
+    }
+
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
         let (location, format) = take_location_and_format(options)?;
         let compression = take_either(

@@ -72,6 +72,11 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// The endpoint's scheme, host and port, as messages show it.
+    pub fn shown(&self) -> &str {
+        &self.endpoint.shown
+    }
+
     pub fn from_options(options: &mut Options) -> Result<Self, ConnectorError> {
         let endpoint =
             Endpoint::parse(&options.require(CONNECTOR, "endpoint")?, &["http", "https"])?;
