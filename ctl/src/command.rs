@@ -277,6 +277,19 @@ impl Session {
         Ok(connect::connect(&self.socket).await?)
     }
 
+    /// Calls the daemon: `rpc` gets a connected client; the answer's message, or its status
+    /// as an error.
+    async fn call<T, F>(&self, rpc: impl FnOnce(Client) -> F) -> Result<T, CommandError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let client = self.client().await?;
+        rpc(client)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.rpc_error(status))
+    }
+
     /// A status from the daemon as an error: `Unavailable` means nothing answers at the socket.
     fn rpc_error(&self, status: Status) -> CommandError {
         rpc_error(&self.socket, status)
@@ -325,14 +338,13 @@ impl Session {
     async fn validate(&self, file: &Path) -> Result<ExitCode, CommandError> {
         let query = read_query(file)?;
         let response = self
-            .client()
-            .await?
-            .validate(ValidateRequest {
-                query: query.clone(),
+            .call(|mut c| async move {
+                c.validate(ValidateRequest {
+                    query: query.clone(),
+                })
+                .await
             })
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .await?;
         if self.json {
             let label = query_label(file);
             write_stdout(|w| render::write_json(w, &render::validate_json(&label, &response)))?;
@@ -359,12 +371,8 @@ impl Session {
 
     async fn list(&self) -> Result<(), CommandError> {
         let pipelines = self
-            .client()
+            .call(|mut c| async move { c.list(ListRequest {}).await })
             .await?
-            .list(ListRequest {})
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner()
             .pipelines;
         write_stdout(|w| {
             if self.json {
@@ -378,12 +386,8 @@ impl Session {
 
     async fn status(&self, id_or_name: String) -> Result<(), CommandError> {
         let pipeline = self
-            .client()
-            .await?
-            .status(PipelineRef { id_or_name })
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.status(PipelineRef { id_or_name }).await })
+            .await?;
         self.write_pipeline(&pipeline, render::write_status)
     }
 
@@ -393,12 +397,8 @@ impl Session {
     /// the only task: a slow reader slows the stream down instead of filling memory.
     async fn tail(&self, request: TailRequest) -> Result<(), CommandError> {
         let mut rows = self
-            .client()
-            .await?
-            .tail(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.tail(request).await })
+            .await?;
         while let Some(row) = rows
             .message()
             .await
@@ -481,12 +481,8 @@ impl Session {
 
     async fn restart(&self, request: RestartRequest) -> Result<(), CommandError> {
         let answer = self
-            .client()
-            .await?
-            .restart(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.restart(request).await })
+            .await?;
         let pipeline = answer
             .pipeline
             .ok_or(CommandError::Incomplete("the pipeline"))?;
@@ -507,25 +503,18 @@ impl Session {
 
     async fn update(&self, request: UpdateRequest) -> Result<(), CommandError> {
         let pipeline = self
-            .client()
-            .await?
-            .update(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.update(request).await })
+            .await?;
         self.write_pipeline(&pipeline, render::write_state)
     }
 
     async fn checkpoint(&self, id_or_name: String) -> Result<(), CommandError> {
+        let request = PipelineRef {
+            id_or_name: id_or_name.clone(),
+        };
         let c = self
-            .client()
-            .await?
-            .checkpoint(PipelineRef {
-                id_or_name: id_or_name.clone(),
-            })
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.checkpoint(request).await })
+            .await?;
         write_stdout(|w| {
             if self.json {
                 render::write_json(w, &render::checkpoint_json(&c))
@@ -543,12 +532,8 @@ impl Session {
 
     async fn delete(&self, request: DeleteRequest) -> Result<(), CommandError> {
         let answer = self
-            .client()
-            .await?
-            .delete(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.delete(request).await })
+            .await?;
         let pipeline = answer
             .pipeline
             .ok_or(CommandError::Incomplete("the pipeline"))?;
@@ -578,12 +563,8 @@ impl Session {
     /// Prints the events as lines (JSON lines with `--json`), flushed one by one.
     async fn logs(&self, request: LogsRequest) -> Result<(), CommandError> {
         let mut events = self
-            .client()
-            .await?
-            .logs(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.logs(request).await })
+            .await?;
         while let Some(e) = events
             .message()
             .await
@@ -666,12 +647,8 @@ impl Session {
             parallelism: parallelism.unwrap_or(0),
         };
         let graph = self
-            .client()
-            .await?
-            .explain(request)
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.explain(request).await })
+            .await?;
         if !graph.errors.is_empty() {
             if self.json {
                 let label = query_label(path);
@@ -699,24 +676,16 @@ impl Session {
     /// finished; its message says so.
     async fn resume(&self, id_or_name: String) -> Result<(), CommandError> {
         let pipeline = self
-            .client()
-            .await?
-            .resume(PipelineRef { id_or_name })
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner();
+            .call(|mut c| async move { c.resume(PipelineRef { id_or_name }).await })
+            .await?;
         self.write_pipeline(&pipeline, render::write_state)
     }
 
     /// Prints the checkpoints in the daemon's order, newest first.
     async fn checkpoints(&self, id_or_name: String) -> Result<(), CommandError> {
         let checkpoints = self
-            .client()
+            .call(|mut c| async move { c.checkpoints(PipelineRef { id_or_name }).await })
             .await?
-            .checkpoints(PipelineRef { id_or_name })
-            .await
-            .map_err(|status| self.rpc_error(status))?
-            .into_inner()
             .checkpoints;
         write_stdout(|w| {
             if self.json {
