@@ -41,28 +41,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::engine::NodeFigures;
 use crate::settings::MetricsAddr;
 
-/// One operator's figures in a worker's report: counters are deltas since its previous
-/// report, the rest current values.
+/// One operator's figures in a worker's report: its counters are deltas since its previous
+/// report ([`NodeFigures::since`]), the rest current values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperatorReport {
     pub operator: String,
     pub parallelism: u32,
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Nanoseconds its subtasks were blocked on a full output channel.
-    pub blocked_ns: u64,
-    /// Its watermark, ms since the epoch (None: none yet).
-    pub watermark_ms: Option<i64>,
-    pub late_rows: u64,
-    pub bad_rows: u64,
-    /// Its part of the last completed checkpoint (0: none yet).
-    pub checkpoint_bytes: u64,
-    pub checkpoint_ms: u64,
-    pub subtasks_ended: u32,
+    pub figures: NodeFigures,
 }
 
 /// A worker's report.
@@ -278,8 +266,9 @@ impl Metrics {
             .drain(..)
             .map(|o| (o.operator.clone(), o))
             .collect();
-        for r in &report.operators {
-            let l = [id, name, r.operator.as_str()];
+        for op in &report.operators {
+            let r = &op.figures;
+            let l = [id, name, op.operator.as_str()];
             s.rows_in.with_label_values(&l).inc_by(r.rows_in);
             s.rows_out.with_label_values(&l).inc_by(r.rows_out);
             s.bytes_in.with_label_values(&l).inc_by(r.bytes_in);
@@ -302,10 +291,10 @@ impl Metrics {
                     .with_label_values(&l)
                     .set(r.checkpoint_ms as f64 / 1e3);
             }
-            let o = by_name.entry(r.operator.clone()).or_default();
+            let o = by_name.entry(op.operator.clone()).or_default();
             let secs = window.as_secs_f64();
-            o.operator = r.operator.clone();
-            o.parallelism = r.parallelism;
+            o.operator = op.operator.clone();
+            o.parallelism = op.parallelism;
             o.rows_in += r.rows_in;
             o.rows_out += r.rows_out;
             o.bytes_in += r.bytes_in;
@@ -313,7 +302,7 @@ impl Metrics {
             o.rows_in_per_second = r.rows_in as f64 / secs;
             o.rows_out_per_second = r.rows_out as f64 / secs;
             o.backpressure =
-                (r.blocked_ns as f64 / 1e9 / secs / r.parallelism.max(1) as f64).clamp(0.0, 1.0);
+                (r.blocked_ns as f64 / 1e9 / secs / op.parallelism.max(1) as f64).clamp(0.0, 1.0);
             if r.watermark_ms.is_some() {
                 o.watermark_ms = r.watermark_ms;
                 o.watermark_lag_ms = lag;
@@ -324,7 +313,7 @@ impl Metrics {
                 o.checkpoint_bytes = r.checkpoint_bytes;
                 o.checkpoint_ms = r.checkpoint_ms;
             }
-            o.subtasks_ended = r.subtasks_ended;
+            o.subtasks_ended = r.subtasks_ended as u32;
         }
         // The worker's order (the dataflow's); operators it no longer reports keep their
         // totals, after.
@@ -573,11 +562,13 @@ mod tests {
         OperatorReport {
             operator: name.into(),
             parallelism: 2,
-            rows_in: rows,
-            rows_out: rows,
-            blocked_ns: 500_000_000,
-            watermark_ms: Some(1_000),
-            ..OperatorReport::default()
+            figures: NodeFigures {
+                rows_in: rows,
+                rows_out: rows,
+                blocked_ns: 500_000_000,
+                watermark_ms: Some(1_000),
+                ..NodeFigures::default()
+            },
         }
     }
 

@@ -479,20 +479,21 @@ impl Meter {
             .map(|(node, previous)| {
                 let now = node.counters.read();
                 let before = std::mem::replace(previous, now);
+                let delta = now.since(&before);
                 let ended = now.subtasks_ended.min(node.parallelism as u64) as u32;
                 subtasks += node.parallelism as u32;
                 subtasks_ended += ended;
                 arroyod_proto::OperatorMetrics {
                     operator: node.label.clone(),
                     parallelism: node.parallelism as u32,
-                    rows_in: now.rows_in - before.rows_in,
-                    rows_out: now.rows_out - before.rows_out,
-                    bytes_in: now.bytes_in - before.bytes_in,
-                    bytes_out: now.bytes_out - before.bytes_out,
-                    blocked_ns: now.blocked_ns - before.blocked_ns,
+                    rows_in: delta.rows_in,
+                    rows_out: delta.rows_out,
+                    bytes_in: delta.bytes_in,
+                    bytes_out: delta.bytes_out,
+                    blocked_ns: delta.blocked_ns,
                     watermark_ms: now.watermark_ms.unwrap_or(0),
-                    late_rows_dropped: now.late_rows - before.late_rows,
-                    bad_rows_dropped: now.bad_rows - before.bad_rows,
+                    late_rows_dropped: delta.late_rows,
+                    bad_rows_dropped: delta.bad_rows,
                     checkpoint_bytes: now.checkpoint_bytes,
                     checkpoint_duration_ms: now.checkpoint_ms,
                     subtasks_ended: ended,

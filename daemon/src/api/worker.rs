@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::controller::Controller;
 use crate::controller::machine::{CheckpointInfo, Command, Report, StopMode};
 use crate::controller::protocol::{LinkBroken, ReportStream, StartSpec};
+use crate::engine::NodeFigures;
 use crate::metrics::{MetricsReport, OperatorReport};
 use crate::output::PREVIEW;
 
@@ -57,17 +58,19 @@ fn report(event: worker_event::Event) -> Option<Report> {
                 .map(|o| OperatorReport {
                     operator: o.operator,
                     parallelism: o.parallelism,
-                    rows_in: o.rows_in,
-                    rows_out: o.rows_out,
-                    bytes_in: o.bytes_in,
-                    bytes_out: o.bytes_out,
-                    blocked_ns: o.blocked_ns,
-                    watermark_ms: Some(o.watermark_ms).filter(|w| *w != 0),
-                    late_rows: o.late_rows_dropped,
-                    bad_rows: o.bad_rows_dropped,
-                    checkpoint_bytes: o.checkpoint_bytes,
-                    checkpoint_ms: o.checkpoint_duration_ms,
-                    subtasks_ended: o.subtasks_ended,
+                    figures: NodeFigures {
+                        rows_in: o.rows_in,
+                        rows_out: o.rows_out,
+                        bytes_in: o.bytes_in,
+                        bytes_out: o.bytes_out,
+                        blocked_ns: o.blocked_ns,
+                        watermark_ms: Some(o.watermark_ms).filter(|w| *w != 0),
+                        late_rows: o.late_rows_dropped,
+                        bad_rows: o.bad_rows_dropped,
+                        checkpoint_bytes: o.checkpoint_bytes,
+                        checkpoint_ms: o.checkpoint_duration_ms,
+                        subtasks_ended: u64::from(o.subtasks_ended),
+                    },
                 })
                 .collect(),
             window_ms: m.window_ms,

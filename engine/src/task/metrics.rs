@@ -59,6 +59,23 @@ pub struct NodeFigures {
     pub checkpoint_ms: u64,
 }
 
+impl NodeFigures {
+    /// The counters' growth since `before` (an earlier reading of the same node); the gauges
+    /// (watermark, subtasks ended, last checkpoint) as they are now.
+    pub fn since(&self, before: &NodeFigures) -> NodeFigures {
+        NodeFigures {
+            rows_in: self.rows_in - before.rows_in,
+            rows_out: self.rows_out - before.rows_out,
+            bytes_in: self.bytes_in - before.bytes_in,
+            bytes_out: self.bytes_out - before.bytes_out,
+            blocked_ns: self.blocked_ns - before.blocked_ns,
+            late_rows: self.late_rows - before.late_rows,
+            bad_rows: self.bad_rows - before.bad_rows,
+            ..*self
+        }
+    }
+}
+
 /// The in-memory size of a batch's buffers, as Arrow counts it.
 fn bytes(batch: &RecordBatch) -> u64 {
     batch.get_array_memory_size() as u64
