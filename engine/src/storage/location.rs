@@ -228,56 +228,30 @@ impl Location {
             });
         }
         let unsigned = confined && !has_credentials(self.scheme, &self.storage);
+        // The three cloud builders share their methods but no trait: one body for all.
+        macro_rules! cloud {
+            ($builder:ty) => {{
+                let b = if confined {
+                    <$builder>::new()
+                } else {
+                    <$builder>::from_env()
+                };
+                let mut b = b.with_url(&self.base);
+                for (k, v) in &self.storage {
+                    b = b.with_config(k.parse().map_err(failed)?, v);
+                }
+                // Last, so that no setting of the table's turns the host's credentials on.
+                if unsigned {
+                    b = b.with_skip_signature(true);
+                }
+                Arc::new(b.build().map_err(failed)?)
+            }};
+        }
         Ok(match self.scheme {
             Scheme::Local => Arc::new(LocalFileSystem::new()),
-            Scheme::S3 => {
-                let b = if confined {
-                    AmazonS3Builder::new()
-                } else {
-                    AmazonS3Builder::from_env()
-                };
-                let mut b = b.with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                // Last, so that no setting of the table's turns the host's credentials on.
-                if unsigned {
-                    b = b.with_skip_signature(true);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
-            Scheme::Gcs => {
-                let b = if confined {
-                    GoogleCloudStorageBuilder::new()
-                } else {
-                    GoogleCloudStorageBuilder::from_env()
-                };
-                let mut b = b.with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                // Last, so that no setting of the table's turns the host's credentials on.
-                if unsigned {
-                    b = b.with_skip_signature(true);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
-            Scheme::Azure => {
-                let b = if confined {
-                    MicrosoftAzureBuilder::new()
-                } else {
-                    MicrosoftAzureBuilder::from_env()
-                };
-                let mut b = b.with_url(&self.base);
-                for (k, v) in &self.storage {
-                    b = b.with_config(k.parse().map_err(failed)?, v);
-                }
-                // Last, so that no setting of the table's turns the host's credentials on.
-                if unsigned {
-                    b = b.with_skip_signature(true);
-                }
-                Arc::new(b.build().map_err(failed)?)
-            }
+            Scheme::S3 => cloud!(AmazonS3Builder),
+            Scheme::Gcs => cloud!(GoogleCloudStorageBuilder),
+            Scheme::Azure => cloud!(MicrosoftAzureBuilder),
         })
     }
 
