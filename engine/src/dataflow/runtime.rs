@@ -79,6 +79,17 @@ pub struct NodeMetrics {
     pub counters: Arc<NodeCounters>,
 }
 
+/// How long a subtask's `channel closed` waits for the failure that closed the channel.
+const CAUSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Sleeps until `until`; never ends without one.
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A running dataflow.
 pub struct RunHandle {
     stop: watch::Sender<Option<StopMode>>,
@@ -135,13 +146,25 @@ impl RunHandle {
         outcome
     }
 
+    /// The first error is the run's, unless it is only the consequence of another: a subtask
+    /// whose downstream went away (`channel closed`) ends after the one that failed, but
+    /// their results may be joined in either order. Such an error waits up to
+    /// [`CAUSE_GRACE`] for its cause.
     async fn join(&mut self) -> Result<RunOutcome, DataflowError> {
         let mut stop_rx = self.stop.subscribe();
+        let mut consequence: Option<(DataflowError, tokio::time::Instant)> = None;
         loop {
+            let grace = consequence.as_ref().map(|(_, until)| *until);
             tokio::select! {
                 joined = self.tasks.join_next() => match joined {
                     None => break,
                     Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(DataflowError::Task(TaskError::ChannelClosed)))) => {
+                        consequence.get_or_insert_with(|| {
+                            let until = tokio::time::Instant::now() + CAUSE_GRACE;
+                            (DataflowError::Task(TaskError::ChannelClosed), until)
+                        });
+                    }
                     Some(Ok(Err(e))) => {
                         self.tasks.abort_all();
                         return Err(e);
@@ -161,7 +184,12 @@ impl RunHandle {
                         return Ok(RunOutcome::Stopped);
                     }
                 }
+                () = sleep_until_some(grace) => break,
             }
+        }
+        if let Some((e, _)) = consequence {
+            self.tasks.abort_all();
+            return Err(e);
         }
         Ok(if self.stop.borrow().is_some() {
             RunOutcome::Stopped
