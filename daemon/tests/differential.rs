@@ -143,6 +143,8 @@ fn report(case: &Case, dir: &Path, failure: &runner::Failure) -> String {
 struct Selection {
     seeds: Box<dyn Iterator<Item = u64>>,
     cases: usize,
+    /// The most cases of one template.
+    share: usize,
     skip_known: bool,
 }
 
@@ -151,10 +153,12 @@ fn selection() -> Selection {
         return Selection {
             seeds: Box::new(std::iter::once(seed)),
             cases: 1,
+            share: 1,
             skip_known: false,
         };
     }
     let start = env_u64("ARROYO_DIFF_START").unwrap_or(1);
+    let cases = env_u64("ARROYO_DIFF_CASES").unwrap_or(CI_CASES) as usize;
     let template = std::env::var("ARROYO_DIFF_TEMPLATE").ok().map(|name| {
         *TEMPLATES
             .iter()
@@ -165,7 +169,13 @@ fn selection() -> Selection {
         seeds: Box::new(
             (start..).filter(move |s| template.is_none_or(|t| Template::of_seed(*s) == t)),
         ),
-        cases: env_u64("ARROYO_DIFF_CASES").unwrap_or(CI_CASES) as usize,
+        cases,
+        // One template takes all the cases; otherwise each its share.
+        share: if template.is_some() {
+            cases
+        } else {
+            cases.div_ceil(TEMPLATES.len())
+        },
         skip_known: !env_flag("ARROYO_DIFF_KNOWN"),
     }
 }
@@ -175,6 +185,7 @@ fn random_queries_match_the_batch_oracle() {
     let Selection {
         seeds,
         cases,
+        share,
         skip_known,
     } = selection();
     let started = Instant::now();
@@ -184,7 +195,6 @@ fn random_queries_match_the_batch_oracle() {
     let mut ran = 0;
     // Each template gets its share of the cases, so a template whose cases often fall in a
     // known-bug class is still covered.
-    let share = cases.div_ceil(TEMPLATES.len());
     let mut by_template: BTreeMap<&str, usize> = BTreeMap::new();
     for seed in seeds {
         if ran == cases {
