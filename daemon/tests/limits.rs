@@ -384,32 +384,56 @@ fn input_edge_cases_are_read_or_refused_clearly() {
     );
 }
 
-#[test]
-fn state_over_the_memory_limit_fails_the_pipeline_clearly_and_the_daemon_lives_on() {
-    let d = harness::TestDaemon::start();
-    // Every counter is a group of its own: the updating aggregate's state grows without end.
-    let id = d.submit_with(
-        "groups",
-        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
-         CREATE TABLE out (counter BIGINT UNSIGNED, n BIGINT) WITH (connector = 'blackhole');
-         INSERT INTO out SELECT counter, count(*) AS n FROM impulse GROUP BY counter;",
-        &["--memory-limit", "512MiB"],
-    );
-    let s = harness::wait_until(Duration::from_secs(180), "the pipeline to fail", || {
+/// Submits `sql` under a 512 MiB limit and waits for it to fail; checks that DataFusion's
+/// memory pool refused the operator's state before the worker's resident memory reached the
+/// limit (the resident watch's message would say "resident").
+fn fails_over_its_state_limit(d: &harness::TestDaemon, name: &str, sql: &str) -> String {
+    let id = d.submit_with(name, sql, &["--memory-limit", "512MiB"]);
+    let waited = format!("pipeline {name} to fail");
+    let s = harness::wait_until(Duration::from_secs(180), &waited, || {
         let s = d.status(&id);
         (s["state"] == "Failed").then_some(s)
     });
     let failure = s["failure"].as_str().unwrap();
-    // DataFusion's memory pool refused the aggregate's state, before the worker's resident
-    // memory reached the limit (the watch's message would say "resident").
     assert!(
         failure.contains("went over its memory limit of 512 MiB")
             && failure.contains("its operators' state may hold 256 MiB")
             && failure.contains("--memory-limit")
             && !failure.contains("resident"),
-        "{s}"
+        "{name}: {s}"
     );
-    assert_eq!(s["generation"], 1, "no restart loop: {s}");
+    assert_eq!(s["generation"], 1, "{name}: no restart loop: {s}");
+    id
+}
+
+#[test]
+fn state_over_the_memory_limit_fails_the_pipeline_clearly_and_the_daemon_lives_on() {
+    let d = harness::TestDaemon::start();
+    // Every counter is a group of its own: the updating aggregate's state grows without end.
+    let id = fails_over_its_state_limit(
+        &d,
+        "groups",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
+         CREATE TABLE out (counter BIGINT UNSIGNED, n BIGINT) WITH (connector = 'blackhole');
+         INSERT INTO out SELECT counter, count(*) AS n FROM impulse GROUP BY counter;",
+    );
+    // The operators that keep rows rather than accumulators count them too: a session that
+    // never closes, and a windowless join whose rows live for a day.
+    fails_over_its_state_limit(
+        &d,
+        "session",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
+         CREATE TABLE out (n BIGINT) WITH (connector = 'blackhole');
+         INSERT INTO out SELECT count(*) AS n FROM impulse GROUP BY session(interval '1 day');",
+    );
+    fails_over_its_state_limit(
+        &d,
+        "join",
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='10000000');
+         CREATE TABLE out (a BIGINT UNSIGNED, b BIGINT UNSIGNED) WITH (connector = 'blackhole');
+         INSERT INTO out SELECT l.counter AS a, r.counter AS b
+           FROM impulse l JOIN impulse r ON l.counter = r.counter;",
+    );
     // The daemon lives on and runs other pipelines.
     assert!(alive(d.pid()));
     let other = d.submit(

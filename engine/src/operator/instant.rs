@@ -33,6 +33,8 @@ use crate::task::{RestoredState, StateError, TaskState};
 #[derive(Default)]
 struct Instants {
     by_time: BTreeMap<i64, Vec<Vec<RecordBatch>>>,
+    /// The bytes the held batches take, as Arrow counts them: the operator's state size.
+    bytes: usize,
 }
 
 impl Instants {
@@ -50,6 +52,7 @@ impl Instants {
             .clone();
         let first = ts[0];
         if ts.iter().all(|&t| t == first) {
+            self.bytes += batch.get_array_memory_size();
             self.slot(first, inputs)[input].push(batch);
             return Ok(());
         }
@@ -59,6 +62,7 @@ impl Instants {
         }
         for (t, idx) in rows {
             let part = take_record_batch(&batch, &UInt32Array::from(idx))?;
+            self.bytes += part.get_array_memory_size();
             self.slot(t, inputs)[input].push(part);
         }
         Ok(())
@@ -73,9 +77,16 @@ impl Instants {
     /// Removes and returns the instants before `watermark`, oldest first.
     fn complete(&mut self, watermark: i64) -> Vec<(i64, Vec<Vec<RecordBatch>>)> {
         let open = self.by_time.split_off(&watermark);
-        std::mem::replace(&mut self.by_time, open)
+        let complete: Vec<_> = std::mem::replace(&mut self.by_time, open)
             .into_iter()
-            .collect()
+            .collect();
+        let released: usize = complete
+            .iter()
+            .flat_map(|(_, inputs)| inputs.iter().flatten())
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        self.bytes = self.bytes.saturating_sub(released);
+        complete
     }
 }
 
@@ -415,6 +426,11 @@ impl InstantOp {
 
 #[async_trait]
 impl Operator for InstantOp {
+    /// The batches of the instants not yet complete.
+    fn state_bytes(&self) -> usize {
+        self.instants.bytes
+    }
+
     async fn process_batch(
         &mut self,
         batch: RecordBatch,

@@ -45,6 +45,13 @@ pub struct TtlJoin {
     pub schema: SchemaRef,
 }
 
+/// What an index key costs beside its bytes and its map slot: two allocations (the row's
+/// bytes, its list) with the allocator's overhead, and the list's first four entries.
+const INDEX_KEY_OVERHEAD: usize = 2 * 16 + 4 * std::mem::size_of::<(u32, u32)>();
+
+/// A slot of the index: its entry and the map's control byte.
+const INDEX_SLOT: usize = std::mem::size_of::<(OwnedRow, Vec<(u32, u32)>)>() + 1;
+
 /// The kept rows of one side.
 #[derive(Default)]
 struct Side {
@@ -52,9 +59,17 @@ struct Side {
     /// Oldest event time per batch: eviction looks only at batches it may touch.
     oldest: Vec<i64>,
     index: HashMap<OwnedRow, Vec<(u32, u32)>>,
+    /// The bytes the batches and the index's keys and lists take, as well as can be told
+    /// without walking them; with the index's slots ([`Side::bytes`]), the side's state size.
+    bytes: usize,
 }
 
 impl Side {
+    /// What the side holds in memory (an estimate that never walks it).
+    fn bytes(&self) -> usize {
+        self.bytes + self.index.capacity() * INDEX_SLOT
+    }
+
     /// Keeps `batch`, indexing its rows by their keys (`keys` as `key_rows`); rows with a null
     /// key never match and are not indexed.
     fn keep(&mut self, batch: RecordBatch, keys: &[ArrayRef], key_rows: &Rows) {
@@ -64,12 +79,20 @@ impl Side {
         let b = self.batches.len() as u32;
         for i in 0..batch.num_rows() {
             if !keys.iter().any(|k| k.is_null(i)) {
-                self.index
-                    .entry(key_rows.row(i).owned())
-                    .or_default()
-                    .push((b, i as u32));
+                let key = key_rows.row(i);
+                // A new key holds its bytes and a list; every row an entry in a list.
+                let entries = self.index.entry(key.owned()).or_insert_with(|| {
+                    self.bytes += key.as_ref().len() + INDEX_KEY_OVERHEAD;
+                    Vec::new()
+                });
+                // Past its first four, a list doubles: count its capacity's growth.
+                let before = entries.capacity().max(4);
+                entries.push((b, i as u32));
+                let after = entries.capacity().max(4);
+                self.bytes += (after - before) * std::mem::size_of::<(u32, u32)>();
             }
         }
+        self.bytes += batch.get_array_memory_size() + std::mem::size_of::<i64>();
         self.oldest
             .push(datafusion::arrow::compute::min(times(&batch)).unwrap_or(i64::MIN));
         self.batches.push(batch);
@@ -247,6 +270,11 @@ impl TtlJoinOp {
 
 #[async_trait]
 impl Operator for TtlJoinOp {
+    /// The kept rows of both sides and their indexes.
+    fn state_bytes(&self) -> usize {
+        self.sides.iter().map(Side::bytes).sum()
+    }
+
     async fn process_batch(
         &mut self,
         batch: RecordBatch,

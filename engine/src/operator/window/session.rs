@@ -28,6 +28,12 @@ pub(super) struct SessionOp {
     gap: i64,
     /// Rows of sessions still open.
     buffer: Vec<RecordBatch>,
+    /// The bytes `buffer` takes, as Arrow counts them: the operator's state size.
+    buffered_bytes: usize,
+    /// No session can end before this: a watermark below it closes nothing, and the buffer
+    /// is not sorted again for it. New rows only extend or merge sessions, or start new
+    /// ones, so only a new row lowers it (to its time plus the gap).
+    next_close: i64,
     watermark: Option<i64>,
 }
 
@@ -38,18 +44,26 @@ impl SessionOp {
             info: info.clone(),
             gap,
             buffer: Vec::new(),
+            buffered_bytes: 0,
+            next_close: i64::MAX,
             watermark: None,
         }
     }
 
+    fn keep(&mut self, batch: RecordBatch) {
+        self.buffered_bytes += batch.get_array_memory_size();
+        self.buffer.push(batch);
+    }
+
     /// Emits the sessions that end at or before `watermark`; keeps the rest.
     fn close(&mut self, watermark: i64) -> Result<Option<RecordBatch>> {
-        if self.buffer.is_empty() {
+        if self.buffer.is_empty() || watermark < self.next_close {
             return Ok(None);
         }
         let schema = self.buffer[0].schema();
         let batch = datafusion::arrow::compute::concat_batches(&schema, &self.buffer)?;
         self.buffer.clear();
+        self.buffered_bytes = 0;
         let rows = batch.num_rows();
         let keys: Vec<ArrayRef> = self
             .plan
@@ -84,6 +98,7 @@ impl SessionOp {
         let mut firsts: Vec<u32> = Vec::new();
         let (mut starts, mut ends) = (Vec::new(), Vec::new());
         let mut open_rows: Vec<u32> = Vec::new();
+        self.next_close = i64::MAX;
         let mut i = 0;
         while i < rows {
             let mut j = i + 1;
@@ -104,13 +119,13 @@ impl SessionOp {
                     closed_groups.push(group);
                 }
             } else {
+                self.next_close = self.next_close.min(end);
                 open_rows.extend(order[i..j].iter().map(|&r| r as u32));
             }
             i = j;
         }
         if !open_rows.is_empty() {
-            self.buffer
-                .push(take_record_batch(&batch, &UInt32Array::from(open_rows))?);
+            self.keep(take_record_batch(&batch, &UInt32Array::from(open_rows))?);
         }
         if starts.is_empty() {
             return Ok(None);
@@ -174,10 +189,16 @@ impl Operator for SessionOp {
             }
             None => batch,
         };
-        if batch.num_rows() > 0 {
-            self.buffer.push(batch);
+        if let Some(&first) = timestamps(&batch).iter().min() {
+            self.next_close = self.next_close.min(first.saturating_add(self.gap));
+            self.keep(batch);
         }
         Ok(())
+    }
+
+    /// The rows of the sessions still open.
+    fn state_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
     async fn on_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<(), TaskError> {
@@ -204,7 +225,11 @@ impl Operator for SessionOp {
     /// rows, so the shuffle's own key expressions pick them.
     fn restore(&mut self, state: &RestoredState) -> Result<(), TaskError> {
         self.watermark = state.watermark;
-        self.buffer = state.owned_rows(SESSION_ROWS, &self.plan.keys, &self.info)?;
+        for batch in state.owned_rows(SESSION_ROWS, &self.plan.keys, &self.info)? {
+            self.keep(batch);
+        }
+        // Unknown until the sessions are formed again: the next watermark does so.
+        self.next_close = i64::MIN;
         Ok(())
     }
 }
