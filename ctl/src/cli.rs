@@ -190,6 +190,14 @@ pub enum Command {
         #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
         parallelism: Option<u32>,
     },
+    /// Print the versions of arroyoctl and of the daemon it reaches
+    ///
+    /// The client's line comes first and always; a daemon that cannot be reached is then an
+    /// error (exit 3).
+    Version,
+    /// Show the daemon: version, uptime, where it keeps its data, state and snapshots,
+    /// pipelines by state, and the caller as the daemon sees it
+    Info,
     /// Print a completion script for a shell
     Completions {
         /// The shell

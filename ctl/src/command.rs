@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use arroyod_proto::{
-    DeleteRequest, ExplainRequest, ListRequest, LogsRequest, PipelineRef, RestartRequest,
-    StopRequest, SubmitRequest, TailRequest, UpdateRequest,
+    DeleteRequest, ExplainRequest, InfoRequest, ListRequest, LogsRequest, PipelineRef,
+    RestartRequest, StopRequest, SubmitRequest, TailRequest, UpdateRequest,
 };
 use arroyod_proto::{Pipeline, QueryErrors, SqlError, ValidateRequest};
 use clap::CommandFactory as _;
@@ -149,6 +149,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         }
         Command::Validate { file } => return session.validate(&file).await,
         Command::List => session.list().await?,
+        Command::Version => session.version().await?,
+        Command::Info => session.info().await?,
         Command::Status { pipeline } => session.status(pipeline).await?,
         Command::Tail {
             pipeline,
@@ -366,6 +368,55 @@ impl Session {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(EXIT_ERROR)
+        })
+    }
+
+    /// The client's version first (on stdout, even when the daemon cannot be reached), then
+    /// the daemon's.
+    async fn version(&self) -> Result<(), CommandError> {
+        let client = env!("CARGO_PKG_VERSION");
+        if !self.json {
+            write_stdout(|w| writeln!(w, "arroyoctl {client}"))?;
+        }
+        let info = self.call(|mut c| async move { c.info(InfoRequest {}).await });
+        let info = match info.await {
+            Ok(info) => info,
+            Err(e) => {
+                if self.json {
+                    write_stdout(|w| {
+                        render::write_json(w, &serde_json::json!({ "client": client }))
+                    })?;
+                }
+                return Err(e);
+            }
+        };
+        write_stdout(|w| {
+            if self.json {
+                let v = serde_json::json!({ "client": client, "daemon": render::info_json(&info) });
+                render::write_json(w, &v)
+            } else {
+                writeln!(
+                    w,
+                    "arroyod {} (pid {}, up {}, socket {})",
+                    info.version,
+                    info.pid,
+                    render::uptime(info.uptime_ms),
+                    info.socket
+                )
+            }
+        })
+    }
+
+    async fn info(&self) -> Result<(), CommandError> {
+        let info = self
+            .call(|mut c| async move { c.info(InfoRequest {}).await })
+            .await?;
+        write_stdout(|w| {
+            if self.json {
+                render::write_json(w, &render::info_json(&info))
+            } else {
+                render::write_info(w, &info)
+            }
         })
     }
 

@@ -9,8 +9,8 @@ use std::io::{self, Write};
 
 use arroyod_proto::diagnostic::Diagnostic;
 use arroyod_proto::{
-    Checkpoint, ExplainResponse, LogEvent, Pipeline, PipelineMetrics, SqlError, TailRow,
-    ValidateResponse,
+    Checkpoint, ExplainResponse, InfoResponse, LogEvent, Pipeline, PipelineMetrics, SqlError,
+    TailRow, ValidateResponse,
 };
 use serde_json::{Value, json};
 
@@ -253,15 +253,98 @@ pub fn write_status(w: &mut impl Write, p: &Pipeline) -> io::Result<()> {
             }),
         ),
     ];
-    let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
-    for (key, value) in fields {
-        writeln!(w, "{:<width$} {value}", format!("{key}:"))?;
-    }
+    write_fields(w, &fields)?;
     writeln!(w, "query:")?;
     for line in p.query.trim_end().lines() {
         writeln!(w, "    {line}")?;
     }
     Ok(())
+}
+
+/// Writes `key: value` lines, the values aligned.
+fn write_fields(w: &mut impl Write, fields: &[(&str, String)]) -> io::Result<()> {
+    let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    for (key, value) in fields {
+        writeln!(w, "{:<width$} {value}", format!("{key}:"))?;
+    }
+    Ok(())
+}
+
+/// How long the daemon has run, to the second: `3h 2m 5s`.
+pub fn uptime(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// The pipelines by state, as `2 Running, 1 Stopped` (states in order), or `none`.
+fn by_state(pipelines: &std::collections::HashMap<String, u32>) -> String {
+    let mut states: Vec<_> = pipelines.iter().collect();
+    states.sort();
+    if states.is_empty() {
+        return "none".to_owned();
+    }
+    states
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The daemon as `arroyoctl info` shows it.
+pub fn write_info(w: &mut impl Write, i: &InfoResponse) -> io::Result<()> {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let caller = if i.caller_confined {
+        format!(
+            "uid {}, its pipelines confined to allowed_paths",
+            i.caller_uid
+        )
+    } else {
+        format!("uid {}", i.caller_uid)
+    };
+    let fields = [
+        ("version", i.version.clone()),
+        ("pid", i.pid.to_string()),
+        ("started_at", i.started_at.clone()),
+        ("uptime", uptime(i.uptime_ms)),
+        ("socket", or_dash(&i.socket)),
+        ("data_dir", or_dash(&i.data_dir)),
+        ("state_url", or_dash(&i.state_url)),
+        ("backup_url", or_dash(&i.backup_url)),
+        ("metrics_addr", or_dash(&i.metrics_addr)),
+        ("max_parallelism", i.max_parallelism.to_string()),
+        ("pipelines", by_state(&i.pipelines)),
+        ("caller", caller),
+    ];
+    write_fields(w, &fields)
+}
+
+/// The daemon as `arroyoctl --json info` shows it.
+pub fn info_json(i: &InfoResponse) -> Value {
+    let pipelines: serde_json::Map<String, Value> = i
+        .pipelines
+        .iter()
+        .map(|(state, n)| (state.clone(), json!(n)))
+        .collect();
+    json!({
+        "version": i.version,
+        "pid": i.pid,
+        "started_at": i.started_at,
+        "uptime_ms": i.uptime_ms,
+        "socket": i.socket,
+        "data_dir": i.data_dir,
+        "state_url": i.state_url,
+        "backup_url": i.backup_url,
+        "metrics_addr": i.metrics_addr,
+        "max_parallelism": i.max_parallelism,
+        "pipelines": pipelines,
+        "caller_uid": i.caller_uid,
+        "caller_confined": i.caller_confined,
+    })
 }
 
 /// One error of a query in the diagnostic format of [`arroyod_proto::diagnostic`]: the

@@ -141,6 +141,51 @@ fn xdg_runtime_dir_holds_the_default_socket() {
     assert_unreachable(&output, &dir.path().join("arroyod.sock"));
 }
 
+/// `version` prints the client's line first, then the daemon's; without a daemon the
+/// client's line still comes, then the usual unreachable error.
+#[test]
+fn version_names_the_client_and_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = FakeDaemon::start(dir.path());
+    let out = run(&daemon, &["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("arroyoctl {}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    let daemon_line = lines.next().unwrap_or_default();
+    assert!(
+        daemon_line.starts_with("arroyod 0.0.0-fake (pid ") && daemon_line.contains("up 1h 2m 3s"),
+        "{text}"
+    );
+    let v = json(&run(&daemon, &["--json", "version"]));
+    assert_eq!(v["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["daemon"]["version"], "0.0.0-fake");
+
+    let socket = dir.path().join("none.sock");
+    let out = ctl()
+        .arg("--socket")
+        .arg(&socket)
+        .arg("version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        format!("arroyoctl {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "error: cannot reach arroyod at {}: ",
+            socket.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_socket_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");

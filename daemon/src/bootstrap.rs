@@ -38,7 +38,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Api, WorkerApi};
+use crate::api::{About, Api, WorkerApi};
 use crate::backup::{Backup, BackupError};
 use crate::controller::{Controller, ControllerError};
 use crate::engine::error_chain;
@@ -411,6 +411,7 @@ impl Daemon {
         if let Some(socket) = &settings.socket {
             let api = ArroyodServer::new(Api {
                 controller: controller.clone(),
+                about: About::new(settings),
             })
             .max_decoding_message_size(arroyod_proto::MAX_MESSAGE_BYTES);
             // Every call is checked against the caller's SO_PEERCRED first.

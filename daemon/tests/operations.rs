@@ -33,6 +33,48 @@ fn tail_json(d: &TestDaemon, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `arroyoctl info` and `version` against the real daemon: its version, pid, where it keeps
+/// what, its pipelines by state, and the caller as it sees it.
+#[test]
+fn info_and_version_describe_the_daemon() {
+    let d = TestDaemon::start();
+    let id = d.submit(
+        "done",
+        "CREATE TABLE impulse WITH (connector = 'impulse', event_rate = '1000', message_count = '3');
+         SELECT counter FROM impulse;",
+    );
+    d.wait_state(&id, "Finished");
+    d.submit("ticks", UNBOUNDED);
+    let info: serde_json::Value = serde_json::from_str(&d.ctl_ok(&["--json", "info"])).unwrap();
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{info}");
+    assert_eq!(info["pid"], d.pid(), "{info}");
+    assert_eq!(info["socket"], d.socket().display().to_string(), "{info}");
+    assert_eq!(
+        info["data_dir"],
+        d.data_dir().display().to_string(),
+        "{info}"
+    );
+    assert_eq!(info["pipelines"]["Finished"], 1, "{info}");
+    let others: u64 = ["Created", "Scheduling", "Running"]
+        .iter()
+        .filter_map(|s| info["pipelines"][*s].as_u64())
+        .sum();
+    assert_eq!(others, 1, "{info}");
+    assert_eq!(info["caller_uid"], unsafe { libc::geteuid() }, "{info}");
+    let text = d.ctl_ok(&["info"]);
+    assert!(
+        text.contains("pipelines:") && text.contains("1 Finished"),
+        "{text}"
+    );
+    let version = d.ctl_ok(&["version"]);
+    let expected = format!(
+        "arroyoctl {v}\narroyod {v} (pid {}, up ",
+        d.pid(),
+        v = env!("CARGO_PKG_VERSION")
+    );
+    assert!(version.starts_with(&expected), "{version}");
+}
+
 /// A generation's start mark carries the offset of the row that will follow it. A bounded
 /// `tail` taken before any row followed still shows it (the lifecycle test raced on this).
 #[test]

@@ -31,10 +31,10 @@ use std::sync::{Arc, Mutex};
 use arroyod_proto::arroyod_server::{Arroyod, ArroyodServer};
 use arroyod_proto::{
     Checkpoint, CheckpointsResponse, DeleteRequest, DeleteResponse, ExplainRequest,
-    ExplainResponse, GraphEdge, GraphNode, ListRequest, ListResponse, LogEvent, LogsRequest,
-    OperatorMetrics, Pipeline, PipelineMetrics, PipelineRef, QueryErrors, RestartRequest,
-    RestartResponse, SqlError, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow,
-    UpdateRequest, ValidateRequest, ValidateResponse,
+    ExplainResponse, GraphEdge, GraphNode, InfoRequest, InfoResponse, ListRequest, ListResponse,
+    LogEvent, LogsRequest, OperatorMetrics, Pipeline, PipelineMetrics, PipelineRef, QueryErrors,
+    RestartRequest, RestartResponse, SqlError, StopRequest, SubmitRequest, SubmitResponse,
+    TailRequest, TailRow, UpdateRequest, ValidateRequest, ValidateResponse,
 };
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -267,6 +267,15 @@ impl Arroyod for Service {
             errors,
             sinks,
             warnings: vec![],
+        }))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            version: "0.0.0-fake".into(),
+            pid: std::process::id(),
+            uptime_ms: 3_723_000,
+            ..InfoResponse::default()
         }))
     }
 

@@ -16,9 +16,11 @@
 //! Never `Unavailable` for a user's error: clients keep that code for a daemon they cannot
 //! reach.
 
+mod info;
 mod public;
 mod worker;
 
+pub use info::About;
 pub use public::Api;
 pub use worker::WorkerApi;
 

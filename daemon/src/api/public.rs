@@ -8,11 +8,11 @@ use std::time::Duration;
 use arroyod_proto::arroyod_server::Arroyod;
 use arroyod_proto::{
     Checkpoint as CheckpointMsg, CheckpointsResponse, DeleteRequest, DeleteResponse,
-    ExplainRequest, ExplainResponse, GraphEdge, GraphNode, ListRequest, ListResponse, LogEvent,
-    LogsRequest, OffsetRange, OperatorMetrics, Pipeline as PipelineMsg, PipelineMetrics,
-    PipelineRef, RestartRequest, RestartResponse, Restore, StopMode as StopModeMsg, StopRequest,
-    SubmitRequest, SubmitResponse, TailRequest, TailRow, UpdateRequest, ValidateRequest,
-    ValidateResponse,
+    ExplainRequest, ExplainResponse, GraphEdge, GraphNode, InfoRequest, InfoResponse, ListRequest,
+    ListResponse, LogEvent, LogsRequest, OffsetRange, OperatorMetrics, Pipeline as PipelineMsg,
+    PipelineMetrics, PipelineRef, RestartRequest, RestartResponse, Restore,
+    StopMode as StopModeMsg, StopRequest, SubmitRequest, SubmitResponse, TailRequest, TailRow,
+    UpdateRequest, ValidateRequest, ValidateResponse,
 };
 use futures::Stream;
 use tokio::sync::broadcast;
@@ -39,6 +39,8 @@ const TAIL_CHUNK: usize = 1024;
 
 pub struct Api {
     pub controller: Arc<Controller>,
+    /// What the daemon says of itself.
+    pub about: super::About,
 }
 
 type TailStream = Pin<Box<dyn Stream<Item = Result<TailRow, Status>> + Send>>;
@@ -519,6 +521,11 @@ impl Arroyod for Api {
 
     /// A pipeline's graph is its stored query planned again at its parallelism; a query's at
     /// the parallelism asked (1 by default). Planning is pure: nothing runs.
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let caller = caller_uid(&request);
+        Ok(Response::new(self.about.response(&self.controller, caller)))
+    }
+
     async fn explain(
         &self,
         request: Request<ExplainRequest>,
