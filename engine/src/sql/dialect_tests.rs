@@ -267,3 +267,32 @@ fn the_json_family_plans_with_its_types() {
     );
     assert_eq!(sink_tables(&q), ["preview"]);
 }
+
+#[test]
+fn a_column_outside_the_group_by_is_named_without_planner_internals() {
+    let sql = "SELECT counter FROM impulse GROUP BY tumble(interval '1 second');";
+    let e = refusal(sql);
+    assert_eq!(
+        e.message,
+        "column 'counter' must be in the GROUP BY or inside an aggregate function (such as max(counter) or count(counter))"
+    );
+    assert_eq!((e.line, e.column), (2, column_of(sql, "counter")));
+}
+
+#[test]
+fn in_and_exists_subqueries_are_refused_as_what_the_user_wrote() {
+    for sql in [
+        "SELECT counter FROM impulse WHERE counter IN (SELECT counter FROM impulse);",
+        "SELECT counter FROM impulse WHERE EXISTS (SELECT 1);",
+        "SELECT counter FROM impulse WHERE counter NOT IN (SELECT counter FROM impulse);",
+    ] {
+        let e = refusal(sql);
+        assert!(
+            e.message.starts_with(
+                "IN (SELECT ...) and EXISTS (...) subqueries (semi and anti joins) need"
+            ),
+            "{sql}: {e}"
+        );
+        assert_eq!(e.line, 2, "{sql}: {e}");
+    }
+}

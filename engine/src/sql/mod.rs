@@ -687,7 +687,29 @@ fn df_error(e: DataFusionError, fallback: Location) -> SqlError {
         DataFusionError::Diagnostic(_, inner) => inner.message().into_owned(),
         root => root.message().into_owned(),
     };
-    SqlError::at(unknown_function(&message).unwrap_or(message), at)
+    let message = unknown_function(&message)
+        .or_else(|| not_grouped(&message))
+        .unwrap_or(message);
+    SqlError::at(message, at)
+}
+
+/// DataFusion's "Column in SELECT must be in GROUP BY or an aggregate function: While
+/// expanding wildcard, column "t.x" must appear in the GROUP BY clause ..., currently only
+/// "<the group expressions, as the planner prints them>" appears ...", which speaks of a
+/// wildcard the query may not have and prints intervals as Rust structs, as what it means.
+fn not_grouped(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("column \"")?;
+    let (column, rest) = rest.split_once('"')?;
+    if !rest
+        .trim_start()
+        .starts_with("must appear in the GROUP BY clause")
+    {
+        return None;
+    }
+    let name = column.rsplit('.').next().unwrap_or(column);
+    Some(format!(
+        "column '{name}' must be in the GROUP BY or inside an aggregate function (such as max({name}) or count({name}))"
+    ))
 }
 
 /// DataFusion's "Invalid function 'x'.\nDid you mean 'y'?", which names the nearest function

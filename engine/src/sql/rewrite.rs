@@ -309,14 +309,28 @@ impl Builder {
         right_keys: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Stream> {
         if j.join_type != JoinType::Inner {
+            // `IN (SELECT ...)` and `EXISTS (...)` are planned as semi or anti joins: say so,
+            // since the query has no JOIN to point at.
+            let subquery = matches!(
+                j.join_type,
+                JoinType::LeftSemi | JoinType::RightSemi | JoinType::LeftAnti | JoinType::RightAnti
+            );
+            let what = if subquery {
+                "IN (SELECT ...) and EXISTS (...) subqueries (semi and anti joins)".to_string()
+            } else {
+                format!("{} joins", join_name(j.join_type))
+            };
             return refuse(
                 format!(
-                    "{} joins need both sides grouped by the same window: without windows only \
+                    "{what} need both sides grouped by the same window: without windows only \
                      inner joins are supported (each side a subquery with GROUP BY \
                      tumble(...) or hop(...), joined on its window column)",
-                    join_name(j.join_type)
                 ),
-                Anchor::Keyword("JOIN"),
+                if subquery {
+                    Anchor::Keyword("SELECT")
+                } else {
+                    Anchor::Keyword("JOIN")
+                },
             );
         }
         if left_keys.is_empty() {
