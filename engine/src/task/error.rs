@@ -248,8 +248,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        // Some errors print their source themselves (DataFusion's "Arrow error: {e}"): it
+        // is not said twice.
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = cause.source();
     }
     s
@@ -280,6 +285,16 @@ mod tests {
         let e = TaskError::expression("t")(DataFusionError::Internal("oops".into()));
         assert_eq!(e.kind(), ErrorKind::Internal);
         assert_eq!(TaskError::ChannelClosed.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_cause_its_wrapper_already_printed_is_not_repeated() {
+        let arrow = datafusion::arrow::error::ArrowError::DivideByZero;
+        let e = TaskError::expression("t")(DataFusionError::ArrowError(Box::new(arrow), None));
+        assert_eq!(
+            error_chain(&e),
+            "t: evaluating an expression failed: Arrow error: Divide by zero error"
+        );
     }
 
     #[test]
