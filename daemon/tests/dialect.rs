@@ -225,6 +225,38 @@ fn unknown_settings_and_outer_windowless_joins_are_refused() {
     );
 }
 
+/// Two output columns of one name (a join's `a.counter, b.counter`, or `SELECT *` over it)
+/// are named by their table too: a JSON row with a repeated key would lose one of them.
+#[test]
+fn a_joins_columns_of_one_name_keep_both_values() {
+    let pairs = rows(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='4');
+         SELECT a.counter, b.counter, a.counter + b.counter AS total
+         FROM impulse a JOIN impulse b ON a.counter = b.counter + 1;",
+    );
+    let mut got: Vec<(u64, u64, u64)> = pairs
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+            (n("a.counter"), n("b.counter"), n("total"))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, [(1, 0, 1), (2, 1, 3), (3, 2, 5)]);
+    let all = rows(
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='100000', message_count='2');
+         SELECT * FROM impulse a JOIN impulse b ON a.counter = b.counter;",
+    );
+    assert_eq!(all.len(), 2, "{all:?}");
+    for r in &all {
+        assert_eq!(r["a.counter"], r["b.counter"], "{r}");
+        assert!(
+            r.get("a.timestamp").is_some() && r.get("b.subtask_index").is_some(),
+            "{r}"
+        );
+    }
+}
+
 #[test]
 fn ordered_aggregates_see_their_order_by() {
     let rows = rows(

@@ -296,3 +296,16 @@ fn in_and_exists_subqueries_are_refused_as_what_the_user_wrote() {
         assert_eq!(e.line, 2, "{sql}: {e}");
     }
 }
+
+#[test]
+fn two_output_columns_of_one_name_are_named_by_their_table() {
+    // What they are called is tested through `arroyod run` (daemon/tests/dialect.rs).
+    accepted("SELECT a.counter, b.counter FROM impulse a JOIN impulse b ON a.counter = b.counter;");
+    let q = accepted("SELECT * FROM impulse a JOIN impulse b ON a.counter = b.counter;");
+    assert_eq!(sink_tables(&q), ["preview"]);
+    // A sink with declared columns names them by position.
+    accepted(
+        "CREATE TABLE out (x BIGINT UNSIGNED, y BIGINT UNSIGNED) WITH (connector = 'blackhole');
+INSERT INTO out SELECT a.counter, b.counter FROM impulse a JOIN impulse b ON a.counter = b.counter;",
+    );
+}
