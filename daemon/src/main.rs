@@ -21,6 +21,7 @@ mod metrics;
 mod notify;
 mod output;
 mod run;
+mod sandbox;
 mod secrets;
 mod serve;
 mod settings;
@@ -127,6 +128,16 @@ enum Command {
         /// The daemon's log format.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// A foreign user's pipeline: restrict this process with Landlock before anything
+        /// else (see the `sandbox` module).
+        #[arg(long)]
+        confine: bool,
+        /// With `--confine`: a directory the pipeline may read and write (`allowed_paths`).
+        #[arg(long = "allow")]
+        allow: Vec<PathBuf>,
+        /// With `--confine`: the pipeline's own local state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -256,16 +267,35 @@ fn main() -> ExitCode {
             generation,
             log,
             log_format,
+            confine,
+            allow,
+            state_dir,
         }) => {
             logging::init(
                 &log,
                 LogFormat::parse(&log_format).unwrap_or(LogFormat::Text),
             );
-            let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
-            runtime()
-                .block_on(worker::run(socket, pipeline, generation).instrument(span))
-                .map(|()| 0)
-                .map_err(anyhow::Error::from)
+            // Before the runtime: the restriction covers only threads made after it.
+            let grant = sandbox::Grant {
+                allowed: allow,
+                state: state_dir,
+            };
+            match confine.then(|| sandbox::restrict(&grant)).transpose() {
+                Err(e) => Err(anyhow::Error::from(e)),
+                Ok(enforcement) => {
+                    let unconfined = enforcement.and_then(|e| e.warning());
+                    let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
+                    if let Some(warning) = &unconfined {
+                        span.in_scope(|| tracing::warn!("{warning}"));
+                    }
+                    runtime()
+                        .block_on(
+                            worker::run(socket, pipeline, generation, unconfined).instrument(span),
+                        )
+                        .map(|()| 0)
+                        .map_err(anyhow::Error::from)
+                }
+            }
         }
     };
     match result {

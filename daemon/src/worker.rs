@@ -186,7 +186,15 @@ fn event(e: worker_event::Event) -> WorkerEvent {
     WorkerEvent { event: Some(e) }
 }
 
-pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Result<(), WorkerError> {
+/// Runs generation `generation` of `pipeline_id` attached to the daemon at `socket`;
+/// `unconfined` says why the kernel does not confine this foreign pipeline's worker (its
+/// Hello carries it to the daemon).
+pub async fn run(
+    socket: PathBuf,
+    pipeline_id: String,
+    generation: u64,
+    unconfined: Option<String>,
+) -> Result<(), WorkerError> {
     die_with_parent();
     let channel = unix_channel(&socket)
         .await
@@ -202,6 +210,7 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             pipeline_id: pipeline_id.clone(),
             generation,
             pid: std::process::id(),
+            unconfined: unconfined.unwrap_or_default(),
         })))
         .await?;
     let mut commands = client

@@ -109,7 +109,10 @@ fn refusal(path: &Path, real: &Path, reason: String) -> StorageError {
 pub fn check(path: &Path) -> Result<PathBuf, StorageError> {
     let none = Confinement::default();
     let c = CONFINEMENT.get().unwrap_or(&none);
-    check_with(c, path)
+    let real = check_with(c, path)?;
+    // Tests pause here to change the path between the check and the open.
+    crate::failpoint::pause("access_checked");
+    Ok(real)
 }
 
 /// [`check`] against `c`.
