@@ -225,7 +225,9 @@ pub fn restrict(grant: &Grant) -> Result<Enforcement, SandboxError> {
             Enforcement::None("Landlock is built in but not enabled at boot".into())
         }
         (RulesetStatus::NotEnforced, LandlockStatus::NotImplemented) => {
-            Enforcement::None("it has no Landlock".into())
+            Enforcement::None(
+                "it has no Landlock, or a seccomp filter such as systemd's SystemCallFilter= forbids its system calls".into(),
+            )
         }
         (RulesetStatus::NotEnforced, _) => {
             Enforcement::None("it refused every Landlock right asked for".into())

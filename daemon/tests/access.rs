@@ -6,6 +6,8 @@
 mod harness;
 #[path = "harness/http.rs"]
 mod http_server;
+#[path = "harness/kafka.rs"]
+mod kafka_broker;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -690,4 +692,38 @@ fn a_kernel_without_landlock_is_said_in_the_log_and_the_events() {
     );
     d.wait_state(&own, "Finished");
     assert!(!d.ctl_ok(&["logs", &own]).contains(warning));
+}
+
+/// A group member's confined pipeline reads and writes Kafka (rdkafka's own threads, its name
+/// lookups and TLS roots are under the worker's restriction too).
+#[test]
+fn a_group_members_confined_pipeline_reads_and_writes_kafka() {
+    let broker = kafka_broker::Tansu::start();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    let rows: Vec<kafka_broker::Produce> = (0..20)
+        .map(|n| kafka_broker::Produce {
+            partition: 0,
+            key: None,
+            value: format!("{{\"n\": {n}}}"),
+            timestamp_ms: None,
+        })
+        .collect();
+    broker.produce("in", &rows);
+    let mut d = shared_daemon();
+    d.restart();
+    // By name: `localhost` goes through the resolver's files.
+    let bootstrap = broker.bootstrap().replace("127.0.0.1", "localhost");
+    let sql = format!(
+        "CREATE TABLE i (n BIGINT) WITH (connector = 'kafka', type = 'source',
+           bootstrap_servers = '{bootstrap}', topic = 'in', format = 'json', 'source.offset' = 'earliest');
+         CREATE TABLE o WITH (connector = 'kafka', type = 'sink', bootstrap_servers = '{bootstrap}',
+           topic = 'out', format = 'json');
+         INSERT INTO o SELECT n FROM i;"
+    );
+    let id = submitted(&submit_as(&d, MEMBER, "kafka_confined", &sql));
+    harness::wait_until(harness::DEADLINE, "20 rows in topic out", || {
+        (broker.read("out", 1).values().len() >= 20).then_some(())
+    });
+    d.ctl_ok(&["stop", &id, "--mode", "immediate"]);
 }

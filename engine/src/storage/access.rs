@@ -36,7 +36,12 @@ static CONFINEMENT: OnceLock<Confinement> = OnceLock::new();
 
 /// Sets this process's confinement; false when one was set already (it never changes).
 pub fn confine(confinement: Confinement) -> bool {
-    CONFINEMENT.set(confinement).is_ok()
+    let foreign = confinement.foreign;
+    let set = CONFINEMENT.set(confinement).is_ok();
+    if set && foreign {
+        super::error::mark_foreign();
+    }
+    set
 }
 
 /// True when this process runs a foreign user's pipeline: its tables' object stores must not

@@ -1,6 +1,7 @@
 //! The one error of the storage floor.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::task::{ErrorKind, Fault, UserFault};
 
@@ -73,6 +74,15 @@ pub enum StorageError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Set once this process runs a foreign user's pipeline (by `access::confine`): a file
+/// operation the kernel refuses is then [`StorageError::Refused`].
+static FOREIGN: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as running a foreign user's pipeline.
+pub(super) fn mark_foreign() {
+    FOREIGN.store(true, Ordering::Relaxed);
+}
+
 impl StorageError {
     /// Wraps a failed file operation: `.map_err(StorageError::io("syncing", path.display()))`.
     pub fn io<P: Display>(
@@ -81,7 +91,9 @@ impl StorageError {
     ) -> impl FnOnce(std::io::Error) -> StorageError + use<P> {
         let path = path.to_string();
         move |source| {
-            if source.kind() == std::io::ErrorKind::PermissionDenied && super::access::foreign() {
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && FOREIGN.load(Ordering::Relaxed)
+            {
                 StorageError::Refused { what, path, source }
             } else {
                 StorageError::Io { what, path, source }
