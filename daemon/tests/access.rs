@@ -511,9 +511,8 @@ fn a_path_swapped_for_a_symlink_after_its_check_is_refused_by_the_kernel() {
     let secret = outside.join("secret.json");
     std::fs::write(&secret, "{\"n\": 424242}\n").unwrap();
     set_mode(&secret, 0o600);
-    let victim = outside.join("victim.json");
-    std::fs::write(&victim, "untouched\n").unwrap();
     d.restart();
+    let db = d.data_dir().join("arroyod.db");
 
     // A source: `in.json` passes the check, then leads to the secret.
     let input = allowed.join("in.json");
@@ -538,8 +537,8 @@ fn a_path_swapped_for_a_symlink_after_its_check_is_refused_by_the_kernel() {
     let logs = d.ctl_ok(&["logs", &id]);
     assert!(!logs.contains("only checked at open time"), "{logs}");
 
-    // A sink: `sink.json` passes the check, then leads to a file outside, which a write
-    // would truncate and fill.
+    // A sink: `sink.json` passes the check, then leads to the daemon's database, which the
+    // sink's create would truncate.
     let sink = allowed.join("sink.json");
     std::fs::write(&token, "").unwrap();
     let sql = format!(
@@ -551,14 +550,16 @@ fn a_path_swapped_for_a_symlink_after_its_check_is_refused_by_the_kernel() {
     );
     let id = submitted(&submit_as(&d, MEMBER, "swapped_sink", &sql));
     wait_paused(&token);
-    std::os::unix::fs::symlink(&victim, &sink).unwrap();
+    let db_length = std::fs::metadata(&db).unwrap().len();
+    std::os::unix::fs::symlink(&db, &sink).unwrap();
     std::fs::remove_file(&token).unwrap();
     let failure = failure_of(&d, &id);
     assert!(
         failure.contains("refused by the kernel") && failure.contains("sink.json"),
         "{failure}"
     );
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert!(std::fs::metadata(&db).unwrap().len() >= db_length);
+    d.ctl_ok(&["list"]);
 
     // Nothing of the secret anywhere: not in the copy, the log, the status or the output.
     let copy = std::fs::read_to_string(&copied).unwrap_or_default();
