@@ -280,22 +280,25 @@ fn main() -> ExitCode {
                 allowed: allow,
                 state: state_dir,
             };
-            match confine.then(|| sandbox::restrict(&grant)).transpose() {
-                Err(e) => Err(anyhow::Error::from(e)),
-                Ok(enforcement) => {
-                    let unconfined = enforcement.and_then(|e| e.warning());
-                    let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
-                    if let Some(warning) = &unconfined {
-                        span.in_scope(|| tracing::warn!("{warning}"));
-                    }
-                    runtime()
-                        .block_on(
-                            worker::run(socket, pipeline, generation, unconfined).instrument(span),
-                        )
-                        .map(|()| 0)
-                        .map_err(anyhow::Error::from)
-                }
+            let kernel = match confine.then(|| sandbox::restrict(&grant)).transpose() {
+                Ok(enforcement) => match enforcement.and_then(|e| e.warning()) {
+                    None => worker::Kernel::Confines,
+                    Some(warning) => worker::Kernel::DoesNot(warning),
+                },
+                Err(e) => worker::Kernel::Failed(engine::error_chain(&e)),
+            };
+            let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
+            match &kernel {
+                worker::Kernel::Confines => {}
+                worker::Kernel::DoesNot(warning) => span.in_scope(|| tracing::warn!("{warning}")),
+                worker::Kernel::Failed(why) => span.in_scope(|| {
+                    tracing::warn!(error = %why, "the worker cannot restrict itself; it will not run the pipeline")
+                }),
             }
+            runtime()
+                .block_on(worker::run(socket, pipeline, generation, kernel).instrument(span))
+                .map(|()| 0)
+                .map_err(anyhow::Error::from)
         }
     };
     match result {

@@ -23,6 +23,8 @@
 //!    [`restrict`] says so in its [`Enforcement`], the worker logs one warning and its Hello
 //!    carries it, and the daemon records it as the pipeline's warning event. Paths are then
 //!    checked only at open time. Nothing pretends otherwise.
+//! 6. A ruleset the kernel supports but refuses (an error, not an old kernel) stops the
+//!    pipeline: the worker reports it Failed, naming the error, and never runs it unrestricted.
 //!
 //! The daemon's own user's pipelines and `arroyod run` are never restricted.
 
