@@ -21,6 +21,7 @@ mod metrics;
 mod notify;
 mod output;
 mod run;
+mod sandbox;
 mod secrets;
 mod serve;
 mod settings;
@@ -127,6 +128,16 @@ enum Command {
         /// The daemon's log format.
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// A foreign user's pipeline: restrict this process with Landlock before anything
+        /// else (see the `sandbox` module).
+        #[arg(long)]
+        confine: bool,
+        /// With `--confine`: a directory the pipeline may read and write (`allowed_paths`).
+        #[arg(long = "allow")]
+        allow: Vec<PathBuf>,
+        /// With `--confine`: the pipeline's own local state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -256,14 +267,36 @@ fn main() -> ExitCode {
             generation,
             log,
             log_format,
+            confine,
+            allow,
+            state_dir,
         }) => {
             logging::init(
                 &log,
                 LogFormat::parse(&log_format).unwrap_or(LogFormat::Text),
             );
+            // Before the runtime: the restriction covers only threads made after it.
+            let grant = sandbox::Grant {
+                allowed: allow,
+                state: state_dir,
+            };
+            let kernel = match confine.then(|| sandbox::restrict(&grant)).transpose() {
+                Ok(enforcement) => match enforcement.and_then(|e| e.warning()) {
+                    None => worker::Kernel::Confines,
+                    Some(warning) => worker::Kernel::DoesNot(warning),
+                },
+                Err(e) => worker::Kernel::Failed(engine::error_chain(&e)),
+            };
             let span = tracing::info_span!("worker", pipeline = %pipeline, generation);
+            match &kernel {
+                worker::Kernel::Confines => {}
+                worker::Kernel::DoesNot(warning) => span.in_scope(|| tracing::warn!("{warning}")),
+                worker::Kernel::Failed(why) => span.in_scope(|| {
+                    tracing::warn!(error = %why, "the worker cannot restrict itself; it will not run the pipeline")
+                }),
+            }
             runtime()
-                .block_on(worker::run(socket, pipeline, generation).instrument(span))
+                .block_on(worker::run(socket, pipeline, generation, kernel).instrument(span))
                 .map(|()| 0)
                 .map_err(anyhow::Error::from)
         }

@@ -186,7 +186,28 @@ fn event(e: worker_event::Event) -> WorkerEvent {
     WorkerEvent { event: Some(e) }
 }
 
-pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Result<(), WorkerError> {
+/// What the kernel does to confine this worker (the `sandbox` module), decided in `main`
+/// before the runtime exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// It confines the worker, or there is nothing to confine (the daemon's user's pipeline).
+    Confines,
+    /// It does not (fully), and why: the pipeline runs with its paths checked at open time
+    /// only, and the Hello says so.
+    DoesNot(String),
+    /// Setting up the restriction failed, and why: the worker reports the pipeline Failed
+    /// rather than run it unrestricted.
+    Failed(String),
+}
+
+/// Runs generation `generation` of `pipeline_id` attached to the daemon at `socket`, as far
+/// as `kernel` lets it.
+pub async fn run(
+    socket: PathBuf,
+    pipeline_id: String,
+    generation: u64,
+    kernel: Kernel,
+) -> Result<(), WorkerError> {
     die_with_parent();
     let channel = unix_channel(&socket)
         .await
@@ -202,6 +223,10 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             pipeline_id: pipeline_id.clone(),
             generation,
             pid: std::process::id(),
+            unconfined: match &kernel {
+                Kernel::DoesNot(warning) => warning.clone(),
+                _ => String::new(),
+            },
         })))
         .await?;
     let mut commands = client
@@ -233,6 +258,13 @@ pub async fn run(socket: PathBuf, pipeline_id: String, generation: u64) -> Resul
             message: crate::secrets::redact(&message, &hidden),
         }))
     };
+    if let Kernel::Failed(why) = &kernel {
+        let message = format!(
+            "the worker could not restrict itself to allowed_paths with Landlock, so it does not run this pipeline: {why}"
+        );
+        events.send(failed(message)).await?;
+        return finish(events, commands).await;
+    }
     // What this pipeline's tables may reach, set before anything is planned or opened: every
     // connector checks its paths against it when it opens them.
     let confinement = confinement(start.confinement.clone().unwrap_or_default());

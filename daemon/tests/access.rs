@@ -4,6 +4,10 @@
 //! running a copy of `arroyoctl` they may execute.
 
 mod harness;
+#[path = "harness/http.rs"]
+mod http_server;
+#[path = "harness/kafka.rs"]
+mod kafka_broker;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -469,4 +473,258 @@ fn a_group_members_object_stores_get_no_host_credentials() {
         "{s}"
     );
     assert!(quiet.heads.lock().unwrap().is_empty());
+}
+
+/// Waits for the worker to pause at `access_checked` (it made `<token>.reached`).
+fn wait_paused(token: &Path) {
+    let reached = PathBuf::from(format!("{}.reached", token.display()));
+    harness::wait_until(
+        harness::DEADLINE,
+        "the worker to pause after its check",
+        || reached.exists().then_some(()),
+    );
+    std::fs::remove_file(&reached).unwrap();
+}
+
+/// The failure of pipeline `id` once it failed.
+fn failure_of(d: &TestDaemon, id: &str) -> String {
+    let s = d.wait_state(id, "Failed");
+    s["failure"].as_str().unwrap_or_default().to_string()
+}
+
+/// The race the open-time check cannot close: the path passes the check, then becomes a
+/// symlink to a file outside allowed_paths before the open. The worker pauses between the
+/// two (the `access_checked` pause point), the test swaps the path, and the kernel
+/// (Landlock) refuses the open: nothing is read from or written to the file outside.
+#[test]
+fn a_path_swapped_for_a_symlink_after_its_check_is_refused_by_the_kernel() {
+    let mut d = shared_daemon();
+    let dir = d.dir.path().to_path_buf();
+    let allowed = dir.join("allowed");
+    let token = allowed.join("token");
+    d.envs.push((
+        "FAILPOINTS".into(),
+        format!("access_checked=return({})", token.display()),
+    ));
+    let outside = dir.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let secret = outside.join("secret.json");
+    std::fs::write(&secret, "{\"n\": 424242}\n").unwrap();
+    set_mode(&secret, 0o600);
+    d.restart();
+    let db = d.data_dir().join("arroyod.db");
+
+    // A source: `in.json` passes the check, then leads to the secret.
+    let input = allowed.join("in.json");
+    std::fs::write(&input, "{\"n\": 1}\n").unwrap();
+    std::fs::write(&token, "").unwrap();
+    let copied = allowed.join("copied.json");
+    let id = submitted(&submit_as(
+        &d,
+        MEMBER,
+        "swapped_source",
+        &single_file_copy(&input, &copied),
+    ));
+    wait_paused(&token);
+    std::fs::remove_file(&input).unwrap();
+    std::os::unix::fs::symlink(&secret, &input).unwrap();
+    std::fs::remove_file(&token).unwrap();
+    let failure = failure_of(&d, &id);
+    assert!(
+        failure.contains("refused by the kernel") && failure.contains("in.json"),
+        "{failure}"
+    );
+    let logs = d.ctl_ok(&["logs", &id]);
+    assert!(!logs.contains("only checked at open time"), "{logs}");
+
+    // A sink: `sink.json` passes the check, then leads to the daemon's database, which the
+    // sink's create would truncate.
+    let sink = allowed.join("sink.json");
+    std::fs::write(&token, "").unwrap();
+    let sql = format!(
+        "CREATE TABLE i WITH (connector = 'impulse', event_rate = '100', message_count = '5');
+         CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector = 'single_file', type = 'sink',
+           path = '{}');
+         INSERT INTO o SELECT counter FROM i;",
+        sink.display()
+    );
+    let id = submitted(&submit_as(&d, MEMBER, "swapped_sink", &sql));
+    wait_paused(&token);
+    let db_length = std::fs::metadata(&db).unwrap().len();
+    std::os::unix::fs::symlink(&db, &sink).unwrap();
+    std::fs::remove_file(&token).unwrap();
+    let failure = failure_of(&d, &id);
+    assert!(
+        failure.contains("refused by the kernel") && failure.contains("sink.json"),
+        "{failure}"
+    );
+    assert!(std::fs::metadata(&db).unwrap().len() >= db_length);
+    d.ctl_ok(&["list"]);
+
+    // Nothing of the secret anywhere: not in the copy, the log, the status or the output.
+    let copy = std::fs::read_to_string(&copied).unwrap_or_default();
+    assert!(!copy.contains("424242"), "{copy}");
+    assert!(!d.log().contains("424242"));
+    for name in ["swapped_source", "swapped_sink"] {
+        assert!(!d.ctl_ok(&["status", name]).contains("424242"));
+    }
+}
+
+/// A group member's pipeline runs under its kernel restriction as before: it checkpoints into
+/// its own state directory, a filesystem sink (object_store) commits its files under
+/// allowed_paths, and a stop and resume restores from the checkpoint; an HTTP source reaches
+/// its server by name (the resolver's files are readable).
+#[test]
+fn a_group_members_confined_pipeline_checkpoints_restores_and_reaches_the_network() {
+    let mut d = shared_daemon();
+    d.envs
+        .push(("ARROYO_CHECKPOINT_INTERVAL".into(), "200ms".into()));
+    let allowed = d.dir.path().join("allowed");
+    let files = allowed.join("files");
+    d.restart();
+    let sql = format!(
+        "CREATE TABLE i WITH (connector = 'impulse', event_rate = '200');
+         CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector = 'filesystem', type = 'sink',
+           path = '{}', format = 'json');
+         INSERT INTO o SELECT counter FROM i;",
+        files.display()
+    );
+    let id = submitted(&submit_as(&d, MEMBER, "confined", &sql));
+    d.wait_state(&id, "Running");
+    let checkpoint = |after: u64| {
+        harness::wait_until(harness::DEADLINE, "a checkpoint", || {
+            let epoch = d.status(&id)["last_checkpoint"].as_u64().unwrap_or(0);
+            (epoch > after).then_some(epoch)
+        })
+    };
+    let first = checkpoint(0);
+    d.ctl_ok(&["stop", &id]);
+    assert_eq!(d.status(&id)["state"], "Stopped");
+    let committed = |dir: &Path| {
+        let mut seen = harness::fault::committed_counters(dir);
+        seen.sort_unstable();
+        seen
+    };
+    let before = committed(&files).len();
+    assert!(before > 0, "no committed rows under {}", files.display());
+    d.ctl_ok(&["resume", &id]);
+    d.wait_state(&id, "Running");
+    checkpoint(first + 1);
+    d.ctl_ok(&["stop", &id]);
+    let after = committed(&files);
+    assert!(after.len() > before, "{} then {}", before, after.len());
+    assert_eq!(
+        after,
+        (0..after.len() as u64).collect::<Vec<_>>(),
+        "each row once, resumed where the checkpoint left off"
+    );
+    let logs = d.ctl_ok(&["logs", &id]);
+    assert!(!logs.contains("only checked at open time"), "{logs}");
+
+    // `localhost` is resolved through /etc/hosts and nsswitch.conf, which the worker may read.
+    let server = http_server::PollServer::start("{\"v\": 1}", vec![http_server::Step::Status(200)]);
+    let url = server.server.url("/v").replace("127.0.0.1", "localhost");
+    let polled = allowed.join("polled.json");
+    let sql = format!(
+        "CREATE TABLE p (v BIGINT) WITH (connector = 'polling_http', endpoint = '{url}',
+           poll_interval_ms = '20');
+         CREATE TABLE o (v BIGINT) WITH (connector = 'single_file', type = 'sink', path = '{}');
+         INSERT INTO o SELECT v FROM p;",
+        polled.display()
+    );
+    let id = submitted(&submit_as(&d, MEMBER, "polled", &sql));
+    harness::wait_until(harness::DEADLINE, "rows polled from localhost", || {
+        let rows = std::fs::read_to_string(&polled).unwrap_or_default();
+        (rows.lines().count() >= 2).then_some(())
+    });
+    d.ctl_ok(&["stop", &id, "--mode", "immediate"]);
+
+    // The memory watch reads /proc/self/statm, the one file of /proc it may: over a limit
+    // far below what any worker holds, the pipeline fails saying what it measured.
+    let sql = "CREATE TABLE i WITH (connector = 'impulse', event_rate = '100');
+         CREATE TABLE o (counter BIGINT UNSIGNED) WITH (connector = 'blackhole');
+         INSERT INTO o SELECT counter FROM i;";
+    let file = query_file(&d, "watched", sql);
+    let out = ctl_as(
+        &d,
+        MEMBER,
+        false,
+        &["submit", file.to_str().unwrap(), "--memory-limit", "16MiB"],
+    );
+    let failure = failure_of(&d, &submitted(&out));
+    assert!(
+        failure.contains("went over its memory limit") && failure.contains("resident"),
+        "{failure}"
+    );
+}
+
+/// On a kernel without Landlock a group member's pipeline still runs (its paths checked at
+/// open time only), and that is said: one warning in the worker's log and a warning event of
+/// the pipeline. The daemon's own user's pipelines are never restricted, and say nothing.
+#[test]
+fn a_kernel_without_landlock_is_said_in_the_log_and_the_events() {
+    let mut d = shared_daemon();
+    d.envs
+        .push(("FAILPOINTS".into(), "landlock_unsupported=return".into()));
+    let allowed = d.dir.path().join("allowed");
+    std::fs::write(allowed.join("in.json"), "{\"n\": 1}\n").unwrap();
+    d.restart();
+    let id = submitted(&submit_as(
+        &d,
+        MEMBER,
+        "unconfined",
+        &single_file_copy(&allowed.join("in.json"), &allowed.join("out.json")),
+    ));
+    d.wait_state(&id, "Finished");
+    let warning = "only checked at open time";
+    let logs = d.ctl_ok(&["logs", &id]);
+    assert!(
+        logs.contains(warning) && logs.contains("pretends it has no Landlock"),
+        "{logs}"
+    );
+    assert_eq!(
+        d.log().matches(warning).count(),
+        2,
+        "the worker's line and the daemon's"
+    );
+    let own = d.submit(
+        "own",
+        &single_file_copy(&allowed.join("in.json"), &allowed.join("own.json")),
+    );
+    d.wait_state(&own, "Finished");
+    assert!(!d.ctl_ok(&["logs", &own]).contains(warning));
+}
+
+/// A group member's confined pipeline reads and writes Kafka (rdkafka's own threads, its name
+/// lookups and TLS roots are under the worker's restriction too).
+#[test]
+fn a_group_members_confined_pipeline_reads_and_writes_kafka() {
+    let broker = kafka_broker::Tansu::start();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    let rows: Vec<kafka_broker::Produce> = (0..20)
+        .map(|n| kafka_broker::Produce {
+            partition: 0,
+            key: None,
+            value: format!("{{\"n\": {n}}}"),
+            timestamp_ms: None,
+        })
+        .collect();
+    broker.produce("in", &rows);
+    let mut d = shared_daemon();
+    d.restart();
+    // By name: `localhost` goes through the resolver's files.
+    let bootstrap = broker.bootstrap().replace("127.0.0.1", "localhost");
+    let sql = format!(
+        "CREATE TABLE i (n BIGINT) WITH (connector = 'kafka', type = 'source',
+           bootstrap_servers = '{bootstrap}', topic = 'in', format = 'json', 'source.offset' = 'earliest');
+         CREATE TABLE o WITH (connector = 'kafka', type = 'sink', bootstrap_servers = '{bootstrap}',
+           topic = 'out', format = 'json');
+         INSERT INTO o SELECT n FROM i;"
+    );
+    let id = submitted(&submit_as(&d, MEMBER, "kafka_confined", &sql));
+    harness::wait_until(harness::DEADLINE, "20 rows in topic out", || {
+        (broker.read("out", 1).values().len() >= 20).then_some(())
+    });
+    d.ctl_ok(&["stop", &id, "--mode", "immediate"]);
 }

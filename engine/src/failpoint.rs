@@ -27,6 +27,17 @@
 //! - `snapshot_uploaded`: a metadata snapshot is uploaded to `backup_url`, its `LATEST`
 //!   pointer not yet moved to it.
 //!
+//! Pause points ([`pause`]): armed with `<name>=return(<path>)` while the file `<path>`
+//! exists, the process creates `<path>.reached` and waits (at most [`PAUSE_DEADLINE`]) until
+//! `<path>` is removed, then goes on; with `<path>` absent it goes on at once. A test can so
+//! act at an exact moment of a worker without sleeping:
+//! - `access_checked`: a connector's path passed its access check (`storage::access::check`)
+//!   and is not opened yet.
+//!
+//! Switches ([`armed`]), set with `<name>=return`:
+//! - `landlock_unsupported`: `arroyod worker --confine` behaves as on a kernel without
+//!   Landlock (restricts nothing, and says so).
+//!
 //! [`setup`] runs once per process, first thing in `main`.
 
 /// Arms the crash points named in `FAILPOINTS` for the life of the process; a no-op
@@ -63,6 +74,53 @@ pub fn point(name: &'static str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// True when switch `name` is armed; always false without the feature.
+pub fn armed(name: &'static str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return fail::eval(name, |_| ()).is_some();
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// The longest a pause point waits for its token to be removed.
+pub const PAUSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Fires pause point `name` if it is armed (see the module documentation). It blocks the
+/// calling thread: only test builds ever wait here. Without the feature it does nothing.
+pub fn pause(name: &'static str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(token)) = fail::eval(name, |arg| arg) {
+        wait_for_removal(name, std::path::Path::new(&token));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Says `<token>.reached`, then waits until `token` is gone (or the deadline passes).
+#[cfg(feature = "failpoints")]
+fn wait_for_removal(name: &str, token: &std::path::Path) {
+    if !token.exists() {
+        return;
+    }
+    let mut reached = token.as_os_str().to_os_string();
+    reached.push(".reached");
+    if let Err(e) = std::fs::write(&reached, name) {
+        tracing::warn!(point = name, error = %e, "a pause point cannot say it was reached");
+        return;
+    }
+    tracing::warn!(
+        point = name,
+        "pause point reached: waiting for its token to go"
+    );
+    let deadline = std::time::Instant::now() + PAUSE_DEADLINE;
+    while token.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Marks a crash point named `$name` (a string literal): see the module documentation.

@@ -157,7 +157,12 @@ impl WorkerControl for WorkerApi {
         };
         let Some(attachment) = self
             .controller
-            .attach(&hello.pipeline_id, hello.generation, reports(events))
+            .attach(
+                &hello.pipeline_id,
+                hello.generation,
+                reports(events),
+                Some(hello.unconfined).filter(|w| !w.is_empty()),
+            )
             .await
         else {
             return Err(Status::failed_precondition(format!(

@@ -695,11 +695,13 @@ impl Controller {
     }
 
     /// Handles a worker's Hello: its start and commands, or None for a stale or unknown one.
+    /// `unconfined`: why the kernel does not confine the worker (recorded as a warning).
     pub async fn attach(
         &self,
         pipeline_id: &str,
         generation: u64,
         reports: ReportStream,
+        unconfined: Option<String>,
     ) -> Option<Attachment> {
         let p = self
             .pipelines
@@ -712,6 +714,7 @@ impl Controller {
             generation,
             reports,
             reply,
+            unconfined,
         };
         p.inbox.send(envelope).await.ok()?;
         answer.await.ok().flatten()

@@ -15,6 +15,7 @@
 //! It never blocks the runtime: SQLite through sqlx, the process through tokio.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use super::protocol::{Attachment, Envelope, PipelineView, Rejected, ReportStream
 use crate::engine::{error_chain, failpoint};
 use crate::metrics::Metrics;
 use crate::output::{GenerationStart, OutputLog};
+use crate::sandbox::Grant;
 use crate::settings::ControllerSettings;
 use crate::store::{CheckpointRow, EventRow, PipelineRow, Store, now_rfc3339};
 
@@ -66,6 +68,8 @@ fn worker_may_inherit(name: &str) -> bool {
     matches!(
         name,
         "PATH" | "LANG" | "LC_ALL" | "TZ" | "TMPDIR" | "RUST_LOG" | "RUST_BACKTRACE"
+            // Test builds' crash and pause points (inert in a shipped binary).
+            | "FAILPOINTS"
     ) || name.starts_with("ARROYO_TEST_")
 }
 
@@ -217,6 +221,7 @@ impl PipelineTask {
                 generation,
                 reports,
                 reply,
+                unconfined,
             } => {
                 if let Some((_, old)) = self.attaching.replace((reports, reply)) {
                     let _ = old.send(None);
@@ -226,6 +231,9 @@ impl PipelineTask {
                 }
                 if let Some((_, reply)) = self.attaching.take() {
                     let _ = reply.send(None);
+                } else if let Some(warning) = unconfined {
+                    warn!(generation, "{warning}");
+                    self.record(EventKind::Warning, warning).await;
                 }
             }
             Envelope::Probe { reply } => {
@@ -494,6 +502,8 @@ impl PipelineTask {
                 std::env::vars_os().filter(|(k, _)| worker_may_inherit(&k.to_string_lossy())),
             );
         }
+        // A foreign pipeline's worker restricts itself with this before its first thread.
+        let grant = self.grant().map(|g| g.args()).unwrap_or_default();
         let child = process
             .arg("worker")
             .arg("--socket")
@@ -506,6 +516,7 @@ impl PipelineTask {
             .arg(&self.ctx.worker_log.0)
             .arg("--log-format")
             .arg(&self.ctx.worker_log.1)
+            .args(grant)
             // The service manager hears from the daemon only.
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -523,6 +534,37 @@ impl PipelineTask {
         );
         self.child = Some((generation, child));
         Ok(())
+    }
+
+    /// What a foreign pipeline's worker may reach (None for the daemon's own user's): the
+    /// `allowed_paths` and its own local state directory, created here (0700) so that the
+    /// kernel's rule has a directory to hold on to.
+    fn grant(&self) -> Option<Grant> {
+        let access = &self.ctx.settings.access;
+        if !access.foreign(self.who.submitter) {
+            return None;
+        }
+        let state = location::resolve(
+            &self.ctx.settings.state_root,
+            &self.machine.spec.state_location,
+        );
+        let state = match state.split_once("://") {
+            None => Some(PathBuf::from(state)),
+            Some(("file", path)) => Some(PathBuf::from(path)),
+            Some(_) => None,
+        };
+        if let Some(dir) = &state
+            && let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        {
+            warn!(dir = %dir.display(), error = %e, "creating the pipeline's state directory failed");
+        }
+        Some(Grant {
+            allowed: access.allowed_paths.clone(),
+            state,
+        })
     }
 
     /// Answers the waiting Hello of `generation` with its start (and a stop under way).

@@ -97,6 +97,9 @@ pub enum Envelope {
         generation: u64,
         reports: ReportStream,
         reply: oneshot::Sender<Option<Attachment>>,
+        /// Why the kernel does not confine this foreign pipeline's worker (None: it does, or
+        /// the pipeline is the daemon's user's).
+        unconfined: Option<String>,
     },
     /// Is the task alive? It answers at once (the watchdog asks).
     Probe { reply: oneshot::Sender<()> },

@@ -36,7 +36,12 @@ static CONFINEMENT: OnceLock<Confinement> = OnceLock::new();
 
 /// Sets this process's confinement; false when one was set already (it never changes).
 pub fn confine(confinement: Confinement) -> bool {
-    CONFINEMENT.set(confinement).is_ok()
+    let foreign = confinement.foreign;
+    let set = CONFINEMENT.set(confinement).is_ok();
+    if set && foreign {
+        super::error::mark_foreign();
+    }
+    set
 }
 
 /// True when this process runs a foreign user's pipeline: its tables' object stores must not
@@ -109,7 +114,10 @@ fn refusal(path: &Path, real: &Path, reason: String) -> StorageError {
 pub fn check(path: &Path) -> Result<PathBuf, StorageError> {
     let none = Confinement::default();
     let c = CONFINEMENT.get().unwrap_or(&none);
-    check_with(c, path)
+    let real = check_with(c, path)?;
+    // Tests pause here to change the path between the check and the open.
+    crate::failpoint::pause("access_checked");
+    Ok(real)
 }
 
 /// [`check`] against `c`.

@@ -1,6 +1,7 @@
 //! The one error of the storage floor.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::task::{ErrorKind, Fault, UserFault};
 
@@ -56,9 +57,30 @@ pub enum StorageError {
     /// A path the confinement of the process does not allow (its `access` module).
     #[error("{path} may not be used: {reason}")]
     Denied { path: String, reason: String },
+    /// The kernel refused a file operation of a foreign user's pipeline on a path its check
+    /// had let through: it leads outside `allowed_paths` now (a symlink swapped in after the
+    /// check), and the worker's Landlock restriction stopped it.
+    #[error(
+        "{what} {path}: refused by the kernel (a pipeline of another user than the daemon's reaches only files under allowed_paths; did the path change after it was checked?)"
+    )]
+    Refused {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A blocking file task panicked or was cancelled.
     #[error("a blocking file task failed")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// Set once this process runs a foreign user's pipeline (by `access::confine`): a file
+/// operation the kernel refuses is then [`StorageError::Refused`].
+static FOREIGN: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as running a foreign user's pipeline.
+pub(super) fn mark_foreign() {
+    FOREIGN.store(true, Ordering::Relaxed);
 }
 
 impl StorageError {
@@ -68,7 +90,15 @@ impl StorageError {
         path: P,
     ) -> impl FnOnce(std::io::Error) -> StorageError + use<P> {
         let path = path.to_string();
-        move |source| StorageError::Io { what, path, source }
+        move |source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && FOREIGN.load(Ordering::Relaxed)
+            {
+                StorageError::Refused { what, path, source }
+            } else {
+                StorageError::Io { what, path, source }
+            }
+        }
     }
 
     /// Wraps a failed object-store operation on `path` (as messages name it).
@@ -92,7 +122,8 @@ impl StorageError {
             StorageError::BadLocation { .. }
             | StorageError::BadOption { .. }
             | StorageError::Setup { .. }
-            | StorageError::Denied { .. } => ErrorKind::User(UserFault::BadOption),
+            | StorageError::Denied { .. }
+            | StorageError::Refused { .. } => ErrorKind::User(UserFault::BadOption),
             StorageError::Store { .. }
             | StorageError::Io { .. }
             | StorageError::Corrupt { .. }
