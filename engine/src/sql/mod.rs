@@ -16,6 +16,7 @@ mod balance;
 #[cfg(test)]
 mod dialect_tests;
 mod json_fn;
+mod naming;
 mod optimizer;
 mod provider;
 mod refusal;

@@ -80,41 +80,6 @@ impl Default for Builder {
     }
 }
 
-/// A sink's rows are written by column name: two output columns of one name (`a.x, b.x`
-/// of a join, or `SELECT *` over one) would make a JSON object with a repeated key, whose
-/// readers keep one value and lose the other. Such columns are named by their table as well
-/// (`a.x`, `b.x`); None when every name is distinct.
-fn distinct_names(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-    let schema = plan.schema();
-    let mut seen = HashMap::new();
-    for field in schema.fields() {
-        *seen.entry(field.name().as_str()).or_insert(0) += 1;
-    }
-    if seen.values().all(|n| *n == 1) {
-        return Ok(None);
-    }
-    let mut exprs = Vec::with_capacity(schema.fields().len());
-    for (qualifier, field) in schema.iter() {
-        let name = field.name();
-        let column = Expr::Column(datafusion::common::Column::new(qualifier.cloned(), name));
-        exprs.push(match qualifier {
-            Some(q) if seen[name.as_str()] > 1 => column.alias(format!("{q}.{name}")),
-            None if seen[name.as_str()] > 1 => {
-                return refuse(
-                    format!(
-                        "the query's output has two columns named '{name}': name them apart \
-                         with AS"
-                    ),
-                    Anchor::Keyword("SELECT"),
-                );
-            }
-            _ => column,
-        });
-    }
-    let projection = datafusion::logical_expr::Projection::try_new(exprs, Arc::new(plan.clone()))?;
-    Ok(Some(LogicalPlan::Projection(projection)))
-}
-
 impl Builder {
     /// The tables written to, in the order first written.
     pub fn sinks(&self) -> &[PlannedSink] {
@@ -138,7 +103,7 @@ impl Builder {
             Ok(TreeNodeRecursion::Continue)
         })?;
         check_window_calls(plan)?;
-        let renamed = distinct_names(plan)?;
+        let renamed = super::naming::distinct_names(plan)?;
         let plan = renamed.as_ref().unwrap_or(plan);
         let stream = self.build(plan)?;
         let updating = stream.updating;
