@@ -1,7 +1,7 @@
 //! Comparing `arroyod run`'s sink output with the oracle's rows.
 //!
-//! Both sides become [`Row`]s: a map from column name to [`Val`] without its nulls (the JSON
-//! sink leaves null fields out). The sink's JSON is read with the oracle's schema as a guide,
+//! Both sides become [`Row`]s: a map from column name to [`Val`] without its nulls (a null
+//! field and an absent one say the same). The sink's JSON is read with the oracle's schema as a guide,
 //! so a timestamp column's text becomes a [`Val::Time`] (timestamps compare as values, in any
 //! ISO 8601 form, or as the epoch milliseconds the `debezium_json` sink writes) and a float
 //! column's numbers floats.

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::arrow::json::WriterBuilder;
+use datafusion::arrow::json::writer::LineDelimited;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -231,12 +232,15 @@ impl Sink {
     }
 }
 
-/// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines.
+/// Encodes the visible columns of `batch` (all but the last `hidden`) as JSON lines. A null
+/// is written as `null`, as Arroyo writes it: every row has every column's key.
 pub fn encode_json_lines(batch: &RecordBatch, hidden: usize) -> Result<Vec<u8>, RunError> {
     let visible: Vec<usize> = (0..batch.num_columns().saturating_sub(hidden)).collect();
     let batch = batch.project(&visible).map_err(RunError::Encode)?;
     let mut buf = Vec::with_capacity(batch.num_rows() * 64);
-    let mut writer = LineDelimitedWriter::new(&mut buf);
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, LineDelimited>(&mut buf);
     writer.write(&batch).map_err(RunError::Encode)?;
     writer.finish().map_err(RunError::Encode)?;
     drop(writer);
@@ -417,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_drop_the_event_time_and_format_timestamps_as_iso() {
+    fn json_lines_drop_the_event_time_write_nulls_and_format_timestamps_as_iso() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, true),
             Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
@@ -442,7 +446,7 @@ mod tests {
         let out = String::from_utf8(encode_json_lines(&batch, 1).unwrap()).unwrap();
         assert_eq!(
             out,
-            "{\"n\":1,\"t\":\"2023-09-18T14:23:10\"}\n{\"t\":\"1970-01-01T00:00:00\"}\n"
+            "{\"n\":1,\"t\":\"2023-09-18T14:23:10\"}\n{\"n\":null,\"t\":\"1970-01-01T00:00:00\"}\n"
         );
     }
 }
