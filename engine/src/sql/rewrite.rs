@@ -294,9 +294,13 @@ impl Builder {
         let left = self.build(&j.left)?;
         let right = self.build(&j.right)?;
         if left.updating || right.updating {
+            let side = if right.updating { "right" } else { "left" };
             return refuse(
-                "joins of updating inputs (a GROUP BY without a window, or a debezium_json \
-                 source) are not supported",
+                format!(
+                    "can't handle an updating {side} side of a join: joins of updating inputs \
+                     (a GROUP BY without a window, or a debezium_json source) are not \
+                     supported; join windowed results instead"
+                ),
                 Anchor::Keyword("JOIN"),
             );
         }
