@@ -12,6 +12,7 @@
 //!
 //! Planning is pure: it reads no file and starts nothing, so `validate` is just `plan`.
 
+mod approx;
 mod balance;
 #[cfg(test)]
 mod dialect_tests;

@@ -89,10 +89,17 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new() -> Self {
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_default_features()
             .with_optimizer_rules(super::optimizer::rules())
             .build();
+        for name in super::approx::NAMES {
+            if let Some(inner) = state.aggregate_functions().get(name).cloned() {
+                let typed = super::approx::typed_by_input(inner);
+                // Registering replaces DataFusion's function of the same name.
+                let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut state, typed);
+            }
+        }
         Catalog {
             functions: super::window_fn::window_udfs()
                 .into_iter()
