@@ -15,6 +15,7 @@
 mod balance;
 #[cfg(test)]
 mod dialect_tests;
+mod join_keys;
 mod json_fn;
 mod optimizer;
 mod provider;
