@@ -18,6 +18,9 @@ use rand::{Rng, SeedableRng};
 
 use super::data::{self, Shape, Table};
 
+#[path = "shapes.rs"]
+mod shapes;
+
 /// The query templates; a seed's template is `TEMPLATES[seed % TEMPLATES.len()]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Template {
@@ -41,9 +44,19 @@ pub enum Template {
     Union,
     /// GROUP BY without a window: debezium output, compared by its final state.
     Updating,
+    /// A windowed aggregate with expressions: keys (CASE, COALESCE, string and time
+    /// functions, integer division), aggregate arguments, FILTER clauses, several DISTINCTs,
+    /// sometimes over a projection subquery.
+    Expr,
+    /// ROW_NUMBER, RANK or DENSE_RANK over a windowed aggregate with ties, per window or per
+    /// window and key, filtered with `<=`, `<` or `=`.
+    Rank,
+    /// An updating aggregate over an inner join without windows.
+    JoinAggregate,
 }
 
-pub const TEMPLATES: [Template; 10] = [
+/// Every template; [`Template::of_seed`] says which seeds each gets.
+pub const TEMPLATES: [Template; 13] = [
     Template::Project,
     Template::Tumble,
     Template::Hop,
@@ -54,6 +67,9 @@ pub const TEMPLATES: [Template; 10] = [
     Template::Join,
     Template::Union,
     Template::Updating,
+    Template::Expr,
+    Template::Rank,
+    Template::JoinAggregate,
 ];
 
 impl Template {
@@ -69,11 +85,25 @@ impl Template {
             Template::Join => "join",
             Template::Union => "union",
             Template::Updating => "updating",
+            Template::Expr => "expr",
+            Template::Rank => "rank",
+            Template::JoinAggregate => "join-aggregate",
         }
     }
 
+    /// Seed `s` is in slot `s % 10`: the first ten [`TEMPLATES`]. The slots of project, tumble and top-N (no
+    /// regression seed among them) give every other ten seeds to the later templates (join
+    /// aggregate, expr, rank), so every seed of the first ten templates listed in
+    /// `regressions.txt` keeps its case.
     pub fn of_seed(seed: u64) -> Template {
-        TEMPLATES[(seed % TEMPLATES.len() as u64) as usize]
+        let slot = TEMPLATES[(seed % 10) as usize];
+        let later = (seed / 10) % 2 == 1;
+        match slot {
+            Template::Project if later => Template::JoinAggregate,
+            Template::Tumble if later => Template::Expr,
+            Template::TopN if later => Template::Rank,
+            other => other,
+        }
     }
 }
 
@@ -229,6 +259,7 @@ pub fn generate(seed: u64) -> Case {
     let mut g = Gen {
         rng: &mut rng,
         stats: StdRng::seed_from_u64(seed ^ STATS_SEED),
+        null_safe: StdRng::seed_from_u64(seed ^ NULL_SAFE_SEED),
         tags: BTreeSet::new(),
         sessions: Vec::new(),
     };
@@ -244,6 +275,9 @@ pub fn generate(seed: u64) -> Case {
         Template::Join => g.join(),
         Template::Union => g.union(),
         Template::Updating => g.updating(),
+        Template::Expr => g.expr(),
+        Template::Rank => g.rank(),
+        Template::JoinAggregate => g.join_aggregate(),
     };
     let restore = *[(1, 3), (2, 3), (3, 1), (3, 2), (2, 1)]
         .choose(g.rng)
@@ -307,6 +341,8 @@ const STAT_AGGREGATES: &[&str] = &[
     "approx_distinct(s)",
     "approx_distinct(v)",
 ];
+/// Mixed into the seed of [`Gen::null_safe`].
+const NULL_SAFE_SEED: u64 = 0x4e55_4c4c_0000;
 /// Mixed into the seed of [`Gen::stats`].
 const STATS_SEED: u64 = 0x0051_57A7_0000;
 const DISTINCT_AGGREGATES: &[&str] = &[
@@ -327,6 +363,9 @@ struct Gen<'a> {
     /// Draws the statistical aggregates added to a case: a stream of its own, so that adding
     /// them left every other choice of a seed (and the regression seeds) as it was.
     stats: StdRng,
+    /// Draws whether a join compares its keys with `IS NOT DISTINCT FROM` (nulls match): a
+    /// stream of its own, for the same reason as `stats`.
+    null_safe: StdRng,
     tags: BTreeSet<String>,
     sessions: Vec<SessionStep>,
 }
@@ -813,11 +852,17 @@ impl Gen<'_> {
                 oracle_columns.push(format!("{side}.a{i} AS {side}a{i}"));
             }
         }
+        let equal = if !keys.is_empty() && self.null_safe.random_bool(0.25) {
+            self.tag("join:null-safe");
+            "IS NOT DISTINCT FROM"
+        } else {
+            "="
+        };
         let on: Vec<String> = std::iter::once("l.window = r.window".to_string())
-            .chain(keys.iter().map(|k| format!("l.{k} = r.{k}")))
+            .chain(keys.iter().map(|k| key_condition(k, equal)))
             .collect();
         let oracle_on: Vec<String> = std::iter::once("l.ws = r.ws".to_string())
-            .chain(keys.iter().map(|k| format!("l.{k} = r.{k}")))
+            .chain(keys.iter().map(|k| key_condition(k, equal)))
             .collect();
         let query = format!(
             "SELECT {} FROM ({}) l {kind} JOIN ({}) r ON {}",
@@ -896,40 +941,59 @@ impl Gen<'_> {
         let having = self.rng.random_bool(0.3).then(|| self.having());
         let mut select: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         select.extend(aggregates);
-        let group = if keys.is_empty() {
-            String::new()
-        } else {
-            format!(" GROUP BY {}", keys.join(", "))
-        };
-        let base = format!(
-            "SELECT {} FROM t1{}{group}",
-            select.join(", "),
-            where_clause(filter.as_deref())
-        );
-        let query = format!(
-            "{base}{}",
-            having
-                .as_ref()
-                .map_or(String::new(), |h| format!(" HAVING {h}"))
-        );
-        // A streaming aggregate without keys emits nothing until a row arrives; a batch
-        // aggregate without GROUP BY gives one row even over no rows.
-        let oracle_having: Vec<String> = having
-            .iter()
-            .cloned()
-            .chain(keys.is_empty().then(|| "count(*) > 0".to_string()))
-            .collect();
-        let oracle = if oracle_having.is_empty() {
-            base
-        } else {
-            format!("{base} HAVING {}", oracle_having.join(" AND "))
-        };
+        let (query, oracle) = updating_query(&select, "t1", filter.as_deref(), keys, having);
         Built {
             tables,
             query,
             oracle,
             output: Output::Updating,
         }
+    }
+}
+
+/// An updating aggregate `SELECT <select> FROM <from> [WHERE] [GROUP BY keys] [HAVING]` and
+/// its oracle: a streaming aggregate without keys emits nothing until a row arrives, a batch
+/// aggregate without GROUP BY gives one row even over no rows.
+fn updating_query(
+    select: &[String],
+    from: &str,
+    filter: Option<&str>,
+    keys: &[&str],
+    having: Option<String>,
+) -> (String, String) {
+    let group = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", keys.join(", "))
+    };
+    let base = format!(
+        "SELECT {} FROM {from}{}{group}",
+        select.join(", "),
+        where_clause(filter)
+    );
+    let query = match &having {
+        Some(h) => format!("{base} HAVING {h}"),
+        None => base.clone(),
+    };
+    let conditions: Vec<String> = having
+        .into_iter()
+        .chain(keys.is_empty().then(|| "count(*) > 0".to_string()))
+        .collect();
+    let oracle = if conditions.is_empty() {
+        base
+    } else {
+        format!("{base} HAVING {}", conditions.join(" AND "))
+    };
+    (query, oracle)
+}
+
+/// `l.<key> = r.<key>`, or with another comparison parenthesized (`IS NOT DISTINCT FROM`
+/// binds looser than AND).
+fn key_condition(key: &str, equal: &str) -> String {
+    if equal == "=" {
+        format!("l.{key} = r.{key}")
+    } else {
+        format!("(l.{key} {equal} r.{key})")
     }
 }
 

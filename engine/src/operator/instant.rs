@@ -25,6 +25,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 
+use crate::operator::unmatchable_key;
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
 use crate::task::{RestoredState, StateError, TaskState};
@@ -234,6 +235,8 @@ pub struct InstantJoin {
     pub right_schema: SchemaRef,
     pub left_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Per key: whether a null matches a null (`IS NOT DISTINCT FROM`) or nothing (`=`).
+    pub nulls_equal: Vec<bool>,
     /// Evaluated on the joined visible columns (left then right).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Left columns, right columns, event time: the pairs the filter sees.
@@ -258,8 +261,9 @@ impl InstantJoin {
         let converter = RowConverter::new(fields)?;
         let lrows = converter.convert_columns(&lk)?;
         let rrows = converter.convert_columns(&rk)?;
-        // Rows with a null key never match.
-        let has_null = |arrays: &[ArrayRef], i: usize| arrays.iter().any(|a| a.is_null(i));
+        // Rows with a null in a key compared with `=` never match.
+        let has_null =
+            |arrays: &[ArrayRef], i: usize| unmatchable_key(arrays, &self.nulls_equal, i);
         let mut table: HashMap<&[u8], Vec<u32>> = HashMap::new();
         for i in 0..right.num_rows() {
             if !has_null(&rk, i) {
@@ -551,7 +555,7 @@ pub(crate) mod tests {
 
     /// Drives `ops`, the subtasks of one node, through `steps`, routing each input's rows by
     /// its `keys` as the hash shuffle does; returns the output rows, formatted.
-    async fn drive(
+    pub(crate) async fn drive(
         ops: &mut [Box<dyn Operator>],
         keys: &[Vec<Arc<dyn PhysicalExpr>>],
         steps: &[Step],
@@ -584,7 +588,10 @@ pub(crate) mod tests {
         rows(&batches)
     }
 
-    fn create(factory: &dyn OperatorFactory, parallelism: usize) -> Vec<Box<dyn Operator>> {
+    pub(crate) fn create(
+        factory: &dyn OperatorFactory,
+        parallelism: usize,
+    ) -> Vec<Box<dyn Operator>> {
         (0..parallelism)
             .map(|i| factory.create(&info(i, parallelism)).unwrap())
             .collect()
@@ -685,6 +692,36 @@ pub(crate) mod tests {
         ]))
     }
 
+    /// The joined rows of [`side_schema`]s `left` and `right`: both sides' columns, then the
+    /// event time.
+    pub(crate) fn pair_schema_of(left: &str, right: &str) -> SchemaRef {
+        let (left, right) = (side_schema(left), side_schema(right));
+        let mut pair: Vec<Field> = left.fields()[..2]
+            .iter()
+            .chain(&right.fields()[..2])
+            .map(|f| f.as_ref().clone())
+            .collect();
+        pair.push(timestamp_field());
+        Arc::new(Schema::new(pair))
+    }
+
+    /// A batch of [`side_schema`] with a row per key, some null (named `{side}_`).
+    pub(crate) fn null_key_batch(side: &str, keys: &[Option<i64>], time: i64) -> RecordBatch {
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| k.map_or(format!("{side}_"), |k| format!("{side}{k}")))
+            .collect();
+        RecordBatch::try_new(
+            side_schema(side),
+            vec![
+                Arc::new(Int64Array::from(keys.to_vec())),
+                Arc::new(StringArray::from(names)),
+                Arc::new(TimestampNanosecondArray::from(vec![time; keys.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
     /// A batch of [`side_schema`] with a row per key.
     pub(crate) fn side_batch(side: &str, keys: &[i64], times: &[i64]) -> RecordBatch {
         let names: Vec<String> = keys.iter().map(|k| format!("{side}{k}")).collect();
@@ -743,13 +780,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn instant_joins_restore_at_any_parallelism() {
         let (left, right) = (side_schema("l"), side_schema("r"));
-        let mut pair: Vec<Field> = left.fields()[..2]
-            .iter()
-            .chain(&right.fields()[..2])
-            .map(|f| f.as_ref().clone())
-            .collect();
-        pair.push(timestamp_field());
-        let pair_schema = Arc::new(Schema::new(pair));
+        let pair_schema = pair_schema_of("l", "r");
         let (left_keys, right_keys) = (vec![column("k_l", 0)], vec![column("k_r", 0)]);
         let steps = vec![
             Step::Data(0, side_batch("l", &[1, 2, 3], &[10, 10, 20])),
@@ -782,12 +813,56 @@ pub(crate) mod tests {
                 right_schema: right.clone(),
                 left_keys: left_keys.clone(),
                 right_keys: right_keys.clone(),
+                nulls_equal: vec![false],
                 filter: None,
                 pair_schema: pair_schema.clone(),
                 schema,
             };
             let keys = [left_keys.clone(), right_keys.clone()];
             check_restore(&factory, &keys, &steps).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn instant_join_null_keys_match_only_under_is_not_distinct_from() {
+        let (left, right) = (side_schema("l"), side_schema("r"));
+        let pair_schema = pair_schema_of("l", "r");
+        let keys = [vec![column("k_l", 0)], vec![column("k_r", 0)]];
+        let steps = vec![
+            Step::Data(0, null_key_batch("l", &[Some(1), None], 10)),
+            Step::Data(1, null_key_batch("r", &[None, Some(1), Some(2)], 10)),
+            Step::Watermark(i64::MAX),
+        ];
+        let names = |rows: Vec<String>| -> Vec<String> {
+            let mut out: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let cells: Vec<&str> = r.split('|').collect();
+                    format!("{}-{}", cells[1], cells[3])
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        for (nulls_equal, want) in [
+            (false, vec!["-r2", "-r_", "l1-r1", "l_-"]),
+            (true, vec!["-r2", "l1-r1", "l_-r_"]),
+        ] {
+            let factory = InstantJoin {
+                label: "join".into(),
+                kind: JoinKind::Full,
+                left_schema: left.clone(),
+                right_schema: right.clone(),
+                left_keys: keys[0].clone(),
+                right_keys: keys[1].clone(),
+                nulls_equal: vec![nulls_equal],
+                filter: None,
+                pair_schema: pair_schema.clone(),
+                schema: pair_schema.clone(),
+            };
+            let mut ops = create(&factory, 1);
+            let got = names(drive(&mut ops, &keys, &steps).await);
+            assert_eq!(got, want, "nulls equal: {nulls_equal}");
         }
     }
 }

@@ -23,6 +23,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
 
+use crate::operator::unmatchable_key;
 use crate::task::{Collector, Message, TaskError, Watermark};
 use crate::task::{Operator, OperatorFactory, TaskInfo};
 use crate::task::{RestoredState, StateError, TaskState};
@@ -36,6 +37,8 @@ pub struct TtlJoin {
     pub label: String,
     pub left_keys: Vec<Arc<dyn PhysicalExpr>>,
     pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Per key: whether a null matches a null (`IS NOT DISTINCT FROM`) or nothing (`=`).
+    pub nulls_equal: Vec<bool>,
     pub key_types: Vec<datafusion::arrow::datatypes::DataType>,
     /// On the joined visible columns.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
@@ -71,14 +74,20 @@ impl Side {
     }
 
     /// Keeps `batch`, indexing its rows by their keys (`keys` as `key_rows`); rows with a null
-    /// key never match and are not indexed.
-    fn keep(&mut self, batch: RecordBatch, keys: &[ArrayRef], key_rows: &Rows) {
+    /// in a key compared with `=` never match and are not indexed.
+    fn keep(
+        &mut self,
+        batch: RecordBatch,
+        keys: &[ArrayRef],
+        key_rows: &Rows,
+        nulls_equal: &[bool],
+    ) {
         if batch.num_rows() == 0 {
             return;
         }
         let b = self.batches.len() as u32;
         for i in 0..batch.num_rows() {
-            if !keys.iter().any(|k| k.is_null(i)) {
+            if !unmatchable_key(keys, nulls_equal, i) {
                 let key = key_rows.row(i);
                 // A new key holds its bytes and a list; every row an entry in a list.
                 let entries = self.index.entry(key.owned()).or_insert_with(|| {
@@ -157,7 +166,7 @@ impl TtlJoinOp {
     fn process(&mut self, batch: RecordBatch, input: usize) -> Result<Option<RecordBatch>> {
         let rows = batch.num_rows();
         let (keys, key_rows) = self.keys(&batch, input)?;
-        let null_key = |i: usize| keys.iter().any(|k| k.is_null(i));
+        let null_key = |i: usize| unmatchable_key(&keys, &self.plan.nulls_equal, i);
         // Matches: (row of this batch, (batch, row) of the other side).
         let other = &self.sides[1 - input];
         let mut pairs: Vec<(u32, (u32, u32))> = Vec::new();
@@ -174,7 +183,7 @@ impl TtlJoinOp {
         } else {
             Some(self.build(&batch, input, &pairs)?)
         };
-        self.sides[input].keep(batch, &keys, &key_rows);
+        self.sides[input].keep(batch, &keys, &key_rows, &self.plan.nulls_equal);
         Ok(joined)
     }
 
@@ -261,7 +270,7 @@ impl TtlJoinOp {
                     batch
                 };
                 let (keys, key_rows) = self.keys(&batch, input)?;
-                self.sides[input].keep(batch, &keys, &key_rows);
+                self.sides[input].keep(batch, &keys, &key_rows, &self.plan.nulls_equal);
             }
         }
         Ok(())
@@ -328,7 +337,7 @@ impl Operator for TtlJoinOp {
                 let (keys, key_rows) = self
                     .keys(&batch, input)
                     .map_err(StateError::operator(&self.plan.label, table))?;
-                self.sides[input].keep(batch, &keys, &key_rows);
+                self.sides[input].keep(batch, &keys, &key_rows, &self.plan.nulls_equal);
             }
         }
         Ok(())
@@ -339,28 +348,22 @@ impl Operator for TtlJoinOp {
 mod tests {
     use super::*;
     use crate::operator::instant::tests::{
-        Step, check_restore, column, side_batch, side_schema, timestamp_field,
+        Step, check_restore, column, create, drive, null_key_batch, pair_schema_of, side_batch,
     };
-    use datafusion::arrow::datatypes::{Field, Schema};
 
     #[tokio::test]
     async fn ttl_join_restores_at_any_parallelism() {
-        let (left, right) = (side_schema("l"), side_schema("r"));
-        let mut fields: Vec<Field> = left.fields()[..2]
-            .iter()
-            .chain(&right.fields()[..2])
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(timestamp_field());
+        let schema = pair_schema_of("l", "r");
         let (left_keys, right_keys) = (vec![column("k_l", 0)], vec![column("k_r", 0)]);
         let factory = TtlJoin {
             label: "join".into(),
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
+            nulls_equal: vec![false],
             key_types: vec![DataType::Int64],
             filter: None,
             ttl: 10,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
         };
         // A kept row lives while its own event time is within the TTL of the watermark, however
         // the rows were batched (l5 at 1 goes before l5 at 12).
@@ -385,5 +388,33 @@ mod tests {
             Step::Data(1, side_batch("r", &[7], &[27])),
         ];
         check_restore(&factory, &[left_keys, right_keys], &steps).await;
+    }
+
+    #[tokio::test]
+    async fn ttl_join_null_keys_match_only_under_is_not_distinct_from() {
+        let schema = pair_schema_of("l", "r");
+        let keys = [vec![column("k_l", 0)], vec![column("k_r", 0)]];
+        let steps = vec![
+            Step::Data(0, null_key_batch("l", &[Some(1), None, None], 1)),
+            Step::Data(1, null_key_batch("r", &[None, Some(1)], 2)),
+            Step::Data(0, null_key_batch("l", &[None], 3)),
+        ];
+        for (nulls_equal, want) in [(false, 1), (true, 4)] {
+            let factory = TtlJoin {
+                label: "join".into(),
+                left_keys: keys[0].clone(),
+                right_keys: keys[1].clone(),
+                nulls_equal: vec![nulls_equal],
+                key_types: vec![DataType::Int64],
+                filter: None,
+                ttl: 100,
+                schema: schema.clone(),
+            };
+            let mut ops = create(&factory, 1);
+            let got = drive(&mut ops, &keys, &steps).await;
+            assert_eq!(got.len(), want, "nulls equal: {nulls_equal}: {got:?}");
+            let null_pairs = got.iter().filter(|r| r.contains("|r_|")).count();
+            assert_eq!(null_pairs, want - 1, "{got:?}");
+        }
     }
 }

@@ -44,3 +44,13 @@ pub fn group_keys(
     }
     evaluate_all(keys, batch)
 }
+
+/// Whether row `row` of a join input matches no row of the other side: one of its `keys` is
+/// null where that key compares with `=` (`nulls_equal[i]` false). A key of `IS NOT DISTINCT
+/// FROM` (true) matches a null with a null, as the row encoding of the keys does.
+pub fn unmatchable_key(keys: &[ArrayRef], nulls_equal: &[bool], row: usize) -> bool {
+    debug_assert_eq!(keys.len(), nulls_equal.len());
+    keys.iter()
+        .zip(nulls_equal)
+        .any(|(k, equal)| !*equal && k.is_null(row))
+}

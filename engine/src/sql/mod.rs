@@ -16,6 +16,7 @@ mod approx;
 mod balance;
 #[cfg(test)]
 mod dialect_tests;
+mod join_keys;
 mod json_fn;
 mod naming;
 mod optimizer;

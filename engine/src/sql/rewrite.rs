@@ -17,6 +17,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
+use super::join_keys::{JoinKeys, join_keys};
 use super::provider::TableEntry;
 use super::refusal::{Anchor, check_window_calls, refuse, unsupported};
 use super::row_time::evaluate_row_time;
@@ -311,6 +312,7 @@ impl Builder {
     fn ttl_join(
         &mut self,
         j: &Join,
+        keys: JoinKeys,
         left_keys: Vec<Arc<dyn PhysicalExpr>>,
         right_keys: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Stream> {
@@ -345,11 +347,12 @@ impl Builder {
                 Anchor::Keyword("JOIN"),
             );
         }
-        let key_types =
-            j.on.iter()
-                .map(|(l, _)| l.get_type(j.left.schema()))
-                .collect::<Result<Vec<_>>>()?;
-        let filter = match &j.filter {
+        let key_types = keys
+            .keys
+            .iter()
+            .map(|(l, _, _)| l.get_type(j.left.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let filter = match &keys.filter {
             Some(f) => Some(self.physical(f, &j.schema)?),
             None => None,
         };
@@ -358,6 +361,7 @@ impl Builder {
             label: self.label("join"),
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
+            nulls_equal: keys.keys.iter().map(|k| k.2).collect(),
             key_types,
             filter,
             ttl: self.updating_ttl,
@@ -394,13 +398,14 @@ impl Builder {
             }
         };
         let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
+        let keys = join_keys(j)?;
         let (mut left_keys, mut right_keys) = (Vec::new(), Vec::new());
-        for (l, r) in &j.on {
+        for (l, r, _) in &keys.keys {
             left_keys.push(self.physical(l, &ls)?);
             right_keys.push(self.physical(r, &rs)?);
         }
         let window = match (plan_window(&j.left)?, plan_window(&j.right)?) {
-            (None, None) => return self.ttl_join(j, left_keys, right_keys),
+            (None, None) => return self.ttl_join(j, keys, left_keys, right_keys),
             (Some(w), None) | (None, Some(w)) => {
                 return refuse(
                     format!(
@@ -438,7 +443,7 @@ impl Builder {
             _ => j.join_type,
         };
         let pair_schema = build_join_schema(&ls, &rs, &pair_type)?;
-        let filter = match &j.filter {
+        let filter = match &keys.filter {
             None => None,
             Some(_) if matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) => {
                 return refuse(
@@ -460,6 +465,7 @@ impl Builder {
             right_schema: with_timestamp(rs.as_arrow()),
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
+            nulls_equal: keys.keys.iter().map(|k| k.2).collect(),
             filter,
             pair_schema: with_timestamp(pair_schema.as_arrow()),
             schema: with_timestamp(j.schema.as_arrow()),
