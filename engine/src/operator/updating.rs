@@ -5,8 +5,10 @@
 //!
 //! Input may itself be updating (a retraction flag before the event time: a `debezium_json`
 //! source, or another updating result). Every aggregate then retracts exactly, whatever the
-//! order of the changes ([`Mode`]): `count`, and `sum`/`avg` of integers, subtract from their
-//! accumulator; every other aggregate keeps its argument rows with their multiplicity and is
+//! order in which rows are withdrawn ([`Mode`]), and whatever the batches the changes come in
+//! (within a batch, additions are applied before retractions, so that no accumulator ever
+//! holds less than it is asked to give back): `count`, and `sum`/`avg` of integers, subtract
+//! from their accumulator; every other aggregate keeps its argument rows with their multiplicity and is
 //! computed afresh from them when its group's row is emitted (as Arroyo does for aggregates
 //! without an exact retraction; DataFusion's sliding `min`/`max` assume that retractions come in
 //! insertion order, which a change stream does not promise).
@@ -364,6 +366,13 @@ impl UpdatingOp {
                 })
                 .push(i as u32);
         }
+        // A batch's additions are applied before its retractions: a retraction in the batch
+        // may withdraw a row added earlier in the same batch (a Debezium `c` then `u`), and
+        // applied first it would take from the accumulators more than they hold (DataFusion's
+        // retracting accumulators count in `u64`: they overflow). Where a batch starts is not
+        // fixed (a source resumed from a checkpoint batches its input anew), so neither may be
+        // the order in which a group's changes reach it: additions first holds for any.
+        order.sort_by_key(|(_, retracted)| *retracted);
         for (key, retracted) in order {
             let idx = by_key
                 .remove(&(key.clone(), retracted))
@@ -810,6 +819,52 @@ mod tests {
         }
         left.sort();
         left
+    }
+
+    /// A batch may withdraw a row it also adds (a Debezium `c` then `u` of one row), after
+    /// withdrawing one of the rows its group held: a source resumed from a checkpoint reads
+    /// the rest of its input as one batch, so a group's first change in a batch may be a
+    /// retraction. Applied in the order first seen, the retractions took more than the
+    /// group held, and DataFusion's retracting `sum` overflowed its `u64` count.
+    #[tokio::test]
+    async fn a_batch_withdrawing_a_row_it_adds_leaves_the_rows_left() {
+        let schema = input_schema(true);
+        let v = col("v", &schema).unwrap();
+        let aggregates = vec![
+            aggregate(count_udaf(), v.clone(), &schema, "count", false),
+            aggregate(sum_udaf(), v.clone(), &schema, "sum", false),
+            aggregate(
+                avg_udaf(),
+                cast(v.clone(), &schema, DataType::Float64).unwrap(),
+                &schema,
+                "avg",
+                false,
+            ),
+            aggregate(count_udaf(), v, &schema, "distinct", true),
+        ];
+        let (plan, keys) = plan(aggregates, false, true);
+        let steps = vec![
+            rows(&schema, &[("a", 1, 1, false), ("b", 5, 2, false)]),
+            Step::Watermark(3),
+            // The checkpoint's barrier falls here; the rest comes as one batch: a's old row is
+            // withdrawn, then a row is added, updated (withdrawn and added anew) and deleted.
+            rows(
+                &schema,
+                &[
+                    ("a", 1, 4, true),
+                    ("a", 2, 5, false),
+                    ("a", 2, 6, true),
+                    ("a", 3, 7, false),
+                    ("b", 5, 8, true),
+                    ("b", 6, 9, false),
+                    ("b", 6, 10, true),
+                ],
+            ),
+        ];
+        let final_rows = replay(&plan, &steps).await;
+        // a keeps 3; b loses every row.
+        assert_eq!(final_rows, vec!["a | 1 | 3 | 3.0 | 1"]);
+        check_checkpoints(&plan, &keys, &steps, true).await;
     }
 
     #[tokio::test]
