@@ -159,6 +159,8 @@ struct UpdatingOp {
     key_bytes: usize,
     /// The bytes of a new group's aggregates (for [`Operator::state_bytes`]).
     group_bytes: usize,
+    /// Retracted rows dropped because their group held fewer rows (see `update`).
+    unmatched_retractions: u64,
 }
 
 impl OperatorFactory for UpdatingAggregate {
@@ -190,6 +192,7 @@ impl OperatorFactory for UpdatingAggregate {
             newest: i64::MIN,
             key_bytes: 0,
             group_bytes: 0,
+            unmatched_retractions: 0,
         };
         let fresh = op.new_group().map_err(TaskError::setup(&self.label))?;
         op.group_bytes = fresh
@@ -378,6 +381,23 @@ impl UpdatingOp {
                 .remove(&(key.clone(), retracted))
                 .expect("every key has rows");
             let count = idx.len() as i64;
+            // Retractions of rows this aggregate never added (a changelog read from its middle,
+            // such as a Debezium topic from `latest`): applied, they would take from the
+            // accumulators what these do not hold. They are dropped and counted as bad rows.
+            // Told per group and batch: more retractions than the group holds with this
+            // batch's additions (an unseen row's retraction beside additions to its group in
+            // one batch goes unnoticed).
+            if retracted && self.groups.get(&key).map_or(0, |g| g.rows) < count {
+                if self.unmatched_retractions == 0 {
+                    tracing::warn!(
+                        operator = %self.plan.label,
+                        "retractions of rows this aggregate never received are dropped (counted as bad rows)"
+                    );
+                }
+                self.unmatched_retractions += count as u64;
+                self.info.counters.bad(count as u64);
+                continue;
+            }
             let newest_added = (!retracted)
                 .then(|| idx.iter().map(|&i| ts.value(i as usize)).max())
                 .flatten();
@@ -865,6 +885,31 @@ mod tests {
         // a keeps 3; b loses every row.
         assert_eq!(final_rows, vec!["a | 1 | 3 | 3.0 | 1"]);
         check_checkpoints(&plan, &keys, &steps, true).await;
+    }
+
+    /// A changelog read from its middle retracts rows the aggregate never received: those
+    /// retractions are dropped (and counted as bad rows), never taken from the accumulators,
+    /// whose retracting `sum` counts in `u64`.
+    #[tokio::test]
+    async fn retractions_of_rows_never_received_are_dropped() {
+        let schema = input_schema(true);
+        let v = col("v", &schema).unwrap();
+        let aggregates = vec![
+            aggregate(count_udaf(), v.clone(), &schema, "count", false),
+            aggregate(sum_udaf(), v, &schema, "sum", false),
+        ];
+        let (plan, _) = plan(aggregates, false, true);
+        let steps = vec![
+            // x was never added; y holds one row and loses two.
+            rows(
+                &schema,
+                &[("x", 4, 1, true), ("y", 2, 2, false), ("y", 2, 3, true)],
+            ),
+            rows(&schema, &[("y", 2, 4, true)]),
+            rows(&schema, &[("y", 9, 5, false)]),
+        ];
+        let final_rows = replay(&plan, &steps).await;
+        assert_eq!(final_rows, vec!["y | 1 | 9"]);
     }
 
     #[tokio::test]
