@@ -113,16 +113,6 @@ pub(super) enum Rows {
     Indices(UInt32Array),
 }
 
-impl Rows {
-    fn len(&self, total: usize) -> usize {
-        match self {
-            Rows::All => total,
-            Rows::Range(_, len) => *len,
-            Rows::Indices(idx) => idx.len(),
-        }
-    }
-}
-
 /// The rows `rows` of each of `arrays`.
 pub(super) fn take_all(arrays: &[ArrayRef], rows: &Rows) -> Result<Vec<ArrayRef>> {
     match rows {
@@ -137,6 +127,7 @@ pub(super) fn take_all(arrays: &[ArrayRef], rows: &Rows) -> Result<Vec<ArrayRef>
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Schema;
     use datafusion::physical_expr::expressions::col;
 
@@ -237,6 +228,46 @@ mod tests {
         };
         let (plan, keys, steps) = window_plan(hop, false, Some(1));
         check_checkpoints(&plan, &keys, &steps, false).await;
+    }
+
+    /// A hop row whose first window has closed is late in every window, the open ones too
+    /// (Arroyo drops a row whose slide is before the watermark's), and counted once.
+    #[tokio::test]
+    async fn a_late_hop_row_is_dropped_from_every_window() {
+        let hop = WindowKind::Hop {
+            slide: 5,
+            width: 10,
+        };
+        let (plan, _, _) = window_plan(hop, true, None);
+        let input = input_schema(false);
+        let r = |rs: &[(i64, i64)]| {
+            let rs: Vec<_> = rs.iter().map(|&(v, t)| ("a", v, t, false)).collect();
+            rows(&input, &rs)
+        };
+        let steps = vec![
+            r(&[(1, 1)]),
+            Step::Watermark(6),
+            // 4 falls in [0, 5), closed, and [0, 10), open: dropped from both. 7 is on time.
+            r(&[(4, 4), (7, 7)]),
+            Step::Watermark(100),
+        ];
+        let sent = crate::operator::testing::run_one(&plan, &steps).await;
+        let sums: Vec<(i64, i64)> = sent
+            .iter()
+            .flat_map(|b| {
+                let sum = b
+                    .column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                let end = b
+                    .column(b.num_columns() - 1)
+                    .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+                (0..b.num_rows())
+                    .map(|i| (end.value(i) + 1, sum.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Window ends 5, 10, 15: 1; 1 + 7; 7.
+        assert_eq!(sums, [(5, 1), (10, 8), (15, 7)]);
     }
 
     #[tokio::test]

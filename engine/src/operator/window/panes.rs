@@ -190,7 +190,37 @@ impl WindowAggregateOp {
         Ok(())
     }
 
+    /// `batch` without its late rows, counted: those whose first window has closed. A hop
+    /// window's row is dropped from every window, the open ones included, as Arroyo drops it
+    /// (a row whose slide has passed the watermark's); a tumble's from its one window.
+    fn drop_late(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let Some(watermark) = self.watermark else {
+            return Ok(None);
+        };
+        let step = match self.plan.window {
+            WindowKind::Tumble { width } => width,
+            WindowKind::Hop { slide, .. } => slide,
+            WindowKind::Instant { .. } => 1,
+            WindowKind::Session { .. } => unreachable!("sessions have their own operator"),
+        };
+        let keep: BooleanArray = timestamps(batch)
+            .iter()
+            .map(|t| Some(t - t.rem_euclid(step) + step > watermark))
+            .collect();
+        let late = (batch.num_rows() - keep.true_count()) as u64;
+        if late == 0 {
+            return Ok(None);
+        }
+        self.late += late;
+        self.info.counters.late(late);
+        Ok(Some(datafusion::arrow::compute::filter_record_batch(
+            batch, &keep,
+        )?))
+    }
+
     fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        let on_time = self.drop_late(batch)?;
+        let batch = on_time.as_ref().unwrap_or(batch);
         let keys = crate::operator::group_keys(&self.plan.keys, batch)?;
         let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
         let mut filters: Vec<Option<ArrayRef>> = Vec::with_capacity(self.plan.aggregates.len());
@@ -215,12 +245,6 @@ impl WindowAggregateOp {
         };
         for ends in assignments {
             for (end, idx) in group_by_end(&ends) {
-                if self.watermark.is_some_and(|w| end <= w) {
-                    let late = idx.len(ends.len()) as u64;
-                    self.late += late;
-                    self.info.counters.late(late);
-                    continue;
-                }
                 let key_slice = take_all(&keys, &idx)?;
                 let pane = match self.panes.entry(end) {
                     Entry::Occupied(e) => e.into_mut(),
