@@ -4,6 +4,18 @@
 use super::*;
 
 impl Builder {
+    /// Adds join operator `op` of `j`, its sides shuffled by their keys.
+    fn add_join(
+        &mut self,
+        j: &Join,
+        op: Arc<dyn OperatorFactory>,
+        left: (usize, Vec<Arc<dyn PhysicalExpr>>),
+        right: (usize, Vec<Arc<dyn PhysicalExpr>>),
+    ) -> Stream {
+        let plan = LogicalPlan::Join(j.clone());
+        self.add_operator(("join", &plan), op, vec![left, right], false)
+    }
+
     /// The nodes feeding the two sides of a join (append-only inputs only).
     fn join_inputs(&mut self, j: &Join) -> Result<(usize, usize)> {
         let left = self.build(&j.left)?;
@@ -81,13 +93,7 @@ impl Builder {
             ttl: self.updating_ttl,
             schema: with_timestamp(j.schema.as_arrow()),
         };
-        let plan = LogicalPlan::Join(j.clone());
-        Ok(self.add_operator(
-            ("join", &plan),
-            Arc::new(op),
-            vec![(left, left_keys), (right, right_keys)],
-            false,
-        ))
+        Ok(self.add_join(j, Arc::new(op), (left, left_keys), (right, right_keys)))
     }
 
     /// A join: per window when both sides are results of the same window (the window is
@@ -184,12 +190,6 @@ impl Builder {
             pair_schema: with_timestamp(pair_schema.as_arrow()),
             schema: with_timestamp(j.schema.as_arrow()),
         };
-        let plan = LogicalPlan::Join(j.clone());
-        Ok(self.add_operator(
-            ("join", &plan),
-            Arc::new(op),
-            vec![(left, left_keys), (right, right_keys)],
-            false,
-        ))
+        Ok(self.add_join(j, Arc::new(op), (left, left_keys), (right, right_keys)))
     }
 }
