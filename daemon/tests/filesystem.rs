@@ -5,7 +5,6 @@
 mod harness;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use harness::path_str;
 
@@ -25,24 +24,6 @@ fn run(p: usize, sql: &str) -> Vec<serde_json::Value> {
 /// Runs `sql`, which must be refused; returns stderr.
 fn refused(sql: &str) -> String {
     harness::query_refused(sql)
-}
-
-/// Every file under `dir`, relative to it.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Asserts that `rows` hold every counter below [`COUNT`] exactly once.
@@ -73,7 +54,7 @@ fn round_trip(p: usize, format: &str, sink_options: &str) -> Vec<(String, u64)> 
         ),
     );
     assert!(written.is_empty(), "an INSERT prints nothing: {written:?}");
-    let names = files(&out);
+    let names = harness::files_under(&out, true);
     assert!(!names.is_empty(), "no file written under {path}");
     for name in &names {
         let n = name.to_str().unwrap();
@@ -228,7 +209,7 @@ fn updating_results_are_refused_at_planning() {
         path_str(dir.path())
     ));
     assert!(err.contains("retractions"), "{err}");
-    assert!(files(dir.path()).is_empty());
+    assert!(harness::files_under(dir.path(), true).is_empty());
 }
 
 #[test]

@@ -46,27 +46,6 @@ fn source(input: &Path) -> String {
     )
 }
 
-/// Every file under `dir` (not the hidden staging directory), relative to it.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.file_name().unwrap().to_str().unwrap().starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The directory a row of `n` must be in with the pattern `%Y/%m/%d/%H` and field `k`.
 fn expected_dir(n: usize) -> String {
     let hour = n * 10 / 3600;
@@ -78,7 +57,7 @@ fn expected_dir(n: usize) -> String {
 /// Reads the JSON part files under `out`: checks that each row is in its directory and that
 /// every row is there once.
 fn check_json_files(out: &Path) {
-    let names = files(out);
+    let names = harness::files_under(out, false);
     assert!(!names.is_empty(), "no file under {}", out.display());
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
     for name in &names {
@@ -99,7 +78,7 @@ fn check_json_files(out: &Path) {
 
 /// The directories under `out` that hold files.
 fn directories(out: &Path) -> Vec<String> {
-    let mut dirs: Vec<String> = files(out)
+    let mut dirs: Vec<String> = harness::files_under(out, false)
         .iter()
         .map(|f| f.parent().unwrap().to_str().unwrap().to_string())
         .collect();
@@ -162,7 +141,7 @@ fn partitioned_by_names_the_fields_and_parquet_reads_back() {
     want.sort();
     want.dedup();
     assert_eq!(dirs, want);
-    for f in files(&out) {
+    for f in harness::files_under(&out, false) {
         assert!(f.to_str().unwrap().ends_with(".parquet"), "{}", f.display());
     }
     // Read back by the filesystem source, which lists the directories below its path.

@@ -399,6 +399,28 @@ pub fn counters_in(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Every file under `dir`, relative to it, sorted; with `hidden` false, not those under a
+/// directory or name starting with `.` (a sink's staging directory).
+pub fn files_under(dir: &Path, hidden: bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if !hidden && path.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
