@@ -7,7 +7,7 @@
 //! once anything was committed: a checkpoint completed in some generation, or the pipeline
 //! runs (its stop takes one). Either way the answer says, per sink, what the new run does.
 
-use super::machine::{Changes, Event, State};
+use super::machine::{Changes, Event, EventKind, State};
 use super::{Controller, ControllerError, Pipeline, location};
 use crate::engine::PlannedSink;
 
@@ -32,7 +32,12 @@ impl Controller {
             .await
             .map_err(ControllerError::InvalidQuery)?;
         let running = !v.state.is_terminal() && v.state != State::Created;
-        let committed = running || self.ctx.store.has_event(&v.id, "checkpoint").await?;
+        let committed = running
+            || self
+                .ctx
+                .store
+                .has_event(&v.id, EventKind::Checkpoint.as_str())
+                .await?;
         let mixed: Vec<&PlannedSink> = planned
             .sinks
             .iter()
