@@ -4,7 +4,8 @@
 //! (the state dir as data dir, no public socket: it talks to its controller directly, workers
 //! attach over the private worker socket), submits or resumes the query, and prints the rows
 //! of a bare SELECT to stdout as JSON lines. It exits 0 when the pipeline finishes or after
-//! SIGINT/SIGTERM stopped it (with a final checkpoint; a second signal ends the run at once),
+//! SIGINT/SIGTERM stopped it (with a final checkpoint; a second signal, not the same one sent
+//! to the process and its group, ends the run at once),
 //! and 1 when it fails, the query has errors (each printed as `FILE:LINE:COL: error: ...`
 //! with the source line and a caret, as `arroyoctl validate` does) or a start-up step fails
 //! (naming the path and the reason).
@@ -18,7 +19,7 @@
 
 use std::io::{Read, Write};
 
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::bootstrap::{BootstrapError, Daemon, StartOptions};
 use crate::controller::machine::{Changes, State, StopMode};
@@ -27,6 +28,10 @@ use crate::engine::plan;
 use crate::output::Record;
 use crate::serve::Signals;
 use crate::settings::{LogFormat, RunOverrides, Settings, SettingsError};
+
+/// Signals this soon after the first are the same stop request delivered twice (to the
+/// process and to its process group), not a second one.
+const SAME_REQUEST: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Errors of `arroyod run` (a query with errors is not one: it is reported and exits 1).
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +100,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The log format asked for (the flag, else `ARROYO_LOG_FORMAT`, else text).
     pub fn log_format(&self) -> Result<LogFormat, SettingsError> {
-        let given = self.log_format.clone().or_else(|| {
-            std::env::var("ARROYO_LOG_FORMAT")
-                .ok()
-                .filter(|v| !v.is_empty())
-        });
-        given.map_or(Ok(LogFormat::Text), |f| LogFormat::parse(&f))
+        crate::settings::log_format(self.log_format.clone(), None)
     }
 
     /// The query's text and how errors name it.
@@ -222,15 +222,25 @@ pub async fn run(args: RunArgs) -> Result<i32, RunError> {
         view = pipeline.wait_terminal() => Some(view),
         signal = signals.next() => {
             info!(signal, "stopping the pipeline with a final checkpoint");
+            let first = tokio::time::Instant::now();
             let controller = daemon.controller.clone();
-            tokio::select! {
-                stopped = controller.stop(&id, StopMode::Checkpoint, true) => {
-                    stopped?;
-                    Some(pipeline.view())
-                }
-                signal = signals.next() => {
-                    warn!(signal, "a second signal: ending at once, without a final checkpoint");
-                    None
+            let mut stopping = std::pin::pin!(controller.stop(&id, StopMode::Checkpoint, true));
+            loop {
+                tokio::select! {
+                    stopped = &mut stopping => {
+                        stopped?;
+                        break Some(pipeline.view());
+                    }
+                    signal = signals.next() => {
+                        if first.elapsed() < SAME_REQUEST {
+                            // `timeout`, `kill 0` and the like send one request twice: to
+                            // the process and to its group.
+                            debug!(signal, "the same stop request again");
+                            continue;
+                        }
+                        warn!(signal, "a second signal: ending at once, without a final checkpoint");
+                        break None;
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use harness::{DEADLINE, Lines, arroyod_bin, run_query, signal_group, wait_exit};
+use harness::{DEADLINE, Lines, arroyod_bin, run_query, signal, signal_group, wait_exit};
 
 const EVEN_COUNTERS: &str = "CREATE TABLE impulse WITH (connector='impulse', event_rate='1000', message_count='200'); SELECT counter FROM impulse WHERE counter % 2 = 0;";
 
@@ -143,6 +143,39 @@ fn sigint_stops_an_unbounded_run_and_exits_0() {
         let v: serde_json::Value = serde_json::from_str(row).unwrap();
         assert_eq!(v["counter"].as_u64(), Some(i as u64));
     }
+}
+
+/// `timeout` and `kill 0` deliver one request twice, to the process and to its group: that is
+/// one stop with a final checkpoint (exit 0), not the second signal that ends a run at once
+/// (exit 1).
+#[test]
+fn a_stop_request_delivered_twice_at_once_is_one_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = dir.path().join("q.sql");
+    std::fs::write(
+        &query,
+        "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); SELECT counter FROM impulse;",
+    )
+    .unwrap();
+    let mut child = Command::new(arroyod_bin())
+        .args(["run", "-s"])
+        .arg(dir.path().join("state"))
+        .arg(&query)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_for(5, DEADLINE);
+    signal(child.id(), "TERM");
+    signal_group(child.id(), "TERM");
+    let status = wait_exit(&mut child, DEADLINE);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(!stderr.contains("second signal"), "{stderr}");
 }
 
 #[test]
