@@ -126,8 +126,8 @@ enum Command {
         #[arg(long, default_value = "warn")]
         log: String,
         /// The daemon's log format.
-        #[arg(long, default_value = "text")]
-        log_format: String,
+        #[arg(long, default_value = "text", value_parser = LogFormat::parse)]
+        log_format: LogFormat,
         /// A foreign user's pipeline: restrict this process with Landlock before anything
         /// else (see the `sandbox` module).
         #[arg(long)]
@@ -271,10 +271,7 @@ fn main() -> ExitCode {
             allow,
             state_dir,
         }) => {
-            logging::init(
-                &log,
-                LogFormat::parse(&log_format).unwrap_or(LogFormat::Text),
-            );
+            logging::init(&log, log_format);
             // Before the runtime: the restriction covers only threads made after it.
             let grant = sandbox::Grant {
                 allowed: allow,

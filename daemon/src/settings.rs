@@ -647,8 +647,9 @@ pub fn parse_bytes(key: &'static str, value: &str) -> Result<u64, SettingsError>
     Ok(size.as_u64())
 }
 
-/// `log_format`: the flag, else `ARROYO_LOG_FORMAT`, else the file, else text.
-fn log_format(flag: Option<String>, file: Option<String>) -> Result<LogFormat, SettingsError> {
+/// `log_format`: the flag, else `ARROYO_LOG_FORMAT`, else the file, else text. `arroyod run`
+/// asks for it (with no file) before its other settings, to log from the start.
+pub fn log_format(flag: Option<String>, file: Option<String>) -> Result<LogFormat, SettingsError> {
     match flag.or_else(|| env("ARROYO_LOG_FORMAT")).or(file) {
         Some(v) => LogFormat::parse(&v),
         None => Ok(LogFormat::Text),
