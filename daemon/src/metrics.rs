@@ -513,7 +513,10 @@ async fn accept<L: Listener>(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
-                    connections.spawn(connection(stream, render.clone()));
+                    connections.spawn(
+                        connection(stream, render.clone())
+                            .instrument(info_span!("metrics_connection")),
+                    );
                 }
                 Err(e) => warn!(error = %e, "accepting a metrics connection failed"),
             },
