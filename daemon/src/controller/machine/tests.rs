@@ -561,27 +561,20 @@ fn a_failed_store_write_fails_the_pipeline_and_skips_the_spawn() {
     assert_eq!(m.state, State::Failed);
 }
 
-/// A small seeded generator (xorshift64*), so that a failing seed replays exactly.
-struct Rng(u64);
+/// The `rand` crate's generator, seeded, so that a failing seed replays exactly.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        Rng(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        rand::Rng::random_range(&mut self.0, 0..n)
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
+        *rand::seq::IndexedRandom::choose(items, &mut self.0).expect("something to pick")
     }
 }
 
