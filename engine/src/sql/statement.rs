@@ -34,9 +34,14 @@ pub struct RawStatement {
 /// `PARTITIONED BY (col, ...)`: the columns, or the first token that is not a column name.
 #[derive(Debug, Clone)]
 pub struct PartitionedBy {
-    pub columns: Result<Vec<String>, String>,
+    pub columns: Result<Vec<String>, NotAColumn>,
     pub start: Location,
 }
+
+/// The first token of a `PARTITIONED BY` list that is not a column name (a transform's `(`, a
+/// missing name before `)`, a literal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAColumn(pub String);
 
 /// `column TYPE METADATA FROM 'key'`.
 #[derive(Debug, Clone)]
@@ -290,7 +295,7 @@ impl PartitionedBy {
                 "PARTITIONED BY needs at least one column",
                 self.start,
             )),
-            Err(token) => Err(SqlError::at(
+            Err(NotAColumn(token)) => Err(SqlError::at(
                 format!(
                     "PARTITIONED BY takes column names, separated by ',': unexpected '{token}' \
                      (partition transforms such as bucket() or day() are not supported; \
@@ -322,13 +327,13 @@ fn partitioned_by(tokens: &[TokenWithSpan], start: usize) -> Option<(Partitioned
             Token::LParen => {
                 depth += 1;
                 if columns.is_ok() {
-                    columns = Err("(".to_string());
+                    columns = Err(NotAColumn("(".to_string()));
                 }
             }
             Token::RParen if depth > 0 => depth -= 1,
             Token::RParen => {
                 if expect_name && columns.as_ref().is_ok_and(|c: &Vec<String>| !c.is_empty()) {
-                    columns = Err(")".to_string());
+                    columns = Err(NotAColumn(")".to_string()));
                 }
                 let clause = PartitionedBy {
                     columns,
@@ -350,7 +355,7 @@ fn partitioned_by(tokens: &[TokenWithSpan], start: usize) -> Option<(Partitioned
             Token::Comma if !expect_name => expect_name = true,
             other => {
                 if columns.is_ok() {
-                    columns = Err(other.to_string());
+                    columns = Err(NotAColumn(other.to_string()));
                 }
             }
         }
@@ -445,7 +450,7 @@ mod tests {
         let s = split(sql, &GenericDialect {}).unwrap();
         assert_eq!(
             s[0].partitioned_by.as_ref().unwrap().columns,
-            Err("(".to_string())
+            Err(NotAColumn("(".to_string()))
         );
     }
 

@@ -131,26 +131,23 @@ impl Location {
                 .map_err(|e| bad(e.to_string()))?,
         };
         for (key, value) in &storage {
-            let known = match scheme {
-                Scheme::Local => Err("a local path takes no storage options".to_string()),
+            // Why object_store does not know the key, if it does not.
+            let unknown = match scheme {
+                Scheme::Local => Some("a local path takes no storage options".to_string()),
                 Scheme::S3 => key
                     .parse::<AmazonS3ConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Scheme::Gcs => key
-                    .parse::<GoogleConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Scheme::Azure => key
-                    .parse::<AzureConfigKey>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .err()
+                    .map(|e| e.to_string()),
+                Scheme::Gcs => key.parse::<GoogleConfigKey>().err().map(|e| e.to_string()),
+                Scheme::Azure => key.parse::<AzureConfigKey>().err().map(|e| e.to_string()),
             };
-            known.map_err(|reason| StorageError::BadOption {
-                key: key.clone(),
-                value: value.clone(),
-                reason,
-            })?;
+            if let Some(reason) = unknown {
+                return Err(StorageError::BadOption {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason,
+                });
+            }
         }
         let location = Location {
             scheme,
@@ -343,5 +340,10 @@ mod tests {
         );
         let err = Location::parse("/x", vec![("aws_region".into(), "eu".into())]).unwrap_err();
         assert!(matches!(err, StorageError::BadOption { .. }), "{err}");
+        let err = Location::parse("s3://b/p", vec![("aws_regio".into(), "eu".into())]).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::BadOption { key, .. } if key == "aws_regio"),
+            "{err}"
+        );
     }
 }

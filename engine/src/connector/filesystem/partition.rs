@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampNanosecondArray, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use object_store::path::{Path, PathPart};
@@ -130,20 +131,15 @@ impl Partitioning {
     }
 }
 
-/// Formats one event time with `pattern`: the error is chrono's, for an unknown specifier.
-fn format_time(pattern: &str, column: &ArrayRef) -> Result<Vec<String>, String> {
+/// Formats one event time with `pattern`: the error is Arrow's (chrono's, for an unknown
+/// specifier).
+fn format_time(pattern: &str, column: &ArrayRef) -> Result<Vec<String>, ArrowError> {
     let options = FormatOptions::new()
         .with_display_error(false)
         .with_timestamp_format(Some(pattern));
-    let formatter =
-        ArrayFormatter::try_new(column.as_ref(), &options).map_err(|e| e.to_string())?;
+    let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
     (0..column.len())
-        .map(|i| {
-            formatter
-                .value(i)
-                .try_to_string()
-                .map_err(|e| e.to_string())
-        })
+        .map(|i| formatter.value(i).try_to_string())
         .collect()
 }
 
@@ -186,7 +182,7 @@ impl Partitioner {
             Some(pattern) => {
                 let time = batch.column(time_column);
                 Some(format_time(pattern, time).map_err(|e| {
-                    RunError::Encode(datafusion::arrow::error::ArrowError::ComputeError(format!(
+                    RunError::Encode(ArrowError::ComputeError(format!(
                         "formatting the event time with time_partition_pattern '{pattern}': {e}"
                     )))
                 })?)
