@@ -98,7 +98,7 @@ pub enum BackupError {
     },
     /// LATEST does not parse.
     #[error("the pointer {object} is malformed: {reason}")]
-    BadPointer { object: String, reason: String },
+    BadPointer { object: String, reason: Malformed },
     /// The snapshot's length is not the one LATEST gives.
     #[error("snapshot {object} has {actual} bytes, but LATEST says {expected}")]
     Length {
@@ -142,34 +142,54 @@ impl Pointer {
         )
     }
 
-    fn parse(text: &str) -> Result<Pointer, String> {
+    fn parse(text: &str) -> Result<Pointer, Malformed> {
         let mut name = None;
         let mut length = None;
         let mut checksum = None;
+        let number = |key: &'static str| {
+            move |e: std::num::ParseIntError| Malformed::Number {
+                key,
+                reason: e.to_string(),
+            }
+        };
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let (key, value) = line
                 .split_once(' ')
-                .ok_or_else(|| format!("line '{line}' has no value"))?;
+                .ok_or_else(|| Malformed::NoValue(line.to_string()))?;
             match key {
                 "snapshot" => name = Some(value.to_string()),
-                "length" => length = Some(value.parse().map_err(|e| format!("length: {e}"))?),
+                "length" => length = Some(value.parse().map_err(number("length"))?),
                 "fnv1a64" => {
-                    checksum =
-                        Some(u64::from_str_radix(value, 16).map_err(|e| format!("fnv1a64: {e}"))?)
+                    checksum = Some(u64::from_str_radix(value, 16).map_err(number("fnv1a64"))?)
                 }
-                other => return Err(format!("unknown key '{other}'")),
+                other => return Err(Malformed::UnknownKey(other.to_string())),
             }
         }
-        let name: String = name.ok_or("no snapshot name")?;
+        let name: String = name.ok_or(Malformed::Missing("snapshot name"))?;
         if !is_snapshot_name(&name) {
-            return Err(format!("'{name}' is not a snapshot name"));
+            return Err(Malformed::NotASnapshot(name));
         }
         Ok(Pointer {
             name,
-            length: length.ok_or("no length")?,
-            checksum: checksum.ok_or("no fnv1a64 checksum")?,
+            length: length.ok_or(Malformed::Missing("length"))?,
+            checksum: checksum.ok_or(Malformed::Missing("fnv1a64 checksum"))?,
         })
     }
+}
+
+/// Why a LATEST pointer does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("line '{0}' has no value")]
+    NoValue(String),
+    #[error("{key}: {reason}")]
+    Number { key: &'static str, reason: String },
+    #[error("unknown key '{0}'")]
+    UnknownKey(String),
+    #[error("'{0}' is not a snapshot name")]
+    NotASnapshot(String),
+    #[error("no {0}")]
+    Missing(&'static str),
 }
 
 /// True for `<stamp>-<seq>.db`, a plain name in `snapshots/`.

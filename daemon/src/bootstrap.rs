@@ -435,7 +435,7 @@ impl Daemon {
                 metrics.encode()
             });
             let bind_unix: crate::metrics::BindUnix =
-                |path| bind_socket(path, 0o660).map_err(|e| crate::engine::error_chain(&e));
+                |path| bind_socket(path, 0o660).map_err(Into::into);
             crate::metrics::serve(addr, render, &mut servers, stop_serving.clone(), bind_unix)
                 .await?;
             info!(metrics_addr = %addr, "serving metrics at /metrics");

@@ -84,12 +84,15 @@ async fn plan_on_large_stack(query: String) -> Result<PlannedQuery, Vec<SqlError
         .spawn(move || {
             let _ = tx.send(arroyod_engine::sql::plan(&query));
         });
-    if let Err(e) = spawned {
-        return failed(format!("starting the planner thread: {e}"));
-    }
-    // The thread is detached: it ends with the planning, and a sender dropped by a panic
-    // (already reported on stderr) is an error here.
-    match rx.await {
+    let planner = match spawned {
+        Ok(planner) => planner,
+        Err(e) => return failed(format!("starting the planner thread: {e}")),
+    };
+    // A sender dropped by a panic (already reported on stderr) is an error here.
+    let planned = rx.await;
+    // The thread ends right after it sent; joined so that none outlives its plan.
+    let _ = tokio::task::spawn_blocking(move || planner.join()).await;
+    match planned {
         Ok(planned) => planned,
         Err(_) => failed("planning panicked".to_string()),
     }

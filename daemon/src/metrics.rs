@@ -467,7 +467,10 @@ impl Listener for tokio::net::UnixListener {
 
 /// Binds a unix socket with the daemon's checks (a live socket or a plain file is never
 /// replaced), or says why not.
-pub type BindUnix = fn(&std::path::Path) -> Result<tokio::net::UnixListener, String>;
+pub type BindUnix =
+    fn(
+        &std::path::Path,
+    ) -> Result<tokio::net::UnixListener, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Serves `render` at `/metrics` on `addr` until `stop`, in a task of `tasks` (named
 /// `metrics_server`), one task per connection under it; a unix socket is bound by `bind_unix`.

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::output::{GenerationStart, OutputLog};
 use crate::sandbox::Grant;
 use crate::settings::ControllerSettings;
-use crate::store::{CheckpointRow, EventRow, PipelineRow, Store, now_rfc3339};
+use crate::store::{CheckpointRow, EventRow, PipelineRow, Store, StoreError, now_rfc3339};
 
 /// What every pipeline task shares.
 pub struct Context {
@@ -276,7 +276,7 @@ impl PipelineTask {
             match effect {
                 Effect::Persist { message, kind } => {
                     if let Err(e) = self.persist(&message, kind).await {
-                        store_failed.get_or_insert(e);
+                        store_failed.get_or_insert(error_chain(&e));
                     }
                 }
                 Effect::Spawn { generation } if store_failed.is_some() => {
@@ -450,7 +450,7 @@ impl PipelineTask {
     }
 
     /// Writes the machine's persisted fields and an event of `kind`.
-    async fn persist(&mut self, message: &str, kind: EventKind) -> Result<(), String> {
+    async fn persist(&mut self, message: &str, kind: EventKind) -> Result<(), StoreError> {
         self.updated_at = now_rfc3339();
         let m = &self.machine;
         let row = PipelineRow {
@@ -476,12 +476,7 @@ impl PipelineTask {
             }
             _ => info!(state = %m.state, generation = m.generation, "{message}"),
         }
-        let result = self
-            .ctx
-            .store
-            .update(&row, kind.as_str(), message)
-            .await
-            .map_err(|e| error_chain(&e));
+        let result = self.ctx.store.update(&row, kind.as_str(), message).await;
         let _ = self.events.send(EventRow {
             at: self.updated_at.clone(),
             kind: kind.as_str().to_string(),
