@@ -1,10 +1,7 @@
 //! Names of the sink's part files (`filename.strategy`) and of its staging directories.
 //!
-//! UUIDs come from the `uuid` crate (version 4), ULIDs from the `ulid` crate. A version 7 UUID
-//! (time-ordered: names sort by creation) is built by `uuid`'s builder from a ULID, which has
-//! the same layout (48 bits of Unix milliseconds, then random bits): `Uuid::now_v7` would need
-//! the crate's `v7` feature, and turning it on rebuilds DataFusion, which links the same
-//! `uuid`.
+//! UUIDs come from the `uuid` crate (versions 4 and 7; a version 7 UUID is time-ordered, so
+//! names sort by creation), ULIDs from the `ulid` crate.
 
 /// How part files are named (`filename.strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,16 +34,9 @@ pub fn file_name(
     }
 }
 
-/// A version 7 UUID: time-ordered, random below the milliseconds.
+/// A version 7 UUID: time-ordered (monotonic within this process), random below that.
 pub fn uuid_v7() -> String {
-    let ulid = ulid::Ulid::generate();
-    let random = ulid.random().to_be_bytes();
-    let mut tail = [0u8; 10];
-    // The ULID's 80 random bits are the last 10 bytes of its 128.
-    tail.copy_from_slice(&random[6..]);
-    uuid::Builder::from_unix_timestamp_millis(ulid.timestamp_ms(), &tail)
-        .into_uuid()
-        .to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]
@@ -57,7 +47,7 @@ mod tests {
     fn file_names_are_unique_and_well_formed() {
         let a = uuid_v7();
         let b = uuid_v7();
-        assert_ne!(a, b);
+        assert!(a < b, "version 7 names sort by creation: {a} then {b}");
         let parsed = uuid::Uuid::parse_str(&a).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
         assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
