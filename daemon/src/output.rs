@@ -416,9 +416,11 @@ impl OutputLog {
         self.end.send_modify(|e| e.closed = true);
     }
 
-    /// Removes the log's files; followers end.
+    /// Removes the log's files; followers end, and readers find nothing more.
     pub fn remove(&self) -> Result<(), OutputError> {
         self.close();
+        // A reader (a tail that began before a delete) must not be sent to files that are gone.
+        self.inner.lock().expect("output log lock").segments.clear();
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &self.dir)(e)),
             _ => Ok(()),
@@ -647,6 +649,8 @@ impl Reader {
     /// Up to `max` records; empty when it has read every row written so far.
     pub fn read(&mut self, max: usize) -> Result<Vec<Record>, OutputError> {
         let mut out = Vec::new();
+        // A segment found listed but missing on disk.
+        let mut missing = None;
         while out.len() < max {
             if self.open.is_none() {
                 match self.log.locate(self.offset) {
@@ -662,8 +666,14 @@ impl Reader {
                     Locate::In { first, path, .. } => {
                         let file = match File::open(&path) {
                             Ok(f) => f,
-                            // Removed by retention since: locate again.
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            // Removed by retention since: locate again. Missing twice, it was
+                            // removed with the whole log under this reader: nothing more.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                if missing.replace(first) == Some(first) {
+                                    return Ok(out);
+                                }
+                                continue;
+                            }
                             Err(e) => return Err(io("opening", &path)(e)),
                         };
                         self.open = Some(Open {
@@ -888,6 +898,30 @@ mod tests {
             }
         );
         assert_eq!(offsets(&got[1..]), vec![first, first + 1]);
+    }
+
+    /// A tail that began before its pipeline was deleted: its reader ends, it does not spin
+    /// on segments whose files are gone (a `tail` of the concurrency test once hung so).
+    #[test]
+    fn a_reader_of_a_removed_log_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(OutputLog::open(&dir.path().join("p"), 256 << 10).unwrap());
+        log.append(PREVIEW, &rows(0..100)).unwrap();
+        let mut before = log.reader(10);
+        let mut reading = log.reader(0);
+        assert_eq!(offsets(&reading.read(5).unwrap()), vec![0, 1, 2, 3, 4]);
+        log.remove().unwrap();
+        assert!(before.read(10).unwrap().is_empty());
+        // The open file still reads to its end; then nothing.
+        let rest = reading.read(1000).unwrap();
+        assert!(offsets(&rest).iter().all(|&o| o >= 5), "{rest:?}");
+        assert!(reading.read(1000).unwrap().is_empty());
+        assert!(log.reader(0).read(10).unwrap().is_empty());
+        // The old way it spun: a listed segment whose file is gone.
+        let log = Arc::new(OutputLog::open(&dir.path().join("q"), 256 << 10).unwrap());
+        log.append(PREVIEW, &rows(0..10)).unwrap();
+        std::fs::remove_dir_all(dir.path().join("q")).unwrap();
+        assert!(log.reader(0).read(10).unwrap().is_empty());
     }
 
     #[test]
