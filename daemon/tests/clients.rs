@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use harness::fault::assert_lost_during_the_call;
-use harness::{TestDaemon, alive, path_str, wait_exit};
+use harness::{TestDaemon, alive, path_str};
 use rand::{Rng, SeedableRng};
 
 const CLIENTS: usize = 32;
@@ -64,7 +64,23 @@ impl Client<'_> {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let status = wait_exit(&mut child, CALL_DEADLINE);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > CALL_DEADLINE {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                let log = self.d.log();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                panic!(
+                    "arroyoctl {args:?} did not answer within {CALL_DEADLINE:?}\nits stderr: {}\n--- the daemon's log, last lines ---\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let out = child.wait_with_output().unwrap();
         let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr);
