@@ -228,6 +228,55 @@ pub enum Command {
         #[arg(value_name = "ID|NAME")]
         pipeline: String,
     },
+    /// Wait until a pipeline is in one of the given states, and print it
+    ///
+    /// Exits 0 once the pipeline is in one of STATES; 1 when it ends in another final state
+    /// (Stopped, Finished, Failed: a failure is printed), when it is deleted, or when the
+    /// timeout passes first. For scripts: `arroyoctl submit q.sql && arroyoctl wait q`.
+    Wait {
+        /// Id or name of the pipeline
+        #[arg(value_name = "ID|NAME")]
+        pipeline: String,
+        /// The states to wait for, comma-separated: Created, Scheduling, Running, Stopping,
+        /// Recovering, Stopped, Finished, Failed (any case)
+        #[arg(
+            long = "for",
+            value_name = "STATES",
+            value_delimiter = ',',
+            value_parser = parse_state,
+            default_value = "Running"
+        )]
+        states: Vec<String>,
+        /// How long to wait at most, such as 30s or 5m
+        #[arg(long, value_name = "DUR", value_parser = parse_interval, default_value = "60s")]
+        timeout: u64,
+    },
+}
+
+/// A pipeline's states, in Arroyo's spelling (what `status` shows).
+pub const STATES: [&str; 8] = [
+    "Created",
+    "Scheduling",
+    "Running",
+    "Stopping",
+    "Recovering",
+    "Stopped",
+    "Finished",
+    "Failed",
+];
+
+/// A `--for` value that names no state.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a state: use {states}", states = STATES.join(", "))]
+pub struct UnknownState(String);
+
+/// A state named in any case, spelled as the daemon spells it.
+fn parse_state(value: &str) -> Result<String, UnknownState> {
+    STATES
+        .iter()
+        .find(|s| s.eq_ignore_ascii_case(value.trim()))
+        .map(|s| s.to_string())
+        .ok_or_else(|| UnknownState(value.to_owned()))
 }
 
 /// How `stop` ends a pipeline.

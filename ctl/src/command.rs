@@ -29,6 +29,8 @@ use crate::cli::{Cli, Command, StopMode};
 use crate::connect::{self, Client, ConnectError};
 use crate::render;
 
+mod wait;
+
 /// How often a waiting `stop` looks at the pipeline.
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// After how long a waiting `stop` shows its progress.
@@ -65,6 +67,22 @@ pub enum CommandError {
     /// A stop ended without what its mode promises (a final checkpoint).
     #[error("pipeline {pipeline} stopped without a final checkpoint: {message}")]
     UncleanStop { pipeline: String, message: String },
+    /// `wait`: the pipeline ended in a state not waited for.
+    #[error("pipeline {pipeline} is {state}, not {wanted}{}", failure_suffix(.failure))]
+    Ended {
+        pipeline: String,
+        state: String,
+        wanted: String,
+        failure: String,
+    },
+    /// `wait`: the timeout passed first.
+    #[error("timed out after {} waiting for pipeline {pipeline} to be {wanted}: it is {state}", humantime::format_duration(*.timeout))]
+    WaitTimedOut {
+        pipeline: String,
+        state: String,
+        wanted: String,
+        timeout: Duration,
+    },
     /// Man pages could not be written.
     #[error("cannot write {}", path.display())]
     WriteFile {
@@ -103,6 +121,14 @@ impl CommandError {
 }
 
 /// The message of a status, or the description of its code when the message is empty.
+fn failure_suffix(failure: &str) -> String {
+    if failure.is_empty() {
+        String::new()
+    } else {
+        format!(": {failure}")
+    }
+}
+
 fn status_message(status: &Status) -> &str {
     if status.message().is_empty() {
         status.code().description()
@@ -173,6 +199,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         } => session.stop(pipeline, mode, !no_wait).await?,
         Command::Resume { pipeline } => session.resume(pipeline).await?,
         Command::Checkpoints { pipeline } => session.checkpoints(pipeline).await?,
+        Command::Wait {
+            pipeline,
+            states,
+            timeout,
+        } => {
+            let timeout = Duration::from_millis(timeout);
+            session.wait(pipeline, &states, timeout).await?
+        }
         Command::Restart {
             pipeline,
             no_state,

@@ -77,6 +77,52 @@ fn info_and_version_describe_the_daemon() {
 
 /// A generation's start mark carries the offset of the row that will follow it. A bounded
 /// `tail` taken before any row followed still shows it (the lifecycle test raced on this).
+/// `wait`: 0 once the pipeline is in a state asked for (and it is printed); 1 when it is in
+/// another final state, or when the time runs out, each said; 2 for a state that does not
+/// exist.
+#[test]
+fn wait_ends_in_the_state_asked_for_or_says_why_not() {
+    let d = TestDaemon::start();
+    let id = d.submit("ticks", UNBOUNDED);
+    let running = d.ctl_ok(&["wait", "ticks"]);
+    assert!(
+        running.contains(&format!("ticks {id} is Running")),
+        "{running}"
+    );
+    assert_eq!(d.status(&id)["state"], "Running");
+
+    let out = d.ctl(&["wait", &id, "--for", "finished", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("timed out after 300ms waiting for pipeline ticks")
+            && stderr(&out).contains("to be Finished: it is Running"),
+        "{}",
+        stderr(&out)
+    );
+
+    d.ctl_ok(&["stop", &id, "--no-wait"]);
+    let stopped = d.ctl_ok(&["--json", "wait", &id, "--for", "stopped,FAILED"]);
+    let v: serde_json::Value = serde_json::from_str(&stopped).unwrap();
+    assert_eq!(v["state"], "Stopped", "{stopped}");
+    let out = d.ctl(&["wait", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pipeline ticks {id} is Stopped, not Running")),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = d.ctl(&["wait", &id, "--for", "sleeping"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("'sleeping' is not a state"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.ctl(&["wait", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
 #[test]
 fn a_start_mark_with_no_row_after_it_is_tailed() {
     let d = TestDaemon::start();
