@@ -112,10 +112,10 @@ fn unknown_connector_is_named() {
     assert!(stderr.contains("unknown connector 'kafkaa'"), "{stderr}");
 }
 
-#[test]
-fn sigint_stops_an_unbounded_run_and_exits_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let query = dir.path().join("q.sql");
+/// `arroyod run` of an unbounded impulse query under `dir`, in a process group of its own like
+/// a shell job (Ctrl-C signals the whole group), once it has printed 5 rows; stderr piped.
+fn unbounded_run(dir: &std::path::Path) -> (std::process::Child, Lines) {
+    let query = dir.join("q.sql");
     std::fs::write(
         &query,
         "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); SELECT counter FROM impulse;",
@@ -123,17 +123,23 @@ fn sigint_stops_an_unbounded_run_and_exits_0() {
     .unwrap();
     let mut child = Command::new(arroyod_bin())
         .args(["run", "-s"])
-        .arg(dir.path().join("state"))
+        .arg(dir.join("state"))
         .arg(&query)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        // A process group of its own, like a shell job: Ctrl-C signals the whole group.
+        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .unwrap();
     let mut lines = Lines::new(child.stdout.take().unwrap());
     lines.wait_for(5, DEADLINE);
+    (child, lines)
+}
+
+#[test]
+fn sigint_stops_an_unbounded_run_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) = unbounded_run(dir.path());
     signal_group(child.id(), "INT");
     let status = wait_exit(&mut child, DEADLINE);
     assert!(status.success(), "{status}");
@@ -151,24 +157,7 @@ fn sigint_stops_an_unbounded_run_and_exits_0() {
 #[test]
 fn a_stop_request_delivered_twice_at_once_is_one_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let query = dir.path().join("q.sql");
-    std::fs::write(
-        &query,
-        "CREATE TABLE impulse WITH (connector='impulse', event_rate='200'); SELECT counter FROM impulse;",
-    )
-    .unwrap();
-    let mut child = Command::new(arroyod_bin())
-        .args(["run", "-s"])
-        .arg(dir.path().join("state"))
-        .arg(&query)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut lines = Lines::new(child.stdout.take().unwrap());
-    lines.wait_for(5, DEADLINE);
+    let (mut child, _lines) = unbounded_run(dir.path());
     signal(child.id(), "TERM");
     signal_group(child.id(), "TERM");
     let status = wait_exit(&mut child, DEADLINE);
