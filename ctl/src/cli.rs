@@ -312,7 +312,7 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
     Ok(size.as_u64())
 }
 
-/// Why a `--checkpoint-interval` is not a duration arroyoctl can send.
+/// Why a duration flag (`--checkpoint-interval`, `--timeout`) is not one arroyoctl can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntervalError {
     /// Not a whole number followed by a unit.
@@ -326,8 +326,8 @@ pub enum IntervalError {
         /// The unit as given.
         unit: String,
     },
-    /// Zero: the daemon would checkpoint without pause.
-    #[error("the checkpoint interval must be above zero")]
+    /// Zero: the daemon would checkpoint without pause, a wait would not wait.
+    #[error("must be above zero")]
     Zero,
     /// More milliseconds than the request can carry.
     #[error("'{0}' is too long")]

@@ -120,7 +120,7 @@ impl CommandError {
     }
 }
 
-/// The message of a status, or the description of its code when the message is empty.
+/// `: <failure>`, or nothing when there is none.
 fn failure_suffix(failure: &str) -> String {
     if failure.is_empty() {
         String::new()
@@ -129,6 +129,7 @@ fn failure_suffix(failure: &str) -> String {
     }
 }
 
+/// The message of a status, or the description of its code when the message is empty.
 fn status_message(status: &Status) -> &str {
     if status.message().is_empty() {
         status.code().description()

@@ -338,7 +338,7 @@ fn a_bad_checkpoint_interval_exits_2_without_a_request() {
     let daemon = FakeDaemon::start(dir.path());
     let file = write_query(dir.path(), "q.sql", "SELECT 1");
     for (value, message) in [
-        ("0s", "the checkpoint interval must be above zero"),
+        ("0s", "must be above zero"),
         (
             "soon",
             "'soon' is not a duration such as 10s, 500ms, 2m or 1h",
