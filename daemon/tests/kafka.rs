@@ -381,9 +381,15 @@ fn the_exactly_once_sink_recovers_from_a_crash_at_each_step_of_its_commit() {
             let s = d.status(&id);
             (s["generation"].as_u64() >= Some(2) && s["state"] == "Running").then_some(())
         });
-        wait_until(DEADLINE, "the recovery", || {
-            d.log().contains(recovery).then_some(())
-        });
+        let waited = std::time::Instant::now();
+        while !d.log().contains(recovery) {
+            assert!(
+                waited.elapsed() < DEADLINE,
+                "{point}: no '{recovery}' in the daemon's log within {DEADLINE:?}:\n{}",
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let log = wait_output(
             || d.log(),
             &broker,
