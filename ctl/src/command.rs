@@ -11,30 +11,25 @@
 //!
 //! Nothing here decides anything about queries or pipelines: the daemon does.
 
-use std::io::{self, IsTerminal as _, Read as _, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arroyod_proto::{
-    DeleteRequest, ExplainRequest, InfoRequest, ListRequest, LogsRequest, PipelineRef,
-    RestartRequest, StopRequest, SubmitRequest, TailRequest, UpdateRequest,
+    DeleteRequest, InfoRequest, ListRequest, LogsRequest, Pipeline, PipelineRef, RestartRequest,
+    SubmitRequest, TailRequest, UpdateRequest,
 };
-use arroyod_proto::{Pipeline, QueryErrors, SqlError, ValidateRequest};
 use clap::CommandFactory as _;
-use prost::Message as _;
 use tonic::{Code, Status};
 
-use crate::cli::{Cli, Command, StopMode};
+use crate::cli::{Cli, Command};
 use crate::connect::{self, Client, ConnectError};
 use crate::render;
 
+mod lifecycle;
+mod query;
 mod wait;
-
-/// How often a waiting `stop` looks at the pipeline.
-const STOP_POLL: Duration = Duration::from_millis(250);
-/// After how long a waiting `stop` shows its progress.
-const STOP_PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 /// Exit status of an error.
 const EXIT_ERROR: u8 = 1;
@@ -332,80 +327,6 @@ impl Session {
         rpc_error(&self.socket, status)
     }
 
-    /// A query the daemon refuses exits 1, its errors printed as `validate` prints them.
-    async fn submit(
-        &self,
-        file: &Path,
-        mut request: SubmitRequest,
-    ) -> Result<ExitCode, CommandError> {
-        let query = read_query(file)?;
-        request.query = query.clone();
-        let answer = self.client().await?.submit(request).await;
-        let pipeline = match answer {
-            Ok(response) => response
-                .into_inner()
-                .pipeline
-                .ok_or(CommandError::Incomplete("the pipeline"))?,
-            Err(status) => {
-                return match query_errors(&status) {
-                    Some(errors) => {
-                        if self.json {
-                            let label = query_label(file);
-                            write_stdout(|w| {
-                                render::write_json(w, &render::submit_errors_json(&label, &errors))
-                            })?;
-                        } else {
-                            print_diagnostics(file, &errors);
-                        }
-                        Ok(ExitCode::from(EXIT_ERROR))
-                    }
-                    None => Err(self.rpc_error(status)),
-                };
-            }
-        };
-        // The id is the last word, for scripts: `arroyoctl submit q.sql | awk '{print $NF}'`.
-        self.write_pipeline(&pipeline, |w, p| {
-            writeln!(w, "submitted pipeline {}", render::pipeline_label(p))
-        })?;
-        Ok(ExitCode::SUCCESS)
-    }
-
-    /// Exits 1 when the query has errors, which go to stderr as diagnostics (or to stdout in
-    /// the JSON answer).
-    async fn validate(&self, file: &Path) -> Result<ExitCode, CommandError> {
-        let query = read_query(file)?;
-        let response = self
-            .call(|mut c| async move {
-                c.validate(ValidateRequest {
-                    query: query.clone(),
-                })
-                .await
-            })
-            .await?;
-        if self.json {
-            let label = query_label(file);
-            write_stdout(|w| render::write_json(w, &render::validate_json(&label, &response)))?;
-        } else if response.errors.is_empty() {
-            let label = query_label(file);
-            let mut stderr = io::stderr().lock();
-            for warning in &response.warnings {
-                let _ = write!(stderr, "{}", render::warning(&label, warning));
-            }
-            drop(stderr);
-            write_stdout(|w| {
-                writeln!(w, "ok")?;
-                writeln!(w, "{}", render::sinks_line(&response.sinks))
-            })?;
-        } else {
-            print_diagnostics(file, &response.errors);
-        }
-        Ok(if response.errors.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_ERROR)
-        })
-    }
-
     /// The client's version first (on stdout, even when the daemon cannot be reached), then
     /// the daemon's.
     async fn version(&self) -> Result<(), CommandError> {
@@ -504,148 +425,6 @@ impl Session {
         Ok(())
     }
 
-    /// Requests the stop. Waiting, it shows on stderr which subtasks have ended once the stop
-    /// takes a while, and fails when the stop could not do what its mode promises (a final
-    /// checkpoint) or the pipeline failed.
-    async fn stop(
-        &self,
-        id_or_name: String,
-        mode: StopMode,
-        wait: bool,
-    ) -> Result<(), CommandError> {
-        let client = self.client().await?;
-        let request = StopRequest {
-            id_or_name: id_or_name.clone(),
-            mode: arroyod_proto::StopMode::from(mode).into(),
-            wait,
-        };
-        let mut stopping = client.clone();
-        let stop = stopping.stop(request);
-        let progress = async {
-            let mut client = client.clone();
-            let started = Instant::now();
-            let mut shown = String::new();
-            loop {
-                tokio::time::sleep(STOP_POLL).await;
-                if started.elapsed() < STOP_PROGRESS_AFTER {
-                    continue;
-                }
-                let Ok(p) = client
-                    .status(PipelineRef {
-                        id_or_name: id_or_name.clone(),
-                    })
-                    .await
-                else {
-                    continue;
-                };
-                let line = stop_progress(&p.into_inner(), started.elapsed());
-                if line != shown {
-                    let _ = writeln!(io::stderr(), "{line}");
-                    shown = line;
-                }
-            }
-        };
-        let pipeline = tokio::select! {
-            stopped = stop => stopped.map_err(|status| self.rpc_error(status))?.into_inner(),
-            never = progress => never,
-        };
-        self.write_pipeline(&pipeline, render::write_state)?;
-        if !wait {
-            return Ok(());
-        }
-        let label = render::pipeline_label(&pipeline);
-        match pipeline.last_stop {
-            Some(end) if !end.clean && matches!(pipeline.state.as_str(), "Stopped" | "Failed") => {
-                Err(CommandError::UncleanStop {
-                    pipeline: label,
-                    message: end.message,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    async fn restart(&self, request: RestartRequest) -> Result<(), CommandError> {
-        let answer = self
-            .call(|mut c| async move { c.restart(request).await })
-            .await?;
-        let pipeline = answer
-            .pipeline
-            .ok_or(CommandError::Incomplete("the pipeline"))?;
-        write_stdout(|w| {
-            if self.json {
-                let mut v = render::pipeline_json(&pipeline);
-                v["notes"] = serde_json::json!(answer.notes);
-                render::write_json(w, &v)
-            } else {
-                render::write_state(w, &pipeline)?;
-                for note in &answer.notes {
-                    writeln!(w, "note: {note}")?;
-                }
-                Ok(())
-            }
-        })
-    }
-
-    async fn update(&self, request: UpdateRequest) -> Result<(), CommandError> {
-        let pipeline = self
-            .call(|mut c| async move { c.update(request).await })
-            .await?;
-        self.write_pipeline(&pipeline, render::write_state)
-    }
-
-    async fn checkpoint(&self, id_or_name: String) -> Result<(), CommandError> {
-        let request = PipelineRef {
-            id_or_name: id_or_name.clone(),
-        };
-        let c = self
-            .call(|mut c| async move { c.checkpoint(request).await })
-            .await?;
-        write_stdout(|w| {
-            if self.json {
-                render::write_json(w, &render::checkpoint_json(&c))
-            } else {
-                writeln!(
-                    w,
-                    "checkpoint {} of {id_or_name} completed: {} bytes in {}",
-                    c.epoch,
-                    c.bytes,
-                    render::millis(c.duration_ms)
-                )
-            }
-        })
-    }
-
-    async fn delete(&self, request: DeleteRequest) -> Result<(), CommandError> {
-        let answer = self
-            .call(|mut c| async move { c.delete(request).await })
-            .await?;
-        let pipeline = answer
-            .pipeline
-            .ok_or(CommandError::Incomplete("the pipeline"))?;
-        write_stdout(|w| {
-            if self.json {
-                render::write_json(
-                    w,
-                    &serde_json::json!({
-                        "pipeline": render::pipeline_json(&pipeline),
-                        "removed": answer.removed,
-                        "kept": answer.kept,
-                    }),
-                )
-            } else {
-                writeln!(w, "deleted pipeline {}", render::pipeline_label(&pipeline))?;
-                for path in &answer.removed {
-                    writeln!(w, "removed: {path}")?;
-                }
-                for path in &answer.kept {
-                    writeln!(w, "kept: {path}")?;
-                }
-                Ok(())
-            }
-        })
-    }
-
     /// Prints the events as lines (JSON lines with `--json`), flushed one by one.
     async fn logs(&self, request: LogsRequest) -> Result<(), CommandError> {
         let mut events = self
@@ -706,65 +485,6 @@ impl Session {
             }
             tokio::time::sleep(interval).await;
         }
-    }
-
-    /// A file (or `-`) is planned by the daemon; anything else names a pipeline. A query
-    /// that does not plan exits 1 with its diagnostics.
-    async fn explain(
-        &self,
-        target: &str,
-        dot: bool,
-        parallelism: Option<u32>,
-    ) -> Result<ExitCode, CommandError> {
-        let path = Path::new(target);
-        let is_file = target == "-" || path.is_file();
-        let query = if is_file {
-            Some(read_query(path)?)
-        } else {
-            None
-        };
-        let request = ExplainRequest {
-            id_or_name: if is_file {
-                String::new()
-            } else {
-                target.to_owned()
-            },
-            query: query.clone().unwrap_or_default(),
-            parallelism: parallelism.unwrap_or(0),
-        };
-        let graph = self
-            .call(|mut c| async move { c.explain(request).await })
-            .await?;
-        if !graph.errors.is_empty() {
-            if self.json {
-                let label = query_label(path);
-                write_stdout(|w| {
-                    render::write_json(w, &render::submit_errors_json(&label, &graph.errors))
-                })?;
-            } else {
-                print_diagnostics(path, &graph.errors);
-            }
-            return Ok(ExitCode::from(EXIT_ERROR));
-        }
-        write_stdout(|w| {
-            if dot {
-                write!(w, "{}", render::explain_dot(&graph))
-            } else if self.json {
-                render::write_json(w, &render::explain_json(&graph))
-            } else {
-                render::write_explain(w, &graph)
-            }
-        })?;
-        Ok(ExitCode::SUCCESS)
-    }
-
-    /// The daemon refuses (`FailedPrecondition`) a pipeline that is not stopped, failed or
-    /// finished; its message says so.
-    async fn resume(&self, id_or_name: String) -> Result<(), CommandError> {
-        let pipeline = self
-            .call(|mut c| async move { c.resume(PipelineRef { id_or_name }).await })
-            .await?;
-        self.write_pipeline(&pipeline, render::write_state)
     }
 
     /// Prints the checkpoints in the daemon's order, newest first.
@@ -837,66 +557,6 @@ fn broken_connection(status: &Status) -> Option<String> {
     found
 }
 
-/// The query errors a refused `submit` carries in its status details.
-fn query_errors(status: &Status) -> Option<Vec<SqlError>> {
-    if status.code() != Code::InvalidArgument {
-        return None;
-    }
-    let errors = QueryErrors::decode(status.details()).ok()?.errors;
-    (!errors.is_empty()).then_some(errors)
-}
-
-/// A waiting stop's progress: how many subtasks have ended, when the worker said.
-fn stop_progress(p: &Pipeline, waited: Duration) -> String {
-    let label = render::pipeline_label(p);
-    let secs = waited.as_secs();
-    if p.subtasks > 0 {
-        format!(
-            "stopping {label}: {} of {} subtasks ended ({secs}s)",
-            p.subtasks_ended, p.subtasks
-        )
-    } else {
-        format!(
-            "stopping {label}: {}, waiting for its worker ({secs}s)",
-            p.state
-        )
-    }
-}
-
-/// Writes query errors to stderr in the diagnostic format: the `FILE:LINE:COL: error:`
-/// line, the source line with a caret, the hints.
-fn print_diagnostics(file: &Path, errors: &[SqlError]) {
-    let label = query_label(file);
-    let mut stderr = io::stderr().lock();
-    for error in errors {
-        // A closed stderr leaves nowhere to report to; the exit status still tells.
-        let _ = write!(stderr, "{}", render::diagnostic(&label, error));
-    }
-}
-
-/// The query in `path`, or on stdin when `path` is `-`.
-fn read_query(path: &Path) -> Result<String, CommandError> {
-    let read = if path == Path::new("-") {
-        let mut query = String::new();
-        io::stdin().read_to_string(&mut query).map(|_| query)
-    } else {
-        std::fs::read_to_string(path)
-    };
-    read.map_err(|source| CommandError::ReadQuery {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// How diagnostics name the query's file.
-fn query_label(path: &Path) -> String {
-    if path == Path::new("-") {
-        "<stdin>".to_owned()
-    } else {
-        path.display().to_string()
-    }
-}
-
 /// Runs `write` on locked stdout, then flushes it.
 fn write_stdout(
     write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>,
@@ -947,12 +607,6 @@ mod tests {
         assert_eq!(err.to_string(), "no pipeline p");
         let err = rpc_error(Path::new("/s.sock"), Status::internal(""));
         assert_eq!(err.to_string(), Code::Internal.description());
-    }
-
-    #[test]
-    fn stdin_is_labelled() {
-        assert_eq!(query_label(Path::new("-")), "<stdin>");
-        assert_eq!(query_label(Path::new("q/a.sql")), "q/a.sql");
     }
 
     #[test]
