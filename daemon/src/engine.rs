@@ -77,24 +77,20 @@ async fn plan_on_large_stack(query: String) -> Result<PlannedQuery, Vec<SqlError
             column: 0,
         }])
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("planner".into())
         .stack_size(PLAN_STACK_BYTES)
-        .spawn(move || {
-            let _ = tx.send(arroyod_engine::sql::plan(&query));
-        });
+        .spawn(move || arroyod_engine::sql::plan(&query));
     let planner = match spawned {
         Ok(planner) => planner,
         Err(e) => return failed(format!("starting the planner thread: {e}")),
     };
-    // A sender dropped by a panic (already reported on stderr) is an error here.
-    let planned = rx.await;
-    // The thread ends right after it sent; joined so that none outlives its plan.
-    let _ = tokio::task::spawn_blocking(move || planner.join()).await;
-    match planned {
-        Ok(planned) => planned,
-        Err(_) => failed("planning panicked".to_string()),
+    // The plan comes back through the join, off the runtime's threads; a panic (already
+    // reported on stderr) is an error here.
+    match tokio::task::spawn_blocking(move || planner.join()).await {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(_)) => failed("planning panicked".to_string()),
+        Err(e) => failed(format!("waiting for the planner: {e}")),
     }
 }
 
